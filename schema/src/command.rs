@@ -1,0 +1,227 @@
+//! Commands (imperative requests that may change state) and queries (that
+//! never do), decoded from a subject's `<kind>.<verb>` and a JSON body.
+//!
+//! | subject suffix | body | meaning |
+//! |---|---|---|
+//! | `volume.create` | `{"name","size"}` (size: bytes or `"10G"`) | create a thin volume |
+//! | `volume.delete` | `{"name"}` | delete a volume and its snapshots |
+//! | `volume.snapshot` | `{"name","snapshot"}` | freeze `name@snapshot` |
+//! | `volume.snapshot-delete` | `{"name","snapshot"}` | delete one snapshot |
+//! | `volume.list` | `{}` | every volume of the tenant |
+//! | `volume.show` | `{"name"}` | one volume with its snapshots |
+//! | `volume.snapshots` | `{"name"}` | the snapshots of one volume |
+//! | `events.list` | `{"since_seq"?,"limit"?,"subject"?,"kind"?}` | journal records |
+//! | `events.verify` | `{}` | check the hash chain and replayed state |
+//! | `system.ping` | `{}` | liveness |
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use crate::names::{check_label, check_volume_name, parse_size};
+use crate::ApiError;
+
+/// Largest number of records one `events.list` returns.
+pub const MAX_EVENTS_PAGE: u32 = 10_000;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum VolumeCommand {
+    Create { name: String, size_bytes: u64 },
+    Delete { name: String },
+    Snapshot { name: String, snapshot: String },
+    DeleteSnapshot { name: String, snapshot: String },
+}
+
+impl VolumeCommand {
+    pub fn volume(&self) -> &str {
+        match self {
+            VolumeCommand::Create { name, .. }
+            | VolumeCommand::Delete { name }
+            | VolumeCommand::Snapshot { name, .. }
+            | VolumeCommand::DeleteSnapshot { name, .. } => name,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Query {
+    VolumeList,
+    VolumeShow { name: String },
+    VolumeSnapshots { name: String },
+    EventsList(EventsFilter),
+    EventsVerify,
+    Ping,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EventsFilter {
+    #[serde(default)]
+    pub since_seq: u64,
+    #[serde(default)]
+    pub limit: Option<u32>,
+    /// Keep only records of this aggregate (`volume/v1`), or whose aggregate
+    /// starts with it followed by `/`.
+    #[serde(default)]
+    pub subject: Option<String>,
+    #[serde(default)]
+    pub kind: Option<String>,
+    /// Keep only records at or after this time (epoch ms).
+    #[serde(default)]
+    pub since_ms: Option<u64>,
+}
+
+impl EventsFilter {
+    pub fn page_limit(&self) -> u32 {
+        self.limit.unwrap_or(1000).clamp(1, MAX_EVENTS_PAGE)
+    }
+
+    pub fn matches(&self, aggregate: &str, kind: &str, time_ms: u64) -> bool {
+        let subject_ok = self.subject.as_deref().is_none_or(|s| {
+            aggregate == s || aggregate.strip_prefix(s).is_some_and(|rest| rest.starts_with('/'))
+        });
+        subject_ok
+            && self.kind.as_deref().is_none_or(|k| k == kind)
+            && self.since_ms.is_none_or(|t| time_ms >= t)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Command {
+    Volume(VolumeCommand),
+    Query(Query),
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NameBody {
+    name: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateBody {
+    name: String,
+    size: SizeField,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum SizeField {
+    Bytes(u64),
+    Text(String),
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SnapshotBody {
+    name: String,
+    snapshot: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EmptyBody {}
+
+fn body<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    let bytes = if bytes.iter().all(u8::is_ascii_whitespace) { b"{}".as_slice() } else { bytes };
+    serde_json::from_slice(bytes).map_err(|e| ApiError::invalid(format!("request body is not valid: {e}")))
+}
+
+impl Command {
+    /// Decodes and validates a request. Never panics on any input.
+    pub fn parse(kind: &str, verb: &str, bytes: &[u8]) -> Result<Command, ApiError> {
+        let cmd = match (kind, verb) {
+            ("volume", "create") => {
+                let b: CreateBody = body(bytes)?;
+                check_volume_name(&b.name)?;
+                let size_bytes = match b.size {
+                    SizeField::Bytes(n) => n,
+                    SizeField::Text(t) => parse_size(&t)?,
+                };
+                if size_bytes == 0 {
+                    return Err(ApiError::invalid("size must be greater than zero"));
+                }
+                Command::Volume(VolumeCommand::Create { name: b.name, size_bytes })
+            }
+            ("volume", "delete") => {
+                let b: NameBody = body(bytes)?;
+                check_volume_name(&b.name)?;
+                Command::Volume(VolumeCommand::Delete { name: b.name })
+            }
+            ("volume", "snapshot") | ("volume", "snapshot-delete") => {
+                let b: SnapshotBody = body(bytes)?;
+                check_volume_name(&b.name)?;
+                check_label("snapshot", &b.snapshot)?;
+                Command::Volume(if verb == "snapshot" {
+                    VolumeCommand::Snapshot { name: b.name, snapshot: b.snapshot }
+                } else {
+                    VolumeCommand::DeleteSnapshot { name: b.name, snapshot: b.snapshot }
+                })
+            }
+            ("volume", "list") => {
+                body::<EmptyBody>(bytes)?;
+                Command::Query(Query::VolumeList)
+            }
+            ("volume", "show") | ("volume", "snapshots") => {
+                let b: NameBody = body(bytes)?;
+                check_volume_name(&b.name)?;
+                Command::Query(if verb == "show" {
+                    Query::VolumeShow { name: b.name }
+                } else {
+                    Query::VolumeSnapshots { name: b.name }
+                })
+            }
+            ("events", "list") => Command::Query(Query::EventsList(body(bytes)?)),
+            ("events", "verify") => {
+                body::<EmptyBody>(bytes)?;
+                Command::Query(Query::EventsVerify)
+            }
+            ("system", "ping") => Command::Query(Query::Ping),
+            _ => {
+                return Err(ApiError::new(
+                    crate::ErrorCode::UnknownCommand,
+                    format!("there is no command {kind}.{verb}"),
+                ));
+            }
+        };
+        Ok(cmd)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ErrorCode;
+
+    #[test]
+    fn volume_create_accepts_text_and_byte_sizes() {
+        let c = Command::parse("volume", "create", br#"{"name":"v1","size":"1G"}"#).unwrap();
+        assert_eq!(c, Command::Volume(VolumeCommand::Create { name: "v1".into(), size_bytes: 1 << 30 }));
+        let c = Command::parse("volume", "create", br#"{"name":"shop/data-db-0","size":4096}"#).unwrap();
+        assert_eq!(c, Command::Volume(VolumeCommand::Create { name: "shop/data-db-0".into(), size_bytes: 4096 }));
+    }
+
+    #[test]
+    fn bad_requests_get_codes() {
+        let code = |k: &str, v: &str, b: &[u8]| Command::parse(k, v, b).unwrap_err().code;
+        assert_eq!(code("volume", "create", b"{not json"), ErrorCode::InvalidArgument);
+        assert_eq!(code("volume", "create", br#"{"name":"BAD","size":"1G"}"#), ErrorCode::InvalidArgument);
+        assert_eq!(code("volume", "create", br#"{"name":"v","size":"0"}"#), ErrorCode::InvalidArgument);
+        assert_eq!(code("volume", "create", br#"{"name":"v","size":"1G","x":1}"#), ErrorCode::InvalidArgument);
+        assert_eq!(code("volume", "explode", b"{}"), ErrorCode::UnknownCommand);
+        assert_eq!(code("nope", "list", b"{}"), ErrorCode::UnknownCommand);
+    }
+
+    #[test]
+    fn empty_body_means_no_arguments() {
+        assert_eq!(Command::parse("volume", "list", b"").unwrap(), Command::Query(Query::VolumeList));
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn parse_never_panics(kind in "[a-z]{0,8}", verb in "[a-z-]{0,10}", bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..64)) {
+            let _ = Command::parse(&kind, &verb, &bytes);
+            let _ = Command::parse("volume", "create", &bytes);
+        }
+    }
+}

@@ -1,0 +1,94 @@
+//! Stable error codes at the API edge and the error body every reply uses:
+//! `{"error":{"code":"not_found","message":"…","details":{…}}}`.
+//!
+//! Codes are part of the public contract: add new ones, never rename.
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    /// The request is malformed: bad JSON, a bad name, a missing field.
+    InvalidArgument,
+    /// The subject names a kind or verb that does not exist.
+    UnknownCommand,
+    /// The named volume, snapshot or app does not exist.
+    NotFound,
+    AlreadyExists,
+    /// The request is valid but the current state forbids it.
+    FailedPrecondition,
+    PayloadTooLarge,
+    /// Stored data failed verification.
+    Corrupted,
+    /// A disk is full; nothing was changed.
+    NoSpace,
+    /// A dependency (journal, bus, store) is not reachable; retry later.
+    Unavailable,
+    Internal,
+}
+
+impl ErrorCode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::InvalidArgument => "invalid_argument",
+            ErrorCode::UnknownCommand => "unknown_command",
+            ErrorCode::NotFound => "not_found",
+            ErrorCode::AlreadyExists => "already_exists",
+            ErrorCode::FailedPrecondition => "failed_precondition",
+            ErrorCode::PayloadTooLarge => "payload_too_large",
+            ErrorCode::Corrupted => "corrupted",
+            ErrorCode::NoSpace => "no_space",
+            ErrorCode::Unavailable => "unavailable",
+            ErrorCode::Internal => "internal",
+        }
+    }
+}
+
+impl std::fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The error half of every reply. Also what a decider returns as a rejection.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, thiserror::Error)]
+#[error("{code}: {message}")]
+pub struct ApiError {
+    pub code: ErrorCode,
+    pub message: String,
+    #[serde(default, skip_serializing_if = "serde_json::Value::is_null")]
+    pub details: serde_json::Value,
+}
+
+impl ApiError {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> ApiError {
+        ApiError { code, message: message.into(), details: serde_json::Value::Null }
+    }
+
+    pub fn with_details(mut self, details: serde_json::Value) -> ApiError {
+        self.details = details;
+        self
+    }
+
+    pub fn invalid(message: impl Into<String>) -> ApiError {
+        ApiError::new(ErrorCode::InvalidArgument, message)
+    }
+
+    pub fn not_found(message: impl Into<String>) -> ApiError {
+        ApiError::new(ErrorCode::NotFound, message)
+    }
+
+    pub fn internal(message: impl Into<String>) -> ApiError {
+        ApiError::new(ErrorCode::Internal, message)
+    }
+
+    /// The reply body: `{"error":{…}}`.
+    pub fn to_reply(&self) -> serde_json::Value {
+        serde_json::json!({ "error": self })
+    }
+
+    /// Reads an error back out of a reply body, if it is one.
+    pub fn from_reply(reply: &serde_json::Value) -> Option<ApiError> {
+        reply.get("error").and_then(|e| serde_json::from_value(e.clone()).ok())
+    }
+}

@@ -1,0 +1,23 @@
+//! Cairn's vocabulary, shared by every other crate: names, commands, events,
+//! state folds and deciders, the journal record and its hash chain, subjects
+//! and error codes.
+//!
+//! # Architecture invariant
+//! This crate does no IO, reads no clock and has no async code. Time enters
+//! only as a field the journal fills in. Event tags are explicit and never
+//! reused (see [`event`]).
+
+pub mod command;
+pub mod error;
+pub mod event;
+pub mod names;
+pub mod record;
+pub mod state;
+pub mod subject;
+pub mod time;
+
+pub use command::{Command, Query, VolumeCommand};
+pub use error::{ApiError, ErrorCode};
+pub use event::Event;
+pub use record::{EventRecord, EventView, Hash};
+pub use state::VolumeState;

@@ -1,0 +1,128 @@
+//! Aggregate state, its fold ([`VolumeState::apply`]) and its decider
+//! ([`VolumeState::decide`]). Both are pure and synchronous.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::event::{SnapshotDeleted, VolumeCreated, VolumeDeleted, VolumeSnapshotted};
+use crate::{ApiError, ErrorCode, Event, VolumeCommand};
+
+/// What the journal says about one volume.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VolumeState {
+    pub name: String,
+    pub size_bytes: u64,
+    /// Seq of the event that created it; 0 while the volume does not exist.
+    pub created_seq: u64,
+    pub created_ms: u64,
+    pub snapshots: BTreeMap<String, SnapshotMeta>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapshotMeta {
+    pub seq: u64,
+    pub created_ms: u64,
+}
+
+impl VolumeState {
+    pub fn exists(&self) -> bool {
+        self.created_seq != 0
+    }
+
+    /// Folds one event (recorded at `seq`, `time_ms`) into the state.
+    pub fn apply(&mut self, seq: u64, time_ms: u64, event: &Event) {
+        match event {
+            Event::VolumeCreated(VolumeCreated { volume, size_bytes }) => {
+                *self = VolumeState {
+                    name: volume.clone(),
+                    size_bytes: *size_bytes,
+                    created_seq: seq,
+                    created_ms: time_ms,
+                    snapshots: BTreeMap::new(),
+                };
+            }
+            Event::VolumeDeleted(VolumeDeleted { .. }) => *self = VolumeState::default(),
+            Event::VolumeSnapshotted(VolumeSnapshotted { snapshot, .. }) => {
+                self.snapshots.insert(snapshot.clone(), SnapshotMeta { seq, created_ms: time_ms });
+            }
+            Event::SnapshotDeleted(SnapshotDeleted { snapshot, .. }) => {
+                self.snapshots.remove(snapshot);
+            }
+        }
+    }
+
+    /// Decides which events a command produces, or why it is refused.
+    pub fn decide(&self, command: &VolumeCommand) -> Result<Vec<Event>, ApiError> {
+        let missing = |name: &str| ApiError::not_found(format!("volume {name:?} does not exist"));
+        match command {
+            VolumeCommand::Create { name, size_bytes } => {
+                if self.exists() {
+                    return Err(ApiError::new(ErrorCode::AlreadyExists, format!("volume {name:?} already exists")));
+                }
+                Ok(vec![Event::VolumeCreated(VolumeCreated { volume: name.clone(), size_bytes: *size_bytes })])
+            }
+            VolumeCommand::Delete { name } => {
+                if !self.exists() {
+                    return Err(missing(name));
+                }
+                Ok(vec![Event::VolumeDeleted(VolumeDeleted { volume: name.clone() })])
+            }
+            VolumeCommand::Snapshot { name, snapshot } => {
+                if !self.exists() {
+                    return Err(missing(name));
+                }
+                if self.snapshots.contains_key(snapshot) {
+                    return Err(ApiError::new(
+                        ErrorCode::AlreadyExists,
+                        format!("snapshot {name}@{snapshot} already exists"),
+                    ));
+                }
+                Ok(vec![Event::VolumeSnapshotted(VolumeSnapshotted {
+                    volume: name.clone(),
+                    snapshot: snapshot.clone(),
+                })])
+            }
+            VolumeCommand::DeleteSnapshot { name, snapshot } => {
+                if !self.exists() {
+                    return Err(missing(name));
+                }
+                if !self.snapshots.contains_key(snapshot) {
+                    return Err(ApiError::not_found(format!("snapshot {name}@{snapshot} does not exist")));
+                }
+                Ok(vec![Event::SnapshotDeleted(SnapshotDeleted { volume: name.clone(), snapshot: snapshot.clone() })])
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(state: &mut VolumeState, seq: &mut u64, cmd: VolumeCommand) -> Result<(), ApiError> {
+        for e in state.decide(&cmd)? {
+            *seq += 1;
+            state.apply(*seq, *seq * 10, &e);
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn lifecycle_follows_the_rules() {
+        let (mut s, mut seq) = (VolumeState::default(), 0);
+        let snap = |n: &str| VolumeCommand::Snapshot { name: "v1".into(), snapshot: n.into() };
+        assert_eq!(run(&mut s, &mut seq, snap("s1")).unwrap_err().code, ErrorCode::NotFound);
+        run(&mut s, &mut seq, VolumeCommand::Create { name: "v1".into(), size_bytes: 1 << 30 }).unwrap();
+        let again = run(&mut s, &mut seq, VolumeCommand::Create { name: "v1".into(), size_bytes: 1 });
+        assert_eq!(again.unwrap_err().code, ErrorCode::AlreadyExists);
+        run(&mut s, &mut seq, snap("s1")).unwrap();
+        assert_eq!(run(&mut s, &mut seq, snap("s1")).unwrap_err().code, ErrorCode::AlreadyExists);
+        assert_eq!(s.snapshots.keys().collect::<Vec<_>>(), ["s1"]);
+        run(&mut s, &mut seq, VolumeCommand::DeleteSnapshot { name: "v1".into(), snapshot: "s1".into() }).unwrap();
+        assert!(s.snapshots.is_empty());
+        run(&mut s, &mut seq, VolumeCommand::Delete { name: "v1".into() }).unwrap();
+        assert!(!s.exists());
+        assert_eq!(s.size_bytes, 0);
+    }
+}
