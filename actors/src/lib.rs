@@ -1,1 +1,59 @@
-//! placeholder
+//! Cairn's runtime: the only crate where side effects happen.
+//!
+//! - [`journal`]: the hash-chained redb event log with group commit.
+//! - [`bus`]: NATS (or the in-process twin) for commands and events.
+//! - [`volume`]: the volume actor (actix), one per volume.
+//! - [`registry`]: finds actors by name (dashmap).
+//! - [`gateway`]: decodes requests from the bus, routes them, replies.
+//! - [`cluster`]: wires everything for `cairn up` and `cairn demo`, rebuilds
+//!   state from the journal at start-up and reconciles the block engine.
+//! - [`nats_server`]: spawns a private nats-server when one is installed.
+//!
+//! # Architecture invariant
+//! Deciding is pure (`cairn_schema`); this crate only carries out what the
+//! deciders return, in the order the volume actor documents.
+
+pub mod bus;
+pub mod client;
+pub mod cluster;
+pub mod gateway;
+pub mod journal;
+pub mod nats_server;
+pub mod registry;
+pub mod services;
+pub mod volume;
+
+/// Runtime bounds, validated in one place ([`Limits::sanitize`]).
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Messages queued in one actor's mailbox.
+    pub mailbox: usize,
+    /// Requests the gateway works on at once.
+    pub max_in_flight: usize,
+    /// Largest request body accepted, in bytes.
+    pub max_request_bytes: usize,
+    pub journal: journal::Limits,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits {
+            mailbox: 256,
+            max_in_flight: 1024,
+            max_request_bytes: 1 << 20,
+            journal: journal::Limits::default(),
+        }
+    }
+}
+
+impl Limits {
+    /// Clamps every bound into a range that works.
+    pub fn sanitize(mut self) -> Limits {
+        self.mailbox = self.mailbox.clamp(1, 1 << 16);
+        self.max_in_flight = self.max_in_flight.clamp(1, 1 << 16);
+        self.max_request_bytes = self.max_request_bytes.clamp(1024, 64 << 20);
+        self.journal.queue = self.journal.queue.clamp(1, 1 << 20);
+        self.journal.max_batch = self.journal.max_batch.clamp(1, 1 << 16);
+        self
+    }
+}

@@ -18,15 +18,27 @@ pub enum Error {
     #[error("invalid name {name:?}: {reason}")]
     InvalidName { name: String, reason: &'static str },
     #[error("range {offset}+{len} is outside volume {volume:?} of {size} bytes")]
-    OutOfRange { volume: String, offset: u64, len: u64, size: u64 },
+    OutOfRange {
+        volume: String,
+        offset: u64,
+        len: u64,
+        size: u64,
+    },
     #[error("{export:?} is read-only")]
     ReadOnly { export: String },
     #[error("no space left on {path}")]
     NoSpace { path: PathBuf },
     #[error("data of {volume:?} at offset {offset} is corrupted: {reason}")]
-    Corrupted { volume: String, offset: u64, reason: String },
+    Corrupted {
+        volume: String,
+        offset: u64,
+        reason: String,
+    },
     #[error("io error on {path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
 }
 
 impl Error {

@@ -41,10 +41,14 @@ pub struct ExportName {
 impl ExportName {
     pub fn parse(name: &str) -> Result<ExportName> {
         match name.split_once('@') {
-            None => Ok(ExportName { volume: name.to_owned(), snapshot: None }),
-            Some((volume, snapshot)) => {
-                Ok(ExportName { volume: volume.to_owned(), snapshot: Some(snapshot.to_owned()) })
-            }
+            None => Ok(ExportName {
+                volume: name.to_owned(),
+                snapshot: None,
+            }),
+            Some((volume, snapshot)) => Ok(ExportName {
+                volume: volume.to_owned(),
+                snapshot: Some(snapshot.to_owned()),
+            }),
         }
     }
 }
@@ -101,7 +105,10 @@ fn check_name(name: &str) -> Result<()> {
         None
     };
     match reason {
-        Some(reason) => Err(Error::InvalidName { name: name.to_owned(), reason }),
+        Some(reason) => Err(Error::InvalidName {
+            name: name.to_owned(),
+            reason,
+        }),
         None => Ok(()),
     }
 }
@@ -130,11 +137,14 @@ impl Pool {
                 let _ = fs::remove_dir_all(&dir);
                 continue;
             };
-            let size_bytes = size_text.trim().parse::<u64>().map_err(|e| Error::Corrupted {
-                volume: name.clone(),
-                offset: 0,
-                reason: format!("bad size file: {e}"),
-            })?;
+            let size_bytes = size_text
+                .trim()
+                .parse::<u64>()
+                .map_err(|e| Error::Corrupted {
+                    volume: name.clone(),
+                    offset: 0,
+                    reason: format!("bad size file: {e}"),
+                })?;
             let data_path = dir.join("data");
             let data = OpenOptions::new()
                 .read(true)
@@ -143,10 +153,19 @@ impl Pool {
                 .map_err(|e| Error::io(&data_path, e))?;
             volumes.insert(
                 name.clone(),
-                Arc::new(Volume { name, dir, size_bytes, data, gate: RwLock::new(()) }),
+                Arc::new(Volume {
+                    name,
+                    dir,
+                    size_bytes,
+                    data,
+                    gate: RwLock::new(()),
+                }),
             );
         }
-        Ok(Pool { root, volumes: Mutex::new(volumes) })
+        Ok(Pool {
+            root,
+            volumes: Mutex::new(volumes),
+        })
     }
 
     pub fn root(&self) -> &Path {
@@ -159,17 +178,24 @@ impl Pool {
             .unwrap()
             .get(name)
             .cloned()
-            .ok_or_else(|| Error::VolumeNotFound { volume: name.to_owned() })
+            .ok_or_else(|| Error::VolumeNotFound {
+                volume: name.to_owned(),
+            })
     }
 
     pub fn create_volume(&self, name: &str, size_bytes: u64) -> Result<()> {
         check_name(name)?;
         if size_bytes == 0 || size_bytes > MAX_VOLUME_BYTES {
-            return Err(Error::InvalidName { name: name.to_owned(), reason: "size must be 1 byte to 64 TiB" });
+            return Err(Error::InvalidName {
+                name: name.to_owned(),
+                reason: "size must be 1 byte to 64 TiB",
+            });
         }
         let mut volumes = self.volumes.lock().unwrap();
         if volumes.contains_key(name) {
-            return Err(Error::VolumeExists { volume: name.to_owned() });
+            return Err(Error::VolumeExists {
+                volume: name.to_owned(),
+            });
         }
         let dir = self.root.join("volumes").join(escape(name));
         let snaps = dir.join("snaps");
@@ -182,24 +208,33 @@ impl Pool {
             .truncate(true)
             .open(&data_path)
             .map_err(|e| Error::io(&data_path, e))?;
-        data.set_len(size_bytes).map_err(|e| Error::io(&data_path, e))?;
+        data.set_len(size_bytes)
+            .map_err(|e| Error::io(&data_path, e))?;
         data.sync_all().map_err(|e| Error::io(&data_path, e))?;
         // The size file is written last: its presence marks a complete volume.
         write_durably(&dir.join("size"), size_bytes.to_string().as_bytes())?;
         volumes.insert(
             name.to_owned(),
-            Arc::new(Volume { name: name.to_owned(), dir, size_bytes, data, gate: RwLock::new(()) }),
+            Arc::new(Volume {
+                name: name.to_owned(),
+                dir,
+                size_bytes,
+                data,
+                gate: RwLock::new(()),
+            }),
         );
         Ok(())
     }
 
     pub fn delete_volume(&self, name: &str) -> Result<()> {
-        let volume = self
-            .volumes
-            .lock()
-            .unwrap()
-            .remove(name)
-            .ok_or_else(|| Error::VolumeNotFound { volume: name.to_owned() })?;
+        let volume =
+            self.volumes
+                .lock()
+                .unwrap()
+                .remove(name)
+                .ok_or_else(|| Error::VolumeNotFound {
+                    volume: name.to_owned(),
+                })?;
         fs::remove_dir_all(&volume.dir).map_err(|e| Error::io(&volume.dir, e))
     }
 
@@ -207,12 +242,18 @@ impl Pool {
     pub fn snapshot(&self, volume: &str, snapshot: &str) -> Result<()> {
         check_name(snapshot)?;
         if snapshot.contains('/') {
-            return Err(Error::InvalidName { name: snapshot.to_owned(), reason: "'/' is not allowed" });
+            return Err(Error::InvalidName {
+                name: snapshot.to_owned(),
+                reason: "'/' is not allowed",
+            });
         }
         let vol = self.volume(volume)?;
         let target = vol.dir.join("snaps").join(snapshot);
         if target.exists() {
-            return Err(Error::SnapshotExists { volume: volume.to_owned(), snapshot: snapshot.to_owned() });
+            return Err(Error::SnapshotExists {
+                volume: volume.to_owned(),
+                snapshot: snapshot.to_owned(),
+            });
         }
         let tmp = vol.dir.join("snaps").join(format!(".{snapshot}.tmp"));
         let _fence = vol.gate.write().unwrap();
@@ -231,9 +272,10 @@ impl Pool {
         let path = vol.dir.join("snaps").join(snapshot);
         match fs::remove_file(&path) {
             Ok(()) => Ok(()),
-            Err(e) if e.kind() == ErrorKind::NotFound => {
-                Err(Error::SnapshotNotFound { volume: volume.to_owned(), snapshot: snapshot.to_owned() })
-            }
+            Err(e) if e.kind() == ErrorKind::NotFound => Err(Error::SnapshotNotFound {
+                volume: volume.to_owned(),
+                snapshot: snapshot.to_owned(),
+            }),
             Err(e) => Err(Error::io(&path, e)),
         }
     }
@@ -256,7 +298,10 @@ impl Pool {
         let vol = self.volume(name)?;
         let snapshots = Self::snapshot_names(&vol)?
             .into_iter()
-            .map(|snap| SnapshotInfo { allocated_bytes: allocated(&vol.dir.join("snaps").join(&snap)), name: snap })
+            .map(|snap| SnapshotInfo {
+                allocated_bytes: allocated(&vol.dir.join("snaps").join(&snap)),
+                name: snap,
+            })
             .collect();
         Ok(VolumeInfo {
             name: vol.name.clone(),
@@ -275,16 +320,24 @@ impl Pool {
         let parsed = ExportName::parse(export)?;
         let vol = self.volume(&parsed.volume)?;
         match parsed.snapshot {
-            None => Ok(Arc::new(LiveDevice { export: export.to_owned(), volume: vol })),
+            None => Ok(Arc::new(LiveDevice {
+                export: export.to_owned(),
+                volume: vol,
+            })),
             Some(snap) => {
                 let path = vol.dir.join("snaps").join(&snap);
                 let file = File::open(&path).map_err(|e| match e.kind() {
-                    ErrorKind::NotFound => {
-                        Error::SnapshotNotFound { volume: parsed.volume.clone(), snapshot: snap.clone() }
-                    }
+                    ErrorKind::NotFound => Error::SnapshotNotFound {
+                        volume: parsed.volume.clone(),
+                        snapshot: snap.clone(),
+                    },
                     _ => Error::io(&path, e),
                 })?;
-                Ok(Arc::new(SnapshotDevice { export: export.to_owned(), size_bytes: vol.size_bytes, file }))
+                Ok(Arc::new(SnapshotDevice {
+                    export: export.to_owned(),
+                    size_bytes: vol.size_bytes,
+                    file,
+                }))
             }
         }
     }
@@ -306,7 +359,9 @@ impl Pool {
     pub fn flush_all(&self) -> Result<()> {
         let volumes: Vec<Arc<Volume>> = self.volumes.lock().unwrap().values().cloned().collect();
         for vol in volumes {
-            vol.data.sync_data().map_err(|e| Error::io(vol.dir.join("data"), e))?;
+            vol.data
+                .sync_data()
+                .map_err(|e| Error::io(vol.dir.join("data"), e))?;
         }
         Ok(())
     }
@@ -324,25 +379,32 @@ impl crate::nbd::Exports for Pool {
 fn write_durably(path: &Path, bytes: &[u8]) -> Result<()> {
     let tmp = path.with_extension("tmp");
     fs::write(&tmp, bytes).map_err(|e| Error::io(&tmp, e))?;
-    File::open(&tmp).and_then(|f| f.sync_all()).map_err(|e| Error::io(&tmp, e))?;
+    File::open(&tmp)
+        .and_then(|f| f.sync_all())
+        .map_err(|e| Error::io(&tmp, e))?;
     fs::rename(&tmp, path).map_err(|e| Error::io(path, e))?;
     sync_dir(path.parent().expect("a file path has a parent"))
 }
 
 fn sync_dir(dir: &Path) -> Result<()> {
-    File::open(dir).and_then(|d| d.sync_all()).map_err(|e| Error::io(dir, e))
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| Error::io(dir, e))
 }
 
 fn copy_sparse(src: &File, size_bytes: u64, dst_path: &Path) -> Result<()> {
     let dst = File::create(dst_path).map_err(|e| Error::io(dst_path, e))?;
-    dst.set_len(size_bytes).map_err(|e| Error::io(dst_path, e))?;
+    dst.set_len(size_bytes)
+        .map_err(|e| Error::io(dst_path, e))?;
     let mut buf = vec![0u8; COPY_CHUNK_BYTES];
     let mut offset = 0u64;
     while offset < size_bytes {
         let n = COPY_CHUNK_BYTES.min((size_bytes - offset) as usize);
-        src.read_exact_at(&mut buf[..n], offset).map_err(|e| Error::io(dst_path, e))?;
+        src.read_exact_at(&mut buf[..n], offset)
+            .map_err(|e| Error::io(dst_path, e))?;
         if buf[..n].iter().any(|&b| b != 0) {
-            dst.write_all_at(&buf[..n], offset).map_err(|e| Error::io(dst_path, e))?;
+            dst.write_all_at(&buf[..n], offset)
+                .map_err(|e| Error::io(dst_path, e))?;
         }
         offset += n as u64;
     }
@@ -352,7 +414,12 @@ fn copy_sparse(src: &File, size_bytes: u64, dst_path: &Path) -> Result<()> {
 fn check_range(name: &str, size: u64, offset: u64, len: u64) -> Result<()> {
     match offset.checked_add(len) {
         Some(end) if end <= size => Ok(()),
-        _ => Err(Error::OutOfRange { volume: name.to_owned(), offset, len, size }),
+        _ => Err(Error::OutOfRange {
+            volume: name.to_owned(),
+            offset,
+            len,
+            size,
+        }),
     }
 }
 
@@ -383,7 +450,10 @@ impl LiveDevice {
             return Err(Error::io(self.data_path(), std::io::Error::last_os_error()));
         }
         if fua {
-            self.volume.data.sync_data().map_err(|e| Error::io(self.data_path(), e))?;
+            self.volume
+                .data
+                .sync_data()
+                .map_err(|e| Error::io(self.data_path(), e))?;
         }
         Ok(())
     }
@@ -400,15 +470,34 @@ impl Device for LiveDevice {
         false
     }
     fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {
-        check_range(&self.export, self.volume.size_bytes, offset, buf.len() as u64)?;
-        self.volume.data.read_exact_at(buf, offset).map_err(|e| Error::io(self.data_path(), e))
+        check_range(
+            &self.export,
+            self.volume.size_bytes,
+            offset,
+            buf.len() as u64,
+        )?;
+        self.volume
+            .data
+            .read_exact_at(buf, offset)
+            .map_err(|e| Error::io(self.data_path(), e))
     }
     fn write_at(&self, buf: &[u8], offset: u64, fua: bool) -> Result<()> {
-        check_range(&self.export, self.volume.size_bytes, offset, buf.len() as u64)?;
+        check_range(
+            &self.export,
+            self.volume.size_bytes,
+            offset,
+            buf.len() as u64,
+        )?;
         let _gate = self.volume.gate.read().unwrap();
-        self.volume.data.write_all_at(buf, offset).map_err(|e| Error::io(self.data_path(), e))?;
+        self.volume
+            .data
+            .write_all_at(buf, offset)
+            .map_err(|e| Error::io(self.data_path(), e))?;
         if fua {
-            self.volume.data.sync_data().map_err(|e| Error::io(self.data_path(), e))?;
+            self.volume
+                .data
+                .sync_data()
+                .map_err(|e| Error::io(self.data_path(), e))?;
         }
         Ok(())
     }
@@ -419,7 +508,10 @@ impl Device for LiveDevice {
         self.punch(offset, len, false)
     }
     fn flush(&self) -> Result<()> {
-        self.volume.data.sync_data().map_err(|e| Error::io(self.data_path(), e))
+        self.volume
+            .data
+            .sync_data()
+            .map_err(|e| Error::io(self.data_path(), e))
     }
 }
 
@@ -441,16 +533,24 @@ impl Device for SnapshotDevice {
     }
     fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {
         check_range(&self.export, self.size_bytes, offset, buf.len() as u64)?;
-        self.file.read_exact_at(buf, offset).map_err(|e| Error::io(&self.export, e))
+        self.file
+            .read_exact_at(buf, offset)
+            .map_err(|e| Error::io(&self.export, e))
     }
     fn write_at(&self, _: &[u8], _: u64, _: bool) -> Result<()> {
-        Err(Error::ReadOnly { export: self.export.clone() })
+        Err(Error::ReadOnly {
+            export: self.export.clone(),
+        })
     }
     fn write_zeroes(&self, _: u64, _: u64, _: bool) -> Result<()> {
-        Err(Error::ReadOnly { export: self.export.clone() })
+        Err(Error::ReadOnly {
+            export: self.export.clone(),
+        })
     }
     fn trim(&self, _: u64, _: u64) -> Result<()> {
-        Err(Error::ReadOnly { export: self.export.clone() })
+        Err(Error::ReadOnly {
+            export: self.export.clone(),
+        })
     }
     fn flush(&self) -> Result<()> {
         Ok(())
@@ -480,7 +580,10 @@ mod tests {
         let mut buf = [0u8; 4096];
         snap.read_at(&mut buf, 4096).unwrap();
         assert_eq!(buf, [0x5a; 4096]);
-        assert!(matches!(snap.write_at(&buf, 0, false), Err(Error::ReadOnly { .. })));
+        assert!(matches!(
+            snap.write_at(&buf, 0, false),
+            Err(Error::ReadOnly { .. })
+        ));
         let live = pool.open_export("app/data-db-0").unwrap();
         live.read_at(&mut buf, 4096).unwrap();
         assert_eq!(buf, [0x11; 4096]);
@@ -494,12 +597,27 @@ mod tests {
     fn bad_input_is_refused_with_context() {
         let dir = tempfile::tempdir().unwrap();
         let pool = Pool::open(dir.path()).unwrap();
-        assert!(matches!(pool.create_volume("a@b", 1 << 20), Err(Error::InvalidName { .. })));
-        assert!(matches!(pool.create_volume("", 1 << 20), Err(Error::InvalidName { .. })));
-        assert!(matches!(pool.open_export("nope"), Err(Error::VolumeNotFound { .. })));
+        assert!(matches!(
+            pool.create_volume("a@b", 1 << 20),
+            Err(Error::InvalidName { .. })
+        ));
+        assert!(matches!(
+            pool.create_volume("", 1 << 20),
+            Err(Error::InvalidName { .. })
+        ));
+        assert!(matches!(
+            pool.open_export("nope"),
+            Err(Error::VolumeNotFound { .. })
+        ));
         pool.create_volume("v", 1 << 20).unwrap();
-        assert!(matches!(pool.create_volume("v", 1 << 20), Err(Error::VolumeExists { .. })));
-        assert!(matches!(pool.open_export("v@nope"), Err(Error::SnapshotNotFound { .. })));
+        assert!(matches!(
+            pool.create_volume("v", 1 << 20),
+            Err(Error::VolumeExists { .. })
+        ));
+        assert!(matches!(
+            pool.open_export("v@nope"),
+            Err(Error::SnapshotNotFound { .. })
+        ));
         let live = pool.open_export("v").unwrap();
         let mut buf = [0u8; 16];
         let err = live.read_at(&mut buf, (1 << 20) - 8).unwrap_err();

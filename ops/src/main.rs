@@ -1,1 +1,20 @@
-fn main(){}
+//! The `cairn` binary: the CLI client, `cairn up` and `cairn demo`.
+//!
+//! This crate stays thin: it parses arguments, calls `cairn_actors`, and
+//! prints. Every command maps to one request on
+//! `cairn.v1.<tenant>.<kind>.<verb>` (see `cairn_schema::command`).
+
+mod cli;
+mod demo;
+mod output;
+mod telemetry;
+mod up;
+
+use clap::Parser;
+
+fn main() {
+    let args = cli::Cli::parse();
+    telemetry::init(&args);
+    let code = actix_rt::System::new().block_on(cli::run(args));
+    std::process::exit(code);
+}

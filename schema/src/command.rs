@@ -17,8 +17,8 @@
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use crate::names::{check_label, check_volume_name, parse_size};
 use crate::ApiError;
+use crate::names::{check_label, check_volume_name, parse_size};
 
 /// Largest number of records one `events.list` returns.
 pub const MAX_EVENTS_PAGE: u32 = 10_000;
@@ -77,7 +77,10 @@ impl EventsFilter {
 
     pub fn matches(&self, aggregate: &str, kind: &str, time_ms: u64) -> bool {
         let subject_ok = self.subject.as_deref().is_none_or(|s| {
-            aggregate == s || aggregate.strip_prefix(s).is_some_and(|rest| rest.starts_with('/'))
+            aggregate == s
+                || aggregate
+                    .strip_prefix(s)
+                    .is_some_and(|rest| rest.starts_with('/'))
         });
         subject_ok
             && self.kind.as_deref().is_none_or(|k| k == kind)
@@ -123,8 +126,13 @@ struct SnapshotBody {
 struct EmptyBody {}
 
 fn body<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
-    let bytes = if bytes.iter().all(u8::is_ascii_whitespace) { b"{}".as_slice() } else { bytes };
-    serde_json::from_slice(bytes).map_err(|e| ApiError::invalid(format!("request body is not valid: {e}")))
+    let bytes = if bytes.iter().all(u8::is_ascii_whitespace) {
+        b"{}".as_slice()
+    } else {
+        bytes
+    };
+    serde_json::from_slice(bytes)
+        .map_err(|e| ApiError::invalid(format!("request body is not valid: {e}")))
 }
 
 impl Command {
@@ -141,7 +149,10 @@ impl Command {
                 if size_bytes == 0 {
                     return Err(ApiError::invalid("size must be greater than zero"));
                 }
-                Command::Volume(VolumeCommand::Create { name: b.name, size_bytes })
+                Command::Volume(VolumeCommand::Create {
+                    name: b.name,
+                    size_bytes,
+                })
             }
             ("volume", "delete") => {
                 let b: NameBody = body(bytes)?;
@@ -153,9 +164,15 @@ impl Command {
                 check_volume_name(&b.name)?;
                 check_label("snapshot", &b.snapshot)?;
                 Command::Volume(if verb == "snapshot" {
-                    VolumeCommand::Snapshot { name: b.name, snapshot: b.snapshot }
+                    VolumeCommand::Snapshot {
+                        name: b.name,
+                        snapshot: b.snapshot,
+                    }
                 } else {
-                    VolumeCommand::DeleteSnapshot { name: b.name, snapshot: b.snapshot }
+                    VolumeCommand::DeleteSnapshot {
+                        name: b.name,
+                        snapshot: b.snapshot,
+                    }
                 })
             }
             ("volume", "list") => {
@@ -196,25 +213,57 @@ mod tests {
     #[test]
     fn volume_create_accepts_text_and_byte_sizes() {
         let c = Command::parse("volume", "create", br#"{"name":"v1","size":"1G"}"#).unwrap();
-        assert_eq!(c, Command::Volume(VolumeCommand::Create { name: "v1".into(), size_bytes: 1 << 30 }));
-        let c = Command::parse("volume", "create", br#"{"name":"shop/data-db-0","size":4096}"#).unwrap();
-        assert_eq!(c, Command::Volume(VolumeCommand::Create { name: "shop/data-db-0".into(), size_bytes: 4096 }));
+        assert_eq!(
+            c,
+            Command::Volume(VolumeCommand::Create {
+                name: "v1".into(),
+                size_bytes: 1 << 30
+            })
+        );
+        let c = Command::parse(
+            "volume",
+            "create",
+            br#"{"name":"shop/data-db-0","size":4096}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            c,
+            Command::Volume(VolumeCommand::Create {
+                name: "shop/data-db-0".into(),
+                size_bytes: 4096
+            })
+        );
     }
 
     #[test]
     fn bad_requests_get_codes() {
         let code = |k: &str, v: &str, b: &[u8]| Command::parse(k, v, b).unwrap_err().code;
-        assert_eq!(code("volume", "create", b"{not json"), ErrorCode::InvalidArgument);
-        assert_eq!(code("volume", "create", br#"{"name":"BAD","size":"1G"}"#), ErrorCode::InvalidArgument);
-        assert_eq!(code("volume", "create", br#"{"name":"v","size":"0"}"#), ErrorCode::InvalidArgument);
-        assert_eq!(code("volume", "create", br#"{"name":"v","size":"1G","x":1}"#), ErrorCode::InvalidArgument);
+        assert_eq!(
+            code("volume", "create", b"{not json"),
+            ErrorCode::InvalidArgument
+        );
+        assert_eq!(
+            code("volume", "create", br#"{"name":"BAD","size":"1G"}"#),
+            ErrorCode::InvalidArgument
+        );
+        assert_eq!(
+            code("volume", "create", br#"{"name":"v","size":"0"}"#),
+            ErrorCode::InvalidArgument
+        );
+        assert_eq!(
+            code("volume", "create", br#"{"name":"v","size":"1G","x":1}"#),
+            ErrorCode::InvalidArgument
+        );
         assert_eq!(code("volume", "explode", b"{}"), ErrorCode::UnknownCommand);
         assert_eq!(code("nope", "list", b"{}"), ErrorCode::UnknownCommand);
     }
 
     #[test]
     fn empty_body_means_no_arguments() {
-        assert_eq!(Command::parse("volume", "list", b"").unwrap(), Command::Query(Query::VolumeList));
+        assert_eq!(
+            Command::parse("volume", "list", b"").unwrap(),
+            Command::Query(Query::VolumeList)
+        );
     }
 
     proptest::proptest! {

@@ -62,7 +62,11 @@ pub struct ApiError {
 
 impl ApiError {
     pub fn new(code: ErrorCode, message: impl Into<String>) -> ApiError {
-        ApiError { code, message: message.into(), details: serde_json::Value::Null }
+        ApiError {
+            code,
+            message: message.into(),
+            details: serde_json::Value::Null,
+        }
     }
 
     pub fn with_details(mut self, details: serde_json::Value) -> ApiError {
@@ -89,6 +93,8 @@ impl ApiError {
 
     /// Reads an error back out of a reply body, if it is one.
     pub fn from_reply(reply: &serde_json::Value) -> Option<ApiError> {
-        reply.get("error").and_then(|e| serde_json::from_value(e.clone()).ok())
+        reply
+            .get("error")
+            .and_then(|e| serde_json::from_value(e.clone()).ok())
     }
 }

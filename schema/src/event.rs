@@ -121,9 +121,15 @@ mod tests {
 
     #[test]
     fn payloads_round_trip_and_unknown_tags_fail() {
-        let e = Event::VolumeSnapshotted(VolumeSnapshotted { volume: "v1".into(), snapshot: "s1".into() });
+        let e = Event::VolumeSnapshotted(VolumeSnapshotted {
+            volume: "v1".into(),
+            snapshot: "s1".into(),
+        });
         assert_eq!(Event::decode(e.tag(), &e.encode()).unwrap(), e);
-        assert!(matches!(Event::decode(999, &e.encode()), Err(CodecError::UnknownTag(999))));
+        assert!(matches!(
+            Event::decode(999, &e.encode()),
+            Err(CodecError::UnknownTag(999))
+        ));
         assert!(Event::decode(1, &[0xff]).is_err());
         let json = serde_json::to_value(&e).unwrap();
         assert_eq!(json["kind"], "VolumeSnapshotted");

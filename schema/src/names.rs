@@ -14,7 +14,10 @@ pub fn check_label(what: &str, name: &str) -> Result<(), ApiError> {
         Some("must not be empty".to_owned())
     } else if name.len() > MAX_LABEL_LEN {
         Some(format!("must be at most {MAX_LABEL_LEN} characters"))
-    } else if !name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-') {
+    } else if !name
+        .bytes()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+    {
         Some("may contain only lowercase letters, digits and '-'".to_owned())
     } else if name.starts_with('-') || name.ends_with('-') {
         Some("must start and end with a letter or digit".to_owned())
@@ -23,8 +26,10 @@ pub fn check_label(what: &str, name: &str) -> Result<(), ApiError> {
     };
     match problem {
         None => Ok(()),
-        Some(problem) => Err(ApiError::invalid(format!("{what} {name:?} is not a valid name: it {problem}"))
-            .with_details(serde_json::json!({ "field": what, "value": name }))),
+        Some(problem) => Err(ApiError::invalid(format!(
+            "{what} {name:?} is not a valid name: it {problem}"
+        ))
+        .with_details(serde_json::json!({ "field": what, "value": name }))),
     }
 }
 
@@ -42,12 +47,22 @@ pub fn check_volume_name(name: &str) -> Result<(), ApiError> {
 /// Parses a size: a plain byte count (`1048576`) or a number with a binary
 /// unit (`512K`, `1G`, `10Gi`, `1T`). `G` and `Gi` both mean 2^30.
 pub fn parse_size(text: &str) -> Result<u64, ApiError> {
-    let bad = || ApiError::invalid(format!("size {text:?} is not a size like 10G, 512Mi or 1048576"));
+    let bad = || {
+        ApiError::invalid(format!(
+            "size {text:?} is not a size like 10G, 512Mi or 1048576"
+        ))
+    };
     let text = text.trim();
-    let digits_end = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let digits_end = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
     let (digits, unit) = text.split_at(digits_end);
     let number: u64 = digits.parse().map_err(|_| bad())?;
-    let shift = match unit.trim_end_matches(['i', 'B']).to_ascii_uppercase().as_str() {
+    let shift = match unit
+        .trim_end_matches(['i', 'B'])
+        .to_ascii_uppercase()
+        .as_str()
+    {
         "" => 0,
         "K" => 10,
         "M" => 20,
@@ -68,7 +83,11 @@ pub fn format_size(bytes: u64) -> String {
         value /= 1024.0;
         unit += 1;
     }
-    if unit == 0 { format!("{bytes} B") } else { format!("{value:.1} {}", UNITS[unit]) }
+    if unit == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
 }
 
 #[cfg(test)]
@@ -80,7 +99,10 @@ mod tests {
         assert!(check_label("volume", "v1").is_ok());
         assert!(check_label("volume", "data-db-0").is_ok());
         for bad in ["", "V1", "-a", "a-", "a_b", "a.b", &"a".repeat(64)] {
-            assert!(check_label("volume", bad).is_err(), "{bad:?} should be refused");
+            assert!(
+                check_label("volume", bad).is_err(),
+                "{bad:?} should be refused"
+            );
         }
         assert!(check_volume_name("shop/data-db-0").is_ok());
         assert!(check_volume_name("shop/").is_err());

@@ -7,9 +7,9 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::Event;
 use crate::event::CodecError;
 use crate::time::format_rfc3339_ms;
-use crate::Event;
 
 pub type Hash = [u8; 32];
 
@@ -91,8 +91,14 @@ impl EventRecord {
     /// The JSON view printed by `cairn events --json` and published on NATS.
     pub fn view(&self) -> EventView {
         let (kind, data) = match self.event() {
-            Ok(event) => (event.kind().to_owned(), serde_json::to_value(&event).unwrap_or_default()),
-            Err(e) => (format!("Unknown({})", self.tag), serde_json::json!({ "error": e.to_string() })),
+            Ok(event) => (
+                event.kind().to_owned(),
+                serde_json::to_value(&event).unwrap_or_default(),
+            ),
+            Err(e) => (
+                format!("Unknown({})", self.tag),
+                serde_json::json!({ "error": e.to_string() }),
+            ),
         };
         EventView {
             seq: self.seq,
@@ -140,7 +146,12 @@ pub struct ChainBreak {
 
 /// Checks one record against its predecessor's hash and seq.
 pub fn check_link(prev_seq: u64, prev_hash: &Hash, record: &EventRecord) -> Result<(), ChainBreak> {
-    let fail = |reason: String| Err(ChainBreak { seq: record.seq, reason });
+    let fail = |reason: String| {
+        Err(ChainBreak {
+            seq: record.seq,
+            reason,
+        })
+    };
     if record.seq != prev_seq + 1 {
         return fail(format!("seq {} follows seq {prev_seq}", record.seq));
     }
@@ -165,7 +176,10 @@ mod tests {
         let mut prev = GENESIS_HASH;
         (1..=n)
             .map(|seq| {
-                let e = Event::VolumeCreated(VolumeCreated { volume: format!("v{seq}"), size_bytes: seq });
+                let e = Event::VolumeCreated(VolumeCreated {
+                    volume: format!("v{seq}"),
+                    size_bytes: seq,
+                });
                 let r = EventRecord::seal(seq, 1000 * seq, "default", "req", "cli", &e, prev);
                 prev = r.hash;
                 r

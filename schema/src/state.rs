@@ -44,7 +44,13 @@ impl VolumeState {
             }
             Event::VolumeDeleted(VolumeDeleted { .. }) => *self = VolumeState::default(),
             Event::VolumeSnapshotted(VolumeSnapshotted { snapshot, .. }) => {
-                self.snapshots.insert(snapshot.clone(), SnapshotMeta { seq, created_ms: time_ms });
+                self.snapshots.insert(
+                    snapshot.clone(),
+                    SnapshotMeta {
+                        seq,
+                        created_ms: time_ms,
+                    },
+                );
             }
             Event::SnapshotDeleted(SnapshotDeleted { snapshot, .. }) => {
                 self.snapshots.remove(snapshot);
@@ -58,15 +64,23 @@ impl VolumeState {
         match command {
             VolumeCommand::Create { name, size_bytes } => {
                 if self.exists() {
-                    return Err(ApiError::new(ErrorCode::AlreadyExists, format!("volume {name:?} already exists")));
+                    return Err(ApiError::new(
+                        ErrorCode::AlreadyExists,
+                        format!("volume {name:?} already exists"),
+                    ));
                 }
-                Ok(vec![Event::VolumeCreated(VolumeCreated { volume: name.clone(), size_bytes: *size_bytes })])
+                Ok(vec![Event::VolumeCreated(VolumeCreated {
+                    volume: name.clone(),
+                    size_bytes: *size_bytes,
+                })])
             }
             VolumeCommand::Delete { name } => {
                 if !self.exists() {
                     return Err(missing(name));
                 }
-                Ok(vec![Event::VolumeDeleted(VolumeDeleted { volume: name.clone() })])
+                Ok(vec![Event::VolumeDeleted(VolumeDeleted {
+                    volume: name.clone(),
+                })])
             }
             VolumeCommand::Snapshot { name, snapshot } => {
                 if !self.exists() {
@@ -88,9 +102,14 @@ impl VolumeState {
                     return Err(missing(name));
                 }
                 if !self.snapshots.contains_key(snapshot) {
-                    return Err(ApiError::not_found(format!("snapshot {name}@{snapshot} does not exist")));
+                    return Err(ApiError::not_found(format!(
+                        "snapshot {name}@{snapshot} does not exist"
+                    )));
                 }
-                Ok(vec![Event::SnapshotDeleted(SnapshotDeleted { volume: name.clone(), snapshot: snapshot.clone() })])
+                Ok(vec![Event::SnapshotDeleted(SnapshotDeleted {
+                    volume: name.clone(),
+                    snapshot: snapshot.clone(),
+                })])
             }
         }
     }
@@ -111,17 +130,54 @@ mod tests {
     #[test]
     fn lifecycle_follows_the_rules() {
         let (mut s, mut seq) = (VolumeState::default(), 0);
-        let snap = |n: &str| VolumeCommand::Snapshot { name: "v1".into(), snapshot: n.into() };
-        assert_eq!(run(&mut s, &mut seq, snap("s1")).unwrap_err().code, ErrorCode::NotFound);
-        run(&mut s, &mut seq, VolumeCommand::Create { name: "v1".into(), size_bytes: 1 << 30 }).unwrap();
-        let again = run(&mut s, &mut seq, VolumeCommand::Create { name: "v1".into(), size_bytes: 1 });
+        let snap = |n: &str| VolumeCommand::Snapshot {
+            name: "v1".into(),
+            snapshot: n.into(),
+        };
+        assert_eq!(
+            run(&mut s, &mut seq, snap("s1")).unwrap_err().code,
+            ErrorCode::NotFound
+        );
+        run(
+            &mut s,
+            &mut seq,
+            VolumeCommand::Create {
+                name: "v1".into(),
+                size_bytes: 1 << 30,
+            },
+        )
+        .unwrap();
+        let again = run(
+            &mut s,
+            &mut seq,
+            VolumeCommand::Create {
+                name: "v1".into(),
+                size_bytes: 1,
+            },
+        );
         assert_eq!(again.unwrap_err().code, ErrorCode::AlreadyExists);
         run(&mut s, &mut seq, snap("s1")).unwrap();
-        assert_eq!(run(&mut s, &mut seq, snap("s1")).unwrap_err().code, ErrorCode::AlreadyExists);
+        assert_eq!(
+            run(&mut s, &mut seq, snap("s1")).unwrap_err().code,
+            ErrorCode::AlreadyExists
+        );
         assert_eq!(s.snapshots.keys().collect::<Vec<_>>(), ["s1"]);
-        run(&mut s, &mut seq, VolumeCommand::DeleteSnapshot { name: "v1".into(), snapshot: "s1".into() }).unwrap();
+        run(
+            &mut s,
+            &mut seq,
+            VolumeCommand::DeleteSnapshot {
+                name: "v1".into(),
+                snapshot: "s1".into(),
+            },
+        )
+        .unwrap();
         assert!(s.snapshots.is_empty());
-        run(&mut s, &mut seq, VolumeCommand::Delete { name: "v1".into() }).unwrap();
+        run(
+            &mut s,
+            &mut seq,
+            VolumeCommand::Delete { name: "v1".into() },
+        )
+        .unwrap();
         assert!(!s.exists());
         assert_eq!(s.size_bytes, 0);
     }

@@ -3,8 +3,8 @@
 //! - Requests: `cairn.v1.<tenant>.<kind>.<verb>`.
 //! - Events: `cairn.v1.<tenant>.evt.<aggregate kind>.<EventKind>`.
 
-use crate::names::check_label;
 use crate::ApiError;
+use crate::names::check_label;
 
 pub const PREFIX: &str = "cairn.v1";
 pub const DEFAULT_TENANT: &str = "default";
@@ -41,10 +41,16 @@ pub fn parse_request(subject: &str) -> Result<RequestSubject, ApiError> {
         .ok_or_else(|| ApiError::invalid(format!("subject {subject:?} is not under {PREFIX}")))?;
     let parts: Vec<&str> = rest.split('.').collect();
     let [tenant, kind, verb] = parts.as_slice() else {
-        return Err(ApiError::invalid(format!("subject {subject:?} is not {PREFIX}.<tenant>.<kind>.<verb>")));
+        return Err(ApiError::invalid(format!(
+            "subject {subject:?} is not {PREFIX}.<tenant>.<kind>.<verb>"
+        )));
     };
     check_label("tenant", tenant)?;
-    Ok(RequestSubject { tenant: tenant.to_string(), kind: kind.to_string(), verb: verb.to_string() })
+    Ok(RequestSubject {
+        tenant: tenant.to_string(),
+        kind: kind.to_string(),
+        verb: verb.to_string(),
+    })
 }
 
 /// NATS wildcard matching: `*` matches one token, a final `>` one or more.
@@ -70,7 +76,10 @@ mod tests {
     #[test]
     fn request_subjects_parse() {
         let s = parse_request("cairn.v1.default.volume.create").unwrap();
-        assert_eq!((s.tenant.as_str(), s.kind.as_str(), s.verb.as_str()), ("default", "volume", "create"));
+        assert_eq!(
+            (s.tenant.as_str(), s.kind.as_str(), s.verb.as_str()),
+            ("default", "volume", "create")
+        );
         assert!(parse_request("cairn.v1.default.volume").is_err());
         assert!(parse_request("other.v1.default.volume.create").is_err());
         assert!(parse_request("cairn.v1.BAD.volume.create").is_err());
@@ -79,11 +88,20 @@ mod tests {
     #[test]
     fn wildcards_match_like_nats() {
         assert!(matches(REQUEST_WILDCARD, "cairn.v1.default.volume.create"));
-        assert!(!matches(REQUEST_WILDCARD, "cairn.v1.default.evt.volume.VolumeCreated"));
-        assert!(matches("cairn.v1.default.evt.>", "cairn.v1.default.evt.volume.VolumeCreated"));
+        assert!(!matches(
+            REQUEST_WILDCARD,
+            "cairn.v1.default.evt.volume.VolumeCreated"
+        ));
+        assert!(matches(
+            "cairn.v1.default.evt.>",
+            "cairn.v1.default.evt.volume.VolumeCreated"
+        ));
         assert!(!matches("cairn.v1.default.evt.>", "cairn.v1.default.evt"));
         assert!(matches("a.b", "a.b"));
         assert!(!matches("a.b", "a.b.c"));
-        assert_eq!(event("t", "volume/shop/data-0", "VolumeCreated"), "cairn.v1.t.evt.volume.VolumeCreated");
+        assert_eq!(
+            event("t", "volume/shop/data-0", "VolumeCreated"),
+            "cairn.v1.t.evt.volume.VolumeCreated"
+        );
     }
 }

@@ -1,0 +1,356 @@
+//! The command bus: NATS for real, or an in-process twin when no NATS server
+//! is around. Both speak the same subjects, wildcards and request/reply.
+//!
+//! [`Bus`] is an enum, not a trait object, because its methods are async.
+//! The in-process bus is also what unit tests use in place of NATS.
+
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use cairn_schema::subject;
+use futures::{Stream, StreamExt};
+use tokio::sync::mpsc;
+
+/// The header that carries a request id for dedup.
+pub const REQUEST_ID_HEADER: &str = "Cairn-Request-Id";
+/// The header that names the user, when the caller sets one.
+pub const USER_HEADER: &str = "Cairn-User";
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("cannot connect to NATS at {url}: {message}")]
+    Connect { url: String, message: String },
+    #[error("no one is serving {subject} (is `cairn up` running?)")]
+    NoResponders { subject: String },
+    #[error("request on {subject} timed out after {timeout_ms} ms")]
+    Timeout { subject: String, timeout_ms: u64 },
+    #[error("bus error: {0}")]
+    Other(String),
+}
+
+#[derive(Debug, Clone)]
+pub struct BusMessage {
+    pub subject: String,
+    pub payload: Bytes,
+    pub reply: Option<String>,
+    pub headers: Vec<(String, String)>,
+}
+
+impl BusMessage {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+pub type Subscription = Pin<Box<dyn Stream<Item = BusMessage> + Send>>;
+
+/// How to reach NATS: the URL plus auth and TLS options passed through.
+#[derive(Debug, Clone, Default)]
+pub struct NatsOptions {
+    pub url: String,
+    pub user: Option<String>,
+    pub password: Option<String>,
+    pub token: Option<String>,
+    pub nkey_seed: Option<String>,
+    pub creds_file: Option<std::path::PathBuf>,
+    pub tls_ca_file: Option<std::path::PathBuf>,
+    pub tls_cert_file: Option<std::path::PathBuf>,
+    pub tls_key_file: Option<std::path::PathBuf>,
+    pub name: Option<String>,
+}
+
+#[derive(Clone)]
+pub enum Bus {
+    Nats {
+        client: async_nats::Client,
+        url: String,
+    },
+    Local(LocalBus),
+}
+
+impl Bus {
+    pub async fn connect(options: &NatsOptions) -> Result<Bus, Error> {
+        let url = options.url.clone();
+        let fail = |message: String| Error::Connect {
+            url: url.clone(),
+            message,
+        };
+        let mut opts = match &options.creds_file {
+            Some(path) => async_nats::ConnectOptions::with_credentials_file(path.clone())
+                .await
+                .map_err(|e| fail(e.to_string()))?,
+            None => async_nats::ConnectOptions::new(),
+        };
+        if let (Some(user), Some(password)) = (&options.user, &options.password) {
+            opts = opts.user_and_password(user.clone(), password.clone());
+        }
+        if let Some(token) = &options.token {
+            opts = opts.token(token.clone());
+        }
+        if let Some(seed) = &options.nkey_seed {
+            opts = opts.nkey(seed.clone());
+        }
+        if let Some(ca) = &options.tls_ca_file {
+            opts = opts.add_root_certificates(ca.clone()).require_tls(true);
+        }
+        if let (Some(cert), Some(key)) = (&options.tls_cert_file, &options.tls_key_file) {
+            opts = opts
+                .add_client_certificate(cert.clone(), key.clone())
+                .require_tls(true);
+        }
+        opts = opts
+            .name(options.name.clone().unwrap_or_else(|| "cairn".into()))
+            .connection_timeout(Duration::from_secs(5))
+            .retry_on_initial_connect();
+        // retry_on_initial_connect makes connect return at once; wait for the
+        // first connection so that a wrong URL is reported here.
+        let client = opts
+            .connect(&options.url)
+            .await
+            .map_err(|e| fail(e.to_string()))?;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while client.connection_state() != async_nats::connection::State::Connected {
+            if tokio::time::Instant::now() > deadline {
+                return Err(fail("no connection within 5 s".into()));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Ok(Bus::Nats { client, url })
+    }
+
+    pub fn local() -> Bus {
+        Bus::Local(LocalBus::default())
+    }
+
+    /// A short description for people: the URL, or "in-process".
+    pub fn describe(&self) -> String {
+        match self {
+            Bus::Nats { url, .. } => url.clone(),
+            Bus::Local(_) => "in-process bus".into(),
+        }
+    }
+
+    /// Subscribes to a subject (wildcards allowed); with `queue`, messages
+    /// are shared among the group's members.
+    pub async fn subscribe(
+        &self,
+        subject: &str,
+        queue: Option<&str>,
+    ) -> Result<Subscription, Error> {
+        match self {
+            Bus::Nats { client, .. } => {
+                let sub = match queue {
+                    Some(q) => {
+                        client
+                            .queue_subscribe(subject.to_owned(), q.to_owned())
+                            .await
+                    }
+                    None => client.subscribe(subject.to_owned()).await,
+                }
+                .map_err(|e| Error::Other(e.to_string()))?;
+                Ok(Box::pin(sub.map(|m| {
+                    BusMessage {
+                        subject: m.subject.to_string(),
+                        payload: m.payload,
+                        reply: m.reply.map(|r| r.to_string()),
+                        headers: m
+                            .headers
+                            .map(|h| {
+                                h.iter()
+                                    .flat_map(|(k, vs)| {
+                                        let k = k.to_string();
+                                        vs.iter()
+                                            .map(move |v| (k.clone(), v.to_string()))
+                                            .collect::<Vec<_>>()
+                                    })
+                                    .collect()
+                            })
+                            .unwrap_or_default(),
+                    }
+                })))
+            }
+            Bus::Local(local) => Ok(local.subscribe(subject)),
+        }
+    }
+
+    pub async fn publish(&self, subject: &str, payload: Bytes) -> Result<(), Error> {
+        match self {
+            Bus::Nats { client, .. } => client
+                .publish(subject.to_owned(), payload)
+                .await
+                .map_err(|e| Error::Other(e.to_string())),
+            Bus::Local(local) => {
+                local.publish(BusMessage {
+                    subject: subject.to_owned(),
+                    payload,
+                    reply: None,
+                    headers: vec![],
+                });
+                Ok(())
+            }
+        }
+    }
+
+    /// Sends a request and waits for one reply.
+    pub async fn request(
+        &self,
+        subject: &str,
+        headers: &[(&str, &str)],
+        payload: Bytes,
+        timeout: Duration,
+    ) -> Result<Bytes, Error> {
+        let timeout_err = || Error::Timeout {
+            subject: subject.to_owned(),
+            timeout_ms: timeout.as_millis() as u64,
+        };
+        match self {
+            Bus::Nats { client, .. } => {
+                let mut map = async_nats::HeaderMap::new();
+                for (k, v) in headers {
+                    map.insert(*k, *v);
+                }
+                let request = async_nats::Request::new()
+                    .payload(payload)
+                    .headers(map)
+                    .timeout(Some(timeout));
+                match client.send_request(subject.to_owned(), request).await {
+                    Ok(m) => Ok(m.payload),
+                    Err(e) => match e.kind() {
+                        async_nats::RequestErrorKind::NoResponders => Err(Error::NoResponders {
+                            subject: subject.to_owned(),
+                        }),
+                        async_nats::RequestErrorKind::TimedOut => Err(timeout_err()),
+                        _ => Err(Error::Other(e.to_string())),
+                    },
+                }
+            }
+            Bus::Local(local) => {
+                let inbox = local.new_inbox();
+                let mut replies = local.subscribe(&inbox);
+                let delivered = local.publish(BusMessage {
+                    subject: subject.to_owned(),
+                    payload,
+                    reply: Some(inbox),
+                    headers: headers
+                        .iter()
+                        .map(|(k, v)| (k.to_string(), v.to_string()))
+                        .collect(),
+                });
+                if delivered == 0 {
+                    return Err(Error::NoResponders {
+                        subject: subject.to_owned(),
+                    });
+                }
+                match tokio::time::timeout(timeout, replies.next()).await {
+                    Ok(Some(m)) => Ok(m.payload),
+                    Ok(None) => Err(Error::Other("in-process bus closed".into())),
+                    Err(_) => Err(timeout_err()),
+                }
+            }
+        }
+    }
+
+    /// Waits until everything published so far has reached the server.
+    pub async fn flush(&self) -> Result<(), Error> {
+        match self {
+            Bus::Nats { client, .. } => client
+                .flush()
+                .await
+                .map_err(|e| Error::Other(e.to_string())),
+            Bus::Local(_) => Ok(()),
+        }
+    }
+}
+
+/// The in-process bus: subscriptions are channels, matched with NATS
+/// wildcard rules. Queue groups are not modelled (one gateway per process).
+#[derive(Clone, Default)]
+pub struct LocalBus {
+    inner: Arc<LocalInner>,
+}
+
+#[derive(Default)]
+struct LocalInner {
+    subscriptions: Mutex<Vec<(String, mpsc::UnboundedSender<BusMessage>)>>,
+    next_inbox: AtomicU64,
+}
+
+impl LocalBus {
+    fn new_inbox(&self) -> String {
+        format!(
+            "_INBOX.local.{}",
+            self.inner.next_inbox.fetch_add(1, Ordering::Relaxed)
+        )
+    }
+
+    fn subscribe(&self, pattern: &str) -> Subscription {
+        let (tx, rx) = mpsc::unbounded_channel();
+        self.inner
+            .subscriptions
+            .lock()
+            .unwrap()
+            .push((pattern.to_owned(), tx));
+        Box::pin(futures::stream::unfold(rx, |mut rx| async move {
+            rx.recv().await.map(|m| (m, rx))
+        }))
+    }
+
+    /// Delivers to every matching subscriber; returns how many got it.
+    fn publish(&self, message: BusMessage) -> usize {
+        let mut subs = self.inner.subscriptions.lock().unwrap();
+        subs.retain(|(_, tx)| !tx.is_closed());
+        let mut delivered = 0;
+        for (pattern, tx) in subs.iter() {
+            if subject::matches(pattern, &message.subject) && tx.send(message.clone()).is_ok() {
+                delivered += 1;
+            }
+        }
+        delivered
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn local_bus_does_request_reply_with_wildcards() {
+        let bus = Bus::local();
+        let mut sub = bus.subscribe("cairn.v1.*.*.*", None).await.unwrap();
+        let server = bus.clone();
+        tokio::spawn(async move {
+            while let Some(m) = sub.next().await {
+                let body = format!(
+                    "{}:{}",
+                    m.subject,
+                    m.header(REQUEST_ID_HEADER).unwrap_or("-")
+                );
+                server
+                    .publish(m.reply.as_deref().unwrap(), Bytes::from(body))
+                    .await
+                    .unwrap();
+            }
+        });
+        let reply = bus
+            .request(
+                "cairn.v1.t.volume.list",
+                &[(REQUEST_ID_HEADER, "r1")],
+                Bytes::new(),
+                Duration::from_secs(2),
+            )
+            .await
+            .unwrap();
+        assert_eq!(&reply[..], b"cairn.v1.t.volume.list:r1");
+        let err = bus
+            .request("nobody.home", &[], Bytes::new(), Duration::from_millis(50))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, Error::NoResponders { .. }));
+    }
+}

@@ -1,0 +1,288 @@
+//! Wires one all-in-one Cairn process: bus, journal, block pool, actors,
+//! gateway and NBD server. Used by `cairn up` and `cairn demo`.
+//!
+//! # Start-up
+//! 1. Take the data dir's lock (one process per data dir).
+//! 2. Connect the bus: the given NATS URL, else a private nats-server when
+//!    one is installed, else the in-process bus (and say so).
+//! 3. Open the journal and replay it into volume states.
+//! 4. Reconcile the block engine with the journal: remove orphans a crash
+//!    left between an effect and its event (see [`crate::volume`]).
+//! 5. Start an actor per volume, the gateway and the NBD server.
+//!
+//! # Shutdown
+//! Stop taking requests, drain those in flight, flush every volume.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use cairn_blocks::Pool;
+use cairn_blocks::nbd::{self, ListenAddr, NbdServerHandle};
+use cairn_schema::VolumeState;
+use tokio::sync::watch;
+
+use crate::Limits;
+use crate::bus::{self, Bus, NatsOptions};
+use crate::client::Client;
+use crate::gateway::Gateway;
+use crate::journal::{self, Journal};
+use crate::nats_server::{self, NatsServer};
+use crate::registry::Registry;
+use crate::services::Services;
+use crate::volume::engine_name;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("data dir {path}: {source}")]
+    DataDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("data dir {path} is in use by another cairn process")]
+    Locked { path: PathBuf },
+    #[error(transparent)]
+    Journal(#[from] journal::Error),
+    #[error(transparent)]
+    Blocks(#[from] cairn_blocks::Error),
+    #[error(transparent)]
+    Bus(#[from] bus::Error),
+    #[error("nats-server: {0}")]
+    NatsServer(std::io::Error),
+    #[error("NBD server on {addr}: {source}")]
+    Nbd {
+        addr: String,
+        source: std::io::Error,
+    },
+}
+
+/// How to reach the bus.
+#[derive(Debug, Clone)]
+pub enum BusChoice {
+    /// Connect to this NATS server.
+    Nats(NatsOptions),
+    /// Spawn a private nats-server if installed, else use the in-process bus.
+    Auto,
+    /// The in-process bus, always.
+    Local,
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub data_dir: PathBuf,
+    pub bus: BusChoice,
+    pub nbd: Option<ListenAddr>,
+    pub limits: Limits,
+}
+
+pub struct Cluster {
+    pub services: Services,
+    pub registry: Arc<Registry>,
+    pub nbd_addr: Option<ListenAddr>,
+    /// Set when this process spawned its own nats-server.
+    pub nats_url: Option<String>,
+    shutdown: watch::Sender<bool>,
+    gateway: Option<tokio::task::JoinHandle<()>>,
+    nbd: Option<NbdServerHandle>,
+    _nats_server: Option<NatsServer>,
+    _lock: File,
+}
+
+/// Folds the whole journal into volume states, keyed by (tenant, volume).
+pub fn replay(journal: &Journal) -> Result<HashMap<(String, String), VolumeState>, journal::Error> {
+    let mut states: HashMap<(String, String), VolumeState> = HashMap::new();
+    journal.scan(|record| {
+        let event = record.event().map_err(|e| journal::Error::Corrupted {
+            seq: record.seq,
+            message: e.to_string(),
+        })?;
+        let name = record
+            .aggregate
+            .strip_prefix("volume/")
+            .unwrap_or(&record.aggregate)
+            .to_owned();
+        states
+            .entry((record.tenant.clone(), name))
+            .or_default()
+            .apply(record.seq, record.time_ms, &event);
+        Ok(())
+    })?;
+    Ok(states)
+}
+
+fn lock_data_dir(dir: &Path) -> Result<File, Error> {
+    let path = dir.join("lock");
+    let file = File::create(&path).map_err(|source| Error::DataDir {
+        path: path.clone(),
+        source,
+    })?;
+    // SAFETY: flock on an fd we own.
+    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if rc != 0 {
+        return Err(Error::Locked {
+            path: dir.to_owned(),
+        });
+    }
+    Ok(file)
+}
+
+/// Makes the block engine match the journal.
+fn reconcile(pool: &Pool, states: &HashMap<(String, String), VolumeState>) -> Result<(), Error> {
+    let wanted: HashMap<String, &VolumeState> = states
+        .iter()
+        .filter(|(_, s)| s.exists())
+        .map(|((tenant, name), s)| (engine_name(tenant, name), s))
+        .collect();
+    for name in pool.list_volumes() {
+        match wanted.get(&name) {
+            None => {
+                tracing::warn!(volume = %name, "removing a volume the journal does not know (left by a crash)");
+                pool.delete_volume(&name)?;
+            }
+            Some(state) => {
+                for snap in pool.volume_info(&name)?.snapshots {
+                    if !state.snapshots.contains_key(&snap.name) {
+                        tracing::warn!(volume = %name, snapshot = %snap.name, "removing an unjournaled snapshot");
+                        pool.delete_snapshot(&name, &snap.name)?;
+                    }
+                }
+            }
+        }
+    }
+    for (name, state) in &wanted {
+        match pool.volume_info(name) {
+            Ok(info) => {
+                for snap in state.snapshots.keys() {
+                    if !info.snapshots.iter().any(|s| &s.name == snap) {
+                        tracing::error!(volume = %name, snapshot = %snap, "journaled snapshot is missing from the block engine");
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::error!(volume = %name, error = %e, "journaled volume is missing from the block engine")
+            }
+        }
+    }
+    Ok(())
+}
+
+impl Cluster {
+    pub async fn start(config: Config) -> Result<Cluster, Error> {
+        let limits = config.limits.sanitize();
+        let dir = &config.data_dir;
+        std::fs::create_dir_all(dir).map_err(|source| Error::DataDir {
+            path: dir.clone(),
+            source,
+        })?;
+        let lock = lock_data_dir(dir)?;
+
+        let mut nats_server = None;
+        let bus = match &config.bus {
+            BusChoice::Nats(options) => Bus::connect(options).await?,
+            BusChoice::Local => Bus::local(),
+            BusChoice::Auto => match nats_server::find_binary() {
+                Some(binary) => {
+                    let server = NatsServer::start(&binary, Some(&dir.join("nats-server.log")))
+                        .map_err(Error::NatsServer)?;
+                    let bus = Bus::connect(&NatsOptions {
+                        url: server.url.clone(),
+                        ..Default::default()
+                    })
+                    .await?;
+                    nats_server = Some(server);
+                    bus
+                }
+                None => {
+                    tracing::warn!(
+                        "nats-server is not installed: using the in-process bus; other processes cannot reach this cluster"
+                    );
+                    Bus::local()
+                }
+            },
+        };
+
+        let journal = Journal::open(&dir.join("journal.redb"), limits.journal)?;
+        let pool = Arc::new(Pool::open(dir.join("pool"))?);
+        let states = replay(&journal)?;
+        reconcile(&pool, &states)?;
+
+        let services = Services {
+            journal,
+            pool: pool.clone(),
+            bus: bus.clone(),
+            limits,
+        };
+        let registry = Arc::new(Registry::default());
+        for ((tenant, _), state) in states.into_iter().filter(|(_, s)| s.exists()) {
+            registry.start_volume(&tenant, state, &services);
+        }
+
+        let nbd = match &config.nbd {
+            None => None,
+            Some(addr) => Some(
+                nbd::serve(addr, pool.clone(), nbd::Limits::default()).map_err(|source| {
+                    Error::Nbd {
+                        addr: addr.to_string(),
+                        source,
+                    }
+                })?,
+            ),
+        };
+
+        let (shutdown, shutdown_rx) = watch::channel(false);
+        let gateway = Arc::new(Gateway {
+            services: services.clone(),
+            registry: registry.clone(),
+        });
+        // Subscribe before returning, so a request sent right after start is served.
+        let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+        let serve_bus = bus.clone();
+        let task = tokio::task::spawn_local(async move {
+            if let Err(e) = gateway.serve(serve_bus, shutdown_rx, ready_tx).await {
+                tracing::error!(error = %e, "gateway stopped");
+            }
+        });
+        ready_rx
+            .await
+            .map_err(|_| bus::Error::Other("gateway could not subscribe".into()))??;
+
+        let nbd_addr = nbd.as_ref().map(|h| h.local_addr());
+        let nats_url = nats_server.as_ref().map(|s| s.url.clone());
+        Ok(Cluster {
+            services,
+            registry,
+            nbd_addr,
+            nats_url,
+            shutdown,
+            gateway: Some(task),
+            nbd,
+            _nats_server: nats_server,
+            _lock: lock,
+        })
+    }
+
+    /// A client on this cluster's bus, for the default tenant.
+    pub fn client(&self) -> Client {
+        Client::new(
+            self.services.bus.clone(),
+            cairn_schema::subject::DEFAULT_TENANT,
+        )
+    }
+
+    /// Stops taking requests, drains those in flight, flushes every volume.
+    pub async fn shutdown(mut self) {
+        let _ = self.shutdown.send(true);
+        if let Some(task) = self.gateway.take() {
+            let _ = task.await;
+        }
+        if let Some(nbd) = self.nbd.take() {
+            nbd.shutdown();
+        }
+        if let Err(e) = self.services.pool.flush_all() {
+            tracing::error!(error = %e, "flush at shutdown failed");
+        }
+        let _ = self.services.bus.flush().await;
+    }
+}

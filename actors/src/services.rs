@@ -1,0 +1,71 @@
+//! The shared services every actor and the gateway use: the journal, the
+//! block pool, the bus (for publishing events) and the limits. Cheap to
+//! clone.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use cairn_blocks::Pool;
+use cairn_schema::{ApiError, ErrorCode, EventRecord, subject};
+
+use crate::bus::Bus;
+use crate::journal::{self, Journal};
+
+#[derive(Clone)]
+pub struct Services {
+    pub journal: Journal,
+    pub pool: Arc<Pool>,
+    pub bus: Bus,
+    pub limits: crate::Limits,
+}
+
+impl Services {
+    /// Publishes committed records on their event subjects (the outbox).
+    /// Failures are logged: the journal, not the bus, is the record.
+    pub async fn publish(&self, records: &[EventRecord]) {
+        for record in records {
+            let view = record.view();
+            let subject = subject::event(&record.tenant, &record.aggregate, &view.kind);
+            let body = serde_json::to_vec(&view).expect("views serialize");
+            if let Err(e) = self.bus.publish(&subject, Bytes::from(body)).await {
+                tracing::warn!(error = %e, seq = record.seq, "event not published");
+            }
+        }
+    }
+
+    /// Runs blocking block-engine work off the actor thread.
+    pub async fn blocking<T: Send + 'static>(
+        &self,
+        work: impl FnOnce(&Pool) -> cairn_blocks::Result<T> + Send + 'static,
+    ) -> Result<T, ApiError> {
+        let pool = self.pool.clone();
+        tokio::task::spawn_blocking(move || work(&pool))
+            .await
+            .map_err(|e| ApiError::internal(format!("block engine task failed: {e}")))?
+            .map_err(|e| blocks_error(&e))
+    }
+}
+
+/// Maps a block-engine error onto an API error code.
+pub fn blocks_error(e: &cairn_blocks::Error) -> ApiError {
+    use cairn_blocks::Error as B;
+    let code = match e {
+        B::VolumeNotFound { .. } | B::SnapshotNotFound { .. } => ErrorCode::NotFound,
+        B::VolumeExists { .. } | B::SnapshotExists { .. } => ErrorCode::AlreadyExists,
+        B::InvalidName { .. } | B::OutOfRange { .. } => ErrorCode::InvalidArgument,
+        B::ReadOnly { .. } => ErrorCode::FailedPrecondition,
+        B::NoSpace { .. } => ErrorCode::NoSpace,
+        B::Corrupted { .. } => ErrorCode::Corrupted,
+        B::Io { .. } => ErrorCode::Internal,
+    };
+    ApiError::new(code, e.to_string())
+}
+
+/// Maps a journal error onto an API error code.
+pub fn journal_error(e: &journal::Error) -> ApiError {
+    let code = match e {
+        journal::Error::Corrupted { .. } => ErrorCode::Corrupted,
+        journal::Error::Closed | journal::Error::Storage { .. } => ErrorCode::Unavailable,
+    };
+    ApiError::new(code, e.to_string())
+}

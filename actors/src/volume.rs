@@ -1,0 +1,207 @@
+//! The volume actor: one per (tenant, volume). It owns the volume's state
+//! (the fold of its events), decides commands, journals the events and
+//! drives the block engine.
+//!
+//! # Effect order
+//! Constructive effects (create, snapshot) run *before* the event is
+//! journaled, destructive ones (delete) *after*. So a crash in between
+//! leaves at worst an orphan in the block engine, never a journaled fact
+//! without its data; [`crate::cluster`] removes orphans at start-up.
+//!
+//! Commands are handled one at a time ([`AtomicResponse`]): `decide` always
+//! sees the state left by the previous command.
+
+use actix::prelude::*;
+use cairn_schema::names::format_size;
+use cairn_schema::time::format_rfc3339_ms;
+use cairn_schema::{ApiError, VolumeCommand, VolumeState};
+use serde_json::{Value, json};
+
+use crate::journal::{AppendRequest, Appended, Causation};
+use crate::services::{Services, journal_error};
+
+/// Block-engine name of a tenant's volume: the bare name for the default
+/// tenant, `<tenant>:<name>` otherwise. It is also the NBD export name.
+pub fn engine_name(tenant: &str, volume: &str) -> String {
+    if tenant == cairn_schema::subject::DEFAULT_TENANT {
+        volume.to_owned()
+    } else {
+        format!("{tenant}:{volume}")
+    }
+}
+
+pub struct VolumeActor {
+    tenant: String,
+    state: VolumeState,
+    services: Services,
+}
+
+impl VolumeActor {
+    pub fn new(tenant: String, state: VolumeState, services: Services) -> VolumeActor {
+        VolumeActor {
+            tenant,
+            state,
+            services,
+        }
+    }
+}
+
+impl Actor for VolumeActor {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        ctx.set_mailbox_capacity(self.services.limits.mailbox);
+    }
+}
+
+/// Run a command against this volume.
+#[derive(Message)]
+#[rtype(result = "Result<Value, ApiError>")]
+pub struct Execute {
+    pub command: VolumeCommand,
+    pub causation: Causation,
+}
+
+/// Read the current state.
+#[derive(Message)]
+#[rtype(result = "VolumeState")]
+pub struct Get;
+
+impl Handler<Get> for VolumeActor {
+    type Result = MessageResult<Get>;
+
+    fn handle(&mut self, _: Get, _: &mut Self::Context) -> Self::Result {
+        MessageResult(self.state.clone())
+    }
+}
+
+/// The reply a command gets; also what dedup stores.
+fn reply_for(command: &VolumeCommand) -> Value {
+    match command {
+        VolumeCommand::Create { name, size_bytes } => {
+            json!({ "name": name, "size_bytes": size_bytes, "size": format_size(*size_bytes) })
+        }
+        VolumeCommand::Delete { name } => json!({ "name": name, "deleted": true }),
+        VolumeCommand::Snapshot { name, snapshot } => {
+            json!({ "name": name, "snapshot": snapshot, "export": format!("{name}@{snapshot}") })
+        }
+        VolumeCommand::DeleteSnapshot { name, snapshot } => {
+            json!({ "name": name, "snapshot": snapshot, "deleted": true })
+        }
+    }
+}
+
+impl Handler<Execute> for VolumeActor {
+    type Result = AtomicResponse<Self, Result<Value, ApiError>>;
+
+    fn handle(&mut self, msg: Execute, _: &mut Self::Context) -> Self::Result {
+        let decided = self.state.decide(&msg.command);
+        let services = self.services.clone();
+        let engine = engine_name(&self.tenant, msg.command.volume());
+        let work = async move {
+            let events = decided?;
+            let reply = reply_for(&msg.command);
+            let command = msg.command.clone();
+            // Constructive effects first.
+            match &command {
+                VolumeCommand::Create { size_bytes, .. } => {
+                    let (engine, size) = (engine.clone(), *size_bytes);
+                    services
+                        .blocking(move |pool| pool.create_volume(&engine, size))
+                        .await?;
+                }
+                VolumeCommand::Snapshot { snapshot, .. } => {
+                    let (engine, snapshot) = (engine.clone(), snapshot.clone());
+                    services
+                        .blocking(move |pool| pool.snapshot(&engine, &snapshot))
+                        .await?;
+                }
+                VolumeCommand::Delete { .. } | VolumeCommand::DeleteSnapshot { .. } => {}
+            }
+            let appended = services
+                .journal
+                .append(AppendRequest {
+                    causation: msg.causation,
+                    events,
+                    reply: serde_json::to_vec(&reply).expect("replies serialize"),
+                })
+                .await;
+            let records = match appended {
+                Ok(Appended::Records(records)) => records,
+                Ok(Appended::Duplicate(first)) => {
+                    return Ok((
+                        Vec::new(),
+                        serde_json::from_slice(&first).unwrap_or(Value::Null),
+                    ));
+                }
+                Err(e) => {
+                    // Not journaled: undo the constructive effect.
+                    let undo = command.clone();
+                    let engine = engine.clone();
+                    let _ = services
+                        .blocking(move |pool| match undo {
+                            VolumeCommand::Create { .. } => pool.delete_volume(&engine),
+                            VolumeCommand::Snapshot { snapshot, .. } => {
+                                pool.delete_snapshot(&engine, &snapshot)
+                            }
+                            _ => Ok(()),
+                        })
+                        .await;
+                    return Err(journal_error(&e));
+                }
+            };
+            // Destructive effects after.
+            let destroyed = match &command {
+                VolumeCommand::Delete { .. } => {
+                    let engine = engine.clone();
+                    services
+                        .blocking(move |pool| pool.delete_volume(&engine))
+                        .await
+                }
+                VolumeCommand::DeleteSnapshot { snapshot, .. } => {
+                    let (engine, snapshot) = (engine.clone(), snapshot.clone());
+                    services
+                        .blocking(move |pool| pool.delete_snapshot(&engine, &snapshot))
+                        .await
+                }
+                _ => Ok(()),
+            };
+            if let Err(e) = destroyed {
+                // The fact stands; start-up reconciliation removes the leftovers.
+                tracing::warn!(error = %e, volume = %engine, "space not reclaimed yet");
+            }
+            services.publish(&records).await;
+            Ok((records, reply))
+        };
+        AtomicResponse::new(Box::pin(work.into_actor(self).map(|result, actor, _| {
+            let (records, reply) = result?;
+            for record in &records {
+                let event = record.event().expect("records this process wrote decode");
+                actor.state.apply(record.seq, record.time_ms, &event);
+            }
+            Ok(reply)
+        })))
+    }
+}
+
+/// The JSON view of a volume for list/show.
+pub fn view(state: &VolumeState, engine: Option<&cairn_blocks::VolumeInfo>) -> Value {
+    let snapshots: Vec<Value> = state
+        .snapshots
+        .iter()
+        .map(|(name, meta)| {
+            let allocated = engine
+                .and_then(|info| info.snapshots.iter().find(|s| &s.name == name))
+                .map(|s| s.allocated_bytes);
+            json!({ "name": name, "created": format_rfc3339_ms(meta.created_ms), "seq": meta.seq, "allocated_bytes": allocated })
+        })
+        .collect();
+    json!({
+        "name": state.name,
+        "size_bytes": state.size_bytes,
+        "size": format_size(state.size_bytes),
+        "allocated_bytes": engine.map(|i| i.allocated_bytes),
+        "created": format_rfc3339_ms(state.created_ms),
+        "snapshots": snapshots,
+    })
+}

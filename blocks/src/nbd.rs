@@ -1,0 +1,1863 @@
+//! The NBD front-end: a user-space Network Block Device server speaking the
+//! fixed-newstyle protocol, and a small blocking client for demos and benches.
+//!
+//! # Protocol subset
+//! * Handshake: fixed newstyle only (`NBD_FLAG_FIXED_NEWSTYLE`, with
+//!   `NBD_FLAG_NO_ZEROES` offered). Clients that do not set
+//!   `NBD_FLAG_C_FIXED_NEWSTYLE` are disconnected.
+//! * Options: `NBD_OPT_EXPORT_NAME`, `NBD_OPT_ABORT`, `NBD_OPT_LIST`,
+//!   `NBD_OPT_INFO` and `NBD_OPT_GO` (replying `NBD_INFO_EXPORT` and
+//!   `NBD_INFO_BLOCK_SIZE`, plus `NBD_INFO_NAME` when asked). Every other
+//!   option (TLS, structured replies, meta contexts, extended headers) gets
+//!   `NBD_REP_ERR_UNSUP` and negotiation goes on. No TLS, no default export
+//!   (an empty name is an unknown export).
+//! * Transmission: simple replies only. `READ`, `WRITE`, `DISC`, `FLUSH`,
+//!   `TRIM` and `WRITE_ZEROES`, with `FUA` honoured; anything else is
+//!   answered with `EINVAL`. Requests are served strictly in order.
+//!
+//! # State per connection
+//! One std thread per connection owns a buffered reader and writer over the
+//! socket, the opened [`Device`] (after `GO`/`EXPORT_NAME`), the size it
+//! advertised, and one reusable payload buffer (it grows to the largest
+//! request served, at most `max_request_bytes`). Replies are batched: the
+//! writer is flushed whenever the next read could block, so pipelined
+//! requests share syscalls while a lone request is answered at once.
+//!
+//! # Invariants
+//! * Nothing is ever allocated from an unchecked client length: option data
+//!   is bounded by [`Limits::max_option_bytes`] and payloads by
+//!   [`Limits::max_request_bytes`]. Larger options are skipped by streaming
+//!   them into a sink; a larger `WRITE` closes the connection (its payload
+//!   cannot be skipped safely) and a larger `READ` fails with `EINVAL`.
+//! * Client input never panics the server. A protocol violation (bad magic,
+//!   oversized write) ends that connection only; device errors become an
+//!   errno in the reply and the connection goes on. Other connections, which
+//!   share nothing but the `Device`, are never affected.
+//! * Range checks happen before the device is touched: out-of-range reads get
+//!   `EINVAL`, out-of-range writes, trims and zeroing get `ENOSPC`, and any
+//!   modification of a read-only export gets `EPERM` (after a `WRITE` payload
+//!   has been consumed, so the stream stays in sync).
+
+use std::fmt;
+use std::io::{self, BufReader, BufWriter, Read, Write};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
+use std::os::unix::fs::FileTypeExt;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::thread::{self, JoinHandle};
+use std::time::Duration;
+
+use tracing::{debug, info, warn};
+
+use crate::Device;
+
+// ---------------------------------------------------------------------------
+// Protocol constants
+// ---------------------------------------------------------------------------
+
+/// `"NBDMAGIC"`, the first thing a server sends.
+pub const NBDMAGIC: u64 = 0x4e42_444d_4147_4943;
+/// `"IHAVEOPT"`: newstyle negotiation, and the prefix of every option.
+pub const IHAVEOPT: u64 = 0x4948_4156_454f_5054;
+/// Magic of every option reply.
+pub const NBD_OPT_REPLY_MAGIC: u64 = 0x0003_e889_0455_65a9;
+/// Magic of every transmission request.
+pub const NBD_REQUEST_MAGIC: u32 = 0x2560_9513;
+/// Magic of a simple transmission reply.
+pub const NBD_SIMPLE_REPLY_MAGIC: u32 = 0x6744_6698;
+
+/// Handshake flags (server to client).
+pub const NBD_FLAG_FIXED_NEWSTYLE: u16 = 1 << 0;
+pub const NBD_FLAG_NO_ZEROES: u16 = 1 << 1;
+/// Client flags (client to server).
+pub const NBD_FLAG_C_FIXED_NEWSTYLE: u32 = 1 << 0;
+pub const NBD_FLAG_C_NO_ZEROES: u32 = 1 << 1;
+
+/// Transmission flags.
+pub const NBD_FLAG_HAS_FLAGS: u16 = 1 << 0;
+pub const NBD_FLAG_READ_ONLY: u16 = 1 << 1;
+pub const NBD_FLAG_SEND_FLUSH: u16 = 1 << 2;
+pub const NBD_FLAG_SEND_FUA: u16 = 1 << 3;
+pub const NBD_FLAG_ROTATIONAL: u16 = 1 << 4;
+pub const NBD_FLAG_SEND_TRIM: u16 = 1 << 5;
+pub const NBD_FLAG_SEND_WRITE_ZEROES: u16 = 1 << 6;
+pub const NBD_FLAG_CAN_MULTI_CONN: u16 = 1 << 8;
+
+/// Options.
+pub const NBD_OPT_EXPORT_NAME: u32 = 1;
+pub const NBD_OPT_ABORT: u32 = 2;
+pub const NBD_OPT_LIST: u32 = 3;
+pub const NBD_OPT_STARTTLS: u32 = 5;
+pub const NBD_OPT_INFO: u32 = 6;
+pub const NBD_OPT_GO: u32 = 7;
+pub const NBD_OPT_STRUCTURED_REPLY: u32 = 8;
+
+/// Option reply types.
+pub const NBD_REP_ACK: u32 = 1;
+pub const NBD_REP_SERVER: u32 = 2;
+pub const NBD_REP_INFO: u32 = 3;
+/// Set in every error reply type.
+pub const NBD_REP_FLAG_ERROR: u32 = 1 << 31;
+pub const NBD_REP_ERR_UNSUP: u32 = NBD_REP_FLAG_ERROR | 1;
+pub const NBD_REP_ERR_POLICY: u32 = NBD_REP_FLAG_ERROR | 2;
+pub const NBD_REP_ERR_INVALID: u32 = NBD_REP_FLAG_ERROR | 3;
+pub const NBD_REP_ERR_UNKNOWN: u32 = NBD_REP_FLAG_ERROR | 6;
+pub const NBD_REP_ERR_TOO_BIG: u32 = NBD_REP_FLAG_ERROR | 9;
+
+/// Information types of `NBD_REP_INFO`.
+pub const NBD_INFO_EXPORT: u16 = 0;
+pub const NBD_INFO_NAME: u16 = 1;
+pub const NBD_INFO_DESCRIPTION: u16 = 2;
+pub const NBD_INFO_BLOCK_SIZE: u16 = 3;
+
+/// Commands.
+pub const NBD_CMD_READ: u16 = 0;
+pub const NBD_CMD_WRITE: u16 = 1;
+pub const NBD_CMD_DISC: u16 = 2;
+pub const NBD_CMD_FLUSH: u16 = 3;
+pub const NBD_CMD_TRIM: u16 = 4;
+pub const NBD_CMD_WRITE_ZEROES: u16 = 6;
+/// Command flags.
+pub const NBD_CMD_FLAG_FUA: u16 = 1 << 0;
+
+/// Error values of transmission replies (fixed by the protocol; equal to the
+/// Linux errno values but not to every platform's).
+pub const NBD_EPERM: u32 = 1;
+pub const NBD_EIO: u32 = 5;
+pub const NBD_ENOMEM: u32 = 12;
+pub const NBD_EINVAL: u32 = 22;
+pub const NBD_ENOSPC: u32 = 28;
+pub const NBD_EOVERFLOW: u32 = 75;
+pub const NBD_ENOTSUP: u32 = 95;
+pub const NBD_ESHUTDOWN: u32 = 108;
+
+/// Size of a transmission request header.
+pub const REQUEST_LEN: usize = 28;
+/// Size of a simple reply header.
+const SIMPLE_REPLY_LEN: usize = 16;
+/// The protocol's bound on strings (export names, error messages).
+const MAX_STRING: usize = 4096;
+/// Socket buffer size of each direction of a connection.
+const IO_BUFFER: usize = 256 * 1024;
+
+/// Maps a libc errno to the protocol's error value (unknown ones to `EIO`).
+fn nbd_errno(errno: i32) -> u32 {
+    match errno {
+        libc::EPERM => NBD_EPERM,
+        libc::EIO => NBD_EIO,
+        libc::ENOMEM => NBD_ENOMEM,
+        libc::EINVAL => NBD_EINVAL,
+        libc::ENOSPC => NBD_ENOSPC,
+        libc::EOVERFLOW => NBD_EOVERFLOW,
+        libc::ENOTSUP => NBD_ENOTSUP,
+        libc::ESHUTDOWN => NBD_ESHUTDOWN,
+        _ => NBD_EIO,
+    }
+}
+
+/// Maps a protocol error value back to a libc errno (unknown ones to `EIO`).
+fn errno_from_nbd(error: u32) -> i32 {
+    match error {
+        NBD_EPERM => libc::EPERM,
+        NBD_ENOMEM => libc::ENOMEM,
+        NBD_EINVAL => libc::EINVAL,
+        NBD_ENOSPC => libc::ENOSPC,
+        NBD_EOVERFLOW => libc::EOVERFLOW,
+        NBD_ENOTSUP => libc::ENOTSUP,
+        NBD_ESHUTDOWN => libc::ESHUTDOWN,
+        _ => libc::EIO,
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Pure parsing
+// ---------------------------------------------------------------------------
+
+/// A transmission command.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Command {
+    Read,
+    Write,
+    Disconnect,
+    Flush,
+    Trim,
+    WriteZeroes,
+    /// Any command this server does not implement (answered with `EINVAL`).
+    Other(u16),
+}
+
+impl Command {
+    pub fn from_wire(kind: u16) -> Command {
+        match kind {
+            NBD_CMD_READ => Command::Read,
+            NBD_CMD_WRITE => Command::Write,
+            NBD_CMD_DISC => Command::Disconnect,
+            NBD_CMD_FLUSH => Command::Flush,
+            NBD_CMD_TRIM => Command::Trim,
+            NBD_CMD_WRITE_ZEROES => Command::WriteZeroes,
+            other => Command::Other(other),
+        }
+    }
+
+    pub fn to_wire(self) -> u16 {
+        match self {
+            Command::Read => NBD_CMD_READ,
+            Command::Write => NBD_CMD_WRITE,
+            Command::Disconnect => NBD_CMD_DISC,
+            Command::Flush => NBD_CMD_FLUSH,
+            Command::Trim => NBD_CMD_TRIM,
+            Command::WriteZeroes => NBD_CMD_WRITE_ZEROES,
+            Command::Other(other) => other,
+        }
+    }
+}
+
+/// A parsed transmission request header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Request {
+    pub flags: u16,
+    pub command: Command,
+    /// Opaque to the server; echoed in the reply (called "handle" in older
+    /// versions of the protocol).
+    pub cookie: u64,
+    pub offset: u64,
+    pub length: u32,
+}
+
+impl Request {
+    pub fn fua(&self) -> bool {
+        self.flags & NBD_CMD_FLAG_FUA != 0
+    }
+
+    /// The wire form, as [`parse_request`] reads it.
+    pub fn to_bytes(&self) -> [u8; REQUEST_LEN] {
+        let mut b = [0u8; REQUEST_LEN];
+        b[0..4].copy_from_slice(&NBD_REQUEST_MAGIC.to_be_bytes());
+        b[4..6].copy_from_slice(&self.flags.to_be_bytes());
+        b[6..8].copy_from_slice(&self.command.to_wire().to_be_bytes());
+        b[8..16].copy_from_slice(&self.cookie.to_be_bytes());
+        b[16..24].copy_from_slice(&self.offset.to_be_bytes());
+        b[24..28].copy_from_slice(&self.length.to_be_bytes());
+        b
+    }
+}
+
+/// A request header the server cannot make sense of; the connection cannot
+/// be resynchronised and is closed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ProtocolError {
+    #[error("bad request magic {0:#010x}")]
+    BadMagic(u32),
+}
+
+/// Parses a transmission request header. Pure and total: any 28 bytes give
+/// a request or an error.
+pub fn parse_request(header: &[u8; REQUEST_LEN]) -> Result<Request, ProtocolError> {
+    let [m0, m1, m2, m3, f0, f1, t0, t1, rest @ ..] = *header;
+    let magic = u32::from_be_bytes([m0, m1, m2, m3]);
+    if magic != NBD_REQUEST_MAGIC {
+        return Err(ProtocolError::BadMagic(magic));
+    }
+    let [
+        c0,
+        c1,
+        c2,
+        c3,
+        c4,
+        c5,
+        c6,
+        c7,
+        o0,
+        o1,
+        o2,
+        o3,
+        o4,
+        o5,
+        o6,
+        o7,
+        l0,
+        l1,
+        l2,
+        l3,
+    ] = rest;
+    Ok(Request {
+        flags: u16::from_be_bytes([f0, f1]),
+        command: Command::from_wire(u16::from_be_bytes([t0, t1])),
+        cookie: u64::from_be_bytes([c0, c1, c2, c3, c4, c5, c6, c7]),
+        offset: u64::from_be_bytes([o0, o1, o2, o3, o4, o5, o6, o7]),
+        length: u32::from_be_bytes([l0, l1, l2, l3]),
+    })
+}
+
+/// A bounds-checked big-endian reader over option data.
+struct Cursor<'a>(&'a [u8]);
+
+impl<'a> Cursor<'a> {
+    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
+        if self.0.len() < n {
+            return None;
+        }
+        let (head, tail) = self.0.split_at(n);
+        self.0 = tail;
+        Some(head)
+    }
+    fn array<const N: usize>(&mut self) -> Option<[u8; N]> {
+        self.take(N)?.try_into().ok()
+    }
+    fn u16(&mut self) -> Option<u16> {
+        self.array().map(u16::from_be_bytes)
+    }
+    fn u32(&mut self) -> Option<u32> {
+        self.array().map(u32::from_be_bytes)
+    }
+    fn u64(&mut self) -> Option<u64> {
+        self.array().map(u64::from_be_bytes)
+    }
+}
+
+/// The data of `NBD_OPT_INFO` / `NBD_OPT_GO`.
+#[derive(Debug, PartialEq, Eq)]
+struct InfoRequest {
+    name: String,
+    infos: Vec<u16>,
+}
+
+fn parse_info_request(data: &[u8]) -> Option<InfoRequest> {
+    let mut c = Cursor(data);
+    let name_len = usize::try_from(c.u32()?).ok()?;
+    let name = std::str::from_utf8(c.take(name_len)?).ok()?.to_owned();
+    let count = usize::from(c.u16()?);
+    let infos = (0..count).map(|_| c.u16()).collect::<Option<Vec<_>>>()?;
+    c.0.is_empty().then_some(InfoRequest { name, infos })
+}
+
+fn in_range(offset: u64, len: u64, size: u64) -> bool {
+    offset.checked_add(len).is_some_and(|end| end <= size)
+}
+
+/// Cuts `msg` to the protocol's string bound, on a char boundary.
+fn bounded(msg: &str) -> &str {
+    if msg.len() <= MAX_STRING {
+        return msg;
+    }
+    let mut end = MAX_STRING;
+    while !msg.is_char_boundary(end) {
+        end -= 1;
+    }
+    &msg[..end]
+}
+
+// ---------------------------------------------------------------------------
+// Addresses
+// ---------------------------------------------------------------------------
+
+/// Where a server listens or a client connects: `HOST:PORT` or `unix:PATH`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ListenAddr {
+    Tcp(SocketAddr),
+    Unix(PathBuf),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid NBD address {input:?}: {reason} (expected HOST:PORT or unix:PATH)")]
+pub struct ParseListenAddrError {
+    input: String,
+    reason: String,
+}
+
+impl FromStr for ListenAddr {
+    type Err = ParseListenAddrError;
+
+    /// Parses `unix:PATH` or `HOST:PORT`. A host name is resolved now; when
+    /// it has several addresses the first IPv4 one wins.
+    fn from_str(s: &str) -> Result<ListenAddr, ParseListenAddrError> {
+        let err = |reason: String| ParseListenAddrError {
+            input: s.to_owned(),
+            reason,
+        };
+        if let Some(path) = s.strip_prefix("unix:") {
+            if path.is_empty() {
+                return Err(err("empty socket path".into()));
+            }
+            return Ok(ListenAddr::Unix(PathBuf::from(path)));
+        }
+        let addrs: Vec<SocketAddr> = s
+            .to_socket_addrs()
+            .map_err(|e| err(e.to_string()))?
+            .collect();
+        addrs
+            .iter()
+            .find(|a| a.is_ipv4())
+            .or(addrs.first())
+            .map(|a| ListenAddr::Tcp(*a))
+            .ok_or_else(|| err("resolves to no address".into()))
+    }
+}
+
+impl fmt::Display for ListenAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ListenAddr::Tcp(addr) => write!(f, "{addr}"),
+            ListenAddr::Unix(path) => write!(f, "unix:{}", path.display()),
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Server
+// ---------------------------------------------------------------------------
+
+/// How exports are looked up by name.
+pub trait Exports: Send + Sync + 'static {
+    /// Opens an export by name (`v` or `v@s`). Err(Error::VolumeNotFound/SnapshotNotFound) if unknown.
+    fn open_export(&self, name: &str) -> crate::Result<Arc<dyn Device>>;
+    /// Every export name, for NBD_OPT_LIST.
+    fn export_names(&self) -> Vec<String>;
+}
+
+/// Resource bounds of a server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Largest READ or WRITE payload (advertised as the maximum block size).
+    pub max_request_bytes: u32,
+    /// Largest option data accepted during negotiation.
+    pub max_option_bytes: u32,
+    /// Connections beyond this many are closed as soon as accepted.
+    pub max_connections: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits {
+            max_request_bytes: 32 << 20,
+            max_option_bytes: 64 << 10,
+            max_connections: 256,
+        }
+    }
+}
+
+/// The state one listening server shares between its connection threads.
+pub struct NbdServer {
+    exports: Arc<dyn Exports>,
+    limits: Limits,
+    active: AtomicUsize,
+}
+
+/// Binds `addr` and serves `exports` on it until the handle is shut down or
+/// dropped. See [`NbdServer::serve`].
+pub fn serve(
+    addr: &ListenAddr,
+    exports: Arc<dyn Exports>,
+    limits: Limits,
+) -> io::Result<NbdServerHandle> {
+    NbdServer::serve(addr, exports, limits)
+}
+
+enum Listener {
+    Tcp(TcpListener),
+    Unix(UnixListener),
+}
+
+enum Accepted {
+    Tcp(TcpStream, SocketAddr),
+    Unix(UnixStream),
+}
+
+impl NbdServer {
+    /// Binds `addr` now (so bind errors are returned), then accepts on a
+    /// background thread, one thread per connection. A stale unix socket file
+    /// (one nobody answers on) is replaced; a live one is `AddrInUse`.
+    pub fn serve(
+        addr: &ListenAddr,
+        exports: Arc<dyn Exports>,
+        mut limits: Limits,
+    ) -> io::Result<NbdServerHandle> {
+        limits.max_request_bytes = limits.max_request_bytes.max(1);
+        let (listener, local) = match addr {
+            ListenAddr::Tcp(a) => {
+                let l = TcpListener::bind(a)?;
+                let local = l.local_addr()?;
+                (Listener::Tcp(l), ListenAddr::Tcp(local))
+            }
+            ListenAddr::Unix(path) => {
+                if let Ok(meta) = std::fs::symlink_metadata(path)
+                    && meta.file_type().is_socket()
+                {
+                    if UnixStream::connect(path).is_ok() {
+                        return Err(io::Error::new(
+                            io::ErrorKind::AddrInUse,
+                            format!("{} is in use by a live server", path.display()),
+                        ));
+                    }
+                    debug!(path = %path.display(), "removing stale NBD socket");
+                    std::fs::remove_file(path)?;
+                }
+                (
+                    Listener::Unix(UnixListener::bind(path)?),
+                    ListenAddr::Unix(path.clone()),
+                )
+            }
+        };
+        let server = Arc::new(NbdServer {
+            exports,
+            limits,
+            active: AtomicUsize::new(0),
+        });
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread = {
+            let (server, stop) = (server.clone(), stop.clone());
+            thread::Builder::new()
+                .name("nbd-accept".into())
+                .spawn(move || server.accept_loop(listener, &stop))?
+        };
+        info!(addr = %local, "NBD server listening");
+        Ok(NbdServerHandle {
+            addr: local,
+            stop,
+            thread: Some(thread),
+            server,
+        })
+    }
+
+    fn accept_loop(self: Arc<Self>, listener: Listener, stop: &AtomicBool) {
+        loop {
+            let accepted = match &listener {
+                Listener::Tcp(l) => l.accept().map(|(s, peer)| Accepted::Tcp(s, peer)),
+                Listener::Unix(l) => l.accept().map(|(s, _)| Accepted::Unix(s)),
+            };
+            if stop.load(Ordering::SeqCst) {
+                break;
+            }
+            match accepted {
+                Ok(stream) => self.spawn_connection(stream),
+                Err(e) => {
+                    // EMFILE and friends: back off instead of spinning.
+                    warn!(error = %e, "NBD accept failed");
+                    thread::sleep(Duration::from_millis(100));
+                }
+            }
+        }
+        debug!("NBD accept loop stopped");
+    }
+
+    fn spawn_connection(self: &Arc<Self>, stream: Accepted) {
+        if self.active.fetch_add(1, Ordering::SeqCst) >= self.limits.max_connections {
+            self.active.fetch_sub(1, Ordering::SeqCst);
+            warn!(
+                max = self.limits.max_connections,
+                "too many NBD connections; refusing one"
+            );
+            return;
+        }
+        let guard = ActiveGuard(self.clone());
+        let spawned = thread::Builder::new()
+            .name("nbd-conn".into())
+            .spawn(move || {
+                let server = &guard.0;
+                let result = match stream {
+                    Accepted::Tcp(s, peer) => {
+                        let _ = s.set_nodelay(true);
+                        s.try_clone()
+                            .and_then(|r| server.run_connection(r, s, &peer.to_string()))
+                    }
+                    Accepted::Unix(s) => s
+                        .try_clone()
+                        .and_then(|r| server.run_connection(r, s, "unix")),
+                };
+                if let Err(e) = result {
+                    debug!(error = %e, "NBD connection ended with an error");
+                }
+            });
+        if let Err(e) = spawned {
+            warn!(error = %e, "cannot spawn an NBD connection thread");
+        }
+    }
+
+    fn run_connection<R: Read, W: Write>(&self, r: R, w: W, peer: &str) -> io::Result<()> {
+        let mut conn = Connection {
+            r: BufReader::with_capacity(IO_BUFFER, r),
+            w: BufWriter::with_capacity(IO_BUFFER, w),
+            server: self,
+            peer,
+        };
+        debug!(peer, "NBD connection opened");
+        let result = match conn.negotiate()? {
+            Some(device) => conn.transmit(&*device),
+            None => Ok(()),
+        };
+        debug!(peer, "NBD connection closed");
+        result
+    }
+
+    fn transmission_flags(device: &dyn Device) -> u16 {
+        let mut flags =
+            NBD_FLAG_HAS_FLAGS | NBD_FLAG_SEND_FLUSH | NBD_FLAG_SEND_FUA | NBD_FLAG_CAN_MULTI_CONN;
+        if device.read_only() {
+            flags |= NBD_FLAG_READ_ONLY;
+        } else {
+            flags |= NBD_FLAG_SEND_TRIM | NBD_FLAG_SEND_WRITE_ZEROES;
+        }
+        flags
+    }
+}
+
+/// Counts a live connection; decrements on drop (even if the thread panics
+/// or never starts).
+struct ActiveGuard(Arc<NbdServer>);
+
+impl Drop for ActiveGuard {
+    fn drop(&mut self) {
+        self.0.active.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// A running server. Shutting it down (or dropping it) stops accepting; live
+/// connections finish on their own.
+pub struct NbdServerHandle {
+    addr: ListenAddr,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+    server: Arc<NbdServer>,
+}
+
+impl NbdServerHandle {
+    /// The bound address (with the real port when bound to port 0).
+    pub fn local_addr(&self) -> ListenAddr {
+        self.addr.clone()
+    }
+
+    /// Connections being served right now.
+    pub fn active_connections(&self) -> usize {
+        self.server.active.load(Ordering::SeqCst)
+    }
+
+    /// Stops accepting and removes the unix socket file.
+    pub fn shutdown(mut self) {
+        self.stop_listener();
+    }
+
+    fn stop_listener(&mut self) {
+        let Some(thread) = self.thread.take() else {
+            return;
+        };
+        self.stop.store(true, Ordering::SeqCst);
+        // Wake the blocked accept with a connection of our own.
+        let woke = match &self.addr {
+            ListenAddr::Tcp(a) => {
+                let mut target = *a;
+                if target.ip().is_unspecified() {
+                    target.set_ip(match target.ip() {
+                        IpAddr::V4(_) => IpAddr::V4(Ipv4Addr::LOCALHOST),
+                        IpAddr::V6(_) => IpAddr::V6(Ipv6Addr::LOCALHOST),
+                    });
+                }
+                TcpStream::connect_timeout(&target, Duration::from_secs(2)).is_ok()
+            }
+            ListenAddr::Unix(path) => UnixStream::connect(path).is_ok(),
+        };
+        if woke {
+            let _ = thread.join();
+        } else {
+            warn!(addr = %self.addr, "cannot wake the NBD accept thread; leaving it behind");
+        }
+        if let ListenAddr::Unix(path) = &self.addr {
+            let _ = std::fs::remove_file(path);
+        }
+        info!(addr = %self.addr, "NBD server stopped");
+    }
+}
+
+impl Drop for NbdServerHandle {
+    fn drop(&mut self) {
+        self.stop_listener();
+    }
+}
+
+/// Reads exactly `buf.len()` bytes; `Ok(false)` on a clean EOF before the
+/// first byte.
+fn read_full_or_eof(r: &mut impl Read, buf: &mut [u8]) -> io::Result<bool> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        match r.read(&mut buf[filled..]) {
+            Ok(0) if filled == 0 => return Ok(false),
+            Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(true)
+}
+
+struct Connection<'a, R: Read, W: Write> {
+    r: BufReader<R>,
+    w: BufWriter<W>,
+    server: &'a NbdServer,
+    peer: &'a str,
+}
+
+impl<R: Read, W: Write> Connection<'_, R, W> {
+    fn limits(&self) -> &Limits {
+        &self.server.limits
+    }
+
+    /// Flushes pending replies unless `need` bytes are already buffered, so
+    /// the next read cannot block with replies held back.
+    fn flush_unless_buffered(&mut self, need: usize) -> io::Result<()> {
+        if self.r.buffer().len() < need {
+            self.w.flush()?;
+        }
+        Ok(())
+    }
+
+    fn option_reply(&mut self, option: u32, reply: u32, data: &[u8]) -> io::Result<()> {
+        let len =
+            u32::try_from(data.len()).map_err(|_| io::Error::other("option reply too long"))?;
+        self.w.write_all(&NBD_OPT_REPLY_MAGIC.to_be_bytes())?;
+        self.w.write_all(&option.to_be_bytes())?;
+        self.w.write_all(&reply.to_be_bytes())?;
+        self.w.write_all(&len.to_be_bytes())?;
+        self.w.write_all(data)
+    }
+
+    fn option_error(&mut self, option: u32, reply: u32, msg: &str) -> io::Result<()> {
+        debug!(
+            peer = self.peer,
+            option,
+            reply = reply & !NBD_REP_FLAG_ERROR,
+            msg,
+            "NBD option refused"
+        );
+        self.option_reply(option, reply, bounded(msg).as_bytes())
+    }
+
+    /// Runs the handshake and option haggling. `Some(device)` means the
+    /// client entered transmission on it; `None` means close.
+    fn negotiate(&mut self) -> io::Result<Option<Arc<dyn Device>>> {
+        self.w.write_all(&NBDMAGIC.to_be_bytes())?;
+        self.w.write_all(&IHAVEOPT.to_be_bytes())?;
+        self.w
+            .write_all(&(NBD_FLAG_FIXED_NEWSTYLE | NBD_FLAG_NO_ZEROES).to_be_bytes())?;
+        self.w.flush()?;
+
+        let mut flags = [0u8; 4];
+        self.r.read_exact(&mut flags)?;
+        let client_flags = u32::from_be_bytes(flags);
+        if client_flags & NBD_FLAG_C_FIXED_NEWSTYLE == 0 {
+            debug!(peer = self.peer, "client is not fixed-newstyle; closing");
+            return Ok(None);
+        }
+        if client_flags & !(NBD_FLAG_C_FIXED_NEWSTYLE | NBD_FLAG_C_NO_ZEROES) != 0 {
+            debug!(
+                peer = self.peer,
+                client_flags, "unknown client flags; closing"
+            );
+            return Ok(None);
+        }
+        let no_zeroes = client_flags & NBD_FLAG_C_NO_ZEROES != 0;
+
+        loop {
+            self.w.flush()?;
+            let mut header = [0u8; 16];
+            self.r.read_exact(&mut header)?;
+            let mut c = Cursor(&header);
+            let (magic, option, len) = match (c.u64(), c.u32(), c.u32()) {
+                (Some(m), Some(o), Some(l)) => (m, o, l),
+                _ => return Ok(None),
+            };
+            if magic != IHAVEOPT {
+                warn!(peer = self.peer, magic, "bad option magic; closing");
+                return Ok(None);
+            }
+            if len > self.limits().max_option_bytes {
+                if option == NBD_OPT_EXPORT_NAME {
+                    warn!(
+                        peer = self.peer,
+                        len, "oversized NBD_OPT_EXPORT_NAME; closing"
+                    );
+                    return Ok(None);
+                }
+                io::copy(&mut (&mut self.r).take(u64::from(len)), &mut io::sink())?;
+                self.option_error(option, NBD_REP_ERR_TOO_BIG, "option data too large")?;
+                continue;
+            }
+            // Bounded by max_option_bytes above.
+            let mut data = vec![0u8; len as usize];
+            self.r.read_exact(&mut data)?;
+
+            match option {
+                NBD_OPT_EXPORT_NAME => {
+                    let Ok(name) = String::from_utf8(data) else {
+                        warn!(peer = self.peer, "export name is not UTF-8; closing");
+                        return Ok(None);
+                    };
+                    let device = match self.server.exports.open_export(&name) {
+                        Ok(device) => device,
+                        Err(e) => {
+                            // The protocol gives no way to refuse EXPORT_NAME but closing.
+                            warn!(peer = self.peer, export = name, error = %e, "cannot open export; closing");
+                            return Ok(None);
+                        }
+                    };
+                    self.w.write_all(&device.size().to_be_bytes())?;
+                    self.w
+                        .write_all(&NbdServer::transmission_flags(&*device).to_be_bytes())?;
+                    if !no_zeroes {
+                        self.w.write_all(&[0u8; 124])?;
+                    }
+                    self.w.flush()?;
+                    return Ok(Some(device));
+                }
+                NBD_OPT_ABORT => {
+                    self.option_reply(option, NBD_REP_ACK, &[])?;
+                    self.w.flush()?;
+                    return Ok(None);
+                }
+                NBD_OPT_LIST => {
+                    if !data.is_empty() {
+                        self.option_error(
+                            option,
+                            NBD_REP_ERR_INVALID,
+                            "NBD_OPT_LIST takes no data",
+                        )?;
+                        continue;
+                    }
+                    for name in self.server.exports.export_names() {
+                        if name.len() > MAX_STRING {
+                            continue;
+                        }
+                        let mut reply = Vec::with_capacity(4 + name.len());
+                        reply.extend_from_slice(&(name.len() as u32).to_be_bytes());
+                        reply.extend_from_slice(name.as_bytes());
+                        self.option_reply(option, NBD_REP_SERVER, &reply)?;
+                    }
+                    self.option_reply(option, NBD_REP_ACK, &[])?;
+                }
+                NBD_OPT_INFO | NBD_OPT_GO => {
+                    if let Some(device) = self.info(option, &data)?
+                        && option == NBD_OPT_GO
+                    {
+                        self.w.flush()?;
+                        return Ok(Some(device));
+                    }
+                }
+                _ => self.option_error(option, NBD_REP_ERR_UNSUP, "option not supported")?,
+            }
+        }
+    }
+
+    /// Answers `NBD_OPT_INFO` / `NBD_OPT_GO`; returns the opened device on
+    /// success (after the final ACK).
+    fn info(&mut self, option: u32, data: &[u8]) -> io::Result<Option<Arc<dyn Device>>> {
+        let Some(request) = parse_info_request(data) else {
+            self.option_error(
+                option,
+                NBD_REP_ERR_INVALID,
+                "malformed NBD_OPT_INFO/GO request",
+            )?;
+            return Ok(None);
+        };
+        if request.name.is_empty() {
+            self.option_error(
+                option,
+                NBD_REP_ERR_UNKNOWN,
+                "there is no default export; name one",
+            )?;
+            return Ok(None);
+        }
+        let device = match self.server.exports.open_export(&request.name) {
+            Ok(device) => device,
+            Err(e) => {
+                self.option_error(option, NBD_REP_ERR_UNKNOWN, &e.to_string())?;
+                return Ok(None);
+            }
+        };
+
+        let mut export = Vec::with_capacity(12);
+        export.extend_from_slice(&NBD_INFO_EXPORT.to_be_bytes());
+        export.extend_from_slice(&device.size().to_be_bytes());
+        export.extend_from_slice(&NbdServer::transmission_flags(&*device).to_be_bytes());
+        self.option_reply(option, NBD_REP_INFO, &export)?;
+
+        if request.infos.contains(&NBD_INFO_NAME) {
+            let mut name = Vec::with_capacity(2 + request.name.len());
+            name.extend_from_slice(&NBD_INFO_NAME.to_be_bytes());
+            name.extend_from_slice(request.name.as_bytes());
+            self.option_reply(option, NBD_REP_INFO, &name)?;
+        }
+
+        // Servers may always send block sizes. Preferred must be a power of
+        // two no larger than the maximum.
+        let max = self.limits().max_request_bytes;
+        let preferred = if max >= crate::BLOCK_SIZE {
+            crate::BLOCK_SIZE
+        } else {
+            1 << max.ilog2()
+        };
+        let mut sizes = Vec::with_capacity(14);
+        sizes.extend_from_slice(&NBD_INFO_BLOCK_SIZE.to_be_bytes());
+        for v in [1u32, preferred, max] {
+            sizes.extend_from_slice(&v.to_be_bytes());
+        }
+        self.option_reply(option, NBD_REP_INFO, &sizes)?;
+        self.option_reply(option, NBD_REP_ACK, &[])?;
+        Ok(Some(device))
+    }
+
+    fn simple_reply(&mut self, cookie: u64, error: u32) -> io::Result<()> {
+        let mut reply = [0u8; SIMPLE_REPLY_LEN];
+        reply[0..4].copy_from_slice(&NBD_SIMPLE_REPLY_MAGIC.to_be_bytes());
+        reply[4..8].copy_from_slice(&error.to_be_bytes());
+        reply[8..16].copy_from_slice(&cookie.to_be_bytes());
+        self.w.write_all(&reply)
+    }
+
+    /// Serves requests in order until DISC, EOF or a protocol violation.
+    fn transmit(&mut self, device: &dyn Device) -> io::Result<()> {
+        let size = device.size();
+        let read_only = device.read_only();
+        let max = self.limits().max_request_bytes;
+        let mut buf: Vec<u8> = Vec::new();
+        debug!(
+            peer = self.peer,
+            export = device.name(),
+            size,
+            read_only,
+            "NBD transmission"
+        );
+
+        loop {
+            self.flush_unless_buffered(REQUEST_LEN)?;
+            let mut header = [0u8; REQUEST_LEN];
+            if !read_full_or_eof(&mut self.r, &mut header)? {
+                debug!(peer = self.peer, "client closed without NBD_CMD_DISC");
+                return Ok(());
+            }
+            let req = match parse_request(&header) {
+                Ok(req) => req,
+                Err(e) => {
+                    warn!(peer = self.peer, error = %e, "NBD protocol violation; closing");
+                    return self.w.flush();
+                }
+            };
+            let (offset, len) = (req.offset, u64::from(req.length));
+            // Only used for allocation after checking `req.length <= max`.
+            let n = req.length as usize;
+            let fail = |what: &str, e: crate::Error| {
+                warn!(export = device.name(), offset, len, error = %e, "NBD {what} failed");
+                nbd_errno(e.errno())
+            };
+
+            let error = match req.command {
+                Command::Read => {
+                    if req.length > max || !in_range(offset, len, size) {
+                        NBD_EINVAL
+                    } else {
+                        if buf.len() < n {
+                            buf.resize(n, 0);
+                        }
+                        match device.read_at(&mut buf[..n], offset) {
+                            Ok(()) => {
+                                self.simple_reply(req.cookie, 0)?;
+                                self.w.write_all(&buf[..n])?;
+                                continue;
+                            }
+                            Err(e) => fail("read", e),
+                        }
+                    }
+                }
+                Command::Write => {
+                    if req.length > max {
+                        warn!(
+                            peer = self.peer,
+                            len, max, "NBD write larger than the maximum; closing"
+                        );
+                        return self.w.flush();
+                    }
+                    self.flush_unless_buffered(n)?;
+                    if buf.len() < n {
+                        buf.resize(n, 0);
+                    }
+                    self.r.read_exact(&mut buf[..n])?;
+                    if read_only {
+                        NBD_EPERM
+                    } else if !in_range(offset, len, size) {
+                        NBD_ENOSPC
+                    } else {
+                        match device.write_at(&buf[..n], offset, req.fua()) {
+                            Ok(()) => 0,
+                            Err(e) => fail("write", e),
+                        }
+                    }
+                }
+                Command::Disconnect => {
+                    if !read_only && let Err(e) = device.flush() {
+                        warn!(export = device.name(), error = %e, "flush at NBD disconnect failed");
+                    }
+                    debug!(peer = self.peer, "NBD_CMD_DISC");
+                    return self.w.flush();
+                }
+                Command::Flush => match device.flush() {
+                    Ok(()) => 0,
+                    Err(e) => fail("flush", e),
+                },
+                Command::Trim | Command::WriteZeroes => {
+                    if read_only {
+                        NBD_EPERM
+                    } else if !in_range(offset, len, size) {
+                        NBD_ENOSPC
+                    } else {
+                        let result = if req.command == Command::Trim {
+                            device
+                                .trim(offset, len)
+                                .and_then(|()| if req.fua() { device.flush() } else { Ok(()) })
+                        } else {
+                            device.write_zeroes(offset, len, req.fua())
+                        };
+                        match result {
+                            Ok(()) => 0,
+                            Err(e) => fail(
+                                if req.command == Command::Trim {
+                                    "trim"
+                                } else {
+                                    "write-zeroes"
+                                },
+                                e,
+                            ),
+                        }
+                    }
+                }
+                Command::Other(kind) => {
+                    debug!(peer = self.peer, kind, "unsupported NBD command");
+                    NBD_EINVAL
+                }
+            };
+            self.simple_reply(req.cookie, error)?;
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Client
+// ---------------------------------------------------------------------------
+
+type ClientReader = BufReader<Box<dyn Read + Send>>;
+type ClientWriter = BufWriter<Box<dyn Write + Send>>;
+
+/// A blocking NBD client: one request in flight at a time, simple replies.
+pub struct NbdClient {
+    r: ClientReader,
+    w: ClientWriter,
+    size: u64,
+    flags: u16,
+    max_payload: usize,
+    next_cookie: u64,
+}
+
+/// Largest option reply the client accepts.
+const CLIENT_MAX_OPTION_REPLY: u32 = 1 << 20;
+/// Trims and zeroings are sent in pieces of at most this many bytes.
+const CLIENT_MAX_RANGE: u64 = 1 << 30;
+
+fn bad_data(msg: impl Into<String>) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, msg.into())
+}
+
+/// Connects and does the fixed-newstyle handshake.
+fn client_handshake(addr: &ListenAddr) -> io::Result<(ClientReader, ClientWriter)> {
+    let (r, w): (Box<dyn Read + Send>, Box<dyn Write + Send>) = match addr {
+        ListenAddr::Tcp(a) => {
+            let s = TcpStream::connect(a)?;
+            s.set_nodelay(true)?;
+            (Box::new(s.try_clone()?), Box::new(s))
+        }
+        ListenAddr::Unix(p) => {
+            let s = UnixStream::connect(p)?;
+            (Box::new(s.try_clone()?), Box::new(s))
+        }
+    };
+    let (mut r, mut w) = (
+        BufReader::with_capacity(IO_BUFFER, r),
+        BufWriter::with_capacity(IO_BUFFER, w),
+    );
+    let mut hello = [0u8; 18];
+    r.read_exact(&mut hello)?;
+    let mut c = Cursor(&hello);
+    if c.u64() != Some(NBDMAGIC) || c.u64() != Some(IHAVEOPT) {
+        return Err(bad_data("not a newstyle NBD server"));
+    }
+    let flags = c.u16().unwrap_or(0);
+    if flags & NBD_FLAG_FIXED_NEWSTYLE == 0 {
+        return Err(bad_data("NBD server is not fixed-newstyle"));
+    }
+    let no_zeroes = if flags & NBD_FLAG_NO_ZEROES != 0 {
+        NBD_FLAG_C_NO_ZEROES
+    } else {
+        0
+    };
+    w.write_all(&(NBD_FLAG_C_FIXED_NEWSTYLE | no_zeroes).to_be_bytes())?;
+    Ok((r, w))
+}
+
+fn send_option(w: &mut ClientWriter, option: u32, data: &[u8]) -> io::Result<()> {
+    w.write_all(&IHAVEOPT.to_be_bytes())?;
+    w.write_all(&option.to_be_bytes())?;
+    w.write_all(&(data.len() as u32).to_be_bytes())?;
+    w.write_all(data)?;
+    w.flush()
+}
+
+/// Reads one option reply: its type and data. Error replies become errors.
+fn read_option_reply(r: &mut ClientReader, option: u32) -> io::Result<(u32, Vec<u8>)> {
+    let mut header = [0u8; 20];
+    r.read_exact(&mut header)?;
+    let mut c = Cursor(&header);
+    let (magic, opt, reply, len) = (c.u64(), c.u32(), c.u32().unwrap_or(0), c.u32().unwrap_or(0));
+    if magic != Some(NBD_OPT_REPLY_MAGIC) || opt != Some(option) || len > CLIENT_MAX_OPTION_REPLY {
+        return Err(bad_data("malformed NBD option reply"));
+    }
+    let mut data = vec![0u8; len as usize];
+    r.read_exact(&mut data)?;
+    if reply & NBD_REP_FLAG_ERROR == 0 {
+        return Ok((reply, data));
+    }
+    let kind = match reply {
+        NBD_REP_ERR_UNKNOWN => io::ErrorKind::NotFound,
+        NBD_REP_ERR_UNSUP => io::ErrorKind::Unsupported,
+        NBD_REP_ERR_POLICY => io::ErrorKind::PermissionDenied,
+        NBD_REP_ERR_INVALID => io::ErrorKind::InvalidInput,
+        _ => io::ErrorKind::Other,
+    };
+    Err(io::Error::new(
+        kind,
+        format!("NBD server: {}", String::from_utf8_lossy(&data)),
+    ))
+}
+
+/// Lists the server's exports with `NBD_OPT_LIST`.
+pub fn list_exports(addr: &ListenAddr) -> io::Result<Vec<String>> {
+    let (mut r, mut w) = client_handshake(addr)?;
+    send_option(&mut w, NBD_OPT_LIST, &[])?;
+    let mut names = Vec::new();
+    loop {
+        match read_option_reply(&mut r, NBD_OPT_LIST)? {
+            (NBD_REP_ACK, _) => break,
+            (NBD_REP_SERVER, data) => {
+                let mut c = Cursor(&data);
+                let name = c.u32().and_then(|n| c.take(usize::try_from(n).ok()?));
+                let name = name.ok_or_else(|| bad_data("malformed NBD_REP_SERVER"))?;
+                names.push(String::from_utf8_lossy(name).into_owned());
+            }
+            _ => {}
+        }
+    }
+    // Be polite; the answer does not matter.
+    if send_option(&mut w, NBD_OPT_ABORT, &[]).is_ok() {
+        let _ = read_option_reply(&mut r, NBD_OPT_ABORT);
+    }
+    Ok(names)
+}
+
+impl NbdClient {
+    /// Connects and enters transmission on `export` with `NBD_OPT_GO`. An
+    /// unknown export is `NotFound` with the server's message.
+    pub fn connect(addr: &ListenAddr, export: &str) -> io::Result<NbdClient> {
+        let (mut r, mut w) = client_handshake(addr)?;
+        let mut data = Vec::with_capacity(8 + export.len());
+        data.extend_from_slice(&(export.len() as u32).to_be_bytes());
+        data.extend_from_slice(export.as_bytes());
+        data.extend_from_slice(&1u16.to_be_bytes());
+        data.extend_from_slice(&NBD_INFO_BLOCK_SIZE.to_be_bytes());
+        send_option(&mut w, NBD_OPT_GO, &data)?;
+        let (mut export_info, mut max_payload) = (None, 32usize << 20);
+        loop {
+            let (reply, data) = read_option_reply(&mut r, NBD_OPT_GO)?;
+            let mut c = Cursor(&data);
+            match (reply, c.u16()) {
+                (NBD_REP_ACK, _) => break,
+                (NBD_REP_INFO, Some(NBD_INFO_EXPORT)) => export_info = c.u64().zip(c.u16()),
+                (NBD_REP_INFO, Some(NBD_INFO_BLOCK_SIZE)) => {
+                    if let Some(max) = c.u32().and(c.u32()).and(c.u32()) {
+                        max_payload = usize::try_from(max).unwrap_or(usize::MAX).max(1);
+                    }
+                }
+                _ => {}
+            }
+        }
+        let (size, flags) =
+            export_info.ok_or_else(|| bad_data("NBD server sent no NBD_INFO_EXPORT"))?;
+        Ok(NbdClient {
+            r,
+            w,
+            size,
+            flags,
+            max_payload,
+            next_cookie: 1,
+        })
+    }
+
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    pub fn read_only(&self) -> bool {
+        self.flags & NBD_FLAG_READ_ONLY != 0
+    }
+
+    /// Sends one request and waits for its simple reply header.
+    fn request(
+        &mut self,
+        command: Command,
+        flags: u16,
+        offset: u64,
+        length: u32,
+        payload: &[u8],
+    ) -> io::Result<()> {
+        let cookie = self.next_cookie;
+        self.next_cookie = self.next_cookie.wrapping_add(1);
+        let req = Request {
+            flags,
+            command,
+            cookie,
+            offset,
+            length,
+        };
+        self.w.write_all(&req.to_bytes())?;
+        self.w.write_all(payload)?;
+        self.w.flush()?;
+        let mut reply = [0u8; SIMPLE_REPLY_LEN];
+        self.r.read_exact(&mut reply)?;
+        let mut c = Cursor(&reply);
+        let (magic, error, got) = (c.u32(), c.u32().unwrap_or(0), c.u64());
+        if magic != Some(NBD_SIMPLE_REPLY_MAGIC) || got != Some(cookie) {
+            return Err(bad_data("malformed NBD reply"));
+        }
+        match error {
+            0 => Ok(()),
+            e => Err(io::Error::from_raw_os_error(errno_from_nbd(e))),
+        }
+    }
+
+    /// Reads `buf.len()` bytes at `offset`, in pieces the server accepts.
+    pub fn read(&mut self, mut offset: u64, buf: &mut [u8]) -> io::Result<()> {
+        for chunk in buf.chunks_mut(self.max_payload) {
+            self.request(Command::Read, 0, offset, chunk.len() as u32, &[])?;
+            self.r.read_exact(chunk)?;
+            offset += chunk.len() as u64;
+        }
+        Ok(())
+    }
+
+    pub fn write(&mut self, mut offset: u64, buf: &[u8], fua: bool) -> io::Result<()> {
+        let flags = if fua { NBD_CMD_FLAG_FUA } else { 0 };
+        for chunk in buf.chunks(self.max_payload) {
+            self.request(Command::Write, flags, offset, chunk.len() as u32, chunk)?;
+            offset += chunk.len() as u64;
+        }
+        Ok(())
+    }
+
+    pub fn flush(&mut self) -> io::Result<()> {
+        self.request(Command::Flush, 0, 0, 0, &[])
+    }
+
+    fn ranged(&mut self, command: Command, mut offset: u64, mut len: u64) -> io::Result<()> {
+        while len > 0 {
+            let piece = len.min(CLIENT_MAX_RANGE);
+            self.request(command, 0, offset, piece as u32, &[])?;
+            (offset, len) = (offset + piece, len - piece);
+        }
+        Ok(())
+    }
+
+    pub fn trim(&mut self, offset: u64, len: u64) -> io::Result<()> {
+        self.ranged(Command::Trim, offset, len)
+    }
+
+    pub fn write_zeroes(&mut self, offset: u64, len: u64) -> io::Result<()> {
+        self.ranged(Command::WriteZeroes, offset, len)
+    }
+
+    /// Sends `NBD_CMD_DISC` (the server flushes) and closes.
+    pub fn disconnect(mut self) -> io::Result<()> {
+        let req = Request {
+            flags: 0,
+            command: Command::Disconnect,
+            cookie: 0,
+            offset: 0,
+            length: 0,
+        };
+        self.w.write_all(&req.to_bytes())?;
+        self.w.flush()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Error;
+    use std::collections::BTreeMap;
+    use std::sync::Mutex;
+
+    /// An in-memory device twin.
+    struct MemDevice {
+        name: String,
+        data: Mutex<Vec<u8>>,
+        read_only: bool,
+    }
+
+    impl Device for MemDevice {
+        fn name(&self) -> &str {
+            &self.name
+        }
+        fn size(&self) -> u64 {
+            self.data.lock().unwrap().len() as u64
+        }
+        fn read_only(&self) -> bool {
+            self.read_only
+        }
+        fn read_at(&self, buf: &mut [u8], offset: u64) -> crate::Result<()> {
+            let data = self.data.lock().unwrap();
+            let start = offset as usize;
+            buf.copy_from_slice(&data[start..start + buf.len()]);
+            Ok(())
+        }
+        fn write_at(&self, buf: &[u8], offset: u64, _fua: bool) -> crate::Result<()> {
+            if self.read_only {
+                return Err(Error::ReadOnly {
+                    export: self.name.clone(),
+                });
+            }
+            let mut data = self.data.lock().unwrap();
+            let start = offset as usize;
+            data[start..start + buf.len()].copy_from_slice(buf);
+            Ok(())
+        }
+        fn write_zeroes(&self, offset: u64, len: u64, _fua: bool) -> crate::Result<()> {
+            let mut data = self.data.lock().unwrap();
+            data[offset as usize..(offset + len) as usize].fill(0);
+            Ok(())
+        }
+        fn trim(&self, offset: u64, len: u64) -> crate::Result<()> {
+            self.write_zeroes(offset, len, false)
+        }
+        fn flush(&self) -> crate::Result<()> {
+            Ok(())
+        }
+    }
+
+    struct MemExports(BTreeMap<String, Arc<MemDevice>>);
+
+    impl Exports for MemExports {
+        fn open_export(&self, name: &str) -> crate::Result<Arc<dyn Device>> {
+            match self.0.get(name) {
+                Some(d) => Ok(d.clone()),
+                None => Err(Error::VolumeNotFound {
+                    volume: name.to_owned(),
+                }),
+            }
+        }
+        fn export_names(&self) -> Vec<String> {
+            self.0.keys().cloned().collect()
+        }
+    }
+
+    const DISK_SIZE: usize = 4 << 20;
+
+    fn exports() -> Arc<MemExports> {
+        let mut map = BTreeMap::new();
+        for (name, size, read_only) in [("disk", DISK_SIZE, false), ("disk@snap", 64 << 10, true)] {
+            let data = Mutex::new((0..size).map(|i| (i % 251) as u8).collect());
+            map.insert(
+                name.to_owned(),
+                Arc::new(MemDevice {
+                    name: name.to_owned(),
+                    data,
+                    read_only,
+                }),
+            );
+        }
+        Arc::new(MemExports(map))
+    }
+
+    fn tcp_server(limits: Limits) -> NbdServerHandle {
+        serve(&"127.0.0.1:0".parse().unwrap(), exports(), limits).unwrap()
+    }
+
+    fn errno(e: &io::Error) -> Option<i32> {
+        e.raw_os_error()
+    }
+
+    fn round_trip(addr: &ListenAddr) {
+        let mut c = NbdClient::connect(addr, "disk").unwrap();
+        assert_eq!(c.size(), DISK_SIZE as u64);
+        assert!(!c.read_only());
+        let data: Vec<u8> = (0..100_000u32).map(|i| (i * 7) as u8).collect();
+        c.write(4099, &data, false).unwrap();
+        c.write(0, b"hello", true).unwrap();
+        c.flush().unwrap();
+        let mut back = vec![0u8; data.len()];
+        c.read(4099, &mut back).unwrap();
+        assert_eq!(back, data);
+        let mut hello = [0u8; 5];
+        c.read(0, &mut hello).unwrap();
+        assert_eq!(&hello, b"hello");
+        c.trim(4096, 8192).unwrap();
+        c.write_zeroes(20_000, 1000).unwrap();
+        let mut z = vec![1u8; 8192];
+        c.read(4096, &mut z).unwrap();
+        assert!(z.iter().all(|&b| b == 0));
+        c.read(20_000, &mut z[..1000]).unwrap();
+        assert!(z[..1000].iter().all(|&b| b == 0));
+        c.disconnect().unwrap();
+    }
+
+    #[test]
+    fn round_trip_over_tcp() {
+        let server = tcp_server(Limits::default());
+        let addr = server.local_addr();
+        assert!(matches!(addr, ListenAddr::Tcp(a) if a.port() != 0));
+        round_trip(&addr);
+        // Display and FromStr agree.
+        assert_eq!(addr.to_string().parse::<ListenAddr>().unwrap(), addr);
+        server.shutdown();
+        assert!(NbdClient::connect(&addr, "disk").is_err());
+    }
+
+    #[test]
+    fn round_trip_over_unix_and_socket_cleanup() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("nbd.sock");
+        // A stale socket file is replaced.
+        drop(UnixListener::bind(&path).unwrap());
+        let addr = ListenAddr::Unix(path.clone());
+        let server = serve(&addr, exports(), Limits::default()).unwrap();
+        assert_eq!(server.local_addr(), addr);
+        // A live one is not.
+        let err = serve(&addr, exports(), Limits::default()).err().unwrap();
+        assert_eq!(err.kind(), io::ErrorKind::AddrInUse);
+        round_trip(&addr);
+        assert_eq!(format!("{addr}").parse::<ListenAddr>().unwrap(), addr);
+        drop(server);
+        assert!(!path.exists());
+    }
+
+    #[test]
+    fn small_max_request_splits_client_io() {
+        let server = tcp_server(Limits {
+            max_request_bytes: 4096,
+            ..Limits::default()
+        });
+        let mut c = NbdClient::connect(&server.local_addr(), "disk").unwrap();
+        let data = vec![0xabu8; 10_000];
+        c.write(1, &data, false).unwrap();
+        let mut back = vec![0u8; 10_000];
+        c.read(1, &mut back).unwrap();
+        assert_eq!(back, data);
+    }
+
+    #[test]
+    fn read_only_export_refuses_modification() {
+        let server = tcp_server(Limits::default());
+        let mut c = NbdClient::connect(&server.local_addr(), "disk@snap").unwrap();
+        assert!(c.read_only());
+        assert_eq!(
+            errno(&c.write(0, &[1; 4096], false).unwrap_err()),
+            Some(libc::EPERM)
+        );
+        assert_eq!(errno(&c.trim(0, 4096).unwrap_err()), Some(libc::EPERM));
+        assert_eq!(
+            errno(&c.write_zeroes(0, 4096).unwrap_err()),
+            Some(libc::EPERM)
+        );
+        let mut buf = [0u8; 16];
+        c.read(1, &mut buf).unwrap();
+        assert_eq!(buf[0], 1);
+        c.flush().unwrap();
+        c.disconnect().unwrap();
+    }
+
+    #[test]
+    fn out_of_range_requests_fail_and_connection_survives() {
+        let server = tcp_server(Limits::default());
+        let mut c = NbdClient::connect(&server.local_addr(), "disk").unwrap();
+        let size = c.size();
+        let mut buf = [0u8; 100];
+        assert_eq!(
+            errno(&c.read(size - 10, &mut buf).unwrap_err()),
+            Some(libc::EINVAL)
+        );
+        assert_eq!(
+            errno(&c.read(u64::MAX - 10, &mut buf).unwrap_err()),
+            Some(libc::EINVAL)
+        );
+        assert_eq!(
+            errno(&c.write(size - 10, &[7; 100], false).unwrap_err()),
+            Some(libc::ENOSPC)
+        );
+        assert_eq!(errno(&c.trim(size, 1).unwrap_err()), Some(libc::ENOSPC));
+        assert_eq!(
+            errno(&c.write_zeroes(u64::MAX, 2).unwrap_err()),
+            Some(libc::ENOSPC)
+        );
+        c.write(size - 100, &[7; 100], false).unwrap();
+        c.read(size - 100, &mut buf).unwrap();
+        assert_eq!(buf, [7; 100]);
+    }
+
+    /// Handshake by hand with NBD_OPT_EXPORT_NAME; returns the raw stream in
+    /// transmission.
+    fn raw_export(addr: &ListenAddr, name: &str) -> TcpStream {
+        let ListenAddr::Tcp(a) = addr else {
+            panic!("tcp only")
+        };
+        let mut s = TcpStream::connect(a).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut hello = [0u8; 18];
+        s.read_exact(&mut hello).unwrap();
+        assert_eq!(
+            u16::from_be_bytes([hello[16], hello[17]]),
+            NBD_FLAG_FIXED_NEWSTYLE | NBD_FLAG_NO_ZEROES
+        );
+        s.write_all(&(NBD_FLAG_C_FIXED_NEWSTYLE | NBD_FLAG_C_NO_ZEROES).to_be_bytes())
+            .unwrap();
+        raw_option(&mut s, NBD_OPT_EXPORT_NAME, name.as_bytes());
+        let mut info = [0u8; 10];
+        s.read_exact(&mut info).unwrap();
+        let size = u64::from_be_bytes(info[..8].try_into().unwrap());
+        assert_eq!(size, DISK_SIZE as u64);
+        s
+    }
+
+    fn raw_option(s: &mut TcpStream, option: u32, data: &[u8]) {
+        s.write_all(&IHAVEOPT.to_be_bytes()).unwrap();
+        s.write_all(&option.to_be_bytes()).unwrap();
+        s.write_all(&(data.len() as u32).to_be_bytes()).unwrap();
+        s.write_all(data).unwrap();
+    }
+
+    fn raw_option_reply(s: &mut TcpStream) -> (u32, u32, Vec<u8>) {
+        let mut h = [0u8; 20];
+        s.read_exact(&mut h).unwrap();
+        assert_eq!(
+            u64::from_be_bytes(h[..8].try_into().unwrap()),
+            NBD_OPT_REPLY_MAGIC
+        );
+        let opt = u32::from_be_bytes(h[8..12].try_into().unwrap());
+        let reply = u32::from_be_bytes(h[12..16].try_into().unwrap());
+        let len = u32::from_be_bytes(h[16..20].try_into().unwrap());
+        let mut data = vec![0u8; len as usize];
+        s.read_exact(&mut data).unwrap();
+        (opt, reply, data)
+    }
+
+    fn assert_closed(s: &mut TcpStream) {
+        let mut b = [0u8; 1];
+        match s.read(&mut b) {
+            Ok(0) => {}
+            Ok(_) => panic!("connection still sends data"),
+            Err(e) => assert_eq!(e.kind(), io::ErrorKind::ConnectionReset, "{e}"),
+        }
+    }
+
+    #[test]
+    fn bad_magic_closes_only_that_connection() {
+        let server = tcp_server(Limits::default());
+        let addr = server.local_addr();
+        let mut good = NbdClient::connect(&addr, "disk").unwrap();
+        let mut bad = raw_export(&addr, "disk");
+        let mut header = Request {
+            flags: 0,
+            command: Command::Read,
+            cookie: 9,
+            offset: 0,
+            length: 8,
+        }
+        .to_bytes();
+        header[0] ^= 0xff;
+        bad.write_all(&header).unwrap();
+        assert_closed(&mut bad);
+        let mut buf = [0u8; 8];
+        good.read(0, &mut buf).unwrap();
+        good.write(0, &buf, false).unwrap();
+        NbdClient::connect(&addr, "disk").unwrap().flush().unwrap();
+    }
+
+    #[test]
+    fn oversized_requests() {
+        let server = tcp_server(Limits {
+            max_request_bytes: 4096,
+            ..Limits::default()
+        });
+        let addr = server.local_addr();
+        // An oversized read fails without killing the connection.
+        let mut s = raw_export(&addr, "disk");
+        s.write_all(
+            &Request {
+                flags: 0,
+                command: Command::Read,
+                cookie: 42,
+                offset: 0,
+                length: 1 << 30,
+            }
+            .to_bytes(),
+        )
+        .unwrap();
+        // An unknown command is EINVAL too.
+        s.write_all(
+            &Request {
+                flags: 0,
+                command: Command::Other(77),
+                cookie: 43,
+                offset: 0,
+                length: 0,
+            }
+            .to_bytes(),
+        )
+        .unwrap();
+        for (cookie, error) in [(42u64, NBD_EINVAL), (43, NBD_EINVAL)] {
+            let mut reply = [0u8; 16];
+            s.read_exact(&mut reply).unwrap();
+            assert_eq!(
+                u32::from_be_bytes(reply[..4].try_into().unwrap()),
+                NBD_SIMPLE_REPLY_MAGIC
+            );
+            assert_eq!(u32::from_be_bytes(reply[4..8].try_into().unwrap()), error);
+            assert_eq!(u64::from_be_bytes(reply[8..].try_into().unwrap()), cookie);
+        }
+        // An oversized write closes it.
+        s.write_all(
+            &Request {
+                flags: 0,
+                command: Command::Write,
+                cookie: 44,
+                offset: 0,
+                length: 1 << 30,
+            }
+            .to_bytes(),
+        )
+        .unwrap();
+        assert_closed(&mut s);
+        NbdClient::connect(&addr, "disk").unwrap().flush().unwrap();
+    }
+
+    #[test]
+    fn oversized_and_unknown_options_are_refused() {
+        let server = tcp_server(Limits {
+            max_option_bytes: 1024,
+            ..Limits::default()
+        });
+        let ListenAddr::Tcp(a) = server.local_addr() else {
+            unreachable!()
+        };
+        let mut s = TcpStream::connect(a).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut hello = [0u8; 18];
+        s.read_exact(&mut hello).unwrap();
+        s.write_all(&NBD_FLAG_C_FIXED_NEWSTYLE.to_be_bytes())
+            .unwrap();
+        raw_option(&mut s, NBD_OPT_GO, &vec![0u8; 100_000]);
+        assert_eq!(raw_option_reply(&mut s).1, NBD_REP_ERR_TOO_BIG);
+        raw_option(&mut s, NBD_OPT_STRUCTURED_REPLY, &[]);
+        assert_eq!(raw_option_reply(&mut s).1, NBD_REP_ERR_UNSUP);
+        raw_option(&mut s, NBD_OPT_LIST, b"x");
+        assert_eq!(raw_option_reply(&mut s).1, NBD_REP_ERR_INVALID);
+        raw_option(&mut s, NBD_OPT_INFO, &[0, 0, 0, 9, b'd']);
+        assert_eq!(raw_option_reply(&mut s).1, NBD_REP_ERR_INVALID);
+        // INFO on a real export, asking for its name.
+        let mut info = 4u32.to_be_bytes().to_vec();
+        info.extend_from_slice(b"disk");
+        info.extend_from_slice(&1u16.to_be_bytes());
+        info.extend_from_slice(&NBD_INFO_NAME.to_be_bytes());
+        raw_option(&mut s, NBD_OPT_INFO, &info);
+        let mut seen = Vec::new();
+        loop {
+            let (opt, reply, data) = raw_option_reply(&mut s);
+            assert_eq!(opt, NBD_OPT_INFO);
+            if reply == NBD_REP_ACK {
+                break;
+            }
+            assert_eq!(reply, NBD_REP_INFO);
+            seen.push(u16::from_be_bytes([data[0], data[1]]));
+            if seen.last() == Some(&NBD_INFO_NAME) {
+                assert_eq!(&data[2..], b"disk");
+            }
+        }
+        assert_eq!(seen, [NBD_INFO_EXPORT, NBD_INFO_NAME, NBD_INFO_BLOCK_SIZE]);
+        raw_option(&mut s, NBD_OPT_ABORT, &[]);
+        assert_eq!(
+            raw_option_reply(&mut s),
+            (NBD_OPT_ABORT, NBD_REP_ACK, vec![])
+        );
+        assert_closed(&mut s);
+    }
+
+    #[test]
+    fn list_and_unknown_export() {
+        let server = tcp_server(Limits::default());
+        let addr = server.local_addr();
+        assert_eq!(list_exports(&addr).unwrap(), ["disk", "disk@snap"]);
+        let err = NbdClient::connect(&addr, "nope").err().unwrap();
+        assert_eq!(err.kind(), io::ErrorKind::NotFound);
+        assert!(err.to_string().contains("nope"), "{err}");
+        assert_eq!(
+            NbdClient::connect(&addr, "").err().unwrap().kind(),
+            io::ErrorKind::NotFound
+        );
+    }
+
+    #[test]
+    fn connection_limit() {
+        let server = tcp_server(Limits {
+            max_connections: 1,
+            ..Limits::default()
+        });
+        let addr = server.local_addr();
+        let first = NbdClient::connect(&addr, "disk").unwrap();
+        assert!(NbdClient::connect(&addr, "disk").is_err());
+        first.disconnect().unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            match NbdClient::connect(&addr, "disk") {
+                Ok(c) => break c.disconnect().unwrap(),
+                Err(e) if std::time::Instant::now() < deadline => {
+                    let _ = e;
+                    thread::sleep(Duration::from_millis(20));
+                }
+                Err(e) => panic!("no connection after the first closed: {e}"),
+            }
+        }
+    }
+
+    #[test]
+    fn parse_request_fields_and_bad_magic() {
+        let req = Request {
+            flags: NBD_CMD_FLAG_FUA,
+            command: Command::Write,
+            cookie: 0x0102_0304_0506_0708,
+            offset: 1 << 40,
+            length: 512,
+        };
+        assert_eq!(parse_request(&req.to_bytes()), Ok(req));
+        assert!(req.fua());
+        let mut bytes = req.to_bytes();
+        bytes[6..8].copy_from_slice(&9u16.to_be_bytes());
+        assert_eq!(parse_request(&bytes).unwrap().command, Command::Other(9));
+        assert_eq!(
+            parse_request(&[0; REQUEST_LEN]),
+            Err(ProtocolError::BadMagic(0))
+        );
+    }
+
+    #[test]
+    fn parse_info_request_is_strict() {
+        let mut good = 2u32.to_be_bytes().to_vec();
+        good.extend_from_slice(b"ab\0\x01\0\x03");
+        assert_eq!(
+            parse_info_request(&good),
+            Some(InfoRequest {
+                name: "ab".into(),
+                infos: vec![3]
+            })
+        );
+        assert_eq!(parse_info_request(&good[..good.len() - 1]), None);
+        good.push(0);
+        assert_eq!(parse_info_request(&good), None);
+        assert_eq!(parse_info_request(&[0xff, 0xff, 0xff, 0xff]), None);
+        assert_eq!(parse_info_request(&[]), None);
+    }
+
+    #[test]
+    fn listen_addr_parsing() {
+        assert_eq!(
+            "unix:/run/x.sock".parse::<ListenAddr>().unwrap(),
+            ListenAddr::Unix("/run/x.sock".into())
+        );
+        assert_eq!(
+            "unix:/run/x.sock"
+                .parse::<ListenAddr>()
+                .unwrap()
+                .to_string(),
+            "unix:/run/x.sock"
+        );
+        let ListenAddr::Tcp(a) = "localhost:10809".parse::<ListenAddr>().unwrap() else {
+            panic!()
+        };
+        assert!(a.ip().is_loopback() && a.port() == 10809);
+        assert_eq!(
+            "[::1]:5".parse::<ListenAddr>().unwrap().to_string(),
+            "[::1]:5"
+        );
+        assert!("unix:".parse::<ListenAddr>().is_err());
+        assert!("no-port".parse::<ListenAddr>().is_err());
+        assert!("localhost:99999".parse::<ListenAddr>().is_err());
+    }
+
+    fn unix_server() -> (tempfile::TempDir, PathBuf, NbdServerHandle) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("nbd.sock");
+        let server = serve(
+            &ListenAddr::Unix(path.clone()),
+            exports(),
+            Limits::default(),
+        )
+        .unwrap();
+        (dir, path, server)
+    }
+
+    #[test]
+    fn qemu_io_round_trip() {
+        let qemu_io = std::path::Path::new("/usr/bin/qemu-io");
+        if !qemu_io.exists() {
+            eprintln!("skipping: {} not installed", qemu_io.display());
+            return;
+        }
+        let (_dir, path, _server) = unix_server();
+        let url = format!("nbd+unix:///disk?socket={}", path.display());
+        for cmd in ["write -P 0x5a 0 1M", "read -P 0x5a 0 1M"] {
+            let out = std::process::Command::new(qemu_io)
+                .args(["-f", "raw", "-c", cmd, &url])
+                .output()
+                .unwrap();
+            let text = format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            assert!(out.status.success(), "qemu-io {cmd}: {text}");
+            assert!(
+                !text.contains("Pattern verification failed"),
+                "qemu-io {cmd}: {text}"
+            );
+            assert!(!text.contains("failed"), "qemu-io {cmd}: {text}");
+        }
+    }
+
+    #[test]
+    fn nbdinfo_lists_exports() {
+        let nbdinfo = std::path::Path::new("/usr/bin/nbdinfo");
+        if !nbdinfo.exists() {
+            eprintln!("skipping: {} not installed", nbdinfo.display());
+            return;
+        }
+        let (_dir, path, _server) = unix_server();
+        let url = format!("nbd+unix:///?socket={}", path.display());
+        let out = std::process::Command::new(nbdinfo)
+            .args(["--list", &url])
+            .output()
+            .unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(out.status.success(), "nbdinfo: {text}");
+        assert!(
+            text.contains("disk") && text.contains("disk@snap"),
+            "nbdinfo: {text}"
+        );
+    }
+}

@@ -1,0 +1,91 @@
+//! `cairn up`: runs every role in one process until SIGINT or SIGTERM, then
+//! drains the requests in flight and flushes every volume.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use cairn_actors::cluster::{BusChoice, Cluster, Config};
+use cairn_blocks::nbd::ListenAddr;
+use clap::Args;
+
+use crate::cli::Cli;
+
+#[derive(Debug, Args)]
+pub struct UpArgs {
+    /// Where the journal, the block pool and the sockets live.
+    #[arg(long, env = "CAIRN_DATA_DIR", default_value = "./cairn-data")]
+    pub data_dir: PathBuf,
+    /// NBD listen address: `unix:PATH` or `HOST:PORT` (default: unix socket in the data dir).
+    #[arg(long)]
+    pub nbd: Option<String>,
+    /// Never spawn nats-server; use the in-process bus (only this process can send commands).
+    #[arg(long, conflicts_with = "url")]
+    pub in_process_bus: bool,
+}
+
+pub fn cluster_config(data_dir: PathBuf, bus: BusChoice, nbd: Option<ListenAddr>) -> Config {
+    Config {
+        data_dir,
+        bus,
+        nbd,
+        limits: cairn_actors::Limits::default(),
+    }
+}
+
+pub async fn run(cli: &Cli, args: &UpArgs) -> anyhow::Result<i32> {
+    let nbd = match &args.nbd {
+        Some(text) => text
+            .parse::<ListenAddr>()
+            .map_err(|e| anyhow::anyhow!("--nbd {text:?}: {e}"))?,
+        None => ListenAddr::Unix(std::path::absolute(args.data_dir.join("nbd.sock"))?),
+    };
+    let bus = match (&cli.nats.url, args.in_process_bus) {
+        (Some(url), _) => BusChoice::Nats(cli.nats.options(url.clone())),
+        (None, true) => BusChoice::Local,
+        (None, false) => BusChoice::Auto,
+    };
+    let cluster = Cluster::start(cluster_config(args.data_dir.clone(), bus, Some(nbd)))
+        .await
+        .with_context(|| format!("starting cairn in {}", args.data_dir.display()))?;
+    let url = cluster.nats_url.clone().or(cli.nats.url.clone());
+    let nbd_addr = cluster
+        .nbd_addr
+        .as_ref()
+        .map(ToString::to_string)
+        .unwrap_or_default();
+    println!("cairn is up");
+    println!("  data dir: {}", args.data_dir.display());
+    match &url {
+        Some(url) => {
+            println!("  nats:     {url}");
+            println!("  export CAIRN_NATS_URL={url}");
+        }
+        None => println!(
+            "  bus:      in-process (nats-server not installed; only this process can send commands)"
+        ),
+    }
+    println!("  nbd:      {nbd_addr}   e.g. qemu-io -f raw 'nbd+unix:///VOLUME?socket=PATH'");
+    let info = serde_json::json!({ "nats_url": url, "nbd": nbd_addr, "pid": std::process::id() });
+    std::fs::write(
+        args.data_dir.join("cluster.json"),
+        serde_json::to_vec_pretty(&info)?,
+    )?;
+
+    wait_for_signal().await?;
+    tracing::info!("shutting down: draining requests in flight");
+    let drained = tokio::time::timeout(crate::cli::DRAIN_TIMEOUT, cluster.shutdown()).await;
+    if drained.is_err() {
+        tracing::warn!("drain timed out");
+    }
+    Ok(0)
+}
+
+async fn wait_for_signal() -> anyhow::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate())?;
+    tokio::select! {
+        r = tokio::signal::ctrl_c() => r?,
+        _ = term.recv() => {}
+    }
+    Ok(())
+}
