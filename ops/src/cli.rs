@@ -112,12 +112,6 @@ pub enum Command {
     },
 }
 
-impl Command {
-    pub fn is_long_running(&self) -> bool {
-        matches!(self, Command::Up(_) | Command::Demo(_))
-    }
-}
-
 #[derive(Debug, Subcommand)]
 pub enum VolumeCommand {
     /// Create a thin volume.
