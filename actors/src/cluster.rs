@@ -62,7 +62,7 @@ pub enum Error {
 #[derive(Debug, Clone)]
 pub enum BusChoice {
     /// Connect to this NATS server.
-    Nats(NatsOptions),
+    Nats(Box<NatsOptions>),
     /// Spawn a private nats-server if installed, else use the in-process bus.
     Auto,
     /// The in-process bus, always.

@@ -159,15 +159,11 @@ impl Gateway {
     ) -> Result<Value, ApiError> {
         match command {
             Command::Volume(command) => {
-                if let Some(id) = &caller.request_id {
-                    if let Some(first) = self
-                        .services
-                        .journal
-                        .lookup_request(id)
-                        .map_err(|e| journal_error(&e))?
-                    {
-                        return Ok(serde_json::from_slice(&first).unwrap_or(Value::Null));
-                    }
+                let journal = &self.services.journal;
+                if let Some(id) = &caller.request_id
+                    && let Some(first) = journal.lookup_request(id).map_err(|e| journal_error(&e))?
+                {
+                    return Ok(serde_json::from_slice(&first).unwrap_or(Value::Null));
                 }
                 let causation = Causation {
                     tenant: tenant.to_owned(),

@@ -40,7 +40,7 @@ pub async fn run(cli: &Cli, args: &UpArgs) -> anyhow::Result<i32> {
         None => ListenAddr::Unix(std::path::absolute(args.data_dir.join("nbd.sock"))?),
     };
     let bus = match (&cli.nats.url, args.in_process_bus) {
-        (Some(url), _) => BusChoice::Nats(cli.nats.options(url.clone())),
+        (Some(url), _) => BusChoice::Nats(Box::new(cli.nats.options(url.clone()))),
         (None, true) => BusChoice::Local,
         (None, false) => BusChoice::Auto,
     };
