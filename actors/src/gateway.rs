@@ -161,7 +161,8 @@ impl Gateway {
             Command::Volume(command) => {
                 let journal = &self.services.journal;
                 if let Some(id) = &caller.request_id
-                    && let Some(first) = journal.lookup_request(id).map_err(|e| journal_error(&e))?
+                    && let Some(first) =
+                        journal.lookup_request(id).map_err(|e| journal_error(&e))?
                 {
                     return Ok(serde_json::from_slice(&first).unwrap_or(Value::Null));
                 }

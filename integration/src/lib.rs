@@ -16,7 +16,10 @@ pub use cairn_actors::nats_server::NatsServer;
 
 /// The workspace root.
 pub fn workspace() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("integration/ sits in the workspace").to_owned()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("integration/ sits in the workspace")
+        .to_owned()
 }
 
 /// Path of the `cairn` binary, built once per test process.
@@ -29,7 +32,9 @@ pub fn cairn_bin() -> PathBuf {
             .status()
             .expect("cargo runs");
         assert!(status.success(), "building cairn failed");
-        let target = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| workspace().join("target"));
+        let target = std::env::var_os("CARGO_TARGET_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| workspace().join("target"));
         target.join("debug").join("cairn")
     })
     .clone()
@@ -38,9 +43,16 @@ pub fn cairn_bin() -> PathBuf {
 /// Whether an external tool is installed; tests that need it say so and skip
 /// only when `CAIRN_REQUIRE_TOOLS` is unset (CI sets it, so CI never skips).
 pub fn have_tool(name: &str) -> bool {
-    let found = Command::new("sh").arg("-c").arg(format!("command -v {name}")).output().is_ok_and(|o| o.status.success());
+    let found = Command::new("sh")
+        .arg("-c")
+        .arg(format!("command -v {name}"))
+        .output()
+        .is_ok_and(|o| o.status.success());
     if !found {
-        assert!(std::env::var_os("CAIRN_REQUIRE_TOOLS").is_none(), "{name} is required but not installed");
+        assert!(
+            std::env::var_os("CAIRN_REQUIRE_TOOLS").is_none(),
+            "{name} is required but not installed"
+        );
         eprintln!("skipping: {name} is not installed");
     }
     found
@@ -48,7 +60,8 @@ pub fn have_tool(name: &str) -> bool {
 
 /// Starts a private nats-server for one test.
 pub fn nats() -> NatsServer {
-    let binary = cairn_actors::nats_server::find_binary().expect("nats-server is installed (the test command installs it)");
+    let binary = cairn_actors::nats_server::find_binary()
+        .expect("nats-server is installed (the test command installs it)");
     NatsServer::start(&binary, None).expect("nats-server starts")
 }
 
@@ -64,7 +77,11 @@ impl Node {
     pub fn start(data_dir: &Path, nats_url: &str) -> Node {
         let nbd_socket = data_dir.join("nbd.sock");
         std::fs::create_dir_all(data_dir).unwrap();
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(data_dir.join("cairn-up.log")).unwrap();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(data_dir.join("cairn-up.log"))
+            .unwrap();
         let child = Command::new(cairn_bin())
             .args(["--nats", nats_url, "up", "--data-dir"])
             .arg(data_dir)
@@ -75,7 +92,12 @@ impl Node {
             .stderr(log)
             .spawn()
             .expect("cairn up starts");
-        let mut node = Node { data_dir: data_dir.to_owned(), nats_url: nats_url.to_owned(), nbd_socket, child: Some(child) };
+        let mut node = Node {
+            data_dir: data_dir.to_owned(),
+            nats_url: nats_url.to_owned(),
+            nbd_socket,
+            child: Some(child),
+        };
         node.wait_ready();
         node
     }
@@ -89,7 +111,11 @@ impl Node {
             if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
                 panic!("cairn up exited with {status}; log:\n{}", self.log());
             }
-            assert!(Instant::now() < deadline, "cairn up not ready within 60 s; log:\n{}", self.log());
+            assert!(
+                Instant::now() < deadline,
+                "cairn up not ready within 60 s; log:\n{}",
+                self.log()
+            );
             std::thread::sleep(Duration::from_millis(100));
         }
     }
@@ -100,13 +126,22 @@ impl Node {
 
     /// Runs `cairn --nats URL ARGS…`.
     pub fn cli(&self, args: &[&str]) -> Output {
-        Command::new(cairn_bin()).arg("--nats").arg(&self.nats_url).args(args).output().expect("cairn runs")
+        Command::new(cairn_bin())
+            .arg("--nats")
+            .arg(&self.nats_url)
+            .args(args)
+            .output()
+            .expect("cairn runs")
     }
 
     /// Runs the CLI and returns stdout, panicking with stderr on failure.
     pub fn ok(&self, args: &[&str]) -> String {
         let out = self.cli(args);
-        assert!(out.status.success(), "cairn {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "cairn {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         String::from_utf8(out.stdout).unwrap()
     }
 
@@ -149,7 +184,9 @@ pub fn qemu_io(uri: &str, command: &str) -> Output {
     if uri.contains('@') {
         cmd.arg("-r");
     }
-    cmd.args(["-f", "raw", "-c", command, uri]).output().expect("qemu-io runs")
+    cmd.args(["-f", "raw", "-c", command, uri])
+        .output()
+        .expect("qemu-io runs")
 }
 
 /// Whether a qemu-io pattern read succeeded and verified.
@@ -170,14 +207,20 @@ impl RawNats {
     pub fn connect(url: &str) -> RawNats {
         let addr = url.trim_start_matches("nats://");
         let stream = TcpStream::connect(addr).expect("connect to nats");
-        stream.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(30)))
+            .unwrap();
         let mut reader = BufReader::new(stream.try_clone().unwrap());
         let mut info = String::new();
         reader.read_line(&mut info).unwrap();
         assert!(info.starts_with("INFO"), "expected INFO, got {info:?}");
         let mut writer = stream;
         writer.write_all(b"CONNECT {\"verbose\":false,\"pedantic\":false,\"headers\":true,\"no_responders\":true}\r\n").unwrap();
-        RawNats { reader, writer, next_sid: 1 }
+        RawNats {
+            reader,
+            writer,
+            next_sid: 1,
+        }
     }
 
     /// Publishes `payload` with optional headers and returns the reply body.
@@ -194,7 +237,14 @@ impl RawNats {
                 h.push_str(&format!("{k}: {v}\r\n"));
             }
             h.push_str("\r\n");
-            out.extend(format!("HPUB {subject} {inbox} {} {}\r\n", h.len(), h.len() + payload.len()).bytes());
+            out.extend(
+                format!(
+                    "HPUB {subject} {inbox} {} {}\r\n",
+                    h.len(),
+                    h.len() + payload.len()
+                )
+                .bytes(),
+            );
             out.extend(h.bytes());
         }
         out.extend_from_slice(payload);

@@ -4,11 +4,13 @@
 //! rebuilds everything from the journal, and bad input answered with
 //! structured errors while the server keeps serving.
 
-use cairn_integration::{have_tool, nats, qemu_io, verified, Node, RawNats};
+use cairn_integration::{Node, RawNats, have_tool, nats, qemu_io, verified};
 use serde_json::Value;
 
 fn json_lines(text: &str) -> Vec<Value> {
-    text.lines().map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l:?} is not JSON: {e}"))).collect()
+    text.lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l:?} is not JSON: {e}")))
+        .collect()
 }
 
 #[test]
@@ -22,7 +24,11 @@ fn skeleton_path_survives_kill_9() {
 
     node.ok(&["volume", "create", "v1", "--size", "1G"]);
     let w = qemu_io(&node.nbd_uri("v1"), "write -P 0x5a 0 1M");
-    assert!(w.status.success(), "qemu-io write: {}", String::from_utf8_lossy(&w.stderr));
+    assert!(
+        w.status.success(),
+        "qemu-io write: {}",
+        String::from_utf8_lossy(&w.stderr)
+    );
     let f = qemu_io(&node.nbd_uri("v1"), "flush");
     assert!(f.status.success());
     let r = qemu_io(&node.nbd_uri("v1"), "read -P 0x5a 0 1M");
@@ -35,11 +41,20 @@ fn skeleton_path_survives_kill_9() {
     assert!(verified(&r), "snapshot reads the frozen data: {r:?}");
     // Opened read-write, the snapshot export is refused.
     let w = std::process::Command::new("qemu-io")
-        .args(["-f", "raw", "-c", "write -P 0x22 0 4k", &node.nbd_uri("v1@s1")])
+        .args([
+            "-f",
+            "raw",
+            "-c",
+            "write -P 0x22 0 4k",
+            &node.nbd_uri("v1@s1"),
+        ])
         .output()
         .unwrap();
     assert!(!w.status.success(), "a snapshot export must refuse writes");
-    assert!(String::from_utf8_lossy(&w.stderr).contains("Permission denied"), "{w:?}");
+    assert!(
+        String::from_utf8_lossy(&w.stderr).contains("Permission denied"),
+        "{w:?}"
+    );
 
     let events = json_lines(&node.ok(&["events", "--json"]));
     let kinds: Vec<&str> = events.iter().map(|e| e["kind"].as_str().unwrap()).collect();
@@ -47,21 +62,46 @@ fn skeleton_path_survives_kill_9() {
     assert_eq!(events[0]["seq"], 1);
     assert_eq!(events[1]["prev_hash"], events[0]["hash"]);
     let table = node.ok(&["events"]);
-    assert!(table.starts_with("SEQ") && table.contains("VolumeSnapshotted") && table.contains("volume/v1"), "{table}");
+    assert!(
+        table.starts_with("SEQ")
+            && table.contains("VolumeSnapshotted")
+            && table.contains("volume/v1"),
+        "{table}"
+    );
 
     // Flushed before the kill: must survive it.
     node.kill9();
     let node = Node::start(dir.path(), &nats.url);
     let list: Value = serde_json::from_str(&node.ok(&["-o", "json", "volume", "list"])).unwrap();
-    let names: Vec<&str> = list["volumes"].as_array().unwrap().iter().map(|v| v["name"].as_str().unwrap()).collect();
+    let names: Vec<&str> = list["volumes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["name"].as_str().unwrap())
+        .collect();
     assert_eq!(names, ["v1"]);
     let snaps = node.ok(&["volume", "snapshots", "v1"]);
-    assert!(snaps.lines().nth(1).is_some_and(|l| l.starts_with("s1 ")), "{snaps}");
-    assert!(verified(&qemu_io(&node.nbd_uri("v1"), "read -P 0x5a 64k 960k")), "after restart");
-    assert!(verified(&qemu_io(&node.nbd_uri("v1"), "read -P 0x11 0 64k")), "after restart");
-    assert!(verified(&qemu_io(&node.nbd_uri("v1@s1"), "read -P 0x5a 0 1M")), "snapshot after restart");
+    assert!(
+        snaps.lines().nth(1).is_some_and(|l| l.starts_with("s1 ")),
+        "{snaps}"
+    );
+    assert!(
+        verified(&qemu_io(&node.nbd_uri("v1"), "read -P 0x5a 64k 960k")),
+        "after restart"
+    );
+    assert!(
+        verified(&qemu_io(&node.nbd_uri("v1"), "read -P 0x11 0 64k")),
+        "after restart"
+    );
+    assert!(
+        verified(&qemu_io(&node.nbd_uri("v1@s1"), "read -P 0x5a 0 1M")),
+        "snapshot after restart"
+    );
     // And the check can fail: a wrong pattern is reported as such.
-    assert!(!verified(&qemu_io(&node.nbd_uri("v1"), "read -P 0x77 0 4k")));
+    assert!(!verified(&qemu_io(
+        &node.nbd_uri("v1"),
+        "read -P 0x77 0 4k"
+    )));
     let verify = node.ok(&["events", "verify"]);
     assert!(verify.starts_with("ok: 2 records"), "{verify}");
     assert!(node.stop().success());
@@ -77,31 +117,62 @@ fn bad_input_gets_structured_errors_and_the_server_keeps_serving() {
 
     let reply = raw.json("cairn.v1.default.volume.create", b"{not json");
     assert_eq!(code(&reply).as_deref(), Some("invalid_argument"), "{reply}");
-    assert!(reply["error"]["message"].as_str().unwrap().contains("not valid"));
+    assert!(
+        reply["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("not valid")
+    );
     let reply = raw.json("cairn.v1.default.volume.show", br#"{"name":"ghost"}"#);
     assert_eq!(code(&reply).as_deref(), Some("not_found"), "{reply}");
-    let reply = raw.json("cairn.v1.default.volume.snapshot", br#"{"name":"ghost","snapshot":"s1"}"#);
+    let reply = raw.json(
+        "cairn.v1.default.volume.snapshot",
+        br#"{"name":"ghost","snapshot":"s1"}"#,
+    );
     assert_eq!(code(&reply).as_deref(), Some("not_found"), "{reply}");
-    let reply = raw.json("cairn.v1.default.volume.create", br#"{"name":"Bad_Name","size":"1G"}"#);
+    let reply = raw.json(
+        "cairn.v1.default.volume.create",
+        br#"{"name":"Bad_Name","size":"1G"}"#,
+    );
     assert_eq!(code(&reply).as_deref(), Some("invalid_argument"), "{reply}");
     assert_eq!(reply["error"]["details"]["field"], "volume");
     let reply = raw.json("cairn.v1.default.volume.frobnicate", b"{}");
     assert_eq!(code(&reply).as_deref(), Some("unknown_command"), "{reply}");
-    let reply = raw.json("cairn.v1.default.volume.create", br#"{"name":"v1","size":"lots"}"#);
+    let reply = raw.json(
+        "cairn.v1.default.volume.create",
+        br#"{"name":"v1","size":"lots"}"#,
+    );
     assert_eq!(code(&reply).as_deref(), Some("invalid_argument"), "{reply}");
 
     // Still serving, and valid requests from the raw client work too.
-    let reply = raw.json("cairn.v1.default.volume.create", br#"{"name":"v1","size":"1M"}"#);
+    let reply = raw.json(
+        "cairn.v1.default.volume.create",
+        br#"{"name":"v1","size":"1M"}"#,
+    );
     assert_eq!(reply["name"], "v1", "{reply}");
-    let reply = raw.json("cairn.v1.default.volume.create", br#"{"name":"v1","size":"1M"}"#);
+    let reply = raw.json(
+        "cairn.v1.default.volume.create",
+        br#"{"name":"v1","size":"1M"}"#,
+    );
     assert_eq!(code(&reply).as_deref(), Some("already_exists"), "{reply}");
 
     // A retried request (same id) gets the first answer, not already_exists.
     let body = br#"{"name":"v2","size":"1M"}"#;
-    let first = raw.request("cairn.v1.default.volume.create", &[("Cairn-Request-Id", "retry-1")], body);
-    let again = raw.request("cairn.v1.default.volume.create", &[("Cairn-Request-Id", "retry-1")], body);
+    let first = raw.request(
+        "cairn.v1.default.volume.create",
+        &[("Cairn-Request-Id", "retry-1")],
+        body,
+    );
+    let again = raw.request(
+        "cairn.v1.default.volume.create",
+        &[("Cairn-Request-Id", "retry-1")],
+        body,
+    );
     assert_eq!(first, again);
-    assert_eq!(serde_json::from_slice::<Value>(&again).unwrap()["name"], "v2");
+    assert_eq!(
+        serde_json::from_slice::<Value>(&again).unwrap()["name"],
+        "v2"
+    );
 
     // The CLI prints the code and exits non-zero.
     let out = node.cli(&["volume", "show", "ghost"]);
@@ -114,6 +185,10 @@ fn bad_input_gets_structured_errors_and_the_server_keeps_serving() {
     let listed = node.ok(&["volume", "list"]);
     assert!(listed.contains("v1") && listed.contains("v2"), "{listed}");
     let events = node.ok(&["events", "--json"]);
-    assert_eq!(events.lines().count(), 2, "only the two creates are facts: {events}");
+    assert_eq!(
+        events.lines().count(),
+        2,
+        "only the two creates are facts: {events}"
+    );
     assert!(node.stop().success());
 }

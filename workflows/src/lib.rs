@@ -1,1 +1,449 @@
-//! placeholder
+//! Cairn's pure workflow core: saga definitions as data, and the saga state
+//! machine that, given a definition and the progress recorded so far, says
+//! what to do next.
+//!
+//! # Model
+//! A saga is a list of steps. Each step runs one API command (`kind.verb`
+//! with JSON arguments), may name a compensation, retries with exponential
+//! backoff up to `max_attempts`, and has a timeout. Progress is a list of
+//! [`Progress`] facts (journaled by the runtime in `actors/`). [`next`] folds
+//! them and returns one [`Effect`]: run a step (again), wait, compensate a
+//! completed step, or finish.
+//!
+//! # Invariants
+//! - Pure and deterministic: the same definition and progress always give the
+//!   same effect. So after a crash, replaying the journal and calling `next`
+//!   resumes exactly where the saga stood.
+//! - A step that was started but neither completed nor failed is run again
+//!   with the same idempotency key: the runtime's request-id dedup makes the
+//!   second run return the first answer.
+//! - Once a step fails for good (or the saga is cancelled), the completed
+//!   steps are compensated in reverse order, each at most once.
+//!
+//! The runtime that executes effects is not built yet; this crate is the
+//! tested core it will drive.
+
+use serde::{Deserialize, Serialize};
+
+/// One API command: `kind.verb` with JSON arguments.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Action {
+    pub run: String,
+    #[serde(default)]
+    pub with: serde_json::Value,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Retry {
+    pub max_attempts: u32,
+    pub backoff_ms: u64,
+    pub max_backoff_ms: u64,
+}
+
+impl Default for Retry {
+    fn default() -> Retry {
+        Retry {
+            max_attempts: 3,
+            backoff_ms: 200,
+            max_backoff_ms: 10_000,
+        }
+    }
+}
+
+impl Retry {
+    /// The wait before attempt `attempt` (2, 3, …): doubling, capped.
+    pub fn delay_ms(&self, attempt: u32) -> u64 {
+        let doublings = attempt.saturating_sub(2).min(32);
+        self.backoff_ms
+            .saturating_mul(1u64 << doublings)
+            .min(self.max_backoff_ms)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Step {
+    pub name: String,
+    #[serde(flatten)]
+    pub action: Action,
+    #[serde(default)]
+    pub compensate: Option<Action>,
+    #[serde(default)]
+    pub retry: Retry,
+    #[serde(default = "default_timeout_ms")]
+    pub timeout_ms: u64,
+}
+
+fn default_timeout_ms() -> u64 {
+    60_000
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Definition {
+    pub name: String,
+    pub steps: Vec<Step>,
+}
+
+/// Facts about a saga's progress, in the order they happened.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Progress {
+    StepStarted {
+        step: usize,
+        attempt: u32,
+    },
+    StepCompleted {
+        step: usize,
+    },
+    StepFailed {
+        step: usize,
+        attempt: u32,
+        error: String,
+    },
+    Cancelled,
+    CompensationStarted {
+        step: usize,
+    },
+    CompensationCompleted {
+        step: usize,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Outcome {
+    Completed,
+    /// A step failed for good (or the saga was cancelled) and every completed
+    /// step was compensated.
+    Compensated {
+        failed_step: Option<usize>,
+        error: String,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Effect {
+    /// Run step `step`, attempt `attempt`, under `idempotency_key`.
+    Run {
+        step: usize,
+        attempt: u32,
+        idempotency_key: String,
+    },
+    /// Wait, then run the next attempt.
+    Wait {
+        step: usize,
+        attempt: u32,
+        delay_ms: u64,
+    },
+    /// Compensate completed step `step`.
+    Compensate {
+        step: usize,
+        idempotency_key: String,
+    },
+    Finish(Outcome),
+}
+
+/// The idempotency key of a step's run (the same for every attempt).
+pub fn run_key(saga_id: &str, step: usize) -> String {
+    format!("{saga_id}/run/{step}")
+}
+
+pub fn compensate_key(saga_id: &str, step: usize) -> String {
+    format!("{saga_id}/compensate/{step}")
+}
+
+/// What to do next, given everything that happened so far.
+pub fn next(definition: &Definition, saga_id: &str, progress: &[Progress]) -> Effect {
+    let n = definition.steps.len();
+    let mut completed = vec![false; n];
+    let mut compensated = vec![false; n];
+    let mut attempts = vec![0u32; n];
+    let mut open_run: Option<(usize, u32)> = None;
+    let mut open_compensation: Option<usize> = None;
+    let mut failure: Option<(Option<usize>, String)> = None;
+    for fact in progress {
+        match fact {
+            Progress::StepStarted { step, attempt } => {
+                attempts[*step] = attempts[*step].max(*attempt);
+                open_run = Some((*step, *attempt));
+            }
+            Progress::StepCompleted { step } => {
+                completed[*step] = true;
+                open_run = None;
+            }
+            Progress::StepFailed {
+                step,
+                attempt,
+                error,
+            } => {
+                open_run = None;
+                if *attempt >= definition.steps[*step].retry.max_attempts.max(1)
+                    && failure.is_none()
+                {
+                    failure = Some((Some(*step), error.clone()));
+                }
+            }
+            Progress::Cancelled => {
+                if failure.is_none() {
+                    failure = Some((None, "cancelled".into()));
+                }
+            }
+            Progress::CompensationStarted { step } => open_compensation = Some(*step),
+            Progress::CompensationCompleted { step } => {
+                compensated[*step] = true;
+                open_compensation = None;
+            }
+        }
+    }
+    if let Some((failed_step, error)) = failure {
+        if let Some(step) = open_compensation {
+            return Effect::Compensate {
+                step,
+                idempotency_key: compensate_key(saga_id, step),
+            };
+        }
+        let pending = (0..n)
+            .rev()
+            .find(|&s| completed[s] && !compensated[s] && definition.steps[s].compensate.is_some());
+        return match pending {
+            Some(step) => Effect::Compensate {
+                step,
+                idempotency_key: compensate_key(saga_id, step),
+            },
+            None => Effect::Finish(Outcome::Compensated { failed_step, error }),
+        };
+    }
+    if let Some((step, attempt)) = open_run {
+        return Effect::Run {
+            step,
+            attempt,
+            idempotency_key: run_key(saga_id, step),
+        };
+    }
+    match (0..n).find(|&s| !completed[s]) {
+        None => Effect::Finish(Outcome::Completed),
+        Some(step) if attempts[step] == 0 => Effect::Run {
+            step,
+            attempt: 1,
+            idempotency_key: run_key(saga_id, step),
+        },
+        Some(step) => {
+            let attempt = attempts[step] + 1;
+            Effect::Wait {
+                step,
+                attempt,
+                delay_ms: definition.steps[step].retry.delay_ms(attempt),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn definition(n: usize, max_attempts: u32) -> Definition {
+        Definition {
+            name: "test".into(),
+            steps: (0..n)
+                .map(|i| Step {
+                    name: format!("s{i}"),
+                    action: Action {
+                        run: "volume.snapshot".into(),
+                        with: serde_json::json!({ "i": i }),
+                    },
+                    compensate: (i % 2 == 0).then(|| Action {
+                        run: "volume.snapshot-delete".into(),
+                        with: Default::default(),
+                    }),
+                    retry: Retry {
+                        max_attempts,
+                        backoff_ms: 100,
+                        max_backoff_ms: 1000,
+                    },
+                    timeout_ms: 1000,
+                })
+                .collect(),
+        }
+    }
+
+    /// Drives a saga to its end; `fails(step, attempt)` decides failures.
+    /// Returns every fact and the effect that produced each one.
+    fn drive(def: &Definition, fails: impl Fn(usize, u32) -> bool) -> (Vec<Progress>, Outcome) {
+        let mut progress = Vec::new();
+        loop {
+            match next(def, "saga", &progress) {
+                Effect::Run { step, attempt, .. } => {
+                    progress.push(Progress::StepStarted { step, attempt });
+                    progress.push(if fails(step, attempt) {
+                        Progress::StepFailed {
+                            step,
+                            attempt,
+                            error: format!("s{step} broke"),
+                        }
+                    } else {
+                        Progress::StepCompleted { step }
+                    });
+                }
+                Effect::Wait { step, attempt, .. } => {
+                    progress.push(Progress::StepStarted { step, attempt });
+                    progress.push(if fails(step, attempt) {
+                        Progress::StepFailed {
+                            step,
+                            attempt,
+                            error: format!("s{step} broke"),
+                        }
+                    } else {
+                        Progress::StepCompleted { step }
+                    });
+                }
+                Effect::Compensate { step, .. } => {
+                    progress.push(Progress::CompensationStarted { step });
+                    progress.push(Progress::CompensationCompleted { step });
+                }
+                Effect::Finish(outcome) => return (progress, outcome),
+            }
+            assert!(progress.len() < 1000, "saga does not terminate");
+        }
+    }
+
+    #[test]
+    fn happy_path_runs_every_step_once() {
+        let def = definition(3, 3);
+        let (progress, outcome) = drive(&def, |_, _| false);
+        assert_eq!(outcome, Outcome::Completed);
+        assert_eq!(
+            progress
+                .iter()
+                .filter(|p| matches!(p, Progress::StepCompleted { .. }))
+                .count(),
+            3
+        );
+    }
+
+    #[test]
+    fn a_failing_step_compensates_completed_steps_in_reverse() {
+        let def = definition(4, 2);
+        let (progress, outcome) = drive(&def, |step, _| step == 3);
+        assert_eq!(
+            outcome,
+            Outcome::Compensated {
+                failed_step: Some(3),
+                error: "s3 broke".into()
+            }
+        );
+        let compensated: Vec<usize> = progress
+            .iter()
+            .filter_map(|p| match p {
+                Progress::CompensationCompleted { step } => Some(*step),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            compensated,
+            [2, 0],
+            "steps with a compensation, newest first"
+        );
+    }
+
+    #[test]
+    fn retries_back_off_then_succeed() {
+        let def = definition(1, 3);
+        assert_eq!(
+            next(
+                &def,
+                "x",
+                &[
+                    Progress::StepStarted {
+                        step: 0,
+                        attempt: 1
+                    },
+                    Progress::StepFailed {
+                        step: 0,
+                        attempt: 1,
+                        error: "e".into()
+                    }
+                ]
+            ),
+            Effect::Wait {
+                step: 0,
+                attempt: 2,
+                delay_ms: 100
+            }
+        );
+        let (_, outcome) = drive(&def, |_, attempt| attempt < 3);
+        assert_eq!(outcome, Outcome::Completed);
+        assert_eq!(
+            Retry {
+                max_attempts: 9,
+                backoff_ms: 100,
+                max_backoff_ms: 350
+            }
+            .delay_ms(4),
+            350
+        );
+    }
+
+    #[test]
+    fn cancel_compensates_and_a_crash_mid_step_reruns_it_with_the_same_key() {
+        let def = definition(2, 3);
+        let crashed = [Progress::StepStarted {
+            step: 0,
+            attempt: 1,
+        }];
+        assert_eq!(
+            next(&def, "x", &crashed),
+            Effect::Run {
+                step: 0,
+                attempt: 1,
+                idempotency_key: "x/run/0".into()
+            }
+        );
+        let cancelled = [
+            Progress::StepStarted {
+                step: 0,
+                attempt: 1,
+            },
+            Progress::StepCompleted { step: 0 },
+            Progress::Cancelled,
+        ];
+        assert_eq!(
+            next(&def, "x", &cancelled),
+            Effect::Compensate {
+                step: 0,
+                idempotency_key: "x/compensate/0".into()
+            }
+        );
+    }
+
+    proptest! {
+        /// For every prefix of a run with random failures, `next` on the
+        /// prefix gives the effect that the recorded history continued with:
+        /// a crash at any point resumes or compensates exactly as before.
+        #[test]
+        fn every_prefix_resumes_the_same_way(n in 1usize..6, max_attempts in 1u32..4, seed in any::<u64>()) {
+            let def = definition(n, max_attempts);
+            let fails = |step: usize, attempt: u32| (seed >> ((step * 3 + attempt as usize) % 64)) & 1 == 1;
+            let (progress, outcome) = drive(&def, fails);
+            for cut in 0..progress.len() {
+                let effect = next(&def, "saga", &progress[..cut]);
+                let expected_fact = &progress[cut];
+                let consistent = match (&effect, expected_fact) {
+                    (Effect::Run { step, attempt, .. }, Progress::StepStarted { step: s, attempt: a })
+                    | (Effect::Wait { step, attempt, .. }, Progress::StepStarted { step: s, attempt: a }) => step == s && attempt == a,
+                    (Effect::Run { step, .. }, Progress::StepCompleted { step: s } | Progress::StepFailed { step: s, .. }) => step == s,
+                    (Effect::Compensate { step, .. }, Progress::CompensationStarted { step: s } | Progress::CompensationCompleted { step: s }) => step == s,
+                    _ => false,
+                };
+                prop_assert!(consistent, "cut {cut}: {effect:?} vs {expected_fact:?}");
+            }
+            prop_assert_eq!(next(&def, "saga", &progress), Effect::Finish(outcome.clone()));
+            if let Outcome::Compensated { .. } = outcome {
+                // Every completed step with a compensation was compensated exactly once.
+                for (i, step) in def.steps.iter().enumerate() {
+                    let done = progress.contains(&Progress::StepCompleted { step: i });
+                    let comp = progress.iter().filter(|p| **p == Progress::CompensationCompleted { step: i }).count();
+                    prop_assert_eq!(comp, usize::from(done && step.compensate.is_some()));
+                }
+            }
+        }
+    }
+}
