@@ -24,7 +24,10 @@ use std::thread::JoinHandle;
 
 use cairn_schema::record::{ChainBreak, GENESIS_HASH, check_link};
 use cairn_schema::{Event, EventRecord, Hash};
-use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
+use redb::{
+    Database, Key, ReadOnlyTable, ReadableDatabase, ReadableTable, ReadableTableMetadata,
+    TableDefinition, Value,
+};
 use tokio::sync::{mpsc, oneshot};
 
 const EVENTS: TableDefinition<u64, &[u8]> = TableDefinition::new("events");
@@ -165,17 +168,24 @@ impl Journal {
         done_rx.await.map_err(|_| Error::Closed)?
     }
 
-    /// Records with seq in `from..` (at most `limit`), in order.
-    pub fn read(&self, from: u64, limit: usize) -> Result<Vec<EventRecord>, Error> {
+    /// Opens `table` in a fresh read transaction.
+    fn table<K: Key + 'static, V: Value + 'static>(
+        &self,
+        table: TableDefinition<'static, K, V>,
+    ) -> Result<ReadOnlyTable<K, V>, Error> {
         let path = &self.inner.path;
         let txn = self
             .inner
             .db
             .begin_read()
             .map_err(|e| Error::storage(path, e))?;
-        let table = txn
-            .open_table(EVENTS)
-            .map_err(|e| Error::storage(path, e))?;
+        txn.open_table(table).map_err(|e| Error::storage(path, e))
+    }
+
+    /// Records with seq in `from..` (at most `limit`), in order.
+    pub fn read(&self, from: u64, limit: usize) -> Result<Vec<EventRecord>, Error> {
+        let path = &self.inner.path;
+        let table = self.table(EVENTS)?;
         let mut out = Vec::new();
         for row in table
             .range(from.max(1)..)
@@ -216,14 +226,7 @@ impl Journal {
     /// The reply stored for a request id, if any.
     pub fn lookup_request(&self, id: &str) -> Result<Option<Vec<u8>>, Error> {
         let path = &self.inner.path;
-        let txn = self
-            .inner
-            .db
-            .begin_read()
-            .map_err(|e| Error::storage(path, e))?;
-        let table = txn
-            .open_table(REQUESTS)
-            .map_err(|e| Error::storage(path, e))?;
+        let table = self.table(REQUESTS)?;
         Ok(table
             .get(id)
             .map_err(|e| Error::storage(path, e))?
@@ -235,14 +238,7 @@ impl Journal {
     pub fn verify_chain(&self) -> Result<Result<u64, ChainBreak>, Error> {
         let (mut seq, mut hash) = (0u64, GENESIS_HASH);
         let path = &self.inner.path;
-        let txn = self
-            .inner
-            .db
-            .begin_read()
-            .map_err(|e| Error::storage(path, e))?;
-        let table = txn
-            .open_table(EVENTS)
-            .map_err(|e| Error::storage(path, e))?;
+        let table = self.table(EVENTS)?;
         for row in table.iter().map_err(|e| Error::storage(path, e))? {
             let (key, bytes) = row.map_err(|e| Error::storage(path, e))?;
             let record = match EventRecord::decode(bytes.value()) {
@@ -274,14 +270,7 @@ impl Journal {
 
     pub fn len(&self) -> Result<u64, Error> {
         let path = &self.inner.path;
-        let txn = self
-            .inner
-            .db
-            .begin_read()
-            .map_err(|e| Error::storage(path, e))?;
-        let table = txn
-            .open_table(EVENTS)
-            .map_err(|e| Error::storage(path, e))?;
+        let table = self.table(EVENTS)?;
         table.len().map_err(|e| Error::storage(path, e))
     }
 
@@ -388,4 +377,75 @@ fn write_batch(
     }
     txn.commit().map_err(|e| Error::storage(path, e))?;
     Ok(((seq, hash), results))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cairn_schema::event::VolumeCreated;
+
+    fn create(name: &str, id: &str, dedup: bool) -> AppendRequest {
+        AppendRequest {
+            causation: Causation {
+                tenant: "default".into(),
+                user: "test".into(),
+                id: id.into(),
+                dedup,
+            },
+            events: vec![Event::VolumeCreated(VolumeCreated {
+                volume: name.into(),
+                size_bytes: 1,
+            })],
+            reply: format!("reply-{name}").into_bytes(),
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_appends_chain_dedup_and_survive_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("journal.redb");
+        let journal = Journal::open(
+            &path,
+            Limits {
+                queue: 8,
+                max_batch: 16,
+            },
+        )
+        .unwrap();
+        let appends = (0..64).map(|i| {
+            let journal = journal.clone();
+            tokio::spawn(async move {
+                journal
+                    .append(create(&format!("v{i}"), &format!("r{i}"), true))
+                    .await
+            })
+        });
+        for append in futures::future::join_all(appends).await {
+            assert!(matches!(append.unwrap().unwrap(), Appended::Records(r) if r.len() == 1));
+        }
+        assert_eq!(journal.verify_chain().unwrap(), Ok(64));
+        let again = journal.append(create("other", "r7", true)).await.unwrap();
+        assert!(matches!(again, Appended::Duplicate(first) if first == b"reply-v7"));
+        assert_eq!(journal.len().unwrap(), 64, "a duplicate appends nothing");
+        drop(journal);
+
+        let journal = Journal::open(&path, Limits::default()).unwrap();
+        assert_eq!(
+            journal.lookup_request("r7").unwrap().as_deref(),
+            Some(&b"reply-v7"[..])
+        );
+        journal.append(create("v64", "r64", false)).await.unwrap();
+        assert_eq!(
+            journal.verify_chain().unwrap(),
+            Ok(65),
+            "the chain continues across a reopen"
+        );
+        let seqs: Vec<u64> = journal
+            .read(60, 100)
+            .unwrap()
+            .iter()
+            .map(|r| r.seq)
+            .collect();
+        assert_eq!(seqs, [60, 61, 62, 63, 64, 65]);
+    }
 }

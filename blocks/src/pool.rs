@@ -433,6 +433,13 @@ impl LiveDevice {
         self.volume.dir.join("data")
     }
 
+    fn sync(&self) -> Result<()> {
+        self.volume
+            .data
+            .sync_data()
+            .map_err(|e| Error::io(self.data_path(), e))
+    }
+
     fn punch(&self, offset: u64, len: u64, fua: bool) -> Result<()> {
         check_range(&self.export, self.volume.size_bytes, offset, len)?;
         let _gate = self.volume.gate.read().unwrap();
@@ -450,10 +457,7 @@ impl LiveDevice {
             return Err(Error::io(self.data_path(), std::io::Error::last_os_error()));
         }
         if fua {
-            self.volume
-                .data
-                .sync_data()
-                .map_err(|e| Error::io(self.data_path(), e))?;
+            self.sync()?;
         }
         Ok(())
     }
@@ -494,10 +498,7 @@ impl Device for LiveDevice {
             .write_all_at(buf, offset)
             .map_err(|e| Error::io(self.data_path(), e))?;
         if fua {
-            self.volume
-                .data
-                .sync_data()
-                .map_err(|e| Error::io(self.data_path(), e))?;
+            self.sync()?;
         }
         Ok(())
     }
@@ -508,10 +509,7 @@ impl Device for LiveDevice {
         self.punch(offset, len, false)
     }
     fn flush(&self) -> Result<()> {
-        self.volume
-            .data
-            .sync_data()
-            .map_err(|e| Error::io(self.data_path(), e))
+        self.sync()
     }
 }
 

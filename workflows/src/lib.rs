@@ -271,19 +271,7 @@ mod tests {
         let mut progress = Vec::new();
         loop {
             match next(def, "saga", &progress) {
-                Effect::Run { step, attempt, .. } => {
-                    progress.push(Progress::StepStarted { step, attempt });
-                    progress.push(if fails(step, attempt) {
-                        Progress::StepFailed {
-                            step,
-                            attempt,
-                            error: format!("s{step} broke"),
-                        }
-                    } else {
-                        Progress::StepCompleted { step }
-                    });
-                }
-                Effect::Wait { step, attempt, .. } => {
+                Effect::Run { step, attempt, .. } | Effect::Wait { step, attempt, .. } => {
                     progress.push(Progress::StepStarted { step, attempt });
                     progress.push(if fails(step, attempt) {
                         Progress::StepFailed {
