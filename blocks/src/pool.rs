@@ -663,11 +663,6 @@ mod tests {
         assert!(pool.list_volumes().is_empty());
         assert!(!dir.path().join("volumes/ghost").exists());
     }
-}
-
-#[cfg(test)]
-mod copy_tests {
-    use super::*;
 
     #[test]
     fn snapshot_copies_scattered_extents_of_a_large_thin_volume() {
