@@ -362,18 +362,19 @@ async fn events(client: &Client, fmt: Format, args: &EventsArgs) -> anyhow::Resu
     let Some(live) = live.as_mut() else {
         return Ok(0);
     };
-    let wanted = events_filter(args)?;
+    // The same filter the server applies to `events.list`.
+    let wanted: cairn_schema::command::EventsFilter = serde_json::from_value(events_filter(args)?)?;
     while let Some(message) = live.next().await {
         let Ok(event) = serde_json::from_slice::<Value>(&message.payload) else {
             continue;
         };
         let seq = event["seq"].as_u64().unwrap_or(0);
-        let subject_ok = wanted["subject"].as_str().is_none_or(|s| {
-            let agg = event["subject"].as_str().unwrap_or("");
-            agg == s || agg.starts_with(&format!("{s}/"))
-        });
-        let kind_ok = wanted["kind"].as_str().is_none_or(|k| event["kind"] == k);
-        if seq > last_seq && subject_ok && kind_ok {
+        let matches = wanted.matches(
+            event["subject"].as_str().unwrap_or(""),
+            event["kind"].as_str().unwrap_or(""),
+            event["time_ms"].as_u64().unwrap_or(0),
+        );
+        if seq > last_seq && matches {
             last_seq = seq;
             print_events(fmt, args.json, &[event], false);
         }
