@@ -19,8 +19,8 @@ use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use cairn_blocks::Pool;
 use cairn_blocks::nbd::{self, ListenAddr, NbdServerHandle};
+use cairn_blocks::{Pool, PoolOptions};
 use cairn_schema::VolumeState;
 use tokio::sync::watch;
 
@@ -49,6 +49,8 @@ pub enum Error {
     Blocks(#[from] cairn_blocks::Error),
     #[error(transparent)]
     Bus(#[from] bus::Error),
+    #[error("key file {path}: {reason}")]
+    KeyFile { path: PathBuf, reason: String },
     #[error("nats-server: {0}")]
     NatsServer(std::io::Error),
     #[error("NBD server on {addr}: {source}")]
@@ -74,7 +76,35 @@ pub struct Config {
     pub data_dir: PathBuf,
     pub bus: BusChoice,
     pub nbd: Option<ListenAddr>,
+    /// Master key for `--encrypt` volumes: 32 raw bytes or 64 hex digits.
+    pub key_file: Option<PathBuf>,
     pub limits: Limits,
+}
+
+/// Reads a volume key file: 32 raw bytes, or 64 hex digits (whitespace
+/// around them is ignored).
+pub fn read_key_file(path: &std::path::Path) -> Result<[u8; 32], Error> {
+    let bad = |reason: String| Error::KeyFile {
+        path: path.to_owned(),
+        reason,
+    };
+    let bytes = std::fs::read(path).map_err(|e| bad(e.to_string()))?;
+    if let Ok(raw) = <[u8; 32]>::try_from(bytes.as_slice()) {
+        return Ok(raw);
+    }
+    let text = String::from_utf8_lossy(&bytes);
+    let hex = text.trim();
+    if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(bad(format!(
+            "expected 32 raw bytes or 64 hex digits, found {} bytes",
+            bytes.len()
+        )));
+    }
+    let mut key = [0u8; 32];
+    for (i, k) in key.iter_mut().enumerate() {
+        *k = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).expect("checked hex");
+    }
+    Ok(key)
 }
 
 pub struct Cluster {
@@ -204,7 +234,17 @@ impl Cluster {
         };
 
         let journal = Journal::open(&dir.join("journal.redb"), limits.journal)?;
-        let pool = Arc::new(Pool::open(dir.join("pool"))?);
+        let key = match &config.key_file {
+            Some(path) => Some(read_key_file(path)?),
+            None => None,
+        };
+        let pool = Arc::new(Pool::open_with(
+            dir.join("pool"),
+            PoolOptions {
+                key,
+                ..PoolOptions::default()
+            },
+        )?);
         let states = replay(&journal)?;
         reconcile(&pool, &states)?;
 
@@ -280,8 +320,9 @@ impl Cluster {
         if let Some(nbd) = self.nbd.take() {
             nbd.shutdown();
         }
-        if let Err(e) = self.services.pool.flush_all() {
-            tracing::error!(error = %e, "flush at shutdown failed");
+        // A final checkpoint: the next start replays nothing.
+        if let Err(e) = self.services.pool.close() {
+            tracing::error!(error = %e, "closing the block pool failed");
         }
         let _ = self.services.bus.flush().await;
     }

@@ -14,7 +14,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use cairn_schema::command::EventsFilter;
-use cairn_schema::{ApiError, Command, ErrorCode, Query, VolumeState, subject};
+use cairn_schema::{ApiError, Command, ErrorCode, Query, VolumeCommand, VolumeState, subject};
 use futures::StreamExt;
 use serde_json::{Value, json};
 use tokio::sync::{Semaphore, watch};
@@ -172,11 +172,21 @@ impl Gateway {
                     dedup: caller.request_id.is_some(),
                     id: caller.request_id.clone().unwrap_or_else(new_request_id),
                 };
+                let source = match &command {
+                    VolumeCommand::Clone { name, .. } => {
+                        Some(self.volume_state(tenant, name).await?)
+                    }
+                    _ => None,
+                };
                 let actor = self
                     .registry
                     .volume_or_start(tenant, command.volume(), &self.services);
                 actor
-                    .send(Execute { command, causation })
+                    .send(Execute {
+                        command,
+                        causation,
+                        source,
+                    })
                     .await
                     .map_err(mailbox_error)?
             }
@@ -226,6 +236,42 @@ impl Gateway {
                 let state = self.volume_state(tenant, &name).await?;
                 let view = self.volume_view(tenant, &state).await;
                 Ok(json!({ "name": name, "snapshots": view["snapshots"] }))
+            }
+            Query::VolumeDiff { from, to } => {
+                for image in [&from, &to] {
+                    let (vol, snap) = match image.split_once('@') {
+                        Some((v, s)) => (v, Some(s)),
+                        None => (image.as_str(), None),
+                    };
+                    let state = self.volume_state(tenant, vol).await?;
+                    if let Some(s) = snap
+                        && !state.snapshots.contains_key(s)
+                    {
+                        return Err(ApiError::not_found(format!(
+                            "snapshot {image} does not exist"
+                        )));
+                    }
+                }
+                let (a, b) = (engine_image(tenant, &from), engine_image(tenant, &to));
+                let extents = self
+                    .services
+                    .blocking(move |pool| pool.diff(&a, &b))
+                    .await?;
+                let changed: u64 = extents.iter().map(|e| e.len).sum();
+                Ok(json!({ "from": from, "to": to, "changed_bytes": changed, "extents": extents }))
+            }
+            Query::VolumeScrub { name } => {
+                self.volume_state(tenant, &name).await?;
+                let engine = engine_name(tenant, &name);
+                let mut report = self
+                    .services
+                    .blocking(move |pool| pool.scrub(&engine))
+                    .await?;
+                report.volume = name;
+                for bad in &mut report.bad_blocks {
+                    bad.image = public_image(tenant, &bad.image);
+                }
+                Ok(serde_json::to_value(report).expect("reports serialize"))
             }
             Query::EventsList(filter) => self.events(tenant, &filter),
             Query::EventsVerify => self.verify().await,
@@ -324,4 +370,18 @@ pub fn new_request_id() -> String {
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);
     let h = blake3::hash(format!("{nanos}-{}-{n}", std::process::id()).as_bytes());
     cairn_schema::record::hex(&h.as_bytes()[..12])
+}
+
+/// The engine name of an image (`v` or `v@s`) of a tenant.
+fn engine_image(tenant: &str, image: &str) -> String {
+    match image.split_once('@') {
+        Some((v, s)) => format!("{}@{s}", engine_name(tenant, v)),
+        None => engine_name(tenant, image),
+    }
+}
+
+/// The tenant's name for an engine image.
+fn public_image(tenant: &str, image: &str) -> String {
+    let prefix = format!("{tenant}:");
+    image.strip_prefix(&prefix).unwrap_or(image).to_owned()
 }

@@ -52,8 +52,12 @@ pub fn blocks_error(e: &cairn_blocks::Error) -> ApiError {
     let code = match e {
         B::VolumeNotFound { .. } | B::SnapshotNotFound { .. } => ErrorCode::NotFound,
         B::VolumeExists { .. } | B::SnapshotExists { .. } => ErrorCode::AlreadyExists,
-        B::InvalidName { .. } | B::OutOfRange { .. } => ErrorCode::InvalidArgument,
-        B::ReadOnly { .. } => ErrorCode::FailedPrecondition,
+        B::InvalidName { .. } | B::OutOfRange { .. } | B::InvalidArgument(_) => {
+            ErrorCode::InvalidArgument
+        }
+        B::ReadOnly { .. } | B::KeyRequired { .. } | B::KeyMismatch { .. } => {
+            ErrorCode::FailedPrecondition
+        }
         B::NoSpace { .. } => ErrorCode::NoSpace,
         B::Corrupted { .. } => ErrorCode::Corrupted,
         B::Io { .. } => ErrorCode::Internal,

@@ -3,8 +3,10 @@
 //! drives the block engine.
 //!
 //! # Effect order
-//! Constructive effects (create, snapshot) run *before* the event is
-//! journaled, destructive ones (delete) *after*. So a crash in between
+//! Constructive effects (create, clone, snapshot) run *before* the event is
+//! journaled, destructive ones (delete) *after*. A rollback also runs before
+//! (it cannot be undone at this level; app rollbacks take a safety snapshot
+//! first). So a crash in between
 //! leaves at worst an orphan in the block engine, never a journaled fact
 //! without its data; [`crate::cluster`] removes orphans at start-up.
 //!
@@ -12,6 +14,7 @@
 //! sees the state left by the previous command.
 
 use actix::prelude::*;
+use cairn_blocks::{Compression, VolumeOptions};
 use cairn_schema::names::format_size;
 use cairn_schema::time::format_rfc3339_ms;
 use cairn_schema::{ApiError, VolumeCommand, VolumeState};
@@ -60,6 +63,8 @@ impl Actor for VolumeActor {
 pub struct Execute {
     pub command: VolumeCommand,
     pub causation: Causation,
+    /// For a clone: the source volume's state.
+    pub source: Option<VolumeState>,
 }
 
 /// Read the current state.
@@ -78,8 +83,25 @@ impl Handler<Get> for VolumeActor {
 /// The reply a command gets; also what dedup stores.
 fn reply_for(command: &VolumeCommand) -> Value {
     match command {
-        VolumeCommand::Create { name, size_bytes } => {
-            json!({ "name": name, "size_bytes": size_bytes, "size": format_size(*size_bytes) })
+        VolumeCommand::Create {
+            name,
+            size_bytes,
+            compression,
+            encrypted,
+        } => json!({
+            "name": name,
+            "size_bytes": size_bytes,
+            "size": format_size(*size_bytes),
+            "compression": compression,
+            "encrypted": encrypted,
+        }),
+        VolumeCommand::Clone {
+            name,
+            snapshot,
+            target,
+        } => json!({ "name": target, "origin": format!("{name}@{snapshot}") }),
+        VolumeCommand::Rollback { name, snapshot } => {
+            json!({ "name": name, "rolled_back_to": snapshot })
         }
         VolumeCommand::Delete { name } => json!({ "name": name, "deleted": true }),
         VolumeCommand::Snapshot { name, snapshot } => {
@@ -95,19 +117,45 @@ impl Handler<Execute> for VolumeActor {
     type Result = AtomicResponse<Self, Result<Value, ApiError>>;
 
     fn handle(&mut self, msg: Execute, _: &mut Self::Context) -> Self::Result {
-        let decided = self.state.decide(&msg.command);
+        let decided = match &msg.source {
+            Some(source) => self.state.decide_clone(&msg.command, source),
+            None => self.state.decide(&msg.command),
+        };
         let services = self.services.clone();
         let engine = engine_name(&self.tenant, msg.command.volume());
+        let tenant = self.tenant.clone();
         let work = async move {
             let events = decided?;
             let reply = reply_for(&msg.command);
             let command = msg.command.clone();
             // Constructive effects first.
             match &command {
-                VolumeCommand::Create { size_bytes, .. } => {
+                VolumeCommand::Create {
+                    size_bytes,
+                    compression,
+                    encrypted,
+                    ..
+                } => {
                     let (engine, size) = (engine.clone(), *size_bytes);
+                    let opts = VolumeOptions {
+                        compression: Compression::parse(compression).unwrap_or_default(),
+                        encrypt: *encrypted,
+                    };
                     services
-                        .blocking(move |pool| pool.create_volume(&engine, size))
+                        .blocking(move |pool| pool.create_volume_with(&engine, size, opts))
+                        .await?;
+                }
+                VolumeCommand::Clone { name, snapshot, .. } => {
+                    let source = engine_name(&tenant, name);
+                    let (engine, snapshot) = (engine.clone(), snapshot.clone());
+                    services
+                        .blocking(move |pool| pool.clone_snapshot(&source, &snapshot, &engine))
+                        .await?;
+                }
+                VolumeCommand::Rollback { snapshot, .. } => {
+                    let (engine, snapshot) = (engine.clone(), snapshot.clone());
+                    services
+                        .blocking(move |pool| pool.rollback(&engine, &snapshot))
                         .await?;
                 }
                 VolumeCommand::Snapshot { snapshot, .. } => {
@@ -140,7 +188,9 @@ impl Handler<Execute> for VolumeActor {
                     let engine = engine.clone();
                     let _ = services
                         .blocking(move |pool| match undo {
-                            VolumeCommand::Create { .. } => pool.delete_volume(&engine),
+                            VolumeCommand::Create { .. } | VolumeCommand::Clone { .. } => {
+                                pool.delete_volume(&engine)
+                            }
                             VolumeCommand::Snapshot { snapshot, .. } => {
                                 pool.delete_snapshot(&engine, &snapshot)
                             }
@@ -190,10 +240,14 @@ pub fn view(state: &VolumeState, engine: Option<&cairn_blocks::VolumeInfo>) -> V
         .snapshots
         .iter()
         .map(|(name, meta)| {
-            let allocated = engine
-                .and_then(|info| info.snapshots.iter().find(|s| &s.name == name))
-                .map(|s| s.allocated_bytes);
-            json!({ "name": name, "created": format_rfc3339_ms(meta.created_ms), "seq": meta.seq, "allocated_bytes": allocated })
+            let found = engine.and_then(|info| info.snapshots.iter().find(|s| &s.name == name));
+            json!({
+                "name": name,
+                "created": format_rfc3339_ms(meta.created_ms),
+                "seq": meta.seq,
+                "allocated_bytes": found.map(|s| s.allocated_bytes),
+                "exclusive_bytes": found.map(|s| s.exclusive_bytes),
+            })
         })
         .collect();
     json!({
@@ -201,6 +255,10 @@ pub fn view(state: &VolumeState, engine: Option<&cairn_blocks::VolumeInfo>) -> V
         "size_bytes": state.size_bytes,
         "size": format_size(state.size_bytes),
         "allocated_bytes": engine.map(|i| i.allocated_bytes),
+        "compression": engine.map(|i| i.compression.as_str()),
+        "encrypted": engine.map(|i| i.encrypted),
+        "origin": state.origin,
+        "rolled_back_to": state.rolled_back_to,
         "created": format_rfc3339_ms(state.created_ms),
         "snapshots": snapshots,
     })

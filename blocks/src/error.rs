@@ -34,6 +34,14 @@ pub enum Error {
         offset: u64,
         reason: String,
     },
+    #[error("invalid argument: {0}")]
+    InvalidArgument(String),
+    #[error(
+        "volume {volume:?} is encrypted and no key file is loaded (start `cairn up --key-file F`)"
+    )]
+    KeyRequired { volume: String },
+    #[error("volume {volume:?} is encrypted with a different key than the one loaded")]
+    KeyMismatch { volume: String },
     #[error("io error on {path}: {source}")]
     Io {
         path: PathBuf,
@@ -55,7 +63,10 @@ impl Error {
     /// The errno a block front-end reports for this error.
     pub fn errno(&self) -> i32 {
         match self {
-            Error::OutOfRange { .. } | Error::InvalidName { .. } => libc::EINVAL,
+            Error::OutOfRange { .. } | Error::InvalidName { .. } | Error::InvalidArgument(_) => {
+                libc::EINVAL
+            }
+            Error::KeyRequired { .. } | Error::KeyMismatch { .. } => libc::EACCES,
             Error::ReadOnly { .. } => libc::EPERM,
             Error::NoSpace { .. } => libc::ENOSPC,
             Error::VolumeNotFound { .. } | Error::SnapshotNotFound { .. } => libc::ENOENT,

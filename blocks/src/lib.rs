@@ -1,25 +1,40 @@
-//! Cairn's block engine: a pool of thin volumes with snapshots, and the
-//! front-ends that serve them to real clients (NBD today, FUSE later).
+//! Cairn's block engine: a log-structured pool of thin volumes with O(1)
+//! snapshots, clones and rollbacks, and the front-ends that serve them to
+//! real clients (NBD, FUSE).
 //!
 //! # Boundaries
 //! This crate knows nothing of apps, actors, tenants or NATS. Callers name
 //! volumes with opaque strings (the actors layer uses `<app>/<pvc>` or a bare
 //! volume name) and snapshots with `volume@snapshot` export names.
-//! It is the only crate that knows the on-disk layout.
+//! It is the only crate that knows the on-disk layout (`docs/design.md`).
 //!
-//! # Engine
-//! The engine behind [`Pool`] is the walking-skeleton engine: one sparse file
-//! per volume, and snapshots taken by a hole-skipping copy. The log-structured
-//! engine of DESIGN.md replaces it behind the same API (see issue 3).
+//! # Map
+//! - [`pool`]: the public API, volumes, the read and write paths.
+//! - `tree`: the persistent block map (structural sharing).
+//! - `record`: the on-disk record, checksums, compression, encryption.
+//! - `segment`: disks, append-only segment files, tail scanning.
+//! - `checkpoint`: the meta log, checkpoints and recovery.
+//! - `gc`: compaction, space accounting and scrubbing.
+//! - [`storage`]: the IO trait, with an in-memory fault-injecting twin.
 
+mod checkpoint;
 mod device;
 mod error;
+mod gc;
 pub mod nbd;
-mod pool;
+pub mod pool;
+pub mod record;
+mod segment;
+pub mod storage;
+pub mod tree;
 
 pub use device::Device;
 pub use error::{Error, Result};
-pub use pool::{ExportName, Pool, SnapshotInfo, VolumeInfo};
+pub use pool::{
+    BadBlock, CompactStats, ExportName, Extent, Pool, PoolOptions, ScrubReport, SnapshotInfo,
+    VolumeInfo, VolumeOptions,
+};
+pub use record::Compression;
 
 /// The block size the front-ends advertise as preferred. Requests of any
 /// alignment still work.

@@ -1,35 +1,84 @@
-//! The walking-skeleton engine: one sparse file per volume, snapshots by a
-//! copy of the allocated extents (O(bytes written), not O(1)).
+//! The log-structured pool: thin volumes over one or more disks, with O(1)
+//! snapshots, clones and rollbacks. See `blocks/docs/design.md` for the
+//! on-disk format and the crash analysis.
 //!
-//! # Layout
-//! ```text
-//! <root>/volumes/<escaped volume>/data          the live volume (sparse)
-//! <root>/volumes/<escaped volume>/size          logical size, decimal
-//! <root>/volumes/<escaped volume>/snaps/<snap>  frozen copies (sparse)
-//! ```
-//! Volume names may contain `/` (`app/pvc`); on disk it is escaped as `%2F`.
+//! # Shape
+//! - A volume is a [`Tree`] (block index → record location) plus named
+//!   snapshot trees. Snapshot, clone and rollback clone a tree: O(1).
+//! - A write encodes blocks into records (checksummed, compressed,
+//!   optionally encrypted), appends them to the segment of the disk its
+//!   1 GiB slice is placed on, then points the tree at them.
+//! - Metadata operations (create, delete, snapshot, clone, rollback) are
+//!   appended to `meta.log` and synced before they return. A checkpoint
+//!   writes every tree; recovery loads it and replays, in generation order,
+//!   the meta log and the segment tails written after it.
 //!
 //! # Invariants
-//! - A snapshot is taken with the volume's gate held for writing, so it
-//!   captures one instant: no write is half in it.
-//! - A file under `snaps/` is complete: it is copied to `snaps/.<snap>.tmp`,
-//!   fsynced and renamed into place.
-//! - `flush` fsyncs the data file; `fua` writes use `sync_data` before they
-//!   return.
+//! - Generations are unique and increase; a tree entry is only replaced by
+//!   one with a higher generation, so live state equals replayed state.
+//! - Writers hold `quiesce` (shared) and the volume's `gate` (shared) from
+//!   taking a generation until the tree points at the record. A checkpoint
+//!   takes `quiesce` exclusively; snapshots and rollbacks take the `gate`
+//!   exclusively (the I/O fence).
+//! - Lock order: quiesce → gate → catalog → volume state → segments/disk
+//!   writer → meta log.
 
-use std::collections::BTreeMap;
-use std::fs::{self, File, OpenOptions};
-use std::io::ErrorKind;
-use std::os::unix::fs::FileExt;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, RwLock, Weak};
+use std::thread::JoinHandle;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use serde::{Deserialize, Serialize};
+
+use crate::record::{self, BLOCK, Cipher, Compression, HEADER_LEN, KIND_TRIM};
+use crate::segment::{Disk, Segment, Segments};
+use crate::storage::{FsStorage, Storage};
+use crate::tree::{Entry, Tree};
 use crate::{Device, Error, Result};
 
-/// Copy granularity for snapshots; all-zero chunks are left as holes.
-const COPY_CHUNK_BYTES: usize = 1 << 20;
 /// Largest volume the pool accepts (64 TiB).
 pub const MAX_VOLUME_BYTES: u64 = 64 << 40;
+/// Blocks per 1 GiB slice, the unit of placement.
+pub const SLICE_BLOCKS: u64 = (1 << 30) / BLOCK as u64;
+const SLICE_SHIFT: u32 = 18;
+
+/// How a pool is opened.
+#[derive(Clone)]
+pub struct PoolOptions {
+    /// Directories holding segments; empty means the pool root alone.
+    pub disks: Vec<PathBuf>,
+    /// A segment is rolled when it would grow past this.
+    pub segment_bytes: u64,
+    /// A checkpoint is written after this many appended bytes.
+    pub checkpoint_bytes: u64,
+    /// Master key for encrypted volumes.
+    pub key: Option<[u8; 32]>,
+    /// Run checkpoints and compaction on a background thread.
+    pub background: bool,
+    pub storage: Arc<dyn Storage>,
+}
+
+impl Default for PoolOptions {
+    fn default() -> PoolOptions {
+        PoolOptions {
+            disks: vec![],
+            segment_bytes: 64 << 20,
+            checkpoint_bytes: 256 << 20,
+            key: None,
+            background: true,
+            storage: Arc::new(FsStorage),
+        }
+    }
+}
+
+/// Per-volume settings chosen at creation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct VolumeOptions {
+    pub compression: Compression,
+    pub encrypt: bool,
+}
 
 /// A parsed export name: `v` or `v@s`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -40,59 +89,201 @@ pub struct ExportName {
 
 impl ExportName {
     pub fn parse(name: &str) -> Result<ExportName> {
-        match name.split_once('@') {
-            None => Ok(ExportName {
+        Ok(match name.split_once('@') {
+            None => ExportName {
                 volume: name.to_owned(),
                 snapshot: None,
-            }),
-            Some((volume, snapshot)) => Ok(ExportName {
+            },
+            Some((volume, snapshot)) => ExportName {
                 volume: volume.to_owned(),
                 snapshot: Some(snapshot.to_owned()),
-            }),
-        }
+            },
+        })
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct VolumeInfo {
     pub name: String,
     pub size_bytes: u64,
-    /// Bytes actually allocated on disk for the live volume.
+    /// Record bytes the live volume references (shared ones included).
     pub allocated_bytes: u64,
+    pub compression: Compression,
+    pub encrypted: bool,
+    /// `v@s` this volume was cloned from.
+    pub origin: Option<String>,
     pub snapshots: Vec<SnapshotInfo>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct SnapshotInfo {
     pub name: String,
+    pub created_ms: u64,
+    /// Record bytes the snapshot references.
     pub allocated_bytes: u64,
+    /// Bytes only this snapshot holds: what deleting it frees.
+    pub exclusive_bytes: u64,
 }
 
-/// One volume's open state.
-struct Volume {
-    name: String,
-    dir: PathBuf,
-    size_bytes: u64,
-    data: File,
-    /// Writers take it shared, snapshots exclusive: the I/O fence.
-    gate: RwLock<()>,
+/// A changed byte range.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Extent {
+    pub offset: u64,
+    pub len: u64,
 }
 
-/// A pool of volumes under one directory.
+/// One block that failed verification.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct BadBlock {
+    /// `v` or `v@s` that references it.
+    pub image: String,
+    pub offset: u64,
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ScrubReport {
+    pub volume: String,
+    pub checked_blocks: u64,
+    pub bad_blocks: Vec<BadBlock>,
+}
+
+#[derive(Clone)]
+pub(crate) struct Snap {
+    pub id: u64,
+    pub created_ms: u64,
+    pub tree: Tree,
+}
+
+pub(crate) struct VolState {
+    pub tree: Tree,
+    pub placement: BTreeMap<u32, u16>,
+    pub snaps: BTreeMap<String, Snap>,
+}
+
+pub(crate) struct Volume {
+    pub id: u64,
+    pub name: String,
+    pub size: u64,
+    pub opts: VolumeOptions,
+    pub key_check: Option<[u8; 16]>,
+    pub origin: Option<(u64, String)>,
+    pub gate: RwLock<()>,
+    rmw: Mutex<()>,
+    pub st: Mutex<VolState>,
+    pub deleted: AtomicBool,
+}
+
+impl Volume {
+    pub fn new(
+        id: u64,
+        name: String,
+        size: u64,
+        opts: VolumeOptions,
+        key_check: Option<[u8; 16]>,
+        origin: Option<(u64, String)>,
+        st: VolState,
+    ) -> Volume {
+        Volume {
+            id,
+            name,
+            size,
+            opts,
+            key_check,
+            origin,
+            gate: RwLock::new(()),
+            rmw: Mutex::new(()),
+            st: Mutex::new(st),
+            deleted: AtomicBool::new(false),
+        }
+    }
+
+    pub fn blocks(&self) -> u64 {
+        self.size.div_ceil(BLOCK as u64)
+    }
+}
+
+/// Volumes by name and by id.
+#[derive(Default)]
+pub(crate) struct Catalog {
+    pub by_name: BTreeMap<String, Arc<Volume>>,
+    pub by_id: HashMap<u64, Arc<Volume>>,
+}
+
+/// A metadata operation, as logged in `meta.log` and replayed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) enum MetaOp {
+    CreateVolume {
+        id: u64,
+        name: String,
+        size: u64,
+        opts: VolumeOptions,
+        key_check: Option<[u8; 16]>,
+    },
+    DeleteVolume {
+        id: u64,
+    },
+    Snapshot {
+        volume: u64,
+        name: String,
+        id: u64,
+        created_ms: u64,
+    },
+    DeleteSnapshot {
+        volume: u64,
+        name: String,
+    },
+    Clone {
+        source: u64,
+        snapshot: String,
+        id: u64,
+        name: String,
+    },
+    Rollback {
+        volume: u64,
+        snapshot: String,
+    },
+}
+
+/// What the pool shares with its devices and background thread.
+pub(crate) struct Inner {
+    pub root: PathBuf,
+    pub opts: PoolOptions,
+    pub storage: Arc<dyn Storage>,
+    pub disks: Vec<Disk>,
+    pub segments: Segments,
+    pub catalog: RwLock<Catalog>,
+    pub generation: AtomicU64,
+    pub next_volume: AtomicU64,
+    pub quiesce: RwLock<()>,
+    pub meta: Mutex<crate::checkpoint::MetaLog>,
+    pub cipher: Option<Cipher>,
+    pub key_check: Option<[u8; 16]>,
+    /// Bytes appended since the last checkpoint.
+    pub since_checkpoint: AtomicU64,
+    /// Serializes checkpoints and compactions.
+    pub maintenance: Mutex<()>,
+}
+
+struct Background {
+    stop: Arc<(Mutex<bool>, Condvar)>,
+    thread: Option<JoinHandle<()>>,
+}
+
+/// A pool of volumes. See the module docs.
 pub struct Pool {
-    root: PathBuf,
-    volumes: Mutex<BTreeMap<String, Arc<Volume>>>,
+    pub(crate) inner: Arc<Inner>,
+    background: Mutex<Option<Background>>,
 }
 
-fn escape(name: &str) -> String {
-    name.replace('%', "%25").replace('/', "%2F")
+pub(crate) fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
 
-fn unescape(name: &str) -> String {
-    name.replace("%2F", "/").replace("%25", "%")
-}
-
-fn check_name(name: &str) -> Result<()> {
+fn check_name(name: &str, what: &'static str) -> Result<()> {
     let reason = if name.is_empty() {
         Some("empty")
     } else if name.len() > 253 {
@@ -101,6 +292,8 @@ fn check_name(name: &str) -> Result<()> {
         Some("'@' separates volume and snapshot")
     } else if name.starts_with('.') || name.contains("/.") || name.contains('\0') {
         Some("leading '.' or NUL")
+    } else if what == "snapshot" && name.contains('/') {
+        Some("'/' is not allowed in a snapshot name")
     } else {
         None
     };
@@ -113,257 +306,342 @@ fn check_name(name: &str) -> Result<()> {
     }
 }
 
-fn allocated(path: &Path) -> u64 {
-    use std::os::unix::fs::MetadataExt;
-    fs::metadata(path).map(|m| m.blocks() * 512).unwrap_or(0)
-}
-
 impl Pool {
-    /// Opens (creating if needed) a pool rooted at `root` and loads every
-    /// volume found there.
+    /// Opens (creating if needed) a pool on the filesystem at `root`.
     pub fn open(root: impl Into<PathBuf>) -> Result<Pool> {
-        let root = root.into();
-        let vols = root.join("volumes");
-        fs::create_dir_all(&vols).map_err(|e| Error::io(&vols, e))?;
-        let mut volumes = BTreeMap::new();
-        for entry in fs::read_dir(&vols).map_err(|e| Error::io(&vols, e))? {
-            let entry = entry.map_err(|e| Error::io(&vols, e))?;
-            let dir = entry.path();
-            let name = unescape(&entry.file_name().to_string_lossy());
-            let size_path = dir.join("size");
-            let Ok(size_text) = fs::read_to_string(&size_path) else {
-                // A volume whose creation never finished: no size file yet.
-                tracing::warn!(volume = %name, "removing half-created volume");
-                let _ = fs::remove_dir_all(&dir);
-                continue;
-            };
-            let size_bytes = size_text
-                .trim()
-                .parse::<u64>()
-                .map_err(|e| Error::Corrupted {
-                    volume: name.clone(),
-                    offset: 0,
-                    reason: format!("bad size file: {e}"),
-                })?;
-            let data_path = dir.join("data");
-            let data = OpenOptions::new()
-                .read(true)
-                .write(true)
-                .open(&data_path)
-                .map_err(|e| Error::io(&data_path, e))?;
-            volumes.insert(
-                name.clone(),
-                Arc::new(Volume {
-                    name,
-                    dir,
-                    size_bytes,
-                    data,
-                    gate: RwLock::new(()),
-                }),
-            );
+        Pool::open_with(root, PoolOptions::default())
+    }
+
+    /// Opens a pool: loads the last checkpoint, replays what came after it,
+    /// and writes a fresh checkpoint.
+    pub fn open_with(root: impl Into<PathBuf>, opts: PoolOptions) -> Result<Pool> {
+        let inner = Arc::new(crate::checkpoint::recover(root.into(), opts.clone())?);
+        let pool = Pool {
+            inner,
+            background: Mutex::new(None),
+        };
+        if opts.background {
+            pool.start_background();
         }
-        Ok(Pool {
-            root,
-            volumes: Mutex::new(volumes),
-        })
+        Ok(pool)
     }
 
     pub fn root(&self) -> &Path {
-        &self.root
+        &self.inner.root
     }
 
-    fn volume(&self, name: &str) -> Result<Arc<Volume>> {
-        self.volumes
-            .lock()
-            .unwrap()
-            .get(name)
-            .cloned()
-            .ok_or_else(|| Error::VolumeNotFound {
-                volume: name.to_owned(),
+    fn start_background(&self) {
+        let stop = Arc::new((Mutex::new(false), Condvar::new()));
+        let weak: Weak<Inner> = Arc::downgrade(&self.inner);
+        let stop2 = stop.clone();
+        let thread = std::thread::Builder::new()
+            .name("cairn-blocks-maint".into())
+            .spawn(move || {
+                let mut ticks = 0u64;
+                loop {
+                    let (lock, cv) = &*stop2;
+                    let guard = lock.lock().unwrap();
+                    let (guard, _) = cv.wait_timeout(guard, Duration::from_millis(250)).unwrap();
+                    if *guard {
+                        return;
+                    }
+                    drop(guard);
+                    let Some(inner) = weak.upgrade() else { return };
+                    ticks += 1;
+                    let due = inner.since_checkpoint.load(Ordering::Relaxed)
+                        >= inner.opts.checkpoint_bytes;
+                    if due && let Err(e) = inner.checkpoint() {
+                        tracing::warn!(error = %e, "background checkpoint failed");
+                    }
+                    if ticks % 40 == 0
+                        && let Err(e) = inner.compact(0.5)
+                    {
+                        tracing::warn!(error = %e, "background compaction failed");
+                    }
+                }
             })
+            .ok();
+        *self.background.lock().unwrap() = Some(Background { stop, thread });
+    }
+
+    fn stop_background(&self) {
+        if let Some(mut bg) = self.background.lock().unwrap().take() {
+            *bg.stop.0.lock().unwrap() = true;
+            bg.stop.1.notify_all();
+            if let Some(t) = bg.thread.take() {
+                let _ = t.join();
+            }
+        }
+    }
+
+    /// Stops maintenance and writes a final checkpoint, so the next open
+    /// replays nothing.
+    pub fn close(&self) -> Result<()> {
+        self.stop_background();
+        self.inner.checkpoint()
     }
 
     pub fn create_volume(&self, name: &str, size_bytes: u64) -> Result<()> {
-        check_name(name)?;
-        if size_bytes == 0 || size_bytes > MAX_VOLUME_BYTES {
-            return Err(Error::InvalidName {
-                name: name.to_owned(),
-                reason: "size must be 1 byte to 64 TiB",
-            });
+        self.create_volume_with(name, size_bytes, VolumeOptions::default())
+    }
+
+    pub fn create_volume_with(&self, name: &str, size: u64, opts: VolumeOptions) -> Result<()> {
+        check_name(name, "volume")?;
+        if size == 0 || size > MAX_VOLUME_BYTES {
+            return Err(Error::InvalidArgument(format!(
+                "volume size must be 1 byte to 64 TiB, not {size}"
+            )));
         }
-        let mut volumes = self.volumes.lock().unwrap();
-        if volumes.contains_key(name) {
+        let key_check = if opts.encrypt {
+            Some(self.inner.key_check.ok_or_else(|| Error::KeyRequired {
+                volume: name.to_owned(),
+            })?)
+        } else {
+            None
+        };
+        let inner = &self.inner;
+        let _q = inner.quiesce.read().unwrap();
+        if inner.catalog.read().unwrap().by_name.contains_key(name) {
             return Err(Error::VolumeExists {
                 volume: name.to_owned(),
             });
         }
-        let dir = self.root.join("volumes").join(escape(name));
-        let snaps = dir.join("snaps");
-        fs::create_dir_all(&snaps).map_err(|e| Error::io(&snaps, e))?;
-        let data_path = dir.join("data");
-        let data = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&data_path)
-            .map_err(|e| Error::io(&data_path, e))?;
-        data.set_len(size_bytes)
-            .map_err(|e| Error::io(&data_path, e))?;
-        data.sync_all().map_err(|e| Error::io(&data_path, e))?;
-        // The size file is written last: its presence marks a complete volume.
-        write_durably(&dir.join("size"), size_bytes.to_string().as_bytes())?;
-        volumes.insert(
-            name.to_owned(),
-            Arc::new(Volume {
-                name: name.to_owned(),
-                dir,
-                size_bytes,
-                data,
-                gate: RwLock::new(()),
-            }),
-        );
-        Ok(())
-    }
-
-    pub fn delete_volume(&self, name: &str) -> Result<()> {
-        let volume =
-            self.volumes
-                .lock()
-                .unwrap()
-                .remove(name)
-                .ok_or_else(|| Error::VolumeNotFound {
-                    volume: name.to_owned(),
-                })?;
-        fs::remove_dir_all(&volume.dir).map_err(|e| Error::io(&volume.dir, e))
-    }
-
-    /// Freezes `volume` as `volume@snapshot`. Writes are fenced while it runs.
-    pub fn snapshot(&self, volume: &str, snapshot: &str) -> Result<()> {
-        check_name(snapshot)?;
-        if snapshot.contains('/') {
-            return Err(Error::InvalidName {
-                name: snapshot.to_owned(),
-                reason: "'/' is not allowed",
-            });
-        }
-        let vol = self.volume(volume)?;
-        let target = vol.dir.join("snaps").join(snapshot);
-        if target.exists() {
-            return Err(Error::SnapshotExists {
-                volume: volume.to_owned(),
-                snapshot: snapshot.to_owned(),
-            });
-        }
-        let tmp = vol.dir.join("snaps").join(format!(".{snapshot}.tmp"));
-        let _fence = vol.gate.write().unwrap();
-        let result = copy_sparse(&vol.data, vol.size_bytes, &tmp).and_then(|()| {
-            fs::rename(&tmp, &target).map_err(|e| Error::io(&target, e))?;
-            sync_dir(&vol.dir.join("snaps"))
-        });
-        if result.is_err() {
-            let _ = fs::remove_file(&tmp);
-        }
-        result
-    }
-
-    pub fn delete_snapshot(&self, volume: &str, snapshot: &str) -> Result<()> {
-        let vol = self.volume(volume)?;
-        let path = vol.dir.join("snaps").join(snapshot);
-        match fs::remove_file(&path) {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == ErrorKind::NotFound => Err(Error::SnapshotNotFound {
-                volume: volume.to_owned(),
-                snapshot: snapshot.to_owned(),
-            }),
-            Err(e) => Err(Error::io(&path, e)),
-        }
-    }
-
-    fn snapshot_names(vol: &Volume) -> Result<Vec<String>> {
-        let snaps = vol.dir.join("snaps");
-        let mut names = Vec::new();
-        for entry in fs::read_dir(&snaps).map_err(|e| Error::io(&snaps, e))? {
-            let entry = entry.map_err(|e| Error::io(&snaps, e))?;
-            let name = entry.file_name().to_string_lossy().into_owned();
-            if !name.starts_with('.') {
-                names.push(name);
-            }
-        }
-        names.sort();
-        Ok(names)
-    }
-
-    pub fn volume_info(&self, name: &str) -> Result<VolumeInfo> {
-        let vol = self.volume(name)?;
-        let snapshots = Self::snapshot_names(&vol)?
-            .into_iter()
-            .map(|snap| SnapshotInfo {
-                allocated_bytes: allocated(&vol.dir.join("snaps").join(&snap)),
-                name: snap,
-            })
-            .collect();
-        Ok(VolumeInfo {
-            name: vol.name.clone(),
-            size_bytes: vol.size_bytes,
-            allocated_bytes: allocated(&vol.dir.join("data")),
-            snapshots,
+        let id = inner.next_volume.fetch_add(1, Ordering::AcqRel);
+        inner.log_and_apply(MetaOp::CreateVolume {
+            id,
+            name: name.to_owned(),
+            size,
+            opts,
+            key_check,
         })
     }
 
+    /// Deletes a volume and its snapshots. Clones keep their data.
+    pub fn delete_volume(&self, name: &str) -> Result<()> {
+        let inner = &self.inner;
+        let _q = inner.quiesce.read().unwrap();
+        let vol = inner.volume(name)?;
+        let _fence = vol.gate.write().unwrap();
+        inner.log_and_apply(MetaOp::DeleteVolume { id: vol.id })
+    }
+
+    /// Freezes `volume` as `volume@snapshot`. O(1) in the volume's size.
+    pub fn snapshot(&self, volume: &str, snapshot: &str) -> Result<()> {
+        self.snapshot_group(&[(volume, snapshot)])
+    }
+
+    /// Snapshots several volumes at one instant: every volume's I/O is
+    /// fenced before the first snapshot is taken (a consistency group).
+    pub fn snapshot_group(&self, items: &[(&str, &str)]) -> Result<()> {
+        let inner = &self.inner;
+        let _q = inner.quiesce.read().unwrap();
+        let mut vols = vec![];
+        for (v, s) in items {
+            check_name(s, "snapshot")?;
+            let vol = inner.volume(v)?;
+            if vol.st.lock().unwrap().snaps.contains_key(*s) {
+                return Err(Error::SnapshotExists {
+                    volume: (*v).to_owned(),
+                    snapshot: (*s).to_owned(),
+                });
+            }
+            vols.push((vol, *s));
+        }
+        let mut order: Vec<usize> = (0..vols.len()).collect();
+        order.sort_by(|a, b| vols[*a].0.name.cmp(&vols[*b].0.name));
+        order.dedup_by(|a, b| vols[*a].0.id == vols[*b].0.id);
+        let _fences: Vec<_> = order
+            .iter()
+            .map(|i| vols[*i].0.gate.write().unwrap())
+            .collect();
+        inner.flush_segments()?;
+        let created_ms = now_ms();
+        let ops: Vec<MetaOp> = vols
+            .iter()
+            .map(|(vol, s)| MetaOp::Snapshot {
+                volume: vol.id,
+                name: (*s).to_owned(),
+                id: inner.next_volume.fetch_add(1, Ordering::AcqRel),
+                created_ms,
+            })
+            .collect();
+        inner.log_and_apply_many(ops)
+    }
+
+    pub fn delete_snapshot(&self, volume: &str, snapshot: &str) -> Result<()> {
+        let inner = &self.inner;
+        let _q = inner.quiesce.read().unwrap();
+        let vol = inner.volume(volume)?;
+        inner.snap(&vol, snapshot)?;
+        inner.log_and_apply(MetaOp::DeleteSnapshot {
+            volume: vol.id,
+            name: snapshot.to_owned(),
+        })
+    }
+
+    /// Creates `new` sharing every block of `volume@snapshot`: no data is
+    /// copied, and the clone does not depend on the snapshot staying.
+    pub fn clone_snapshot(&self, volume: &str, snapshot: &str, new: &str) -> Result<()> {
+        check_name(new, "volume")?;
+        let inner = &self.inner;
+        let _q = inner.quiesce.read().unwrap();
+        let vol = inner.volume(volume)?;
+        inner.snap(&vol, snapshot)?;
+        if inner.catalog.read().unwrap().by_name.contains_key(new) {
+            return Err(Error::VolumeExists {
+                volume: new.to_owned(),
+            });
+        }
+        inner.log_and_apply(MetaOp::Clone {
+            source: vol.id,
+            snapshot: snapshot.to_owned(),
+            id: inner.next_volume.fetch_add(1, Ordering::AcqRel),
+            name: new.to_owned(),
+        })
+    }
+
+    /// Makes `volume` read as `volume@snapshot` again. O(1).
+    pub fn rollback(&self, volume: &str, snapshot: &str) -> Result<()> {
+        let inner = &self.inner;
+        let _q = inner.quiesce.read().unwrap();
+        let vol = inner.volume(volume)?;
+        inner.snap(&vol, snapshot)?;
+        let _fence = vol.gate.write().unwrap();
+        inner.flush_segments()?;
+        inner.log_and_apply(MetaOp::Rollback {
+            volume: vol.id,
+            snapshot: snapshot.to_owned(),
+        })
+    }
+
+    /// Byte ranges that differ between two images (`v`, `v@s`). Costs
+    /// O(changed extents) when they share history.
+    pub fn diff(&self, from: &str, to: &str) -> Result<Vec<Extent>> {
+        let (a, size_a) = self.inner.image_tree(from)?;
+        let (b, size_b) = self.inner.image_tree(to)?;
+        let size = size_a.max(size_b);
+        let mut extents: Vec<Extent> = vec![];
+        a.diff(&b, &mut |block| {
+            let offset = block * BLOCK as u64;
+            if offset >= size {
+                return;
+            }
+            let len = (BLOCK as u64).min(size - offset);
+            match extents.last_mut() {
+                Some(last) if last.offset + last.len == offset => last.len += len,
+                _ => extents.push(Extent { offset, len }),
+            }
+        });
+        Ok(extents)
+    }
+
+    /// Reads and verifies every block the volume and its snapshots hold.
+    pub fn scrub(&self, volume: &str) -> Result<ScrubReport> {
+        crate::gc::scrub(&self.inner, volume)
+    }
+
+    pub fn volume_info(&self, name: &str) -> Result<VolumeInfo> {
+        crate::gc::volume_info(&self.inner, name)
+    }
+
     pub fn list_volumes(&self) -> Vec<String> {
-        self.volumes.lock().unwrap().keys().cloned().collect()
+        self.inner
+            .catalog
+            .read()
+            .unwrap()
+            .by_name
+            .keys()
+            .cloned()
+            .collect()
     }
 
     /// Opens `v` (read-write) or `v@s` (read-only) for a front-end.
     pub fn open_export(&self, export: &str) -> Result<Arc<dyn Device>> {
         let parsed = ExportName::parse(export)?;
-        let vol = self.volume(&parsed.volume)?;
-        match parsed.snapshot {
-            None => Ok(Arc::new(LiveDevice {
-                export: export.to_owned(),
-                volume: vol,
-            })),
-            Some(snap) => {
-                let path = vol.dir.join("snaps").join(&snap);
-                let file = File::open(&path).map_err(|e| match e.kind() {
-                    ErrorKind::NotFound => Error::SnapshotNotFound {
-                        volume: parsed.volume.clone(),
-                        snapshot: snap.clone(),
-                    },
-                    _ => Error::io(&path, e),
-                })?;
-                Ok(Arc::new(SnapshotDevice {
-                    export: export.to_owned(),
-                    size_bytes: vol.size_bytes,
-                    file,
-                }))
-            }
+        let vol = self.inner.volume(&parsed.volume)?;
+        if let Some(snap) = &parsed.snapshot {
+            self.inner.snap(&vol, snap)?;
         }
+        Ok(Arc::new(VolumeDevice {
+            inner: self.inner.clone(),
+            vol,
+            snapshot: parsed.snapshot,
+            export: export.to_owned(),
+        }))
     }
 
     /// Every export name: each volume and each of its snapshots.
     pub fn export_names(&self) -> Vec<String> {
-        let volumes: Vec<Arc<Volume>> = self.volumes.lock().unwrap().values().cloned().collect();
-        let mut names = Vec::new();
-        for vol in volumes {
+        let vols: Vec<Arc<Volume>> = self
+            .inner
+            .catalog
+            .read()
+            .unwrap()
+            .by_name
+            .values()
+            .cloned()
+            .collect();
+        let mut names = vec![];
+        for vol in vols {
             names.push(vol.name.clone());
-            for snap in Self::snapshot_names(&vol).unwrap_or_default() {
-                names.push(format!("{}@{}", vol.name, snap));
+            for snap in vol.st.lock().unwrap().snaps.keys() {
+                names.push(format!("{}@{snap}", vol.name));
             }
         }
         names
     }
 
-    /// Flushes every volume.
+    /// Makes every acknowledged write durable.
     pub fn flush_all(&self) -> Result<()> {
-        let volumes: Vec<Arc<Volume>> = self.volumes.lock().unwrap().values().cloned().collect();
-        for vol in volumes {
-            vol.data
-                .sync_data()
-                .map_err(|e| Error::io(vol.dir.join("data"), e))?;
-        }
-        Ok(())
+        self.inner.flush_segments()
+    }
+
+    /// Writes a checkpoint now (normally done in the background).
+    pub fn checkpoint(&self) -> Result<()> {
+        self.inner.checkpoint()
+    }
+
+    /// Reclaims segments whose live share is below `threshold` (0..1).
+    pub fn compact(&self, threshold: f64) -> Result<CompactStats> {
+        self.inner.compact(threshold)
+    }
+
+    /// Bytes in segment files, over all disks.
+    pub fn segment_bytes(&self) -> u64 {
+        self.inner
+            .segments
+            .map
+            .read()
+            .unwrap()
+            .values()
+            .map(|s| s.len.load(Ordering::Acquire))
+            .sum()
+    }
+
+    /// The disk index each written slice of `volume` is placed on.
+    pub fn placement(&self, volume: &str) -> Result<BTreeMap<u32, u16>> {
+        Ok(self
+            .inner
+            .volume(volume)?
+            .st
+            .lock()
+            .unwrap()
+            .placement
+            .clone())
+    }
+}
+
+/// What one compaction did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct CompactStats {
+    pub segments_freed: u64,
+    pub bytes_freed: u64,
+    pub bytes_moved: u64,
+}
+
+impl Drop for Pool {
+    fn drop(&mut self) {
+        self.stop_background();
     }
 }
 
@@ -376,323 +654,585 @@ impl crate::nbd::Exports for Pool {
     }
 }
 
-fn write_durably(path: &Path, bytes: &[u8]) -> Result<()> {
-    let tmp = path.with_extension("tmp");
-    fs::write(&tmp, bytes).map_err(|e| Error::io(&tmp, e))?;
-    File::open(&tmp)
-        .and_then(|f| f.sync_all())
-        .map_err(|e| Error::io(&tmp, e))?;
-    fs::rename(&tmp, path).map_err(|e| Error::io(path, e))?;
-    sync_dir(path.parent().expect("a file path has a parent"))
-}
+impl Inner {
+    pub fn volume(&self, name: &str) -> Result<Arc<Volume>> {
+        self.catalog
+            .read()
+            .unwrap()
+            .by_name
+            .get(name)
+            .cloned()
+            .ok_or_else(|| Error::VolumeNotFound {
+                volume: name.to_owned(),
+            })
+    }
 
-fn sync_dir(dir: &Path) -> Result<()> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|e| Error::io(dir, e))
-}
+    pub fn snap(&self, vol: &Volume, snapshot: &str) -> Result<Snap> {
+        vol.st
+            .lock()
+            .unwrap()
+            .snaps
+            .get(snapshot)
+            .cloned()
+            .ok_or_else(|| Error::SnapshotNotFound {
+                volume: vol.name.clone(),
+                snapshot: snapshot.to_owned(),
+            })
+    }
 
-/// Copies the allocated extents of `src` into a new sparse file: it walks
-/// the data regions with SEEK_DATA/SEEK_HOLE, so its cost follows the bytes
-/// written, not the volume's size. All-zero chunks stay holes.
-fn copy_sparse(src: &File, size_bytes: u64, dst_path: &Path) -> Result<()> {
-    use std::os::fd::AsRawFd;
-    let dst = File::create(dst_path).map_err(|e| Error::io(dst_path, e))?;
-    dst.set_len(size_bytes)
-        .map_err(|e| Error::io(dst_path, e))?;
-    let mut buf = vec![0u8; COPY_CHUNK_BYTES];
-    let seek = |offset: u64, whence: i32| -> Result<Option<u64>> {
-        // SAFETY: lseek on an fd we own; it only moves the file offset,
-        // which positioned IO (pread/pwrite) never uses.
-        let rc = unsafe { libc::lseek(src.as_raw_fd(), offset as libc::off_t, whence) };
-        if rc >= 0 {
-            return Ok(Some(rc as u64));
-        }
-        let err = std::io::Error::last_os_error();
-        match err.raw_os_error() {
-            Some(libc::ENXIO) => Ok(None),
-            _ => Err(Error::io(dst_path, err)),
-        }
-    };
-    let mut offset = 0u64;
-    while offset < size_bytes {
-        let Some(data_start) = seek(offset, libc::SEEK_DATA)? else {
-            break;
+    fn image_tree(&self, image: &str) -> Result<(Tree, u64)> {
+        let parsed = ExportName::parse(image)?;
+        let vol = self.volume(&parsed.volume)?;
+        let tree = match &parsed.snapshot {
+            Some(s) => self.snap(&vol, s)?.tree,
+            None => vol.st.lock().unwrap().tree.clone(),
         };
-        let data_end = seek(data_start, libc::SEEK_HOLE)?
-            .unwrap_or(size_bytes)
-            .min(size_bytes);
-        let mut pos = data_start;
-        while pos < data_end {
-            let n = COPY_CHUNK_BYTES.min((data_end - pos) as usize);
-            src.read_exact_at(&mut buf[..n], pos)
-                .map_err(|e| Error::io(dst_path, e))?;
-            if buf[..n].iter().any(|&b| b != 0) {
-                dst.write_all_at(&buf[..n], pos)
-                    .map_err(|e| Error::io(dst_path, e))?;
+        Ok((tree, vol.size))
+    }
+
+    fn next_gen(&self, n: u64) -> u64 {
+        self.generation.fetch_add(n, Ordering::AcqRel)
+    }
+
+    pub fn log_and_apply(&self, op: MetaOp) -> Result<()> {
+        self.log_and_apply_many(vec![op])
+    }
+
+    /// Appends the operations to the meta log (one sync), then applies them.
+    /// The caller holds `quiesce` shared.
+    pub fn log_and_apply_many(&self, ops: Vec<MetaOp>) -> Result<()> {
+        let mut meta = self.meta.lock().unwrap();
+        let recs: Vec<(u64, MetaOp)> = ops.into_iter().map(|op| (self.next_gen(1), op)).collect();
+        meta.append(&recs)?;
+        let mut catalog = self.catalog.write().unwrap();
+        for (_, op) in recs {
+            apply_meta(&mut catalog, op)?;
+        }
+        Ok(())
+    }
+
+    /// Syncs every dirty segment, then marks the flush in each disk's
+    /// active segment.
+    pub fn flush_segments(&self) -> Result<()> {
+        let segs: Vec<Arc<Segment>> = self
+            .segments
+            .map
+            .read()
+            .unwrap()
+            .values()
+            .cloned()
+            .collect();
+        let mut synced = false;
+        for seg in segs {
+            synced |= seg.sync()?;
+        }
+        if synced {
+            let generation = self.next_gen(1);
+            for disk in &self.disks {
+                disk.mark_flushed(generation);
             }
-            pos += n as u64;
         }
-        offset = data_end;
-    }
-    dst.sync_all().map_err(|e| Error::io(dst_path, e))
-}
-
-fn check_range(name: &str, size: u64, offset: u64, len: u64) -> Result<()> {
-    match offset.checked_add(len) {
-        Some(end) if end <= size => Ok(()),
-        _ => Err(Error::OutOfRange {
-            volume: name.to_owned(),
-            offset,
-            len,
-            size,
-        }),
-    }
-}
-
-struct LiveDevice {
-    export: String,
-    volume: Arc<Volume>,
-}
-
-impl LiveDevice {
-    fn data_path(&self) -> PathBuf {
-        self.volume.dir.join("data")
+        Ok(())
     }
 
-    fn sync(&self) -> Result<()> {
-        self.volume
-            .data
-            .sync_data()
-            .map_err(|e| Error::io(self.data_path(), e))
-    }
-
-    fn punch(&self, offset: u64, len: u64, fua: bool) -> Result<()> {
-        check_range(&self.export, self.volume.size_bytes, offset, len)?;
-        let _gate = self.volume.gate.read().unwrap();
-        use std::os::fd::AsRawFd;
-        // SAFETY: fallocate on an fd we own, with in-range arguments.
-        let rc = unsafe {
-            libc::fallocate(
-                self.volume.data.as_raw_fd(),
-                libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
-                offset as libc::off_t,
-                len as libc::off_t,
-            )
-        };
-        if rc != 0 {
-            return Err(Error::io(self.data_path(), std::io::Error::last_os_error()));
+    fn cipher_for(&self, vol: &Volume) -> Result<Option<&Cipher>> {
+        if !vol.opts.encrypt {
+            return Ok(None);
         }
+        match (&self.cipher, vol.key_check, self.key_check) {
+            (Some(c), Some(want), Some(have)) if want == have => Ok(Some(c)),
+            (None, _, _) => Err(Error::KeyRequired {
+                volume: vol.name.clone(),
+            }),
+            _ => Err(Error::KeyMismatch {
+                volume: vol.name.clone(),
+            }),
+        }
+    }
+
+    /// The disk a slice writes to: where it already is, or the least used.
+    fn disk_for(&self, vol: &Volume, slice: u32) -> u16 {
+        let mut st = vol.st.lock().unwrap();
+        if let Some(d) = st.placement.get(&slice) {
+            return *d;
+        }
+        let disk = self
+            .disks
+            .iter()
+            .min_by_key(|d| (d.used.load(Ordering::Relaxed), d.index))
+            .map(|d| d.index)
+            .unwrap_or(0);
+        st.placement.insert(slice, disk);
+        disk
+    }
+
+    /// Writes whole blocks starting at block `first`. All-zero blocks
+    /// become trims.
+    fn write_blocks(&self, vol: &Volume, first: u64, data: &[u8], fua: bool) -> Result<()> {
+        let _q = self.quiesce.read().unwrap();
+        let _g = vol.gate.read().unwrap();
+        if vol.deleted.load(Ordering::Acquire) {
+            return Err(Error::VolumeNotFound {
+                volume: vol.name.clone(),
+            });
+        }
+        let cipher = self.cipher_for(vol)?;
+        let count = (data.len() / BLOCK) as u64;
+        let mut done = 0u64;
+        while done < count {
+            let lba = first + done;
+            let slice = (lba >> SLICE_SHIFT) as u32;
+            let in_slice = (SLICE_BLOCKS - (lba & (SLICE_BLOCKS - 1))).min(count - done);
+            let chunk = &data[(done as usize) * BLOCK..((done + in_slice) as usize) * BLOCK];
+            self.write_slice(vol, lba, chunk, slice, cipher, fua)?;
+            done += in_slice;
+        }
+        Ok(())
+    }
+
+    fn write_slice(
+        &self,
+        vol: &Volume,
+        first: u64,
+        data: &[u8],
+        slice: u32,
+        cipher: Option<&Cipher>,
+        fua: bool,
+    ) -> Result<()> {
+        let disk = &self.disks[self.disk_for(vol, slice) as usize];
+        let blocks: Vec<&[u8]> = data.chunks(BLOCK).collect();
+        // Runs of zero blocks become one trim record each.
+        let mut runs: Vec<(u64, u64, bool)> = vec![];
+        for (i, b) in blocks.iter().enumerate() {
+            let zero = b.iter().all(|x| *x == 0);
+            match runs.last_mut() {
+                Some((_, n, z)) if *z == zero => *n += 1,
+                _ => runs.push((first + i as u64, 1, zero)),
+            }
+        }
+        let records: u64 = runs.iter().map(|(_, n, z)| if *z { 1 } else { *n }).sum();
+        let mut generation = self.next_gen(records);
+        let mut buf = Vec::with_capacity(data.len() + records as usize * HEADER_LEN);
+        // (lba, count, generation, offset in buf, len); len 0 marks a trim.
+        let mut placed: Vec<(u64, u64, u64, usize, usize)> = vec![];
+        for (start, n, zero) in runs {
+            if zero {
+                let at = buf.len();
+                record::encode_marker(&mut buf, KIND_TRIM, vol.id, start, generation, n);
+                placed.push((start, n, generation, at, 0));
+                generation += 1;
+                continue;
+            }
+            for lba in start..start + n {
+                let at = buf.len();
+                let i = (lba - first) as usize;
+                record::encode_block(
+                    &mut buf,
+                    vol.id,
+                    lba,
+                    generation,
+                    blocks[i],
+                    vol.opts.compression,
+                    cipher,
+                )
+                .map_err(|e| Error::Corrupted {
+                    volume: vol.name.clone(),
+                    offset: lba * BLOCK as u64,
+                    reason: e.to_owned(),
+                })?;
+                placed.push((lba, 1, generation, at, buf.len() - at));
+                generation += 1;
+            }
+        }
+        let (seg, base) = disk.append(
+            &*self.storage,
+            &self.segments,
+            self.opts.segment_bytes,
+            &buf,
+        )?;
+        self.since_checkpoint
+            .fetch_add(buf.len() as u64, Ordering::Relaxed);
         if fua {
-            self.sync()?;
+            seg.sync()?;
+        }
+        let mut st = vol.st.lock().unwrap();
+        for (lba, n, generation, at, len) in placed {
+            let entry = if len == 0 {
+                Entry::tombstone(generation)
+            } else {
+                Entry {
+                    generation,
+                    seg: seg.id,
+                    off: (base + at as u64) as u32,
+                    len: len as u32,
+                }
+            };
+            for b in lba..lba + n {
+                if st.tree.get(b).generation < generation {
+                    st.tree.set(b, entry);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads whole blocks `first..first+n` of the live tree or a snapshot.
+    fn read_blocks(
+        &self,
+        vol: &Volume,
+        snapshot: Option<&str>,
+        first: u64,
+        out: &mut [u8],
+    ) -> Result<()> {
+        let n = (out.len() / BLOCK) as u64;
+        let cipher_needed;
+        let located: Vec<(Entry, Option<Arc<Segment>>)> = {
+            let st = vol.st.lock().unwrap();
+            if vol.deleted.load(Ordering::Acquire) {
+                return Err(Error::VolumeNotFound {
+                    volume: vol.name.clone(),
+                });
+            }
+            let tree = match snapshot {
+                None => &st.tree,
+                Some(s) => {
+                    &st.snaps
+                        .get(s)
+                        .ok_or_else(|| Error::SnapshotNotFound {
+                            volume: vol.name.clone(),
+                            snapshot: s.to_owned(),
+                        })?
+                        .tree
+                }
+            };
+            let segs = self.segments.map.read().unwrap();
+            let mut v = Vec::with_capacity(n as usize);
+            let mut any = false;
+            for b in first..first + n {
+                let e = tree.get(b);
+                if e.is_mapped() {
+                    any = true;
+                    v.push((e, segs.get(&e.seg).cloned()));
+                } else {
+                    v.push((e, None));
+                }
+            }
+            cipher_needed = any;
+            v
+        };
+        let cipher = if cipher_needed {
+            self.cipher_for(vol)?
+        } else {
+            None
+        };
+        let mut i = 0usize;
+        let mut raw = vec![];
+        while i < located.len() {
+            let (e, seg) = &located[i];
+            let Some(seg) = seg else {
+                if e.is_mapped() {
+                    return Err(self.corrupt(vol, first + i as u64, "segment is missing".into()));
+                }
+                out[i * BLOCK..(i + 1) * BLOCK].fill(0);
+                i += 1;
+                continue;
+            };
+            // Coalesce records that sit back to back in one segment.
+            let mut j = i + 1;
+            let mut end = e.off as u64 + e.len as u64;
+            while j < located.len()
+                && let (ej, Some(sj)) = &located[j]
+                && sj.id == seg.id
+                && ej.off as u64 == end
+            {
+                end += ej.len as u64;
+                j += 1;
+            }
+            raw.resize((end - e.off as u64) as usize, 0);
+            seg.read(&mut raw, e.off as u64).map_err(|err| match err {
+                Error::Corrupted { reason, .. } => self.corrupt(vol, first + i as u64, reason),
+                other => other,
+            })?;
+            let mut at = 0usize;
+            for k in i..j {
+                let ek = located[k].0;
+                let rec = &raw[at..at + ek.len as usize];
+                let lba = first + k as u64;
+                record::decode_block(rec, lba, cipher, &mut out[k * BLOCK..(k + 1) * BLOCK])
+                    .map_err(|d| self.corrupt(vol, lba, d.to_string()))?;
+                at += ek.len as usize;
+            }
+            i = j;
+        }
+        Ok(())
+    }
+
+    fn corrupt(&self, vol: &Volume, lba: u64, reason: String) -> Error {
+        tracing::error!(volume = %vol.name, offset = lba * BLOCK as u64, %reason, "bad block");
+        Error::Corrupted {
+            volume: vol.name.clone(),
+            offset: lba * BLOCK as u64,
+            reason,
+        }
+    }
+}
+
+/// Applies one metadata operation to the catalog. Used live (after the
+/// operation is logged) and by recovery, so both build the same state.
+pub(crate) fn apply_meta(catalog: &mut Catalog, op: MetaOp) -> Result<()> {
+    let missing = |id: u64| Error::Corrupted {
+        volume: format!("#{id}"),
+        offset: 0,
+        reason: "meta log names an unknown volume".into(),
+    };
+    match op {
+        MetaOp::CreateVolume {
+            id,
+            name,
+            size,
+            opts,
+            key_check,
+        } => {
+            let st = VolState {
+                tree: Tree::new(size.div_ceil(BLOCK as u64)),
+                placement: BTreeMap::new(),
+                snaps: BTreeMap::new(),
+            };
+            let vol = Arc::new(Volume::new(
+                id,
+                name.clone(),
+                size,
+                opts,
+                key_check,
+                None,
+                st,
+            ));
+            catalog.by_name.insert(name, vol.clone());
+            catalog.by_id.insert(id, vol);
+        }
+        MetaOp::DeleteVolume { id } => {
+            let vol = catalog.by_id.remove(&id).ok_or_else(|| missing(id))?;
+            vol.deleted.store(true, Ordering::Release);
+            catalog.by_name.remove(&vol.name);
+        }
+        MetaOp::Snapshot {
+            volume,
+            name,
+            id,
+            created_ms,
+        } => {
+            let vol = catalog.by_id.get(&volume).ok_or_else(|| missing(volume))?;
+            let mut st = vol.st.lock().unwrap();
+            let tree = st.tree.clone();
+            st.snaps.insert(
+                name,
+                Snap {
+                    id,
+                    created_ms,
+                    tree,
+                },
+            );
+        }
+        MetaOp::DeleteSnapshot { volume, name } => {
+            let vol = catalog.by_id.get(&volume).ok_or_else(|| missing(volume))?;
+            vol.st.lock().unwrap().snaps.remove(&name);
+        }
+        MetaOp::Clone {
+            source,
+            snapshot,
+            id,
+            name,
+        } => {
+            let src = catalog.by_id.get(&source).ok_or_else(|| missing(source))?;
+            let (tree, placement) = {
+                let st = src.st.lock().unwrap();
+                let snap = st.snaps.get(&snapshot).ok_or_else(|| missing(source))?;
+                (snap.tree.clone(), st.placement.clone())
+            };
+            let st = VolState {
+                tree,
+                placement,
+                snaps: BTreeMap::new(),
+            };
+            let vol = Arc::new(Volume::new(
+                id,
+                name.clone(),
+                src.size,
+                src.opts,
+                src.key_check,
+                Some((source, snapshot)),
+                st,
+            ));
+            catalog.by_name.insert(name, vol.clone());
+            catalog.by_id.insert(id, vol);
+        }
+        MetaOp::Rollback { volume, snapshot } => {
+            let vol = catalog.by_id.get(&volume).ok_or_else(|| missing(volume))?;
+            let mut st = vol.st.lock().unwrap();
+            let tree = st
+                .snaps
+                .get(&snapshot)
+                .ok_or_else(|| missing(volume))?
+                .tree
+                .clone();
+            st.tree = tree;
+        }
+    }
+    Ok(())
+}
+
+/// An open export: a volume (read-write) or a snapshot (read-only).
+struct VolumeDevice {
+    inner: Arc<Inner>,
+    vol: Arc<Volume>,
+    snapshot: Option<String>,
+    export: String,
+}
+
+impl VolumeDevice {
+    fn check_range(&self, offset: u64, len: u64) -> Result<()> {
+        if offset
+            .checked_add(len)
+            .is_none_or(|end| end > self.vol.size)
+        {
+            return Err(Error::OutOfRange {
+                volume: self.export.clone(),
+                offset,
+                len,
+                size: self.vol.size,
+            });
+        }
+        Ok(())
+    }
+
+    fn check_writable(&self) -> Result<()> {
+        if self.snapshot.is_some() {
+            return Err(Error::ReadOnly {
+                export: self.export.clone(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Applies `patch` to the bytes `offset..offset+len`, which lie inside
+    /// one block, by read-modify-write.
+    fn patch_block(&self, offset: u64, fua: bool, patch: &dyn Fn(&mut [u8])) -> Result<()> {
+        let lba = offset / BLOCK as u64;
+        let _rmw = self.vol.rmw.lock().unwrap();
+        let mut block = vec![0u8; BLOCK];
+        self.inner.read_blocks(&self.vol, None, lba, &mut block)?;
+        patch(&mut block);
+        self.inner.write_blocks(&self.vol, lba, &block, fua)
+    }
+
+    /// Splits `offset..offset+len` into a partial head, whole blocks and a
+    /// partial tail.
+    fn split(
+        offset: u64,
+        len: u64,
+    ) -> (Option<(u64, u64)>, Option<(u64, u64)>, Option<(u64, u64)>) {
+        let b = BLOCK as u64;
+        let end = offset + len;
+        let first_full = offset.div_ceil(b) * b;
+        let last_full = end / b * b;
+        if first_full >= last_full {
+            // No whole block: one or two partial pieces.
+            if offset / b == (end.saturating_sub(1)) / b || len == 0 {
+                return (Some((offset, len)), None, None);
+            }
+            let cut = first_full;
+            return (Some((offset, cut - offset)), None, Some((cut, end - cut)));
+        }
+        let head = (offset < first_full).then(|| (offset, first_full - offset));
+        let tail = (last_full < end).then(|| (last_full, end - last_full));
+        (head, Some((first_full, last_full - first_full)), tail)
+    }
+
+    fn write_range(&self, offset: u64, len: u64, data: Option<&[u8]>, fua: bool) -> Result<()> {
+        self.check_writable()?;
+        self.check_range(offset, len)?;
+        if len == 0 {
+            return Ok(());
+        }
+        let (head, middle, tail) = Self::split(offset, len);
+        let bytes =
+            |at: u64, n: u64| data.map(|d| &d[(at - offset) as usize..(at - offset + n) as usize]);
+        for piece in [head, tail].into_iter().flatten() {
+            let (at, n) = piece;
+            let inside = (at % BLOCK as u64) as usize;
+            let src = bytes(at, n);
+            self.patch_block(at, fua, &|block: &mut [u8]| match src {
+                Some(s) => block[inside..inside + s.len()].copy_from_slice(s),
+                None => block[inside..inside + n as usize].fill(0),
+            })?;
+        }
+        if let Some((at, n)) = middle {
+            let lba = at / BLOCK as u64;
+            match bytes(at, n) {
+                Some(s) => self.inner.write_blocks(&self.vol, lba, s, fua)?,
+                None => {
+                    // Zeroes: bounded chunks, each a single trim record.
+                    let chunk = 256u64 * BLOCK as u64;
+                    let zeros = vec![0u8; chunk.min(n) as usize];
+                    let mut done = 0;
+                    while done < n {
+                        let step = chunk.min(n - done);
+                        self.inner.write_blocks(
+                            &self.vol,
+                            lba + done / BLOCK as u64,
+                            &zeros[..step as usize],
+                            fua,
+                        )?;
+                        done += step;
+                    }
+                }
+            }
         }
         Ok(())
     }
 }
 
-impl Device for LiveDevice {
+impl Device for VolumeDevice {
     fn name(&self) -> &str {
         &self.export
     }
     fn size(&self) -> u64 {
-        self.volume.size_bytes
+        self.vol.size
     }
     fn read_only(&self) -> bool {
-        false
+        self.snapshot.is_some()
     }
     fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {
-        check_range(
-            &self.export,
-            self.volume.size_bytes,
-            offset,
-            buf.len() as u64,
-        )?;
-        self.volume
-            .data
-            .read_exact_at(buf, offset)
-            .map_err(|e| Error::io(self.data_path(), e))
+        self.check_range(offset, buf.len() as u64)?;
+        if buf.is_empty() {
+            return Ok(());
+        }
+        let b = BLOCK as u64;
+        let first = offset / b;
+        let last = (offset + buf.len() as u64 - 1) / b;
+        let aligned = offset % b == 0 && buf.len() % BLOCK == 0;
+        if aligned {
+            return self
+                .inner
+                .read_blocks(&self.vol, self.snapshot.as_deref(), first, buf);
+        }
+        let mut tmp = vec![0u8; ((last - first + 1) * b) as usize];
+        self.inner
+            .read_blocks(&self.vol, self.snapshot.as_deref(), first, &mut tmp)?;
+        let skip = (offset - first * b) as usize;
+        buf.copy_from_slice(&tmp[skip..skip + buf.len()]);
+        Ok(())
     }
     fn write_at(&self, buf: &[u8], offset: u64, fua: bool) -> Result<()> {
-        check_range(
-            &self.export,
-            self.volume.size_bytes,
-            offset,
-            buf.len() as u64,
-        )?;
-        let _gate = self.volume.gate.read().unwrap();
-        self.volume
-            .data
-            .write_all_at(buf, offset)
-            .map_err(|e| Error::io(self.data_path(), e))?;
-        if fua {
-            self.sync()?;
-        }
-        Ok(())
+        self.write_range(offset, buf.len() as u64, Some(buf), fua)
     }
     fn write_zeroes(&self, offset: u64, len: u64, fua: bool) -> Result<()> {
-        self.punch(offset, len, fua)
+        self.write_range(offset, len, None, fua)
     }
     fn trim(&self, offset: u64, len: u64) -> Result<()> {
-        self.punch(offset, len, false)
+        self.write_range(offset, len, None, false)
     }
     fn flush(&self) -> Result<()> {
-        self.sync()
-    }
-}
-
-struct SnapshotDevice {
-    export: String,
-    size_bytes: u64,
-    file: File,
-}
-
-impl Device for SnapshotDevice {
-    fn name(&self) -> &str {
-        &self.export
-    }
-    fn size(&self) -> u64 {
-        self.size_bytes
-    }
-    fn read_only(&self) -> bool {
-        true
-    }
-    fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {
-        check_range(&self.export, self.size_bytes, offset, buf.len() as u64)?;
-        self.file
-            .read_exact_at(buf, offset)
-            .map_err(|e| Error::io(&self.export, e))
-    }
-    fn write_at(&self, _: &[u8], _: u64, _: bool) -> Result<()> {
-        Err(Error::ReadOnly {
-            export: self.export.clone(),
-        })
-    }
-    fn write_zeroes(&self, _: u64, _: u64, _: bool) -> Result<()> {
-        Err(Error::ReadOnly {
-            export: self.export.clone(),
-        })
-    }
-    fn trim(&self, _: u64, _: u64) -> Result<()> {
-        Err(Error::ReadOnly {
-            export: self.export.clone(),
-        })
-    }
-    fn flush(&self) -> Result<()> {
-        Ok(())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn snapshot_freezes_data_and_survives_reopen() {
-        let dir = tempfile::tempdir().unwrap();
-        let pool = Pool::open(dir.path()).unwrap();
-        pool.create_volume("app/data-db-0", 8 << 20).unwrap();
-        let live = pool.open_export("app/data-db-0").unwrap();
-        live.write_at(&[0x5a; 4096], 4096, false).unwrap();
-        pool.snapshot("app/data-db-0", "s1").unwrap();
-        live.write_at(&[0x11; 4096], 4096, true).unwrap();
-        drop(live);
-        drop(pool);
-
-        let pool = Pool::open(dir.path()).unwrap();
-        assert_eq!(pool.list_volumes(), vec!["app/data-db-0".to_owned()]);
-        let snap = pool.open_export("app/data-db-0@s1").unwrap();
-        assert!(snap.read_only());
-        let mut buf = [0u8; 4096];
-        snap.read_at(&mut buf, 4096).unwrap();
-        assert_eq!(buf, [0x5a; 4096]);
-        assert!(matches!(
-            snap.write_at(&buf, 0, false),
-            Err(Error::ReadOnly { .. })
-        ));
-        let live = pool.open_export("app/data-db-0").unwrap();
-        live.read_at(&mut buf, 4096).unwrap();
-        assert_eq!(buf, [0x11; 4096]);
-        assert_eq!(
-            pool.export_names(),
-            vec!["app/data-db-0".to_owned(), "app/data-db-0@s1".to_owned()]
-        );
-    }
-
-    #[test]
-    fn bad_input_is_refused_with_context() {
-        let dir = tempfile::tempdir().unwrap();
-        let pool = Pool::open(dir.path()).unwrap();
-        assert!(matches!(
-            pool.create_volume("a@b", 1 << 20),
-            Err(Error::InvalidName { .. })
-        ));
-        assert!(matches!(
-            pool.create_volume("", 1 << 20),
-            Err(Error::InvalidName { .. })
-        ));
-        assert!(matches!(
-            pool.open_export("nope"),
-            Err(Error::VolumeNotFound { .. })
-        ));
-        pool.create_volume("v", 1 << 20).unwrap();
-        assert!(matches!(
-            pool.create_volume("v", 1 << 20),
-            Err(Error::VolumeExists { .. })
-        ));
-        assert!(matches!(
-            pool.open_export("v@nope"),
-            Err(Error::SnapshotNotFound { .. })
-        ));
-        let live = pool.open_export("v").unwrap();
-        let mut buf = [0u8; 16];
-        let err = live.read_at(&mut buf, (1 << 20) - 8).unwrap_err();
-        assert_eq!(err.errno(), libc::EINVAL);
-        live.write_at(&[7; 8192], 0, false).unwrap();
-        live.trim(0, 4096).unwrap();
-        let mut page = [1u8; 8192];
-        live.read_at(&mut page, 0).unwrap();
-        assert!(page[..4096].iter().all(|&b| b == 0));
-        assert!(page[4096..].iter().all(|&b| b == 7));
-    }
-
-    #[test]
-    fn half_created_volume_is_discarded_on_open() {
-        let dir = tempfile::tempdir().unwrap();
-        fs::create_dir_all(dir.path().join("volumes/ghost/snaps")).unwrap();
-        let pool = Pool::open(dir.path()).unwrap();
-        assert!(pool.list_volumes().is_empty());
-        assert!(!dir.path().join("volumes/ghost").exists());
-    }
-
-    #[test]
-    fn snapshot_copies_scattered_extents_of_a_large_thin_volume() {
-        let dir = tempfile::tempdir().unwrap();
-        let pool = Pool::open(dir.path()).unwrap();
-        pool.create_volume("big", 64 << 30).unwrap();
-        let live = pool.open_export("big").unwrap();
-        let spots = [
-            0u64,
-            4096 * 3,
-            1 << 30,
-            (37 << 30) + 12345,
-            (64 << 30) - 4096,
-        ];
-        for (i, &spot) in spots.iter().enumerate() {
-            live.write_at(&[i as u8 + 1; 4096], spot, false).unwrap();
-        }
-        pool.snapshot("big", "s").unwrap();
-        let snap = pool.open_export("big@s").unwrap();
-        let mut buf = [0u8; 4096];
-        for (i, &spot) in spots.iter().enumerate() {
-            snap.read_at(&mut buf, spot).unwrap();
-            assert_eq!(buf, [i as u8 + 1; 4096], "extent at {spot}");
-        }
-        snap.read_at(&mut buf, 20 << 30).unwrap();
-        assert_eq!(buf, [0; 4096], "holes stay zero");
-        let info = pool.volume_info("big").unwrap();
-        assert!(
-            info.snapshots[0].allocated_bytes < 64 << 20,
-            "the snapshot stays thin: {info:?}"
-        );
+        self.inner.flush_segments()
     }
 }

@@ -120,7 +120,25 @@ pub enum VolumeCommand {
         /// Size, e.g. 10G, 512Mi or a byte count.
         #[arg(long)]
         size: String,
+        /// Block compression: lz4 (default, kept only where it saves space), zstd or none.
+        #[arg(long, value_parser = ["lz4", "zstd", "none"])]
+        compress: Option<String>,
+        /// Encrypt at rest (AEAD) with the key file `cairn up --key-file` loaded.
+        #[arg(long)]
+        encrypt: bool,
     },
+    /// Create NEWV from V@S without copying data (export `NEWV`).
+    Clone {
+        /// The snapshot to clone: V@S.
+        source: String,
+        target: String,
+    },
+    /// Make V read as V@S again (O(1); later snapshots are kept).
+    Rollback { name: String, snapshot: String },
+    /// Changed byte ranges between two images (V@A V@B, or V@A V for the live volume).
+    Diff { from: String, to: String },
+    /// Read and verify every block of V and its snapshots; exits 1 when one is bad.
+    Scrub { name: String },
     /// List volumes.
     List,
     /// Show one volume with its snapshots.
@@ -219,10 +237,17 @@ async fn run_client(args: &Cli) -> anyhow::Result<i32> {
 
 async fn volume(client: &Client, fmt: Format, cmd: &VolumeCommand) -> anyhow::Result<i32> {
     match cmd {
-        VolumeCommand::Create { name, size } => {
-            let reply = client
-                .call("volume", "create", &json!({ "name": name, "size": size }))
-                .await?;
+        VolumeCommand::Create {
+            name,
+            size,
+            compress,
+            encrypt,
+        } => {
+            let mut body = json!({ "name": name, "size": size, "encrypt": encrypt });
+            if let Some(c) = compress {
+                body["compress"] = json!(c);
+            }
+            let reply = client.call("volume", "create", &body).await?;
             output::print(fmt, &reply, |r| {
                 vec![vec![format!(
                     "volume {} created ({})",
@@ -230,6 +255,39 @@ async fn volume(client: &Client, fmt: Format, cmd: &VolumeCommand) -> anyhow::Re
                     output::cell(&r["size"])
                 )]]
             });
+        }
+        VolumeCommand::Clone { source, target } => {
+            let Some((name, snapshot)) = source.split_once('@') else {
+                anyhow::bail!("the source must be V@S (a snapshot), not {source:?}");
+            };
+            let body = json!({ "name": name, "snapshot": snapshot, "target": target });
+            let reply = client.call("volume", "clone", &body).await?;
+            output::print(fmt, &reply, |_| {
+                vec![vec![format!("volume {target} cloned from {source}")]]
+            });
+        }
+        VolumeCommand::Rollback { name, snapshot } => {
+            let body = json!({ "name": name, "snapshot": snapshot });
+            let reply = client.call("volume", "rollback", &body).await?;
+            output::print(fmt, &reply, |_| {
+                vec![vec![format!(
+                    "volume {name} rolled back to {name}@{snapshot}"
+                )]]
+            });
+        }
+        VolumeCommand::Diff { from, to } => {
+            let reply = client
+                .call("volume", "diff", &json!({ "from": from, "to": to }))
+                .await?;
+            output::print(fmt, &reply, output::diff_rows);
+        }
+        VolumeCommand::Scrub { name } => {
+            let reply = client
+                .call("volume", "scrub", &json!({ "name": name }))
+                .await?;
+            output::print(fmt, &reply, output::scrub_rows);
+            let bad = reply["bad_blocks"].as_array().map_or(0, Vec::len);
+            return Ok(if bad == 0 { 0 } else { 1 });
         }
         VolumeCommand::List => {
             let reply = client.call("volume", "list", &json!({})).await?;

@@ -67,6 +67,7 @@ pub fn volume_rows(volumes: &[Value]) -> Vec<Vec<String>> {
         "SIZE".into(),
         "ALLOCATED".into(),
         "SNAPSHOTS".into(),
+        "OPTIONS".into(),
         "CREATED".into(),
     ]];
     for v in volumes {
@@ -75,11 +76,22 @@ pub fn volume_rows(volumes: &[Value]) -> Vec<Vec<String>> {
             .map(cairn_schema::names::format_size)
             .unwrap_or("-".into());
         let snaps = v["snapshots"].as_array().map(|s| s.len()).unwrap_or(0);
+        let mut options = vec![];
+        if let Some(c) = v["compression"].as_str() {
+            options.push(c.to_owned());
+        }
+        if v["encrypted"] == Value::Bool(true) {
+            options.push("encrypted".into());
+        }
+        if let Some(o) = v["origin"].as_str() {
+            options.push(format!("clone of {o}"));
+        }
         rows.push(vec![
             cell(&v["name"]),
             cell(&v["size"]),
             allocated,
             snaps.to_string(),
+            options.join(","),
             cell(&v["created"]),
         ]);
     }
@@ -91,19 +103,61 @@ pub fn snapshot_rows(snapshots: &Value) -> Vec<Vec<String>> {
         "NAME".into(),
         "CREATED".into(),
         "ALLOCATED".into(),
+        "EXCLUSIVE".into(),
         "SEQ".into(),
     ]];
-    for s in snapshots.as_array().into_iter().flatten() {
-        let allocated = s["allocated_bytes"]
-            .as_u64()
+    let size = |v: &Value| {
+        v.as_u64()
             .map(cairn_schema::names::format_size)
-            .unwrap_or("-".into());
+            .unwrap_or("-".into())
+    };
+    for s in snapshots.as_array().into_iter().flatten() {
         rows.push(vec![
             cell(&s["name"]),
             cell(&s["created"]),
-            allocated,
+            size(&s["allocated_bytes"]),
+            size(&s["exclusive_bytes"]),
             cell(&s["seq"]),
         ]);
+    }
+    rows
+}
+
+/// `volume diff`: one row per changed range.
+pub fn diff_rows(reply: &Value) -> Vec<Vec<String>> {
+    let mut rows = vec![vec!["OFFSET".into(), "LENGTH".into()]];
+    for e in reply["extents"].as_array().into_iter().flatten() {
+        rows.push(vec![cell(&e["offset"]), cell(&e["len"])]);
+    }
+    rows.push(vec![format!(
+        "{} changed in {} ranges",
+        reply["changed_bytes"]
+            .as_u64()
+            .map(cairn_schema::names::format_size)
+            .unwrap_or_default(),
+        rows.len() - 1
+    )]);
+    rows
+}
+
+/// `volume scrub`: a summary line, then one row per bad block.
+pub fn scrub_rows(reply: &Value) -> Vec<Vec<String>> {
+    let bad = reply["bad_blocks"].as_array().cloned().unwrap_or_default();
+    let mut rows = vec![vec![format!(
+        "{}: {} blocks checked, {} bad",
+        cell(&reply["volume"]),
+        cell(&reply["checked_blocks"]),
+        bad.len()
+    )]];
+    if !bad.is_empty() {
+        rows.push(vec!["IMAGE".into(), "OFFSET".into(), "REASON".into()]);
+        for b in &bad {
+            rows.push(vec![
+                cell(&b["image"]),
+                cell(&b["offset"]),
+                cell(&b["reason"]),
+            ]);
+        }
     }
     rows
 }

@@ -21,6 +21,9 @@ pub struct UpArgs {
     /// Never spawn nats-server; use the in-process bus (only this process can send commands).
     #[arg(long, conflicts_with = "url")]
     pub in_process_bus: bool,
+    /// Master key for `volume create --encrypt`: a file of 32 raw bytes or 64 hex digits.
+    #[arg(long, env = "CAIRN_KEY_FILE")]
+    pub key_file: Option<PathBuf>,
 }
 
 pub fn cluster_config(data_dir: PathBuf, bus: BusChoice, nbd: Option<ListenAddr>) -> Config {
@@ -28,6 +31,7 @@ pub fn cluster_config(data_dir: PathBuf, bus: BusChoice, nbd: Option<ListenAddr>
         data_dir,
         bus,
         nbd,
+        key_file: None,
         limits: cairn_actors::Limits::default(),
     }
 }
@@ -44,7 +48,9 @@ pub async fn run(cli: &Cli, args: &UpArgs) -> anyhow::Result<i32> {
         (None, true) => BusChoice::Local,
         (None, false) => BusChoice::Auto,
     };
-    let cluster = Cluster::start(cluster_config(args.data_dir.clone(), bus, Some(nbd)))
+    let mut config = cluster_config(args.data_dir.clone(), bus, Some(nbd));
+    config.key_file = args.key_file.clone();
+    let cluster = Cluster::start(config)
         .await
         .with_context(|| format!("starting cairn in {}", args.data_dir.display()))?;
     let url = cluster.nats_url.clone().or(cli.nats.url.clone());

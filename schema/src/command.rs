@@ -3,7 +3,11 @@
 //!
 //! | subject suffix | body | meaning |
 //! |---|---|---|
-//! | `volume.create` | `{"name","size"}` (size: bytes or `"10G"`) | create a thin volume |
+//! | `volume.create` | `{"name","size","compress"?,"encrypt"?}` (size: bytes or `"10G"`; compress: `lz4` (default), `zstd`, `none`) | create a thin volume |
+//! | `volume.clone` | `{"name","snapshot","target"}` | new volume `target` sharing `name@snapshot` |
+//! | `volume.rollback` | `{"name","snapshot"}` | make `name` read as `name@snapshot` again |
+//! | `volume.diff` | `{"from","to"}` (`v`, `v@s`) | changed byte ranges |
+//! | `volume.scrub` | `{"name"}` | verify every block; report bad ones |
 //! | `volume.delete` | `{"name"}` | delete a volume and its snapshots |
 //! | `volume.snapshot` | `{"name","snapshot"}` | freeze `name@snapshot` |
 //! | `volume.snapshot-delete` | `{"name","snapshot"}` | delete one snapshot |
@@ -25,10 +29,33 @@ pub const MAX_EVENTS_PAGE: u32 = 10_000;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum VolumeCommand {
-    Create { name: String, size_bytes: u64 },
-    Delete { name: String },
-    Snapshot { name: String, snapshot: String },
-    DeleteSnapshot { name: String, snapshot: String },
+    Create {
+        name: String,
+        size_bytes: u64,
+        compression: String,
+        encrypted: bool,
+    },
+    Delete {
+        name: String,
+    },
+    /// Creates `target` from `name@snapshot`, sharing every block.
+    Clone {
+        name: String,
+        snapshot: String,
+        target: String,
+    },
+    Rollback {
+        name: String,
+        snapshot: String,
+    },
+    Snapshot {
+        name: String,
+        snapshot: String,
+    },
+    DeleteSnapshot {
+        name: String,
+        snapshot: String,
+    },
 }
 
 impl VolumeCommand {
@@ -36,8 +63,11 @@ impl VolumeCommand {
         match self {
             VolumeCommand::Create { name, .. }
             | VolumeCommand::Delete { name }
+            | VolumeCommand::Rollback { name, .. }
             | VolumeCommand::Snapshot { name, .. }
             | VolumeCommand::DeleteSnapshot { name, .. } => name,
+            // A clone is a fact about the new volume.
+            VolumeCommand::Clone { target, .. } => target,
         }
     }
 }
@@ -47,6 +77,8 @@ pub enum Query {
     VolumeList,
     VolumeShow { name: String },
     VolumeSnapshots { name: String },
+    VolumeDiff { from: String, to: String },
+    VolumeScrub { name: String },
     EventsList(EventsFilter),
     EventsVerify,
     Ping,
@@ -105,6 +137,36 @@ struct NameBody {
 struct CreateBody {
     name: String,
     size: SizeField,
+    #[serde(default)]
+    compress: Option<String>,
+    #[serde(default)]
+    encrypt: bool,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CloneBody {
+    name: String,
+    snapshot: String,
+    target: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DiffBody {
+    from: String,
+    to: String,
+}
+
+/// Checks `v` or `v@s`.
+fn check_image(image: &str) -> Result<(), ApiError> {
+    match image.split_once('@') {
+        Some((v, s)) => {
+            check_volume_name(v)?;
+            check_label("snapshot", s)
+        }
+        None => check_volume_name(image),
+    }
 }
 
 #[derive(Deserialize)]
@@ -149,22 +211,60 @@ impl Command {
                 if size_bytes == 0 {
                     return Err(ApiError::invalid("size must be greater than zero"));
                 }
+                let compression = b.compress.unwrap_or_else(|| "lz4".to_owned());
+                if !matches!(compression.as_str(), "lz4" | "zstd" | "none") {
+                    return Err(ApiError::invalid(format!(
+                        "compress must be lz4, zstd or none, not {compression:?}"
+                    )));
+                }
                 Command::Volume(VolumeCommand::Create {
                     name: b.name,
                     size_bytes,
+                    compression,
+                    encrypted: b.encrypt,
                 })
+            }
+            ("volume", "clone") => {
+                let b: CloneBody = body(bytes)?;
+                check_volume_name(&b.name)?;
+                check_label("snapshot", &b.snapshot)?;
+                check_volume_name(&b.target)?;
+                Command::Volume(VolumeCommand::Clone {
+                    name: b.name,
+                    snapshot: b.snapshot,
+                    target: b.target,
+                })
+            }
+            ("volume", "diff") => {
+                let b: DiffBody = body(bytes)?;
+                check_image(&b.from)?;
+                check_image(&b.to)?;
+                Command::Query(Query::VolumeDiff {
+                    from: b.from,
+                    to: b.to,
+                })
+            }
+            ("volume", "scrub") => {
+                let b: NameBody = body(bytes)?;
+                check_volume_name(&b.name)?;
+                Command::Query(Query::VolumeScrub { name: b.name })
             }
             ("volume", "delete") => {
                 let b: NameBody = body(bytes)?;
                 check_volume_name(&b.name)?;
                 Command::Volume(VolumeCommand::Delete { name: b.name })
             }
-            ("volume", "snapshot") | ("volume", "snapshot-delete") => {
+            ("volume", "snapshot") | ("volume", "snapshot-delete") | ("volume", "rollback") => {
                 let b: SnapshotBody = body(bytes)?;
                 check_volume_name(&b.name)?;
                 check_label("snapshot", &b.snapshot)?;
                 Command::Volume(if verb == "snapshot" {
                     VolumeCommand::Snapshot {
+                        name: b.name,
+                        snapshot: b.snapshot,
+                    }
+                } else if verb == "rollback" {
+                    VolumeCommand::Rollback {
                         name: b.name,
                         snapshot: b.snapshot,
                     }
@@ -217,20 +317,24 @@ mod tests {
             c,
             Command::Volume(VolumeCommand::Create {
                 name: "v1".into(),
-                size_bytes: 1 << 30
+                size_bytes: 1 << 30,
+                compression: "lz4".into(),
+                encrypted: false,
             })
         );
         let c = Command::parse(
             "volume",
             "create",
-            br#"{"name":"shop/data-db-0","size":4096}"#,
+            br#"{"name":"shop/data-db-0","size":4096,"compress":"zstd","encrypt":true}"#,
         )
         .unwrap();
         assert_eq!(
             c,
             Command::Volume(VolumeCommand::Create {
                 name: "shop/data-db-0".into(),
-                size_bytes: 4096
+                size_bytes: 4096,
+                compression: "zstd".into(),
+                encrypted: true,
             })
         );
     }
@@ -255,6 +359,22 @@ mod tests {
             ErrorCode::InvalidArgument
         );
         assert_eq!(code("volume", "explode", b"{}"), ErrorCode::UnknownCommand);
+        assert_eq!(
+            code(
+                "volume",
+                "create",
+                br#"{"name":"v","size":"1G","compress":"gzip"}"#
+            ),
+            ErrorCode::InvalidArgument
+        );
+        assert_eq!(
+            code("volume", "diff", br#"{"from":"v@BAD","to":"v"}"#),
+            ErrorCode::InvalidArgument
+        );
+        assert_eq!(
+            code("volume", "clone", br#"{"name":"v","snapshot":"s"}"#),
+            ErrorCode::InvalidArgument
+        );
         assert_eq!(code("nope", "list", b"{}"), ErrorCode::UnknownCommand);
     }
 

@@ -8,11 +8,52 @@
 
 use serde::{Deserialize, Serialize};
 
-/// A volume came into being. *Since v0.1.*
+/// A volume came into being, with its block-engine settings. *Since v0.2
+/// (tag 5); tag 1 events of v0.1 are upcast to it on decode.*
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VolumeCreated {
     pub volume: String,
     pub size_bytes: u64,
+    /// `lz4`, `zstd` or `none`.
+    pub compression: String,
+    pub encrypted: bool,
+}
+
+/// Version 1 of [`VolumeCreated`] (tag 1, retired for writing in v0.2).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VolumeCreatedV1 {
+    pub volume: String,
+    pub size_bytes: u64,
+}
+
+impl From<VolumeCreatedV1> for VolumeCreated {
+    fn from(v1: VolumeCreatedV1) -> VolumeCreated {
+        // v0.1 volumes were uncompressed sparse files; the v0.2 engine
+        // compresses with lz4 by default, which is what they get on upgrade.
+        VolumeCreated {
+            volume: v1.volume,
+            size_bytes: v1.size_bytes,
+            compression: "lz4".to_owned(),
+            encrypted: false,
+        }
+    }
+}
+
+/// A volume was created from a snapshot of another, sharing its blocks.
+/// *Since v0.2.*
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VolumeCloned {
+    pub volume: String,
+    pub source: String,
+    pub snapshot: String,
+    pub size_bytes: u64,
+}
+
+/// A volume was made to read as one of its snapshots again. *Since v0.2.*
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VolumeRolledBack {
+    pub volume: String,
+    pub snapshot: String,
 }
 
 /// A volume and all its snapshots were removed. *Since v0.1.*
@@ -72,7 +113,11 @@ macro_rules! events {
                 bytes.expect("events always encode")
             }
 
+            /// Decodes a stored payload, upcasting retired versions.
             pub fn decode(tag: u16, payload: &[u8]) -> Result<Event, CodecError> {
+                if let Some(event) = upcast(tag, payload)? {
+                    return Ok(event);
+                }
                 match tag {
                     $( $tag => postcard::from_bytes(payload)
                         .map(Event::$variant)
@@ -87,12 +132,28 @@ macro_rules! events {
     };
 }
 
-// Append-only. Never renumber, never reuse a retired tag.
+// Append-only. Never renumber, never reuse a retired tag (see RETIRED_TAGS).
 events! {
-    1 => VolumeCreated,
     2 => VolumeDeleted,
     3 => VolumeSnapshotted,
     4 => SnapshotDeleted,
+    5 => VolumeCreated,
+    6 => VolumeCloned,
+    7 => VolumeRolledBack,
+}
+
+/// Tags no longer written, still decoded through [`upcast`].
+pub const RETIRED_TAGS: &[(u16, &str)] = &[(1, "VolumeCreatedV1")];
+
+/// Decodes a retired tag into the current event, or None for live tags.
+fn upcast(tag: u16, payload: &[u8]) -> Result<Option<Event>, CodecError> {
+    let event = match tag {
+        1 => postcard::from_bytes::<VolumeCreatedV1>(payload)
+            .map(|v1| Event::VolumeCreated(v1.into()))
+            .map_err(|source| CodecError::Payload { tag, source })?,
+        _ => return Ok(None),
+    };
+    Ok(Some(event))
 }
 
 impl Event {
@@ -102,7 +163,11 @@ impl Event {
             Event::VolumeCreated(VolumeCreated { volume, .. })
             | Event::VolumeDeleted(VolumeDeleted { volume })
             | Event::VolumeSnapshotted(VolumeSnapshotted { volume, .. })
-            | Event::SnapshotDeleted(SnapshotDeleted { volume, .. }) => format!("volume/{volume}"),
+            | Event::SnapshotDeleted(SnapshotDeleted { volume, .. })
+            | Event::VolumeCloned(VolumeCloned { volume, .. })
+            | Event::VolumeRolledBack(VolumeRolledBack { volume, .. }) => {
+                format!("volume/{volume}")
+            }
         }
     }
 }
@@ -113,10 +178,14 @@ mod tests {
 
     #[test]
     fn tags_are_unique() {
-        let mut tags: Vec<u16> = Event::TAGS.iter().map(|(t, _)| *t).collect();
+        let mut tags: Vec<u16> = Event::TAGS
+            .iter()
+            .chain(RETIRED_TAGS)
+            .map(|(t, _)| *t)
+            .collect();
         tags.sort();
         tags.dedup();
-        assert_eq!(tags.len(), Event::TAGS.len());
+        assert_eq!(tags.len(), Event::TAGS.len() + RETIRED_TAGS.len());
     }
 
     #[test]
@@ -130,8 +199,30 @@ mod tests {
             Event::decode(999, &e.encode()),
             Err(CodecError::UnknownTag(999))
         ));
-        assert!(Event::decode(1, &[0xff]).is_err());
+        assert!(Event::decode(5, &[0xff]).is_err());
         let json = serde_json::to_value(&e).unwrap();
         assert_eq!(json["kind"], "VolumeSnapshotted");
+    }
+
+    /// A v0.1 `VolumeCreated` (tag 1), as journals of that version hold it:
+    /// checked-in bytes, so a change to the upcast path cannot go unnoticed.
+    #[test]
+    fn golden_v1_volume_created_upcasts() {
+        let golden = include_str!("../tests/golden/event-1-VolumeCreatedV1.hex").trim();
+        let bytes: Vec<u8> = (0..golden.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&golden[i..i + 2], 16).unwrap())
+            .collect();
+        let event = Event::decode(1, &bytes).unwrap();
+        assert_eq!(
+            event,
+            Event::VolumeCreated(VolumeCreated {
+                volume: "db".into(),
+                size_bytes: 1 << 30,
+                compression: "lz4".into(),
+                encrypted: false,
+            })
+        );
+        assert_eq!(event.tag(), 5);
     }
 }

@@ -179,6 +179,8 @@ mod tests {
                 let e = Event::VolumeCreated(VolumeCreated {
                     volume: format!("v{seq}"),
                     size_bytes: seq,
+                    compression: "lz4".into(),
+                    encrypted: false,
                 });
                 let r = EventRecord::seal(seq, 1000 * seq, "default", "req", "cli", &e, prev);
                 prev = r.hash;

@@ -5,7 +5,10 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::event::{SnapshotDeleted, VolumeCreated, VolumeDeleted, VolumeSnapshotted};
+use crate::event::{
+    SnapshotDeleted, VolumeCloned, VolumeCreated, VolumeDeleted, VolumeRolledBack,
+    VolumeSnapshotted,
+};
 use crate::{ApiError, ErrorCode, Event, VolumeCommand};
 
 /// What the journal says about one volume.
@@ -16,6 +19,12 @@ pub struct VolumeState {
     /// Seq of the event that created it; 0 while the volume does not exist.
     pub created_seq: u64,
     pub created_ms: u64,
+    pub compression: String,
+    pub encrypted: bool,
+    /// `volume@snapshot` this volume was cloned from.
+    pub origin: Option<String>,
+    /// The snapshot of the last rollback, if any.
+    pub rolled_back_to: Option<String>,
     pub snapshots: BTreeMap<String, SnapshotMeta>,
 }
 
@@ -33,14 +42,39 @@ impl VolumeState {
     /// Folds one event (recorded at `seq`, `time_ms`) into the state.
     pub fn apply(&mut self, seq: u64, time_ms: u64, event: &Event) {
         match event {
-            Event::VolumeCreated(VolumeCreated { volume, size_bytes }) => {
+            Event::VolumeCreated(VolumeCreated {
+                volume,
+                size_bytes,
+                compression,
+                encrypted,
+            }) => {
                 *self = VolumeState {
                     name: volume.clone(),
                     size_bytes: *size_bytes,
                     created_seq: seq,
                     created_ms: time_ms,
-                    snapshots: BTreeMap::new(),
+                    compression: compression.clone(),
+                    encrypted: *encrypted,
+                    ..VolumeState::default()
                 };
+            }
+            Event::VolumeCloned(VolumeCloned {
+                volume,
+                source,
+                snapshot,
+                size_bytes,
+            }) => {
+                *self = VolumeState {
+                    name: volume.clone(),
+                    size_bytes: *size_bytes,
+                    created_seq: seq,
+                    created_ms: time_ms,
+                    origin: Some(format!("{source}@{snapshot}")),
+                    ..VolumeState::default()
+                };
+            }
+            Event::VolumeRolledBack(VolumeRolledBack { snapshot, .. }) => {
+                self.rolled_back_to = Some(snapshot.clone());
             }
             Event::VolumeDeleted(VolumeDeleted { .. }) => *self = VolumeState::default(),
             Event::VolumeSnapshotted(VolumeSnapshotted { snapshot, .. }) => {
@@ -62,7 +96,12 @@ impl VolumeState {
     pub fn decide(&self, command: &VolumeCommand) -> Result<Vec<Event>, ApiError> {
         let missing = |name: &str| ApiError::not_found(format!("volume {name:?} does not exist"));
         match command {
-            VolumeCommand::Create { name, size_bytes } => {
+            VolumeCommand::Create {
+                name,
+                size_bytes,
+                compression,
+                encrypted,
+            } => {
                 if self.exists() {
                     return Err(ApiError::new(
                         ErrorCode::AlreadyExists,
@@ -72,6 +111,8 @@ impl VolumeState {
                 Ok(vec![Event::VolumeCreated(VolumeCreated {
                     volume: name.clone(),
                     size_bytes: *size_bytes,
+                    compression: compression.clone(),
+                    encrypted: *encrypted,
                 })])
             }
             VolumeCommand::Delete { name } => {
@@ -111,7 +152,63 @@ impl VolumeState {
                     snapshot: snapshot.clone(),
                 })])
             }
+            VolumeCommand::Rollback { name, snapshot } => {
+                if !self.exists() {
+                    return Err(missing(name));
+                }
+                if !self.snapshots.contains_key(snapshot) {
+                    return Err(ApiError::not_found(format!(
+                        "snapshot {name}@{snapshot} does not exist"
+                    )));
+                }
+                Ok(vec![Event::VolumeRolledBack(VolumeRolledBack {
+                    volume: name.clone(),
+                    snapshot: snapshot.clone(),
+                })])
+            }
+            VolumeCommand::Clone { .. } => Err(ApiError::new(
+                ErrorCode::Internal,
+                "a clone is decided with its source: use decide_clone",
+            )),
         }
+    }
+
+    /// Decides a clone into this (target) volume from `source`'s snapshot.
+    pub fn decide_clone(
+        &self,
+        command: &VolumeCommand,
+        source: &VolumeState,
+    ) -> Result<Vec<Event>, ApiError> {
+        let VolumeCommand::Clone {
+            name,
+            snapshot,
+            target,
+        } = command
+        else {
+            return self.decide(command);
+        };
+        if !source.exists() {
+            return Err(ApiError::not_found(format!(
+                "volume {name:?} does not exist"
+            )));
+        }
+        if !source.snapshots.contains_key(snapshot) {
+            return Err(ApiError::not_found(format!(
+                "snapshot {name}@{snapshot} does not exist"
+            )));
+        }
+        if self.exists() {
+            return Err(ApiError::new(
+                ErrorCode::AlreadyExists,
+                format!("volume {target:?} already exists"),
+            ));
+        }
+        Ok(vec![Event::VolumeCloned(VolumeCloned {
+            volume: target.clone(),
+            source: name.clone(),
+            snapshot: snapshot.clone(),
+            size_bytes: source.size_bytes,
+        })])
     }
 }
 
@@ -144,6 +241,8 @@ mod tests {
             VolumeCommand::Create {
                 name: "v1".into(),
                 size_bytes: 1 << 30,
+                compression: "lz4".into(),
+                encrypted: false,
             },
         )
         .unwrap();
@@ -153,6 +252,8 @@ mod tests {
             VolumeCommand::Create {
                 name: "v1".into(),
                 size_bytes: 1,
+                compression: "lz4".into(),
+                encrypted: false,
             },
         );
         assert_eq!(again.unwrap_err().code, ErrorCode::AlreadyExists);
@@ -162,6 +263,30 @@ mod tests {
             ErrorCode::AlreadyExists
         );
         assert_eq!(s.snapshots.keys().collect::<Vec<_>>(), ["s1"]);
+        let clone = VolumeCommand::Clone {
+            name: "v1".into(),
+            snapshot: "s1".into(),
+            target: "c1".into(),
+        };
+        let mut c = VolumeState::default();
+        let events = c.decide_clone(&clone, &s).unwrap();
+        c.apply(99, 990, &events[0]);
+        assert_eq!(c.origin.as_deref(), Some("v1@s1"));
+        assert_eq!(c.size_bytes, 1 << 30);
+        assert_eq!(
+            c.decide_clone(&clone, &s).unwrap_err().code,
+            ErrorCode::AlreadyExists
+        );
+        let rollback = |snap: &str| VolumeCommand::Rollback {
+            name: "v1".into(),
+            snapshot: snap.into(),
+        };
+        assert_eq!(
+            run(&mut s, &mut seq, rollback("nope")).unwrap_err().code,
+            ErrorCode::NotFound
+        );
+        run(&mut s, &mut seq, rollback("s1")).unwrap();
+        assert_eq!(s.rolled_back_to.as_deref(), Some("s1"));
         run(
             &mut s,
             &mut seq,
