@@ -1,5 +1,6 @@
 //! Cairn's block engine: a pool of thin volumes with snapshots, and the
-//! front-ends that serve them to real clients (NBD today, FUSE later).
+//! front-ends that serve them to real clients: NBD ([`nbd`]) and a FUSE
+//! mount with one file per export ([`fuse`]).
 //!
 //! # Boundaries
 //! This crate knows nothing of apps, actors, tenants or NATS. Callers name
@@ -14,6 +15,7 @@
 
 mod device;
 mod error;
+pub mod fuse;
 pub mod nbd;
 mod pool;
 
