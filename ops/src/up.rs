@@ -18,6 +18,10 @@ pub struct UpArgs {
     /// NBD listen address: `unix:PATH` or `HOST:PORT` (default: unix socket in the data dir).
     #[arg(long)]
     pub nbd: Option<String>,
+    /// Mount a FUSE filesystem on DIR (created if missing): one file per
+    /// volume (`DIR/V`, `DIR/APP/PVC`) and per snapshot (`DIR/V@S`, read-only).
+    #[arg(long, value_name = "DIR")]
+    pub fuse: Option<PathBuf>,
     /// Never spawn nats-server; use the in-process bus (only this process can send commands).
     #[arg(long, conflicts_with = "url")]
     pub in_process_bus: bool,
@@ -28,6 +32,7 @@ pub fn cluster_config(data_dir: PathBuf, bus: BusChoice, nbd: Option<ListenAddr>
         data_dir,
         bus,
         nbd,
+        fuse: None,
         limits: cairn_actors::Limits::default(),
     }
 }
@@ -44,7 +49,9 @@ pub async fn run(cli: &Cli, args: &UpArgs) -> anyhow::Result<i32> {
         (None, true) => BusChoice::Local,
         (None, false) => BusChoice::Auto,
     };
-    let cluster = Cluster::start(cluster_config(args.data_dir.clone(), bus, Some(nbd)))
+    let mut config = cluster_config(args.data_dir.clone(), bus, Some(nbd));
+    config.fuse = args.fuse.clone();
+    let cluster = Cluster::start(config)
         .await
         .with_context(|| format!("starting cairn in {}", args.data_dir.display()))?;
     let url = cluster.nats_url.clone().or(cli.nats.url.clone());
@@ -65,7 +72,19 @@ pub async fn run(cli: &Cli, args: &UpArgs) -> anyhow::Result<i32> {
         ),
     }
     println!("  nbd:      {nbd_addr}   e.g. qemu-io -f raw 'nbd+unix:///VOLUME?socket=PATH'");
-    let info = serde_json::json!({ "nats_url": url, "nbd": nbd_addr, "pid": std::process::id() });
+    if let Some(dir) = &cluster.fuse_dir {
+        println!(
+            "  fuse:     {}   e.g. losetup -f --show {}/VOLUME",
+            dir.display(),
+            dir.display()
+        );
+    }
+    let info = serde_json::json!({
+        "nats_url": url,
+        "nbd": nbd_addr,
+        "fuse": cluster.fuse_dir,
+        "pid": std::process::id(),
+    });
     std::fs::write(
         args.data_dir.join("cluster.json"),
         serde_json::to_vec_pretty(&info)?,
