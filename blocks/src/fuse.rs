@@ -114,7 +114,6 @@ pub fn mount_with(dir: &Path, exports: Arc<dyn Exports>, limits: Limits) -> io::
     let mut config = fuser::Config::default();
     config.mount_options = vec![
         MountOption::FSName("cairn".into()),
-        MountOption::Subtype("cairn".into()),
         MountOption::NoDev,
         MountOption::NoSuid,
         MountOption::NoAtime,
@@ -332,6 +331,10 @@ impl Inodes {
 // The filesystem
 // ---------------------------------------------------------------------------
 
+/// A directory's entries as of `opendir`: (inode, kind, name), `.` and `..`
+/// first. A readdir offset is an index into it.
+type Listing = Vec<(u64, Kind, String)>;
+
 struct OpenFile {
     device: Arc<dyn Device>,
     /// Set by a write, cleared by a flush: `close` and `release` flush only
@@ -344,7 +347,7 @@ struct CairnFs {
     limits: Limits,
     inodes: Mutex<Inodes>,
     files: Mutex<HashMap<u64, Arc<OpenFile>>>,
-    dirs: Mutex<HashMap<u64, Arc<Vec<(u64, Kind, String)>>>>,
+    dirs: Mutex<HashMap<u64, Arc<Listing>>>,
     next_handle: AtomicU64,
     mounted_at: SystemTime,
     uid: u32,
@@ -473,7 +476,7 @@ impl CairnFs {
             return Err(Errno::ENOTDIR);
         }
         let listing = children(&self.exports.export_names(), &dir.path);
-        let mut entries = vec![
+        let mut entries: Listing = vec![
             (ino.0, Kind::Dir, ".".to_owned()),
             (dir.parent, Kind::Dir, "..".to_owned()),
         ];
@@ -561,11 +564,10 @@ impl CairnFs {
     /// for fsync).
     fn flush_inner(&self, fh: FileHandle, always: bool) -> Result<(), Errno> {
         let file = self.open_file(fh)?;
-        if file.dirty.swap(false, Ordering::AcqRel) || (always && !file.device.read_only()) {
-            if let Err(e) = file.device.flush() {
-                file.dirty.store(true, Ordering::Release);
-                return Err(engine_error("flush", &e));
-            }
+        let due = file.dirty.swap(false, Ordering::AcqRel) || (always && !file.device.read_only());
+        if due && let Err(e) = file.device.flush() {
+            file.dirty.store(true, Ordering::Release);
+            return Err(engine_error("flush", &e));
         }
         Ok(())
     }
