@@ -1,5 +1,5 @@
 //! Wires one all-in-one Cairn process: bus, journal, block pool, actors,
-//! gateway and NBD server. Used by `cairn up` and `cairn demo`.
+//! gateway, NBD server and FUSE mount. Used by `cairn up` and `cairn demo`.
 //!
 //! # Start-up
 //! 1. Take the data dir's lock (one process per data dir).
@@ -8,10 +8,12 @@
 //! 3. Open the journal and replay it into volume states.
 //! 4. Reconcile the block engine with the journal: remove orphans a crash
 //!    left between an effect and its event (see [`crate::volume`]).
-//! 5. Start an actor per volume, the gateway and the NBD server.
+//! 5. Start an actor per volume, the gateway, the NBD server and the FUSE
+//!    mount (when asked for).
 //!
 //! # Shutdown
-//! Stop taking requests, drain those in flight, flush every volume.
+//! Stop taking requests, drain those in flight, unmount FUSE, flush every
+//! volume.
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -19,6 +21,7 @@ use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use cairn_blocks::fuse::{self, FuseHandle};
 use cairn_blocks::nbd::{self, ListenAddr, NbdServerHandle};
 use cairn_blocks::{Pool, PoolOptions};
 use cairn_schema::VolumeState;
@@ -58,6 +61,9 @@ pub enum Error {
         addr: String,
         source: std::io::Error,
     },
+    /// The source's message names the directory.
+    #[error("FUSE: {source}")]
+    Fuse { source: std::io::Error },
 }
 
 /// How to reach the bus.
@@ -78,6 +84,8 @@ pub struct Config {
     pub nbd: Option<ListenAddr>,
     /// Master key for `--encrypt` volumes: 32 raw bytes or 64 hex digits.
     pub key_file: Option<PathBuf>,
+    /// Mount a FUSE filesystem here: one file per volume and snapshot.
+    pub fuse: Option<PathBuf>,
     pub limits: Limits,
 }
 
@@ -111,11 +119,14 @@ pub struct Cluster {
     pub services: Services,
     pub registry: Arc<Registry>,
     pub nbd_addr: Option<ListenAddr>,
+    /// The FUSE mountpoint (canonical), when one was asked for.
+    pub fuse_dir: Option<PathBuf>,
     /// Set when this process spawned its own nats-server.
     pub nats_url: Option<String>,
     shutdown: watch::Sender<bool>,
     gateway: Option<tokio::task::JoinHandle<()>>,
     nbd: Option<NbdServerHandle>,
+    fuse: Option<FuseHandle>,
     _nats_server: Option<NatsServer>,
     _lock: File,
 }
@@ -271,6 +282,13 @@ impl Cluster {
             ),
         };
 
+        let fuse = match &config.fuse {
+            None => None,
+            Some(dir) => {
+                Some(fuse::mount(dir, pool.clone()).map_err(|source| Error::Fuse { source })?)
+            }
+        };
+
         let (shutdown, shutdown_rx) = watch::channel(false);
         let gateway = Arc::new(Gateway {
             services: services.clone(),
@@ -290,14 +308,17 @@ impl Cluster {
 
         let nbd_addr = nbd.as_ref().map(|h| h.local_addr());
         let nats_url = nats_server.as_ref().map(|s| s.url.clone());
+        let fuse_dir = fuse.as_ref().map(|h| h.mountpoint().to_owned());
         Ok(Cluster {
             services,
             registry,
             nbd_addr,
+            fuse_dir,
             nats_url,
             shutdown,
             gateway: Some(task),
             nbd,
+            fuse,
             _nats_server: nats_server,
             _lock: lock,
         })
@@ -319,6 +340,11 @@ impl Cluster {
         }
         if let Some(nbd) = self.nbd.take() {
             nbd.shutdown();
+        }
+        if let Some(fuse) = self.fuse.take()
+            && let Err(e) = fuse.unmount()
+        {
+            tracing::error!(error = %e, "FUSE unmount at shutdown failed");
         }
         // A final checkpoint: the next start replays nothing.
         if let Err(e) = self.services.pool.close() {

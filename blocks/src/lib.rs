@@ -1,6 +1,7 @@
 //! Cairn's block engine: a log-structured pool of thin volumes with O(1)
 //! snapshots, clones and rollbacks, and the front-ends that serve them to
-//! real clients (NBD, FUSE).
+//! real clients: NBD ([`nbd`]) and a FUSE mount with one file per export
+//! ([`fuse`]).
 //!
 //! # Boundaries
 //! This crate knows nothing of apps, actors, tenants or NATS. Callers name
@@ -20,6 +21,7 @@
 mod checkpoint;
 mod device;
 mod error;
+pub mod fuse;
 mod gc;
 pub mod nbd;
 pub mod pool;

@@ -1,10 +1,12 @@
 //! Test harness for end-to-end tests: builds the `cairn` binary, starts a
 //! private nats-server per test on a free loopback port, runs `cairn up` as a
-//! child process, drives it with the CLI, a raw NATS client and real NBD
-//! clients (qemu-io), and kills it with SIGKILL when asked.
+//! child process (optionally with extra `up` arguments such as `--fuse DIR`),
+//! drives it with the CLI, a raw NATS client and real NBD clients (qemu-io),
+//! and kills it with SIGKILL when asked.
 //!
 //! Every server a test starts is stopped when its guard drops.
 
+use std::ffi::OsStr;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
@@ -75,6 +77,12 @@ pub struct Node {
 
 impl Node {
     pub fn start(data_dir: &Path, nats_url: &str) -> Node {
+        Node::start_with(data_dir, nats_url, &[])
+    }
+
+    /// Like [`Node::start`], with extra `cairn up` arguments, e.g.
+    /// `["--fuse", DIR]`.
+    pub fn start_with(data_dir: &Path, nats_url: &str, up_args: &[&OsStr]) -> Node {
         let nbd_socket = data_dir.join("nbd.sock");
         std::fs::create_dir_all(data_dir).unwrap();
         let log = std::fs::OpenOptions::new()
@@ -87,6 +95,7 @@ impl Node {
             .arg(data_dir)
             .arg("--nbd")
             .arg(format!("unix:{}", nbd_socket.display()))
+            .args(up_args)
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)

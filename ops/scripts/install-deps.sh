@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs the system packages Cairn's tests and benchmarks use, only where
-# missing: nats-server, fio, qemu-utils, libnbd-bin, fuse3. Safe to rerun.
+# missing: nats-server, fio, qemu-utils, libnbd-bin, fuse3, e2fsprogs,
+# util-linux and mount (loop devices and ext4 over FUSE). Safe to rerun.
 set -euo pipefail
 
 declare -A packages=(
@@ -11,6 +12,11 @@ declare -A packages=(
   [nbdinfo]=libnbd-bin
   [nbdcopy]=libnbd-bin
   [fusermount3]=fuse3
+  [mkfs.ext4]=e2fsprogs
+  [fsck.ext4]=e2fsprogs
+  [losetup]=util-linux
+  [fsfreeze]=util-linux
+  [mount]=mount
 )
 missing=()
 for tool in "${!packages[@]}"; do
@@ -31,4 +37,4 @@ for component in rustfmt clippy; do
     rustup component add "$component"
   fi
 done
-echo "==> dependencies present: nats-server fio qemu-utils libnbd-bin fuse3"
+echo "==> dependencies present: nats-server fio qemu-utils libnbd-bin fuse3 e2fsprogs util-linux mount"

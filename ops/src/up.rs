@@ -18,6 +18,10 @@ pub struct UpArgs {
     /// NBD listen address: `unix:PATH` or `HOST:PORT` (default: unix socket in the data dir).
     #[arg(long)]
     pub nbd: Option<String>,
+    /// Mount a FUSE filesystem on DIR (created if missing): one file per
+    /// volume (`DIR/V`, `DIR/APP/PVC`) and per snapshot (`DIR/V@S`, read-only).
+    #[arg(long, value_name = "DIR")]
+    pub fuse: Option<PathBuf>,
     /// Never spawn nats-server; use the in-process bus (only this process can send commands).
     #[arg(long, conflicts_with = "url")]
     pub in_process_bus: bool,
@@ -32,6 +36,7 @@ pub fn cluster_config(data_dir: PathBuf, bus: BusChoice, nbd: Option<ListenAddr>
         bus,
         nbd,
         key_file: None,
+        fuse: None,
         limits: cairn_actors::Limits::default(),
     }
 }
@@ -50,6 +55,7 @@ pub async fn run(cli: &Cli, args: &UpArgs) -> anyhow::Result<i32> {
     };
     let mut config = cluster_config(args.data_dir.clone(), bus, Some(nbd));
     config.key_file = args.key_file.clone();
+    config.fuse = args.fuse.clone();
     let cluster = Cluster::start(config)
         .await
         .with_context(|| format!("starting cairn in {}", args.data_dir.display()))?;
@@ -71,7 +77,19 @@ pub async fn run(cli: &Cli, args: &UpArgs) -> anyhow::Result<i32> {
         ),
     }
     println!("  nbd:      {nbd_addr}   e.g. qemu-io -f raw 'nbd+unix:///VOLUME?socket=PATH'");
-    let info = serde_json::json!({ "nats_url": url, "nbd": nbd_addr, "pid": std::process::id() });
+    if let Some(dir) = &cluster.fuse_dir {
+        println!(
+            "  fuse:     {}   e.g. losetup -f --show {}/VOLUME",
+            dir.display(),
+            dir.display()
+        );
+    }
+    let info = serde_json::json!({
+        "nats_url": url,
+        "nbd": nbd_addr,
+        "fuse": cluster.fuse_dir,
+        "pid": std::process::id(),
+    });
     std::fs::write(
         args.data_dir.join("cluster.json"),
         serde_json::to_vec_pretty(&info)?,
