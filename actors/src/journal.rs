@@ -395,6 +395,8 @@ mod tests {
             events: vec![Event::VolumeCreated(VolumeCreated {
                 volume: name.into(),
                 size_bytes: 1,
+                compression: "lz4".into(),
+                encrypted: false,
             })],
             reply: format!("reply-{name}").into_bytes(),
         }
