@@ -255,6 +255,7 @@ pub fn view(state: &VolumeState, engine: Option<&cairn_blocks::VolumeInfo>) -> V
         "size_bytes": state.size_bytes,
         "size": format_size(state.size_bytes),
         "allocated_bytes": engine.map(|i| i.allocated_bytes),
+        "exclusive_bytes": engine.map(|i| i.exclusive_bytes),
         "compression": engine.map(|i| i.compression.as_str()),
         "encrypted": engine.map(|i| i.encrypted),
         "origin": state.origin,

@@ -168,51 +168,41 @@ pub fn volume_info(inner: &Inner, name: &str) -> Result<VolumeInfo> {
             .collect();
         (st.tree.clone(), snaps)
     };
-    // Other images that can share records: this volume's live tree and
-    // snapshots, and volumes related by cloning.
-    let mut family: Vec<Tree> = vec![live.clone()];
+    // Images of related volumes (clone sources and clones) can share
+    // records with this one's.
+    let mut related: Vec<Tree> = vec![];
     for other in inner.all_volumes() {
-        let related = other.id != vol.id
+        let linked = other.id != vol.id
             && (other.origin.as_ref().is_some_and(|(src, _)| *src == vol.id)
                 || vol.origin.as_ref().is_some_and(|(src, _)| *src == other.id));
-        if related {
-            family.extend(trees_of(&other).into_iter().map(|(_, t)| t));
+        if linked {
+            related.extend(trees_of(&other).into_iter().map(|(_, t)| t));
         }
     }
-    let mut infos = vec![];
-    for (i, (sname, created_ms, tree)) in snaps.iter().enumerate() {
-        let others: Vec<&Tree> = family
+    // Image 0 is the live volume, then the snapshots.
+    let images: Vec<&Tree> = std::iter::once(&live)
+        .chain(snaps.iter().map(|s| &s.2))
+        .collect();
+    let exclusive_of = |i: usize| {
+        let others: Vec<&Tree> = images
             .iter()
-            .chain(
-                snaps
-                    .iter()
-                    .enumerate()
-                    .filter(|(j, _)| *j != i)
-                    .map(|(_, s)| &s.2),
-            )
+            .enumerate()
+            .filter(|(j, _)| *j != i)
+            .map(|(_, t)| *t)
+            .chain(related.iter())
             .collect();
-        // Candidates: blocks that differ from the first other image.
-        let mut candidates = vec![];
-        tree.diff(others[0], &mut |b| candidates.push(b));
-        let exclusive: u64 = candidates
-            .into_iter()
-            .map(|b| (b, tree.get(b)))
-            .filter(|(_, e)| e.is_mapped())
-            .filter(|(b, e)| {
-                others[1..].iter().all(|o| {
-                    let x = o.get(*b);
-                    !(x.is_mapped() && x.loc() == e.loc())
-                })
-            })
-            .map(|(_, e)| e.len as u64)
-            .sum();
-        infos.push(SnapshotInfo {
+        exclusive_bytes(images[i], &others)
+    };
+    let infos = snaps
+        .iter()
+        .enumerate()
+        .map(|(i, (sname, created_ms, tree))| SnapshotInfo {
             name: sname.clone(),
             created_ms: *created_ms,
             allocated_bytes: tree.stored_bytes(),
-            exclusive_bytes: exclusive,
-        });
-    }
+            exclusive_bytes: exclusive_of(i + 1),
+        })
+        .collect();
     let origin = vol.origin.as_ref().map(|(src, snap)| {
         let src_name = inner
             .catalog
@@ -227,11 +217,34 @@ pub fn volume_info(inner: &Inner, name: &str) -> Result<VolumeInfo> {
         name: vol.name.clone(),
         size_bytes: vol.size,
         allocated_bytes: live.stored_bytes(),
+        exclusive_bytes: exclusive_of(0),
         compression: vol.opts.compression,
         encrypted: vol.opts.encrypt,
         origin,
         snapshots: infos,
     })
+}
+
+/// Record bytes of `tree` that none of `others` references. Candidates come
+/// from a diff against the first other image, so shared history is skipped.
+fn exclusive_bytes(tree: &Tree, others: &[&Tree]) -> u64 {
+    let Some((first, rest)) = others.split_first() else {
+        return tree.stored_bytes();
+    };
+    let mut candidates = vec![];
+    tree.diff(first, &mut |b| candidates.push(b));
+    candidates
+        .into_iter()
+        .map(|b| (b, tree.get(b)))
+        .filter(|(_, e)| e.is_mapped())
+        .filter(|(b, e)| {
+            rest.iter().all(|o| {
+                let x = o.get(*b);
+                !(x.is_mapped() && x.loc() == e.loc())
+            })
+        })
+        .map(|(_, e)| e.len as u64)
+        .sum()
 }
 
 /// Reads every distinct record of a volume's images and checks it.

@@ -108,6 +108,8 @@ pub struct VolumeInfo {
     pub size_bytes: u64,
     /// Record bytes the live volume references (shared ones included).
     pub allocated_bytes: u64,
+    /// Bytes only the live volume references: for a fresh clone, near zero.
+    pub exclusive_bytes: u64,
     pub compression: Compression,
     pub encrypted: bool,
     /// `v@s` this volume was cloned from.
