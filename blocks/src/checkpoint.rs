@@ -331,7 +331,7 @@ pub fn recover(root: PathBuf, opts: PoolOptions) -> Result<Inner> {
     let mfile = storage
         .open(&mpath, true)
         .map_err(|e| Error::io(&mpath, e))?;
-    let mlen = mfile.len().map_err(|e| Error::io(&mpath, e))?;
+    let mlen = mfile.size().map_err(|e| Error::io(&mpath, e))?;
     let mut mbytes = vec![0u8; mlen as usize];
     mfile
         .read_at(&mut mbytes, 0)

@@ -355,7 +355,7 @@ impl Pool {
                     if due && let Err(e) = inner.checkpoint() {
                         tracing::warn!(error = %e, "background checkpoint failed");
                     }
-                    if ticks % 40 == 0
+                    if ticks.is_multiple_of(40)
                         && let Err(e) = inner.compact(0.5)
                     {
                         tracing::warn!(error = %e, "background compaction failed");
@@ -1083,6 +1083,9 @@ pub(crate) fn apply_meta(catalog: &mut Catalog, op: MetaOp) -> Result<()> {
     Ok(())
 }
 
+/// A byte range `(offset, len)`, when present.
+type Piece = Option<(u64, u64)>;
+
 /// An open export: a volume (read-write) or a snapshot (read-only).
 struct VolumeDevice {
     inner: Arc<Inner>,
@@ -1129,10 +1132,7 @@ impl VolumeDevice {
 
     /// Splits `offset..offset+len` into a partial head, whole blocks and a
     /// partial tail.
-    fn split(
-        offset: u64,
-        len: u64,
-    ) -> (Option<(u64, u64)>, Option<(u64, u64)>, Option<(u64, u64)>) {
+    fn split(offset: u64, len: u64) -> (Piece, Piece, Piece) {
         let b = BLOCK as u64;
         let end = offset + len;
         let first_full = offset.div_ceil(b) * b;
@@ -1212,7 +1212,7 @@ impl Device for VolumeDevice {
         let b = BLOCK as u64;
         let first = offset / b;
         let last = (offset + buf.len() as u64 - 1) / b;
-        let aligned = offset % b == 0 && buf.len() % BLOCK == 0;
+        let aligned = offset.is_multiple_of(b) && buf.len().is_multiple_of(BLOCK);
         if aligned {
             return self
                 .inner

@@ -202,7 +202,7 @@ pub struct Scanned {
 /// are kept, so the block reads as EIO rather than as older data.
 /// Returns the records and the end of the last whole record.
 pub fn scan(file: &dyn StorageFile, from: u64) -> std::io::Result<(Vec<Scanned>, u64)> {
-    let len = file.len()?;
+    let len = file.size()?;
     let mut buf = vec![0u8; len.saturating_sub(from) as usize];
     let n = file.read_at(&mut buf, from)?;
     buf.truncate(n);

@@ -18,7 +18,7 @@ pub trait StorageFile: Send + Sync {
     fn write_all_at(&self, buf: &[u8], offset: u64) -> io::Result<()>;
     /// Makes every completed write durable.
     fn sync(&self) -> io::Result<()>;
-    fn len(&self) -> io::Result<u64>;
+    fn size(&self) -> io::Result<u64>;
     fn truncate(&self, len: u64) -> io::Result<()>;
 }
 
@@ -47,7 +47,7 @@ pub trait Storage: Send + Sync + 'static {
             return Ok(None);
         }
         let file = self.open(path, false)?;
-        let len = file.len()? as usize;
+        let len = file.size()? as usize;
         let mut buf = vec![0u8; len];
         let n = file.read_at(&mut buf, 0)?;
         buf.truncate(n);
@@ -91,7 +91,7 @@ impl StorageFile for FsFile {
     fn sync(&self) -> io::Result<()> {
         self.0.sync_data()
     }
-    fn len(&self) -> io::Result<u64> {
+    fn size(&self) -> io::Result<u64> {
         Ok(self.0.metadata()?.len())
     }
     fn truncate(&self, len: u64) -> io::Result<()> {
@@ -286,7 +286,7 @@ impl StorageFile for MemFile {
         st.pending.clear();
         Ok(())
     }
-    fn len(&self) -> io::Result<u64> {
+    fn size(&self) -> io::Result<u64> {
         Ok(self.state.lock().unwrap().current.len() as u64)
     }
     fn truncate(&self, len: u64) -> io::Result<()> {

@@ -154,7 +154,7 @@ fn pattern(seed: u8, len: usize) -> Vec<u8> {
     // A mix of compressible runs and noise, never all zero.
     (0..len)
         .map(|i| {
-            if seed % 3 == 0 {
+            if seed.is_multiple_of(3) {
                 seed | 1
             } else {
                 ((i as u32)
