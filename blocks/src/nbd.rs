@@ -1900,6 +1900,8 @@ mod tests {
         let reads = (0..need as u64)
             .map(|i| (request(Command::Read, i, i, 1), vec![]))
             .collect();
+        // One write(2) of all headers, so the server reads them in one go and
+        // none is run inline by the reader (it would block the others).
         send_pipelined(&s, reads).join().unwrap();
         let mut cookies = Vec::new();
         for _ in 0..need {

@@ -6,8 +6,10 @@
 //! # Threads
 //! * The connection's own thread is the **reader**. It reads each 28-byte
 //!   header, parses it with the pure [`parse_request`], reads a `WRITE`'s
-//!   payload and queues the request. It never touches the device and never
-//!   writes to the socket.
+//!   payload and queues the request. One exception keeps a lone request
+//!   fast: when nothing else is in flight and the client has sent nothing
+//!   more, the reader runs a request itself (not `FLUSH` or `FUA`, which wait
+//!   for the disk), so a client at queue depth 1 pays no thread hand-off.
 //! * Up to [`Limits::max_workers_per_connection`] **workers**, started on
 //!   demand inside a [`thread::scope`], take requests from the queue, run
 //!   them against the [`Device`] and write the reply. The scope joins them all
@@ -19,7 +21,8 @@
 //!   number of workers and idle workers, and whether the reader is done or
 //!   the connection has failed.
 //! * [`Replies`]: the buffered socket writer behind a mutex, the first write
-//!   error, and how many workers wait for the mutex.
+//!   error, how many workers wait for the mutex, and how many fast requests
+//!   are admitted but unanswered.
 //!
 //! # Invariants
 //! * Bounded: at most [`Limits::max_in_flight_requests`] requests and
@@ -30,10 +33,12 @@
 //! * Each reply (header, then the data of a `READ`) is written while holding
 //!   the writer mutex, so replies never interleave. They go out in completion
 //!   order, not request order.
-//! * No reply waits in the buffer while nobody is about to write: a worker
-//!   flushes after its reply unless another worker is already waiting for the
-//!   mutex, and then that one (or the last of the run) flushes. Under load,
-//!   replies share `write` calls.
+//! * Replies are batched like a serial server's, without waiting on slow
+//!   requests: the reply to a fast request (anything but `FLUSH` and `FUA`)
+//!   stays in the buffer only while another fast request is still unanswered
+//!   or another worker waits for the mutex; whoever answers the last one
+//!   flushes. `FLUSH` and `FUA` replies are flushed at once. So a burst of
+//!   small replies shares one `write` call, and no reply waits on an `fsync`.
 //! * `FLUSH` runs like any other request: [`Device::flush`] makes durable
 //!   every write the device has completed, and a write is answered only after
 //!   it completed, so every write whose reply was sent before the `FLUSH` was
@@ -83,11 +88,16 @@ pub(super) fn serve<R: Read, W: Write + Send>(
         replies: Replies {
             out: Mutex::new(ReplyOut { w, error: None }),
             waiting: AtomicUsize::new(0),
+            unanswered_fast: AtomicUsize::new(0),
         },
     };
     let ended = thread::scope(|scope| {
-        let ended = loop {
+        // Workers drain the queue and exit once the reader is done, even if
+        // it unwinds; the scope joins them.
+        let _close = CloseOnDrop(&conn.pipeline);
+        loop {
             match conn.next_request(r) {
+                Ok(Next::Job(job)) if conn.runs_inline(&job, r) => conn.run(job),
                 Ok(Next::Job(job)) => {
                     if conn.pipeline.push(job) {
                         let spawned = thread::Builder::new()
@@ -103,10 +113,7 @@ pub(super) fn serve<R: Read, W: Write + Send>(
                 Ok(Next::End(end)) => break Ok(end),
                 Err(e) => break Err(e),
             }
-        };
-        // Workers drain the queue and exit; the scope joins them.
-        conn.pipeline.close();
-        ended
+        }
     });
     if matches!(ended, Ok(End::Disconnect))
         && !device.read_only()
@@ -190,10 +197,15 @@ impl<W: Write + Send> Transmission<'_, W> {
         if !self.pipeline.admit(cost) {
             return Ok(Next::End(End::Failed));
         }
+        let fast = !waits_for_disk(&req);
+        if fast {
+            self.replies.unanswered_fast.fetch_add(1, Ordering::SeqCst);
+        }
         let mut payload = Vec::new();
         if req.command == Command::Write {
             payload.resize(cost, 0);
             if let Err(e) = r.read_exact(&mut payload) {
+                // Never answered; the connection ends.
                 self.pipeline.answered(cost);
                 return Err(e);
             }
@@ -205,16 +217,38 @@ impl<W: Write + Send> Transmission<'_, W> {
     /// is empty.
     fn work(&self) {
         while let Some(job) = self.pipeline.next() {
-            let _slot = Slot {
-                pipeline: &self.pipeline,
-                cost: job.cost,
-            };
-            let (error, data) = execute(self.device, self.max_request_bytes, &job.req, job.payload);
-            if !self.replies.send(job.req.cookie, error, &data) {
-                self.pipeline.fail();
-            }
+            self.run(job);
         }
     }
+
+    /// True when the reader should run `job` itself rather than hand it to a
+    /// worker: it is the only request in flight, the client has sent nothing
+    /// more yet, and it is not one of the commands that wait for the disk
+    /// (`FLUSH`, `FUA`). A client with one request at a time then pays no
+    /// thread hand-off; a request that arrives meanwhile waits for at most
+    /// one fast operation, as with a serial server.
+    fn runs_inline<R: Read>(&self, job: &Job, r: &BufReader<R>) -> bool {
+        r.buffer().is_empty() && !waits_for_disk(&job.req) && self.pipeline.alone()
+    }
+
+    /// Runs one admitted request and answers it; frees its place in flight
+    /// afterwards.
+    fn run(&self, job: Job) {
+        let _slot = Slot {
+            pipeline: &self.pipeline,
+            cost: job.cost,
+        };
+        let (error, data) = execute(self.device, self.max_request_bytes, &job.req, job.payload);
+        if !self.replies.send(&job.req, error, &data) {
+            self.pipeline.fail();
+        }
+    }
+}
+
+/// `FLUSH` and `FUA` requests wait for the disk; every other one is fast
+/// (on the page cache or the engine's log).
+fn waits_for_disk(req: &Request) -> bool {
+    req.command == Command::Flush || req.fua()
 }
 
 /// Runs one request against the device. Returns the reply's error value and,
@@ -389,6 +423,11 @@ impl Pipeline {
         self.room.notify_one();
     }
 
+    /// True when exactly one request (the caller's) is in flight.
+    fn alone(&self) -> bool {
+        self.lock().requests == 1
+    }
+
     fn fail(&self) {
         self.lock().failed = true;
         self.room.notify_all();
@@ -397,6 +436,15 @@ impl Pipeline {
     fn close(&self) {
         self.lock().closing = true;
         self.work.notify_all();
+    }
+}
+
+/// Closes the pipeline when the reader leaves its loop, however it leaves.
+struct CloseOnDrop<'a>(&'a Pipeline);
+
+impl Drop for CloseOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.close();
     }
 }
 
@@ -425,6 +473,9 @@ struct Replies<W: Write> {
     out: Mutex<ReplyOut<W>>,
     /// Workers waiting for `out`. The holder leaves the flush to them.
     waiting: AtomicUsize,
+    /// Fast requests admitted and not yet answered: counted up by the reader,
+    /// down under `out`'s lock. The reply that brings it to zero flushes.
+    unanswered_fast: AtomicUsize,
 }
 
 struct ReplyOut<W: Write> {
@@ -434,32 +485,35 @@ struct ReplyOut<W: Write> {
 }
 
 impl<W: Write> Replies<W> {
-    /// Writes one simple reply, `data` following the header, in one piece.
-    /// False if the socket is broken.
-    fn send(&self, cookie: u64, error: u32, data: &[u8]) -> bool {
+    /// Writes the simple reply to `req`, `data` following the header, in one
+    /// piece. False if the socket is broken.
+    fn send(&self, req: &Request, error: u32, data: &[u8]) -> bool {
         self.waiting.fetch_add(1, Ordering::SeqCst);
         let mut out = self.out.lock().unwrap_or_else(PoisonError::into_inner);
         self.waiting.fetch_sub(1, Ordering::SeqCst);
+        let fast = !waits_for_disk(req);
+        // Under the lock, so exactly one of the last repliers sees zero.
+        let others_fast = if fast {
+            self.unanswered_fast.fetch_sub(1, Ordering::SeqCst) - 1
+        } else {
+            self.unanswered_fast.load(Ordering::SeqCst)
+        };
         if out.error.is_some() {
             return false;
         }
         let mut header = [0u8; SIMPLE_REPLY_LEN];
         header[0..4].copy_from_slice(&NBD_SIMPLE_REPLY_MAGIC.to_be_bytes());
         header[4..8].copy_from_slice(&error.to_be_bytes());
-        header[8..16].copy_from_slice(&cookie.to_be_bytes());
+        header[8..16].copy_from_slice(&req.cookie.to_be_bytes());
         let written = out
             .w
             .write_all(&header)
             .and_then(|()| out.w.write_all(data));
         // Whoever is waiting will write after us and flush (or leave it to
-        // the next one); the last of the run always flushes.
-        let flushed = written.and_then(|()| {
-            if self.waiting.load(Ordering::SeqCst) == 0 {
-                out.w.flush()
-            } else {
-                Ok(())
-            }
-        });
+        // the next one). A fast reply also leaves it to the other unanswered
+        // fast requests: the last of them flushes.
+        let hold = self.waiting.load(Ordering::SeqCst) > 0 || (fast && others_fast > 0);
+        let flushed = written.and_then(|()| if !hold { out.w.flush() } else { Ok(()) });
         match flushed {
             Ok(()) => true,
             Err(e) => {
