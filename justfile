@@ -28,6 +28,16 @@ test-unit:
 test-integration:
     CAIRN_REQUIRE_TOOLS=1 cargo test -p cairn-integration
 
+# Block I/O: fio against cairn, qemu-nbd raw and qcow2; writes
+# target/bench-blocks.md. BENCH_SECONDS=3 for a quick look.
+bench-blocks:
+    ./ops/scripts/bench-blocks.sh
+
+# Fuzz the NBD request parser and whole client conversations (stable
+# toolchain, installs cargo-fuzz if missing). FUZZ_SECONDS=600 for longer.
+fuzz:
+    ./ops/scripts/fuzz.sh
+
 fmt:
     cargo fmt --all
 

@@ -13,15 +13,18 @@
 //!   (an empty name is an unknown export).
 //! * Transmission: simple replies only. `READ`, `WRITE`, `DISC`, `FLUSH`,
 //!   `TRIM` and `WRITE_ZEROES`, with `FUA` honoured; anything else is
-//!   answered with `EINVAL`. Requests are served strictly in order.
+//!   answered with `EINVAL`. Requests of one connection run concurrently and
+//!   may be answered out of order (the cookie pairs them), as the protocol
+//!   allows; see the `transmit` module for the pipeline and what `FLUSH` covers.
 //!
 //! # State per connection
-//! One std thread per connection owns a buffered reader and writer over the
-//! socket, the opened [`Device`] (after `GO`/`EXPORT_NAME`), the size it
-//! advertised, and one reusable payload buffer (it grows to the largest
-//! request served, at most `max_request_bytes`). Replies are batched: the
-//! writer is flushed whenever the next read could block, so pipelined
-//! requests share syscalls while a lone request is answered at once.
+//! One std thread per connection owns a buffered reader over the socket and
+//! runs the handshake. In transmission it becomes the reader of the
+//! connection's pipeline (module `transmit`): it parses requests and hands
+//! them to a bounded pool of worker threads that run them against the opened
+//! [`Device`] and write replies through one shared, buffered writer.
+//! Payload buffers are allocated per request and bounded per connection by
+//! [`Limits::max_in_flight_bytes`].
 //!
 //! # Invariants
 //! * Nothing is ever allocated from an unchecked client length: option data
@@ -53,6 +56,8 @@ use std::time::Duration;
 use tracing::{debug, info, warn};
 
 use crate::Device;
+
+mod transmit;
 
 // ---------------------------------------------------------------------------
 // Protocol constants
@@ -427,6 +432,15 @@ pub struct Limits {
     pub max_option_bytes: u32,
     /// Connections beyond this many are closed as soon as accepted.
     pub max_connections: usize,
+    /// Worker threads per connection that run requests concurrently (started
+    /// on demand).
+    pub max_workers_per_connection: usize,
+    /// Requests a connection reads ahead of its answers; when reached, the
+    /// connection stops reading until one is answered.
+    pub max_in_flight_requests: usize,
+    /// READ and WRITE payload bytes a connection holds for requests in flight
+    /// (one request larger than this is still served, alone).
+    pub max_in_flight_bytes: usize,
 }
 
 impl Default for Limits {
@@ -435,7 +449,20 @@ impl Default for Limits {
             max_request_bytes: 32 << 20,
             max_option_bytes: 64 << 10,
             max_connections: 256,
+            max_workers_per_connection: 8,
+            max_in_flight_requests: 64,
+            max_in_flight_bytes: 64 << 20,
         }
+    }
+}
+
+impl Limits {
+    /// Raises every bound that must be at least one to one.
+    pub fn sanitize(mut self) -> Limits {
+        self.max_request_bytes = self.max_request_bytes.max(1);
+        self.max_workers_per_connection = self.max_workers_per_connection.max(1);
+        self.max_in_flight_requests = self.max_in_flight_requests.max(1);
+        self
     }
 }
 
@@ -456,6 +483,24 @@ pub fn serve(
     NbdServer::serve(addr, exports, limits)
 }
 
+/// Serves one connection that is already open, over any byte stream: the
+/// handshake, then transmission, until the client leaves. `r` and `w` are
+/// the two directions of the same stream. This is what each accepted socket
+/// runs; it exists on its own for fuzzing and for inetd-style use.
+pub fn serve_stream<R: Read, W: Write + Send>(
+    exports: Arc<dyn Exports>,
+    limits: Limits,
+    r: R,
+    w: W,
+) -> io::Result<()> {
+    let server = NbdServer {
+        exports,
+        limits: limits.sanitize(),
+        active: AtomicUsize::new(1),
+    };
+    server.run_connection(r, w, "stream")
+}
+
 enum Listener {
     Tcp(TcpListener),
     Unix(UnixListener),
@@ -473,9 +518,9 @@ impl NbdServer {
     pub fn serve(
         addr: &ListenAddr,
         exports: Arc<dyn Exports>,
-        mut limits: Limits,
+        limits: Limits,
     ) -> io::Result<NbdServerHandle> {
-        limits.max_request_bytes = limits.max_request_bytes.max(1);
+        let limits = limits.sanitize();
         let (listener, local) = match addr {
             ListenAddr::Tcp(a) => {
                 let l = TcpListener::bind(a)?;
@@ -576,7 +621,7 @@ impl NbdServer {
         }
     }
 
-    fn run_connection<R: Read, W: Write>(&self, r: R, w: W, peer: &str) -> io::Result<()> {
+    fn run_connection<R: Read, W: Write + Send>(&self, r: R, w: W, peer: &str) -> io::Result<()> {
         let mut conn = Connection {
             r: BufReader::with_capacity(IO_BUFFER, r),
             w: BufWriter::with_capacity(IO_BUFFER, w),
@@ -585,7 +630,10 @@ impl NbdServer {
         };
         debug!(peer, "NBD connection opened");
         let result = match conn.negotiate()? {
-            Some(device) => conn.transmit(&*device),
+            Some(device) => {
+                let Connection { mut r, w, .. } = conn;
+                transmit::serve(&mut r, w, &*device, &self.limits, peer)
+            }
             None => Ok(()),
         };
         debug!(peer, "NBD connection closed");
@@ -702,15 +750,6 @@ struct Connection<'a, R: Read, W: Write> {
 impl<R: Read, W: Write> Connection<'_, R, W> {
     fn limits(&self) -> &Limits {
         &self.server.limits
-    }
-
-    /// Flushes pending replies unless `need` bytes are already buffered, so
-    /// the next read cannot block with replies held back.
-    fn flush_unless_buffered(&mut self, need: usize) -> io::Result<()> {
-        if self.r.buffer().len() < need {
-            self.w.flush()?;
-        }
-        Ok(())
     }
 
     fn option_reply(&mut self, option: u32, reply: u32, data: &[u8]) -> io::Result<()> {
@@ -905,138 +944,6 @@ impl<R: Read, W: Write> Connection<'_, R, W> {
         self.option_reply(option, NBD_REP_INFO, &sizes)?;
         self.option_reply(option, NBD_REP_ACK, &[])?;
         Ok(Some(device))
-    }
-
-    fn simple_reply(&mut self, cookie: u64, error: u32) -> io::Result<()> {
-        let mut reply = [0u8; SIMPLE_REPLY_LEN];
-        reply[0..4].copy_from_slice(&NBD_SIMPLE_REPLY_MAGIC.to_be_bytes());
-        reply[4..8].copy_from_slice(&error.to_be_bytes());
-        reply[8..16].copy_from_slice(&cookie.to_be_bytes());
-        self.w.write_all(&reply)
-    }
-
-    /// Serves requests in order until DISC, EOF or a protocol violation.
-    fn transmit(&mut self, device: &dyn Device) -> io::Result<()> {
-        let size = device.size();
-        let read_only = device.read_only();
-        let max = self.limits().max_request_bytes;
-        let mut buf: Vec<u8> = Vec::new();
-        debug!(
-            peer = self.peer,
-            export = device.name(),
-            size,
-            read_only,
-            "NBD transmission"
-        );
-
-        loop {
-            self.flush_unless_buffered(REQUEST_LEN)?;
-            let mut header = [0u8; REQUEST_LEN];
-            if !read_full_or_eof(&mut self.r, &mut header)? {
-                debug!(peer = self.peer, "client closed without NBD_CMD_DISC");
-                return Ok(());
-            }
-            let req = match parse_request(&header) {
-                Ok(req) => req,
-                Err(e) => {
-                    warn!(peer = self.peer, error = %e, "NBD protocol violation; closing");
-                    return self.w.flush();
-                }
-            };
-            let (offset, len) = (req.offset, u64::from(req.length));
-            // Only used for allocation after checking `req.length <= max`.
-            let n = req.length as usize;
-            let fail = |what: &str, e: crate::Error| {
-                warn!(export = device.name(), offset, len, error = %e, "NBD {what} failed");
-                nbd_errno(e.errno())
-            };
-
-            let error = match req.command {
-                Command::Read => {
-                    if req.length > max || !in_range(offset, len, size) {
-                        NBD_EINVAL
-                    } else {
-                        if buf.len() < n {
-                            buf.resize(n, 0);
-                        }
-                        match device.read_at(&mut buf[..n], offset) {
-                            Ok(()) => {
-                                self.simple_reply(req.cookie, 0)?;
-                                self.w.write_all(&buf[..n])?;
-                                continue;
-                            }
-                            Err(e) => fail("read", e),
-                        }
-                    }
-                }
-                Command::Write => {
-                    if req.length > max {
-                        warn!(
-                            peer = self.peer,
-                            len, max, "NBD write larger than the maximum; closing"
-                        );
-                        return self.w.flush();
-                    }
-                    self.flush_unless_buffered(n)?;
-                    if buf.len() < n {
-                        buf.resize(n, 0);
-                    }
-                    self.r.read_exact(&mut buf[..n])?;
-                    if read_only {
-                        NBD_EPERM
-                    } else if !in_range(offset, len, size) {
-                        NBD_ENOSPC
-                    } else {
-                        match device.write_at(&buf[..n], offset, req.fua()) {
-                            Ok(()) => 0,
-                            Err(e) => fail("write", e),
-                        }
-                    }
-                }
-                Command::Disconnect => {
-                    if !read_only && let Err(e) = device.flush() {
-                        warn!(export = device.name(), error = %e, "flush at NBD disconnect failed");
-                    }
-                    debug!(peer = self.peer, "NBD_CMD_DISC");
-                    return self.w.flush();
-                }
-                Command::Flush => match device.flush() {
-                    Ok(()) => 0,
-                    Err(e) => fail("flush", e),
-                },
-                Command::Trim | Command::WriteZeroes => {
-                    if read_only {
-                        NBD_EPERM
-                    } else if !in_range(offset, len, size) {
-                        NBD_ENOSPC
-                    } else {
-                        let result = if req.command == Command::Trim {
-                            device
-                                .trim(offset, len)
-                                .and_then(|()| if req.fua() { device.flush() } else { Ok(()) })
-                        } else {
-                            device.write_zeroes(offset, len, req.fua())
-                        };
-                        match result {
-                            Ok(()) => 0,
-                            Err(e) => fail(
-                                if req.command == Command::Trim {
-                                    "trim"
-                                } else {
-                                    "write-zeroes"
-                                },
-                                e,
-                            ),
-                        }
-                    }
-                }
-                Command::Other(kind) => {
-                    debug!(peer = self.peer, kind, "unsupported NBD command");
-                    NBD_EINVAL
-                }
-            };
-            self.simple_reply(req.cookie, error)?;
-        }
     }
 }
 
@@ -1349,7 +1256,7 @@ mod tests {
         }
     }
 
-    struct MemExports(BTreeMap<String, Arc<MemDevice>>);
+    struct MemExports(BTreeMap<String, Arc<dyn Device>>);
 
     impl Exports for MemExports {
         fn open_export(&self, name: &str) -> crate::Result<Arc<dyn Device>> {
@@ -1368,7 +1275,7 @@ mod tests {
     const DISK_SIZE: usize = 4 << 20;
 
     fn exports() -> Arc<MemExports> {
-        let mut map = BTreeMap::new();
+        let mut map: BTreeMap<String, Arc<dyn Device>> = BTreeMap::new();
         for (name, size, read_only) in [("disk", DISK_SIZE, false), ("disk@snap", 64 << 10, true)] {
             let data = Mutex::new((0..size).map(|i| (i % 251) as u8).collect());
             map.insert(
@@ -1618,16 +1525,10 @@ mod tests {
             .to_bytes(),
         )
         .unwrap();
-        for (cookie, error) in [(42u64, NBD_EINVAL), (43, NBD_EINVAL)] {
-            let mut reply = [0u8; 16];
-            s.read_exact(&mut reply).unwrap();
-            assert_eq!(
-                u32::from_be_bytes(reply[..4].try_into().unwrap()),
-                NBD_SIMPLE_REPLY_MAGIC
-            );
-            assert_eq!(u32::from_be_bytes(reply[4..8].try_into().unwrap()), error);
-            assert_eq!(u64::from_be_bytes(reply[8..].try_into().unwrap()), cookie);
-        }
+        // Both fail with EINVAL, answered in either order.
+        let mut cookies = [raw_reply(&mut s), raw_reply(&mut s)];
+        cookies.sort();
+        assert_eq!(cookies, [(NBD_EINVAL, 42), (NBD_EINVAL, 43)]);
         // An oversized write closes it.
         s.write_all(
             &Request {
@@ -1752,6 +1653,28 @@ mod tests {
         );
     }
 
+    proptest::proptest! {
+        /// The fuzz target nbd_request in miniature, so `cargo test` covers
+        /// it on any toolchain: any 28 bytes parse, and a parsed request
+        /// writes back to the same bytes.
+        #[test]
+        fn parse_request_is_total_and_round_trips(
+            mut header in proptest::array::uniform28(proptest::num::u8::ANY),
+            real_magic: bool,
+        ) {
+            if real_magic {
+                header[..4].copy_from_slice(&NBD_REQUEST_MAGIC.to_be_bytes());
+            }
+            match parse_request(&header) {
+                Ok(req) => proptest::prop_assert_eq!(req.to_bytes(), header),
+                Err(ProtocolError::BadMagic(magic)) => {
+                    proptest::prop_assert!(!real_magic);
+                    proptest::prop_assert_eq!(&magic.to_be_bytes()[..], &header[..4]);
+                }
+            }
+        }
+    }
+
     #[test]
     fn parse_info_request_is_strict() {
         let mut good = 2u32.to_be_bytes().to_vec();
@@ -1859,5 +1782,273 @@ mod tests {
             text.contains("disk") && text.contains("disk@snap"),
             "nbdinfo: {text}"
         );
+    }
+
+    /// A device whose 1-byte reads return only once `need` of them are
+    /// running at the same time (or fail with EIO after 10 s), so a server
+    /// that serves one connection's requests one by one cannot pass.
+    struct Rendezvous {
+        inner: MemDevice,
+        need: usize,
+        arrived: Mutex<usize>,
+        all_here: std::sync::Condvar,
+    }
+
+    impl Device for Rendezvous {
+        fn name(&self) -> &str {
+            self.inner.name()
+        }
+        fn size(&self) -> u64 {
+            self.inner.size()
+        }
+        fn read_only(&self) -> bool {
+            false
+        }
+        fn read_at(&self, buf: &mut [u8], offset: u64) -> crate::Result<()> {
+            if buf.len() == 1 {
+                let mut arrived = self.arrived.lock().unwrap();
+                *arrived += 1;
+                self.all_here.notify_all();
+                let (arrived, timeout) = self
+                    .all_here
+                    .wait_timeout_while(arrived, Duration::from_secs(10), |n| *n < self.need)
+                    .unwrap();
+                if timeout.timed_out() {
+                    return Err(Error::Io {
+                        path: format!("rendezvous of {} reads, {} came", self.need, *arrived)
+                            .into(),
+                        source: io::ErrorKind::TimedOut.into(),
+                    });
+                }
+            }
+            self.inner.read_at(buf, offset)
+        }
+        fn write_at(&self, buf: &[u8], offset: u64, fua: bool) -> crate::Result<()> {
+            self.inner.write_at(buf, offset, fua)
+        }
+        fn write_zeroes(&self, offset: u64, len: u64, fua: bool) -> crate::Result<()> {
+            self.inner.write_zeroes(offset, len, fua)
+        }
+        fn trim(&self, offset: u64, len: u64) -> crate::Result<()> {
+            self.inner.trim(offset, len)
+        }
+        fn flush(&self) -> crate::Result<()> {
+            self.inner.flush()
+        }
+    }
+
+    /// Reads one simple reply header: (error, cookie).
+    fn raw_reply(s: &mut TcpStream) -> (u32, u64) {
+        let mut reply = [0u8; SIMPLE_REPLY_LEN];
+        s.read_exact(&mut reply).unwrap();
+        assert_eq!(
+            u32::from_be_bytes(reply[..4].try_into().unwrap()),
+            NBD_SIMPLE_REPLY_MAGIC
+        );
+        (
+            u32::from_be_bytes(reply[4..8].try_into().unwrap()),
+            u64::from_be_bytes(reply[8..].try_into().unwrap()),
+        )
+    }
+
+    /// Sends `requests` (with their payloads) from a thread of their own, so
+    /// that back-pressure on the socket cannot deadlock the test.
+    fn send_pipelined(s: &TcpStream, requests: Vec<(Request, Vec<u8>)>) -> JoinHandle<()> {
+        let mut w = BufWriter::new(s.try_clone().unwrap());
+        thread::spawn(move || {
+            for (req, payload) in requests {
+                w.write_all(&req.to_bytes()).unwrap();
+                w.write_all(&payload).unwrap();
+            }
+            w.flush().unwrap();
+        })
+    }
+
+    fn request(command: Command, cookie: u64, offset: u64, length: u32) -> Request {
+        Request {
+            flags: 0,
+            command,
+            cookie,
+            offset,
+            length,
+        }
+    }
+
+    #[test]
+    fn one_connection_runs_requests_concurrently() {
+        let need = 4;
+        let device = Rendezvous {
+            inner: MemDevice {
+                name: "disk".into(),
+                data: Mutex::new(vec![7u8; DISK_SIZE]),
+                read_only: false,
+            },
+            need,
+            arrived: Mutex::new(0),
+            all_here: std::sync::Condvar::new(),
+        };
+        let exports = MemExports(BTreeMap::from([(
+            "disk".to_owned(),
+            Arc::new(device) as Arc<dyn Device>,
+        )]));
+        let limits = Limits {
+            max_workers_per_connection: need,
+            ..Limits::default()
+        };
+        let server = serve(&"127.0.0.1:0".parse().unwrap(), Arc::new(exports), limits).unwrap();
+        let mut s = raw_export(&server.local_addr(), "disk");
+        let reads = (0..need as u64)
+            .map(|i| (request(Command::Read, i, i, 1), vec![]))
+            .collect();
+        // One write(2) of all headers, so the server reads them in one go and
+        // none is run inline by the reader (it would block the others).
+        send_pipelined(&s, reads).join().unwrap();
+        let mut cookies = Vec::new();
+        for _ in 0..need {
+            let (error, cookie) = raw_reply(&mut s);
+            assert_eq!(error, 0, "read {cookie} failed: not run concurrently");
+            let mut byte = [0u8];
+            s.read_exact(&mut byte).unwrap();
+            assert_eq!(byte, [7]);
+            cookies.push(cookie);
+        }
+        cookies.sort();
+        assert_eq!(cookies, [0, 1, 2, 3]);
+    }
+
+    /// The data block `i` is written with in the pipelined tests.
+    fn block(i: u64) -> Vec<u8> {
+        (0..4096u64).map(|j| (i * 31 + j * 7 + 1) as u8).collect()
+    }
+
+    #[test]
+    fn many_pipelined_requests_under_back_pressure_keep_data() {
+        // Tight limits so the reader blocks on the in-flight bounds.
+        let server = tcp_server(Limits {
+            max_workers_per_connection: 3,
+            max_in_flight_requests: 5,
+            max_in_flight_bytes: 3 * 4096,
+            ..Limits::default()
+        });
+        let addr = server.local_addr();
+        let n_blocks = 300u64;
+        let mut s = raw_export(&addr, "disk");
+
+        // Writes, some with FUA, then a flush; every one is answered once.
+        let mut writes: Vec<(Request, Vec<u8>)> = (0..n_blocks)
+            .map(|i| {
+                let mut req = request(Command::Write, i, i * 4096, 4096);
+                if i % 7 == 0 {
+                    req.flags = NBD_CMD_FLAG_FUA;
+                }
+                (req, block(i))
+            })
+            .collect();
+        writes.push((request(Command::Flush, n_blocks, 0, 0), vec![]));
+        let sender = send_pipelined(&s, writes);
+        let mut answered = std::collections::BTreeSet::new();
+        for _ in 0..=n_blocks {
+            let (error, cookie) = raw_reply(&mut s);
+            assert_eq!(error, 0, "request {cookie}");
+            assert!(answered.insert(cookie), "cookie {cookie} answered twice");
+        }
+        sender.join().unwrap();
+        assert_eq!(answered.len() as u64, n_blocks + 1);
+
+        // Reads of every block, and of odd ranges across blocks, pipelined;
+        // each reply carries its own data whatever the order.
+        let mut expected = BTreeMap::new();
+        let mut reads = Vec::new();
+        for i in 0..n_blocks {
+            expected.insert(i, block(i));
+            reads.push((request(Command::Read, i, i * 4096, 4096), vec![]));
+        }
+        for (k, i) in (0..n_blocks - 1).step_by(13).enumerate() {
+            let cookie = 1000 + k as u64;
+            let offset = i * 4096 + 1000;
+            let mut want = block(i)[1000..].to_vec();
+            want.extend_from_slice(&block(i + 1)[..3000]);
+            expected.insert(cookie, want);
+            reads.push((request(Command::Read, cookie, offset, 6096), vec![]));
+        }
+        // An out-of-range read fails alone.
+        reads.push((request(Command::Read, 9999, DISK_SIZE as u64, 1), vec![]));
+        let sender = send_pipelined(&s, reads);
+        for _ in 0..=expected.len() {
+            let (error, cookie) = raw_reply(&mut s);
+            if cookie == 9999 {
+                assert_eq!(error, NBD_EINVAL);
+                continue;
+            }
+            assert_eq!(error, 0, "read {cookie}");
+            let want = expected
+                .remove(&cookie)
+                .expect("unknown or repeated cookie");
+            let mut data = vec![0u8; want.len()];
+            s.read_exact(&mut data).unwrap();
+            assert!(data == want, "read {cookie} returned wrong data");
+        }
+        assert!(expected.is_empty());
+        sender.join().unwrap();
+    }
+
+    #[test]
+    fn disconnect_answers_requests_in_flight_first() {
+        let server = tcp_server(Limits {
+            max_workers_per_connection: 4,
+            ..Limits::default()
+        });
+        let addr = server.local_addr();
+        let mut s = raw_export(&addr, "disk");
+        let n_blocks = 64u64;
+        let mut requests: Vec<(Request, Vec<u8>)> = (0..n_blocks)
+            .map(|i| (request(Command::Write, i, (i + 100) * 4096, 4096), block(i)))
+            .collect();
+        requests.push((request(Command::Disconnect, 0, 0, 0), vec![]));
+        send_pipelined(&s, requests).join().unwrap();
+        let mut cookies = Vec::new();
+        for _ in 0..n_blocks {
+            let (error, cookie) = raw_reply(&mut s);
+            assert_eq!(error, 0);
+            cookies.push(cookie);
+        }
+        cookies.sort();
+        assert_eq!(cookies, (0..n_blocks).collect::<Vec<_>>());
+        assert_closed(&mut s);
+        let mut c = NbdClient::connect(&addr, "disk").unwrap();
+        for i in 0..n_blocks {
+            let mut data = vec![0u8; 4096];
+            c.read((i + 100) * 4096, &mut data).unwrap();
+            assert!(data == block(i), "block {i}");
+        }
+    }
+
+    #[test]
+    fn concurrent_clients_see_their_own_data() {
+        let server = tcp_server(Limits::default());
+        let addr = server.local_addr();
+        let clients: Vec<_> = (0..6u64)
+            .map(|k| {
+                let addr = addr.clone();
+                thread::spawn(move || {
+                    let mut c = NbdClient::connect(&addr, "disk").unwrap();
+                    let base = k * (DISK_SIZE as u64 / 8);
+                    for i in 0..40 {
+                        c.write(base + i * 4096, &block(k * 1000 + i), i % 5 == 0)
+                            .unwrap();
+                    }
+                    c.flush().unwrap();
+                    for i in 0..40 {
+                        let mut data = vec![0u8; 4096];
+                        c.read(base + i * 4096, &mut data).unwrap();
+                        assert!(data == block(k * 1000 + i), "client {k} block {i}");
+                    }
+                    c.disconnect().unwrap();
+                })
+            })
+            .collect();
+        for c in clients {
+            c.join().unwrap();
+        }
     }
 }

@@ -13,3 +13,5 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 echo "==> cargo test"
 # CAIRN_REQUIRE_TOOLS makes a test fail, not skip, when a tool it needs is missing.
 CAIRN_REQUIRE_TOOLS=1 cargo test --workspace --locked
+echo "==> fuzz (short, bounded)"
+./ops/scripts/fuzz.sh
