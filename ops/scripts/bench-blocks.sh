@@ -24,9 +24,8 @@
 #   BENCH_SNAPSHOTS snapshots taken before the "after snapshots" row (default 100)
 #   BENCH_CHAIN     depth of the clone chain (default 10)
 #   CAIRN_BIN       use this cairn binary instead of building one
-# With today's skeleton engine a snapshot copies the written data, so 100
-# snapshots of a 1G working set need ~100 GiB of disk and minutes: use
-# BENCH_SIZE=128M until the log-structured engine lands.
+# It also runs blocks/examples/snapshot_latency (snapshot and clone latency
+# in process, 1 GiB vs 1 TiB volumes).
 # Needs: fio with the nbd engine, qemu-nbd, qemu-img, nats-server (cairn up
 # spawns it), python3. ops/scripts/install-deps.sh installs them.
 set -euo pipefail
@@ -299,4 +298,7 @@ text = "\n".join(out) + "\n"
 open(report, "w").write(text)
 print(text)
 EOF
+echo "==> in-process snapshot and clone latency (no CLI, no NATS)"
+(cd "$root" && cargo run --release --locked -q -p cairn-blocks --example snapshot_latency "$work/snaplat") \
+  | tee -a "$report"
 echo "==> wrote $report"
