@@ -13,7 +13,9 @@ fn main() {
     let dir = std::env::args()
         .nth(1)
         .map(std::path::PathBuf::from)
-        .unwrap_or_else(|| std::env::temp_dir().join(format!("cairn-snaplat-{}", std::process::id())));
+        .unwrap_or_else(|| {
+            std::env::temp_dir().join(format!("cairn-snaplat-{}", std::process::id()))
+        });
     let _ = std::fs::remove_dir_all(&dir);
     let pool = Pool::open_with(
         &dir,
@@ -23,7 +25,9 @@ fn main() {
         },
     )
     .expect("pool opens");
-    let data: Vec<u8> = (0..1u32 << 20).map(|i| (i.wrapping_mul(2654435761) >> 7) as u8).collect();
+    let data: Vec<u8> = (0..1u32 << 20)
+        .map(|i| (i.wrapping_mul(2654435761) >> 7) as u8)
+        .collect();
     println!("| volume | written | snapshot mean | snapshot max | clone mean | allocated bytes |");
     println!("|---|---:|---:|---:|---:|---:|");
     for (name, size) in [("gib", 1u64 << 30), ("tib", 1u64 << 40)] {
@@ -46,7 +50,8 @@ fn main() {
         let mut clones = vec![];
         for i in 0..100 {
             let t = Instant::now();
-            pool.clone_snapshot(name, &format!("s{i}"), &format!("{name}-c{i}")).unwrap();
+            pool.clone_snapshot(name, &format!("s{i}"), &format!("{name}-c{i}"))
+                .unwrap();
             clones.push(t.elapsed());
         }
         let mean = |v: &[Duration]| v.iter().sum::<Duration>() / v.len() as u32;

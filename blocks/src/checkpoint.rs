@@ -179,7 +179,9 @@ enum Replay {
 }
 
 /// Opens the pool at `root`: see the module docs.
-pub fn recover(root: PathBuf, opts: PoolOptions) -> Result<Inner> {
+pub fn recover(root: PathBuf, mut opts: PoolOptions) -> Result<Inner> {
+    // Offsets in the map are 32-bit.
+    opts.segment_bytes = opts.segment_bytes.clamp(16 << 10, 1 << 30);
     let storage = opts.storage.clone();
     storage
         .create_dir_all(&root)

@@ -44,28 +44,42 @@ impl Inner {
     /// their length.
     pub fn compact(&self, threshold: f64) -> Result<CompactStats> {
         let _m = self.maintenance.lock().unwrap();
+        // Capture the trees and the sealed segments at one instant, with no
+        // write between taking its generation and updating its tree (a
+        // record not yet in any tree would otherwise look dead).
+        let (trees, sealed) = {
+            let _w = self.quiesce.write().unwrap();
+            let trees: Vec<Tree> = self
+                .all_volumes()
+                .iter()
+                .flat_map(|v| trees_of(v).into_iter().map(|(_, t)| t))
+                .collect();
+            let active: HashSet<u32> = self.disks.iter().filter_map(|d| d.active_id()).collect();
+            let sealed: Vec<Arc<Segment>> = self
+                .segments
+                .map
+                .read()
+                .unwrap()
+                .values()
+                .filter(|s| s.sealed.load(Ordering::Acquire) && !active.contains(&s.id))
+                .cloned()
+                .collect();
+            (trees, sealed)
+        };
         // Live records per segment, each location counted once.
         let mut seen_nodes = HashMap::new();
         let mut seen_locs: HashSet<(u32, u32)> = HashSet::new();
         let mut live: HashMap<u32, Vec<Entry>> = HashMap::new();
-        for vol in self.all_volumes() {
-            for (_, tree) in trees_of(&vol) {
-                tree.for_each_unique(&mut seen_nodes, &mut |e| {
-                    if e.is_mapped() && seen_locs.insert(e.loc()) {
-                        live.entry(e.seg).or_default().push(e);
-                    }
-                });
-            }
+        for tree in &trees {
+            tree.for_each_unique(&mut seen_nodes, &mut |e| {
+                if e.is_mapped() && seen_locs.insert(e.loc()) {
+                    live.entry(e.seg).or_default().push(e);
+                }
+            });
         }
-        drop(seen_nodes);
-        let active: HashSet<u32> = self.disks.iter().filter_map(|d| d.active_id()).collect();
-        let victims: Vec<Arc<Segment>> = self
-            .segments
-            .map
-            .read()
-            .unwrap()
-            .values()
-            .filter(|s| s.sealed.load(Ordering::Acquire) && !active.contains(&s.id))
+        drop((seen_nodes, trees));
+        let victims: Vec<Arc<Segment>> = sealed
+            .into_iter()
             .filter(|s| {
                 let len = s.len.load(Ordering::Acquire);
                 let used: u64 = live
@@ -73,7 +87,6 @@ impl Inner {
                     .map_or(0, |v| v.iter().map(|e| e.len as u64).sum());
                 len == 0 || (used as f64) < threshold * len as f64
             })
-            .cloned()
             .collect();
         if victims.is_empty() {
             return Ok(CompactStats::default());
