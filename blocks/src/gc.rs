@@ -54,7 +54,7 @@ impl Inner {
                 .iter()
                 .flat_map(|v| trees_of(v).into_iter().map(|(_, t)| t))
                 .collect();
-            let active: HashSet<u32> = self.disks.iter().filter_map(|d| d.active_id()).collect();
+            let active: HashSet<u32> = self.disks.iter().flat_map(|d| d.active_ids()).collect();
             let sealed: Vec<Arc<Segment>> = self
                 .segments
                 .map

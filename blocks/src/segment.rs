@@ -1,6 +1,8 @@
-//! Segments and disks. A disk is a directory; each disk appends records to
-//! one active segment file at a time (`<disk>/segments/<id>.seg`) and rolls
-//! to a new one when it is full. A failed append is cut back off the file
+//! Segments and disks. A disk is a directory; each disk appends records
+//! through a few *streams*, each with one active segment file at a time
+//! (`<disk>/segments/<id>.seg`), rolled to a new one when full. Several
+//! streams let concurrent writers copy into the page cache in parallel;
+//! recovery orders records by generation, not by file. A failed append is cut back off the file
 //! and seals the segment, so a segment is always a run of whole records
 //! followed, after a crash, by at most a torn tail.
 
@@ -11,6 +13,9 @@ use std::sync::{Arc, Mutex, RwLock};
 use crate::record::{self, HEADER_LEN, Header, KIND_FLUSH};
 use crate::storage::{Storage, StorageFile};
 use crate::{Error, Result};
+
+/// Append streams per disk.
+const STREAMS: usize = 4;
 
 /// One append-only segment file.
 pub struct Segment {
@@ -77,7 +82,8 @@ struct Writer {
 pub struct Disk {
     pub index: u16,
     pub dir: PathBuf,
-    writer: Mutex<Writer>,
+    streams: Vec<Mutex<Writer>>,
+    next_stream: AtomicU32,
     /// Bytes in this disk's segments (for placing new slices).
     pub used: AtomicU64,
 }
@@ -100,17 +106,36 @@ impl Disk {
         Disk {
             index,
             dir,
-            writer: Mutex::new(Writer {
-                active: None,
-                pos: 0,
-            }),
+            streams: (0..STREAMS)
+                .map(|_| {
+                    Mutex::new(Writer {
+                        active: None,
+                        pos: 0,
+                    })
+                })
+                .collect(),
+            next_stream: AtomicU32::new(0),
             used: AtomicU64::new(0),
         }
     }
 
-    /// The segment being appended to, if any.
-    pub fn active_id(&self) -> Option<u32> {
-        self.writer.lock().unwrap().active.as_ref().map(|s| s.id)
+    /// The segments being appended to.
+    pub fn active_ids(&self) -> Vec<u32> {
+        self.streams
+            .iter()
+            .filter_map(|w| w.lock().unwrap().active.as_ref().map(|s| s.id))
+            .collect()
+    }
+
+    /// A free stream if there is one, else the next in turn.
+    fn stream(&self) -> std::sync::MutexGuard<'_, Writer> {
+        for w in &self.streams {
+            if let Ok(guard) = w.try_lock() {
+                return guard;
+            }
+        }
+        let i = self.next_stream.fetch_add(1, Ordering::Relaxed) as usize % self.streams.len();
+        self.streams[i].lock().unwrap()
     }
 
     /// Appends `bytes` (whole records) and returns where they landed.
@@ -121,7 +146,7 @@ impl Disk {
         segment_bytes: u64,
         bytes: &[u8],
     ) -> Result<(Arc<Segment>, u64)> {
-        let mut w = self.writer.lock().unwrap();
+        let mut w = self.stream();
         let full = w
             .active
             .as_ref()
@@ -174,15 +199,19 @@ impl Disk {
     /// durable with the next sync, and tells recovery that everything before
     /// it had been synced.
     pub fn mark_flushed(&self, generation: u64) {
-        let mut w = self.writer.lock().unwrap();
-        let Some(seg) = w.active.clone() else { return };
         let mut rec = Vec::with_capacity(HEADER_LEN + 8);
         record::encode_marker(&mut rec, KIND_FLUSH, 0, 0, generation, 0);
-        if seg.file.write_all_at(&rec, w.pos).is_ok() {
-            w.pos += rec.len() as u64;
-            seg.len.store(w.pos, Ordering::Release);
-        } else {
-            let _ = seg.file.truncate(w.pos);
+        for stream in &self.streams {
+            let mut w = stream.lock().unwrap();
+            let Some(seg) = w.active.clone() else {
+                continue;
+            };
+            if seg.file.write_all_at(&rec, w.pos).is_ok() {
+                w.pos += rec.len() as u64;
+                seg.len.store(w.pos, Ordering::Release);
+            } else {
+                let _ = seg.file.truncate(w.pos);
+            }
         }
     }
 }
