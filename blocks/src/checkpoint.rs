@@ -386,12 +386,7 @@ pub fn recover(root: PathBuf, mut opts: PoolOptions) -> Result<Inner> {
                     continue;
                 };
                 let end = lba.saturating_add(count).min(vol.blocks());
-                let mut st = vol.st.lock().unwrap();
-                for b in lba..end {
-                    if st.tree.get(b).generation < generation {
-                        st.tree.set(b, Entry::tombstone(generation));
-                    }
-                }
+                crate::pool::apply_trim(&mut vol.st.lock().unwrap().tree, lba, end, generation);
             }
         }
     }

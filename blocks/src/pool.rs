@@ -859,21 +859,63 @@ impl Inner {
         }
         let mut st = vol.st.lock().unwrap();
         for (lba, n, generation, at, len) in placed {
-            let entry = if len == 0 {
-                Entry::tombstone(generation)
-            } else {
-                Entry {
-                    generation,
-                    seg: seg.id,
-                    off: (base + at as u64) as u32,
-                    len: len as u32,
-                }
-            };
-            for b in lba..lba + n {
-                if st.tree.get(b).generation < generation {
-                    st.tree.set(b, entry);
-                }
+            if len == 0 {
+                apply_trim(&mut st.tree, lba, lba + n, generation);
+                continue;
             }
+            let entry = Entry {
+                generation,
+                seg: seg.id,
+                off: (base + at as u64) as u32,
+                len: len as u32,
+            };
+            if st.tree.get(lba).generation < generation {
+                st.tree.set(lba, entry);
+            }
+        }
+        Ok(())
+    }
+
+    /// Discards whole blocks `first..first+count`: one trim record per
+    /// slice, and tombstones only where the tree has entries, so trimming a
+    /// whole 1 TiB volume (mkfs does) costs what is mapped, not its size.
+    fn trim_blocks(&self, vol: &Volume, first: u64, count: u64, fua: bool) -> Result<()> {
+        let _q = self.quiesce.read().unwrap();
+        let _g = vol.gate.read().unwrap();
+        if vol.deleted.load(Ordering::Acquire) {
+            return Err(Error::VolumeNotFound {
+                volume: vol.name.clone(),
+            });
+        }
+        let end = first + count;
+        let mut lba = first;
+        while lba < end {
+            let slice = (lba >> SLICE_SHIFT) as u32;
+            let n = (SLICE_BLOCKS - (lba & (SLICE_BLOCKS - 1))).min(end - lba);
+            let generation = self.next_gen(1);
+            let mut rec = Vec::with_capacity(HEADER_LEN + 8);
+            record::encode_marker(&mut rec, KIND_TRIM, vol.id, lba, generation, n);
+            // A trim does not place a slice: it goes where the slice is, or
+            // to the first disk when the slice was never written.
+            let disk = vol
+                .st
+                .lock()
+                .unwrap()
+                .placement
+                .get(&slice)
+                .copied()
+                .unwrap_or(0);
+            let (seg, _) = self.disks[disk as usize].append(
+                &*self.storage,
+                &self.segments,
+                self.opts.segment_bytes,
+                &rec,
+            )?;
+            if fua {
+                seg.sync()?;
+            }
+            apply_trim(&mut vol.st.lock().unwrap().tree, lba, lba + n, generation);
+            lba += n;
         }
         Ok(())
     }
@@ -976,6 +1018,21 @@ impl Inner {
             offset: lba * BLOCK as u64,
             reason,
         }
+    }
+}
+
+/// Tombstones every entry in `start..end` older than `generation`. Blocks
+/// never written stay empty (they read as zeroes either way), so the cost
+/// follows the mapped blocks, not the range.
+pub(crate) fn apply_trim(tree: &mut Tree, start: u64, end: u64, generation: u64) {
+    let mut older = vec![];
+    tree.for_each_in(start, end, &mut |i, e| {
+        if e.generation < generation {
+            older.push(i);
+        }
+    });
+    for i in older {
+        tree.set(i, Entry::tombstone(generation));
     }
 }
 
@@ -1172,22 +1229,9 @@ impl VolumeDevice {
             let lba = at / BLOCK as u64;
             match bytes(at, n) {
                 Some(s) => self.inner.write_blocks(&self.vol, lba, s, fua)?,
-                None => {
-                    // Zeroes: bounded chunks, each a single trim record.
-                    let chunk = 256u64 * BLOCK as u64;
-                    let zeros = vec![0u8; chunk.min(n) as usize];
-                    let mut done = 0;
-                    while done < n {
-                        let step = chunk.min(n - done);
-                        self.inner.write_blocks(
-                            &self.vol,
-                            lba + done / BLOCK as u64,
-                            &zeros[..step as usize],
-                            fua,
-                        )?;
-                        done += step;
-                    }
-                }
+                None => self
+                    .inner
+                    .trim_blocks(&self.vol, lba, n / BLOCK as u64, fua)?,
             }
         }
         Ok(())
