@@ -84,6 +84,9 @@ pub struct Config {
     pub nbd: Option<ListenAddr>,
     /// Master key for `--encrypt` volumes: 32 raw bytes or 64 hex digits.
     pub key_file: Option<PathBuf>,
+    /// Directories the block pool spreads its segments over (empty: the
+    /// pool directory alone). Fixed when the pool is first created.
+    pub disks: Vec<PathBuf>,
     /// Mount a FUSE filesystem here: one file per volume and snapshot.
     pub fuse: Option<PathBuf>,
     pub limits: Limits,
@@ -253,6 +256,7 @@ impl Cluster {
             dir.join("pool"),
             PoolOptions {
                 key,
+                disks: config.disks.clone(),
                 ..PoolOptions::default()
             },
         )?);

@@ -458,3 +458,38 @@ fn a_full_disk_fails_writes_cleanly_and_keeps_data() {
     node.ok(&["volume", "show", "v"]);
     node.ok(&["request", "system.ping"]);
 }
+
+#[test]
+fn slices_spread_over_several_disks() {
+    if !tools(&["qemu-io"]) {
+        return;
+    }
+    let nats = nats();
+    let tmp = TempDir::new().unwrap();
+    let (d0, d1) = (tmp.path().join("disk0"), tmp.path().join("disk1"));
+    let args = [
+        "--disk".as_ref(),
+        d0.as_os_str(),
+        "--disk".as_ref(),
+        d1.as_os_str(),
+    ];
+    let data_dir = tmp.path().join("data");
+    let node = Node::start_with(&data_dir, &nats.url, &args);
+    node.ok(&["volume", "create", "v", "--size", "3G"]);
+    let v = node.nbd_uri("v");
+    // One write in each of the first two 1 GiB slices.
+    assert!(qemu_io(&v, "write -P 0x71 0 1M").status.success());
+    assert!(qemu_io(&v, "write -P 0x72 1G 1M").status.success());
+    let seg_bytes = |d: &Path| -> u64 {
+        std::fs::read_dir(d.join("segments"))
+            .map(|it| it.map(|e| e.unwrap().metadata().unwrap().len()).sum())
+            .unwrap_or(0)
+    };
+    assert!(seg_bytes(&d0) > 0, "slice 0 is not on disk0");
+    assert!(seg_bytes(&d1) > 0, "slice 1 is not on disk1");
+    assert!(node.stop().success());
+    // The pool remembers its disks: restart without the flags.
+    let node = Node::start(&data_dir, &nats.url);
+    assert!(verified(&qemu_io(&node.nbd_uri("v"), "read -P 0x71 0 1M")));
+    assert!(verified(&qemu_io(&node.nbd_uri("v"), "read -P 0x72 1G 1M")));
+}

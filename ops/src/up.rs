@@ -28,6 +28,11 @@ pub struct UpArgs {
     /// Master key for `volume create --encrypt`: a file of 32 raw bytes or 64 hex digits.
     #[arg(long, env = "CAIRN_KEY_FILE")]
     pub key_file: Option<PathBuf>,
+    /// A directory (a disk) for the block pool's segments; repeat to spread
+    /// 1 GiB slices over several. Default: inside the data dir. Only used
+    /// when the pool is created; afterwards the pool remembers its disks.
+    #[arg(long = "disk", value_name = "DIR")]
+    pub disks: Vec<PathBuf>,
 }
 
 pub fn cluster_config(data_dir: PathBuf, bus: BusChoice, nbd: Option<ListenAddr>) -> Config {
@@ -36,6 +41,7 @@ pub fn cluster_config(data_dir: PathBuf, bus: BusChoice, nbd: Option<ListenAddr>
         bus,
         nbd,
         key_file: None,
+        disks: vec![],
         fuse: None,
         limits: cairn_actors::Limits::default(),
     }
@@ -55,6 +61,11 @@ pub async fn run(cli: &Cli, args: &UpArgs) -> anyhow::Result<i32> {
     };
     let mut config = cluster_config(args.data_dir.clone(), bus, Some(nbd));
     config.key_file = args.key_file.clone();
+    config.disks = args
+        .disks
+        .iter()
+        .map(std::path::absolute)
+        .collect::<Result<_, _>>()?;
     config.fuse = args.fuse.clone();
     let cluster = Cluster::start(config)
         .await
