@@ -704,6 +704,22 @@ impl Inner {
     /// The caller holds `quiesce` shared.
     pub fn log_and_apply_many(&self, ops: Vec<MetaOp>) -> Result<()> {
         let mut meta = self.meta.lock().unwrap();
+        // Checked again under the meta lock: two racing creates of one name
+        // must not both be logged.
+        {
+            let catalog = self.catalog.read().unwrap();
+            let mut batch = std::collections::HashSet::new();
+            for op in &ops {
+                check_meta(&catalog, op)?;
+                if let MetaOp::Snapshot { volume, name, .. } = op
+                    && !batch.insert((*volume, name.clone()))
+                {
+                    return Err(Error::InvalidArgument(format!(
+                        "snapshot {name:?} is named twice in one group"
+                    )));
+                }
+            }
+        }
         let recs: Vec<(u64, MetaOp)> = ops.into_iter().map(|op| (self.next_gen(1), op)).collect();
         meta.append(&recs)?;
         let mut catalog = self.catalog.write().unwrap();
@@ -1018,6 +1034,65 @@ impl Inner {
             offset: lba * BLOCK as u64,
             reason,
         }
+    }
+}
+
+/// Refuses an operation the catalog contradicts (a name taken, a volume or
+/// snapshot gone), before it is logged.
+fn check_meta(catalog: &Catalog, op: &MetaOp) -> Result<()> {
+    let volume = |id: &u64| {
+        catalog
+            .by_id
+            .get(id)
+            .cloned()
+            .ok_or_else(|| Error::VolumeNotFound {
+                volume: format!("#{id}"),
+            })
+    };
+    let snapshot = |id: &u64, snap: &str| -> Result<()> {
+        let vol = volume(id)?;
+        let found = vol.st.lock().unwrap().snaps.contains_key(snap);
+        if found {
+            Ok(())
+        } else {
+            Err(Error::SnapshotNotFound {
+                volume: vol.name.clone(),
+                snapshot: snap.to_owned(),
+            })
+        }
+    };
+    match op {
+        MetaOp::CreateVolume { name, .. } | MetaOp::Clone { name, .. }
+            if catalog.by_name.contains_key(name) =>
+        {
+            Err(Error::VolumeExists {
+                volume: name.clone(),
+            })
+        }
+        MetaOp::Clone {
+            source,
+            snapshot: s,
+            ..
+        } => snapshot(source, s),
+        MetaOp::CreateVolume { .. } => Ok(()),
+        MetaOp::DeleteVolume { id } => volume(id).map(|_| ()),
+        MetaOp::Snapshot {
+            volume: id, name, ..
+        } => {
+            let vol = volume(id)?;
+            if vol.st.lock().unwrap().snaps.contains_key(name) {
+                return Err(Error::SnapshotExists {
+                    volume: vol.name.clone(),
+                    snapshot: name.clone(),
+                });
+            }
+            Ok(())
+        }
+        MetaOp::DeleteSnapshot { volume: id, name } => snapshot(id, name),
+        MetaOp::Rollback {
+            volume: id,
+            snapshot: s,
+        } => snapshot(id, s),
     }
 }
 

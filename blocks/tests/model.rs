@@ -448,3 +448,27 @@ proptest! {
         }
     }
 }
+
+/// Racing creates of one name: exactly one wins, before and after a crash.
+#[test]
+fn racing_creates_log_one_volume() {
+    let storage = MemStorage::new(1);
+    let pool = Arc::new(Pool::open_with("/pool", options(&storage)).unwrap());
+    let wins: usize = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..8)
+            .map(|_| {
+                let pool = pool.clone();
+                s.spawn(move || pool.create_volume("x", 1 << 20).is_ok() as usize)
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).sum()
+    });
+    assert_eq!(wins, 1);
+    let group = pool.snapshot_group(&[("x", "s"), ("x", "s")]);
+    assert!(group.is_err(), "one snapshot name twice in a group");
+    drop(pool);
+    storage.crash();
+    let pool = Pool::open_with("/pool", options(&storage)).unwrap();
+    assert_eq!(pool.list_volumes(), vec!["x".to_owned()]);
+    assert!(pool.volume_info("x").unwrap().snapshots.is_empty());
+}
