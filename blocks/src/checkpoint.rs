@@ -354,10 +354,10 @@ pub fn recover(root: PathBuf, mut opts: PoolOptions) -> Result<Inner> {
     for (_, item) in replay {
         match item {
             Replay::Meta(op) => {
-                if let MetaOp::CreateVolume { id, .. } | MetaOp::Clone { id, .. } = &op {
-                    next_volume = next_volume.max(id + 1);
-                }
-                if let MetaOp::Snapshot { id, .. } = &op {
+                if let MetaOp::CreateVolume { id, .. }
+                | MetaOp::Clone { id, .. }
+                | MetaOp::Snapshot { id, .. } = &op
+                {
                     next_volume = next_volume.max(id + 1);
                 }
                 apply_meta(&mut catalog, op)?;

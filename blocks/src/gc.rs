@@ -67,7 +67,7 @@ impl Inner {
             (trees, sealed)
         };
         // Live records per segment, each location counted once.
-        let mut seen_nodes = HashMap::new();
+        let mut seen_nodes = HashSet::new();
         let mut seen_locs: HashSet<(u32, u32)> = HashSet::new();
         let mut live: HashMap<u32, Vec<Entry>> = HashMap::new();
         for tree in &trees {

@@ -403,11 +403,7 @@ impl Pool {
         };
         let inner = &self.inner;
         let _q = inner.quiesce.read().unwrap();
-        if inner.catalog.read().unwrap().by_name.contains_key(name) {
-            return Err(Error::VolumeExists {
-                volume: name.to_owned(),
-            });
-        }
+        // A taken name is refused by `check_meta`, under the meta-log lock.
         let id = inner.next_volume.fetch_add(1, Ordering::AcqRel);
         inner.log_and_apply(MetaOp::CreateVolume {
             id,
@@ -488,12 +484,6 @@ impl Pool {
         let inner = &self.inner;
         let _q = inner.quiesce.read().unwrap();
         let vol = inner.volume(volume)?;
-        inner.snap(&vol, snapshot)?;
-        if inner.catalog.read().unwrap().by_name.contains_key(new) {
-            return Err(Error::VolumeExists {
-                volume: new.to_owned(),
-            });
-        }
         inner.log_and_apply(MetaOp::Clone {
             source: vol.id,
             snapshot: snapshot.to_owned(),
@@ -606,30 +596,6 @@ impl Pool {
     /// Reclaims segments whose live share is below `threshold` (0..1).
     pub fn compact(&self, threshold: f64) -> Result<CompactStats> {
         self.inner.compact(threshold)
-    }
-
-    /// Bytes in segment files, over all disks.
-    pub fn segment_bytes(&self) -> u64 {
-        self.inner
-            .segments
-            .map
-            .read()
-            .unwrap()
-            .values()
-            .map(|s| s.len.load(Ordering::Acquire))
-            .sum()
-    }
-
-    /// The disk index each written slice of `volume` is placed on.
-    pub fn placement(&self, volume: &str) -> Result<BTreeMap<u32, u16>> {
-        Ok(self
-            .inner
-            .volume(volume)?
-            .st
-            .lock()
-            .unwrap()
-            .placement
-            .clone())
     }
 }
 

@@ -210,12 +210,16 @@ pub fn encode_block(
     };
     if let Some(cipher) = cipher {
         header.flags |= FLAG_ENCRYPTED;
-        let mut payload = out.split_off(start + HEADER_LEN);
-        cipher
+        // In place, then the tag after the ciphertext: no second buffer.
+        let tag = cipher
             .0
-            .encrypt_in_place(&header.nonce(), &header.aad(), &mut payload)
+            .encrypt_in_place_detached(
+                &header.nonce(),
+                &header.aad(),
+                &mut out[start + HEADER_LEN..],
+            )
             .map_err(|_| "encryption failed")?;
-        out.extend_from_slice(&payload);
+        out.extend_from_slice(&tag);
     }
     header.plen = (out.len() - start - HEADER_LEN) as u32;
     header.psum = sum(&out[start + HEADER_LEN..]);
@@ -313,25 +317,32 @@ pub fn decode_block(
     if header.kind != KIND_DATA || header.lba != lba {
         return Err(DecodeError::WrongAddress { lba: header.lba });
     }
-    let mut payload = rec[HEADER_LEN..header.record_len()].to_vec();
-    if header.flags & FLAG_ENCRYPTED != 0 {
+    let stored = &rec[HEADER_LEN..header.record_len()];
+    // Only an encrypted payload needs a private copy (to decrypt into).
+    let decrypted;
+    let payload: &[u8] = if header.flags & FLAG_ENCRYPTED != 0 {
         let cipher = cipher.ok_or(DecodeError::NeedKey)?;
+        let mut copy = stored.to_vec();
         cipher
             .0
-            .decrypt_in_place(&header.nonce(), &header.aad(), &mut payload)
+            .decrypt_in_place(&header.nonce(), &header.aad(), &mut copy)
             .map_err(|_| DecodeError::Decrypt)?;
-    }
+        decrypted = copy;
+        &decrypted
+    } else {
+        stored
+    };
     match header.flags & 3 {
-        0 if payload.len() == BLOCK => out.copy_from_slice(&payload),
+        0 if payload.len() == BLOCK => out.copy_from_slice(payload),
         1 => {
-            let n = lz4_flex::block::decompress_into(&payload, out)
+            let n = lz4_flex::block::decompress_into(payload, out)
                 .map_err(|_| DecodeError::Decompress)?;
             if n != BLOCK {
                 return Err(DecodeError::Decompress);
             }
         }
         2 => {
-            let v = zstd::bulk::decompress(&payload, BLOCK).map_err(|_| DecodeError::Decompress)?;
+            let v = zstd::bulk::decompress(payload, BLOCK).map_err(|_| DecodeError::Decompress)?;
             if v.len() != BLOCK {
                 return Err(DecodeError::Decompress);
             }

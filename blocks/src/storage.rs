@@ -36,19 +36,12 @@ pub trait Storage: Send + Sync + 'static {
     fn sync_dir(&self, dir: &Path) -> io::Result<()>;
     /// Reads a whole file, or None when it does not exist.
     fn read_all(&self, path: &Path) -> io::Result<Option<Vec<u8>>> {
-        if !self
-            .list(path.parent().unwrap_or(Path::new(".")))?
-            .iter()
-            .any(|n| {
-                path.file_name()
-                    .is_some_and(|f| f.to_string_lossy() == n.as_str())
-            })
-        {
-            return Ok(None);
-        }
-        let file = self.open(path, false)?;
-        let len = file.size()? as usize;
-        let mut buf = vec![0u8; len];
+        let file = match self.open(path, false) {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let mut buf = vec![0u8; file.size()? as usize];
         let n = file.read_at(&mut buf, 0)?;
         buf.truncate(n);
         Ok(Some(buf))

@@ -10,7 +10,7 @@
 //! - `mapped`/`stored` count the entries with `len > 0` and their record
 //!   bytes; tombstones (`len == 0`, `generation > 0`) record a trim's generation.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
@@ -215,7 +215,7 @@ impl Tree {
     /// Calls `f` once per distinct node of this tree not yet in `seen`
     /// (by address), for each of its entries. Lets callers count shared
     /// structure once across many trees.
-    pub fn for_each_unique(&self, seen: &mut HashMap<usize, ()>, f: &mut dyn FnMut(Entry)) {
+    pub fn for_each_unique(&self, seen: &mut HashSet<usize>, f: &mut dyn FnMut(Entry)) {
         if let Some(root) = &self.root {
             unique(root, seen, f);
         }
@@ -343,8 +343,8 @@ fn diff_nodes(
     }
 }
 
-fn unique(node: &Arc<Node>, seen: &mut HashMap<usize, ()>, f: &mut dyn FnMut(Entry)) {
-    if seen.insert(Arc::as_ptr(node) as usize, ()).is_some() {
+fn unique(node: &Arc<Node>, seen: &mut HashSet<usize>, f: &mut dyn FnMut(Entry)) {
+    if !seen.insert(Arc::as_ptr(node) as usize) {
         return;
     }
     match &**node {
