@@ -24,7 +24,7 @@ use std::sync::Arc;
 use cairn_blocks::fuse::{self, FuseHandle};
 use cairn_blocks::nbd::{self, ListenAddr, NbdServerHandle};
 use cairn_blocks::{Pool, PoolOptions};
-use cairn_schema::VolumeState;
+use cairn_schema::{VolumeState, World};
 use tokio::sync::watch;
 
 use crate::Limits;
@@ -134,26 +134,18 @@ pub struct Cluster {
     _lock: File,
 }
 
-/// Folds the whole journal into volume states, keyed by (tenant, volume).
-pub fn replay(journal: &Journal) -> Result<HashMap<(String, String), VolumeState>, journal::Error> {
-    let mut states: HashMap<(String, String), VolumeState> = HashMap::new();
+/// Folds the whole journal into a [`World`].
+pub fn replay(journal: &Journal) -> Result<World, journal::Error> {
+    let mut world = World::default();
     journal.scan(|record| {
         let event = record.event().map_err(|e| journal::Error::Corrupted {
             seq: record.seq,
             message: e.to_string(),
         })?;
-        let name = record
-            .aggregate
-            .strip_prefix("volume/")
-            .unwrap_or(&record.aggregate)
-            .to_owned();
-        states
-            .entry((record.tenant.clone(), name))
-            .or_default()
-            .apply(record.seq, record.time_ms, &event);
+        world.apply(&record, &event);
         Ok(())
     })?;
-    Ok(states)
+    Ok(world)
 }
 
 fn lock_data_dir(dir: &Path) -> Result<File, Error> {
@@ -173,10 +165,10 @@ fn lock_data_dir(dir: &Path) -> Result<File, Error> {
 }
 
 /// Makes the block engine match the journal.
-fn reconcile(pool: &Pool, states: &HashMap<(String, String), VolumeState>) -> Result<(), Error> {
-    let wanted: HashMap<String, &VolumeState> = states
+fn reconcile(pool: &Pool, world: &World) -> Result<(), Error> {
+    let wanted: HashMap<String, &VolumeState> = world
+        .volumes
         .iter()
-        .filter(|(_, s)| s.exists())
         .map(|((tenant, name), s)| (engine_name(tenant, name), s))
         .collect();
     for name in pool.list_volumes() {
@@ -260,8 +252,8 @@ impl Cluster {
                 ..PoolOptions::default()
             },
         )?);
-        let states = replay(&journal)?;
-        reconcile(&pool, &states)?;
+        let world = replay(&journal)?;
+        reconcile(&pool, &world)?;
 
         let services = Services {
             journal,
@@ -270,7 +262,7 @@ impl Cluster {
             limits,
         };
         let registry = Arc::new(Registry::default());
-        for ((tenant, _), state) in states.into_iter().filter(|(_, s)| s.exists()) {
+        for ((tenant, _), state) in world.volumes {
             registry.start_volume(&tenant, state, &services);
         }
 

@@ -328,6 +328,7 @@ impl Gateway {
         for ((tenant, name), actor) in self.registry.all_volumes() {
             let live = actor.send(Get).await.map_err(mailbox_error)?;
             let expected = replayed
+                .volumes
                 .get(&(tenant.clone(), name.clone()))
                 .cloned()
                 .unwrap_or_default();
@@ -341,9 +342,10 @@ impl Gateway {
             }
         }
         let missing: Vec<String> = replayed
-            .iter()
-            .filter(|(key, state)| state.exists() && self.registry.volume(&key.0, &key.1).is_none())
-            .map(|(key, _)| format!("{}/{}", key.0, key.1))
+            .volumes
+            .keys()
+            .filter(|key| self.registry.volume(&key.0, &key.1).is_none())
+            .map(|key| format!("{}/{}", key.0, key.1))
             .collect();
         if !missing.is_empty() {
             return Ok(

@@ -20,4 +20,4 @@ pub use command::{Command, Query, VolumeCommand};
 pub use error::{ApiError, ErrorCode};
 pub use event::Event;
 pub use record::{EventRecord, EventView, Hash};
-pub use state::VolumeState;
+pub use state::{VolumeState, World};

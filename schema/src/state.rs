@@ -1,5 +1,6 @@
 //! Aggregate state, its fold ([`VolumeState::apply`]) and its decider
-//! ([`VolumeState::decide`]). Both are pure and synchronous.
+//! ([`VolumeState::decide`]), and [`World`], the fold of the whole journal.
+//! All of it is pure and synchronous.
 
 use std::collections::BTreeMap;
 
@@ -9,7 +10,41 @@ use crate::event::{
     SnapshotDeleted, VolumeCloned, VolumeCreated, VolumeDeleted, VolumeRolledBack,
     VolumeSnapshotted,
 };
-use crate::{ApiError, ErrorCode, Event, VolumeCommand};
+use crate::{ApiError, ErrorCode, Event, EventRecord, VolumeCommand};
+
+/// The fold of the whole journal: every aggregate's state, keyed by
+/// (tenant, name). Replaying the journal into a `World` gives exactly the
+/// state the live actors hold (`events verify` checks this).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct World {
+    /// Seq of the last record folded in (0: none).
+    pub seq: u64,
+    pub volumes: BTreeMap<(String, String), VolumeState>,
+}
+
+impl World {
+    /// Folds one record (already decoded into `event`) into the world.
+    pub fn apply(&mut self, record: &EventRecord, event: &Event) {
+        self.seq = record.seq;
+        if let Some(name) = record.aggregate.strip_prefix("volume/") {
+            let key = (record.tenant.clone(), name.to_owned());
+            let state = self.volumes.entry(key).or_default();
+            state.apply(record.seq, record.time_ms, event);
+            if !state.exists() {
+                let key = (record.tenant.clone(), name.to_owned());
+                self.volumes.remove(&key);
+            }
+        }
+    }
+
+    /// The volumes of one tenant, in name order.
+    pub fn volumes_of<'a>(&'a self, tenant: &'a str) -> impl Iterator<Item = &'a VolumeState> + 'a {
+        self.volumes
+            .iter()
+            .filter(move |((t, _), _)| t == tenant)
+            .map(|(_, state)| state)
+    }
+}
 
 /// What the journal says about one volume.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
