@@ -148,6 +148,15 @@ pub fn replay(journal: &Journal) -> Result<World, journal::Error> {
     Ok(world)
 }
 
+/// The name this node goes by: the host name, or `local`.
+fn local_node_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "local".to_owned())
+}
+
 fn lock_data_dir(dir: &Path) -> Result<File, Error> {
     let path = dir.join("lock");
     let file = File::create(&path).map_err(|source| Error::DataDir {
@@ -260,10 +269,14 @@ impl Cluster {
             pool: pool.clone(),
             bus: bus.clone(),
             limits,
+            node: local_node_name(),
         };
         let registry = Arc::new(Registry::default());
-        for ((tenant, _), state) in world.volumes {
-            registry.start_volume(&tenant, state, &services);
+        for ((tenant, name), state) in world.volumes {
+            registry.start_volume(&tenant, &name, state, &services);
+        }
+        for ((tenant, name), state) in world.apps {
+            registry.start_app(&tenant, &name, state, &services);
         }
 
         let nbd = match &config.nbd {

@@ -14,14 +14,21 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use cairn_schema::command::EventsFilter;
-use cairn_schema::{ApiError, Command, ErrorCode, Query, VolumeCommand, VolumeState, subject};
+use std::collections::BTreeSet;
+
+use cairn_schema::time::format_rfc3339_ms;
+use cairn_schema::{
+    ApiError, AppCommand, AppState, Command, ErrorCode, Query, VolumeCommand, VolumeState, World,
+    subject,
+};
 use futures::StreamExt;
 use serde_json::{Value, json};
 use tokio::sync::{Semaphore, watch};
 use tracing::Instrument;
 
+use crate::app;
 use crate::bus::{Bus, BusMessage, REQUEST_ID_HEADER, USER_HEADER};
-use crate::journal::Causation;
+use crate::journal::{self, Causation};
 use crate::registry::Registry;
 use crate::services::{Services, journal_error};
 use crate::volume::{self, Execute, Get, engine_name};
@@ -157,8 +164,9 @@ impl Gateway {
         command: Command,
         caller: &Caller,
     ) -> Result<Value, ApiError> {
-        match command {
-            Command::Volume(command) => {
+        let causation = match &command {
+            Command::Query(_) => None,
+            _ => {
                 let journal = &self.services.journal;
                 if let Some(id) = &caller.request_id
                     && let Some(first) =
@@ -166,38 +174,202 @@ impl Gateway {
                 {
                     return Ok(serde_json::from_slice(&first).unwrap_or(Value::Null));
                 }
-                let causation = Causation {
+                Some(Causation {
                     tenant: tenant.to_owned(),
                     user: caller.user.clone().unwrap_or_else(|| "anonymous".into()),
                     dedup: caller.request_id.is_some(),
                     id: caller.request_id.clone().unwrap_or_else(new_request_id),
-                };
+                })
+            }
+        };
+        match (command, causation) {
+            (Command::Volume(command), Some(causation)) => {
+                self.check_app_namespace(tenant, &command).await?;
                 let source = match &command {
                     VolumeCommand::Clone { name, .. } => {
                         Some(self.volume_state(tenant, name).await?)
                     }
                     _ => None,
                 };
-                let actor = self
-                    .registry
-                    .volume_or_start(tenant, command.volume(), &self.services);
-                actor
+                let name = command.volume().to_owned();
+                let actor = self.registry.volume_or_start(tenant, &name, &self.services);
+                let sent = actor
                     .send(Execute {
                         command,
                         causation,
                         source,
                     })
-                    .await
-                    .map_err(mailbox_error)?
+                    .await;
+                match sent {
+                    Ok(result) => result,
+                    Err(e) => Err(self.rebuild_volume(tenant, &name, e).await),
+                }
             }
-            Command::Query(query) => self.query(tenant, query).await,
+            (Command::App(command), Some(causation)) => {
+                let taken = match &command {
+                    AppCommand::Create(_) | AppCommand::Scale { .. } => {
+                        self.volume_names(tenant).await?
+                    }
+                    _ => BTreeSet::new(),
+                };
+                let name = command.app().to_owned();
+                let actor = self.registry.app_or_start(tenant, &name, &self.services);
+                let sent = actor
+                    .send(app::Execute {
+                        command,
+                        causation,
+                        taken,
+                    })
+                    .await;
+                match sent {
+                    Ok(result) => result,
+                    Err(e) => Err(self.rebuild_app(tenant, &name, e).await),
+                }
+            }
+            (Command::Query(query), _) => self.query(tenant, query).await,
+            (_, None) => Err(ApiError::internal("a command without causation")),
+        }
+    }
+
+    /// Volume names under `<app>/` belong to that app: they are created and
+    /// deleted only through it.
+    async fn check_app_namespace(
+        &self,
+        tenant: &str,
+        command: &VolumeCommand,
+    ) -> Result<(), ApiError> {
+        let name = command.volume();
+        let Some((app, pvc)) = name.split_once('/') else {
+            return Ok(());
+        };
+        let state = match self.app_state(tenant, app).await {
+            Ok(state) => state,
+            Err(e) if e.code == ErrorCode::NotFound => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        let refuse = |what: &str| {
+            Err(ApiError::new(
+                ErrorCode::FailedPrecondition,
+                format!("volume {name} belongs to app {app}: {what}"),
+            ))
+        };
+        match command {
+            VolumeCommand::Create { .. } | VolumeCommand::Clone { .. } => {
+                refuse("names under an app are made by the app (cairn app create, cairn app scale)")
+            }
+            VolumeCommand::Delete { .. } if state.volumes.contains_key(pvc) => {
+                refuse("delete the app or scale it in instead")
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Every existing volume name of a tenant.
+    async fn volume_names(&self, tenant: &str) -> Result<BTreeSet<String>, ApiError> {
+        let mut names = BTreeSet::new();
+        for (name, actor) in self.registry.volumes_of(tenant) {
+            let state = match actor.send(Get).await {
+                Ok(state) => state,
+                Err(e) => self.rebuild_volume_state(tenant, &name, e).await?,
+            };
+            if state.exists() {
+                names.insert(name);
+            }
+        }
+        Ok(names)
+    }
+
+    /// Folds one aggregate's records out of the journal.
+    fn replay_aggregate(&self, tenant: &str, aggregate: &str) -> Result<World, ApiError> {
+        let mut world = World::default();
+        self.services
+            .journal
+            .scan(|record| {
+                if record.tenant == tenant && record.aggregate == aggregate {
+                    let event = record.event().map_err(|e| journal::Error::Corrupted {
+                        seq: record.seq,
+                        message: e.to_string(),
+                    })?;
+                    world.apply(&record, &event);
+                }
+                Ok(())
+            })
+            .map_err(|e| journal_error(&e))?;
+        Ok(world)
+    }
+
+    /// A volume actor died (it panicked): start a new one from the journal.
+    async fn rebuild_volume_state(
+        &self,
+        tenant: &str,
+        name: &str,
+        cause: actix::MailboxError,
+    ) -> Result<VolumeState, ApiError> {
+        tracing::error!(volume = name, tenant, error = %cause, "volume actor died; rebuilding it from the journal");
+        let world = self.replay_aggregate(tenant, &format!("volume/{name}"))?;
+        let key = (tenant.to_owned(), name.to_owned());
+        let state = world.volumes.get(&key).cloned().unwrap_or_default();
+        self.registry
+            .start_volume(tenant, name, state.clone(), &self.services);
+        Ok(state)
+    }
+
+    async fn rebuild_volume(
+        &self,
+        tenant: &str,
+        name: &str,
+        cause: actix::MailboxError,
+    ) -> ApiError {
+        match self.rebuild_volume_state(tenant, name, cause).await {
+            Ok(_) => actor_failed("volume", name),
+            Err(e) => e,
+        }
+    }
+
+    /// An app actor died (it panicked): start a new one from the journal.
+    async fn rebuild_app_state(
+        &self,
+        tenant: &str,
+        name: &str,
+        cause: actix::MailboxError,
+    ) -> Result<AppState, ApiError> {
+        tracing::error!(app = name, tenant, error = %cause, "app actor died; rebuilding it from the journal");
+        let world = self.replay_aggregate(tenant, &format!("app/{name}"))?;
+        let key = (tenant.to_owned(), name.to_owned());
+        let state = world.apps.get(&key).cloned().unwrap_or_default();
+        self.registry
+            .start_app(tenant, name, state.clone(), &self.services);
+        Ok(state)
+    }
+
+    async fn rebuild_app(&self, tenant: &str, name: &str, cause: actix::MailboxError) -> ApiError {
+        match self.rebuild_app_state(tenant, name, cause).await {
+            Ok(_) => actor_failed("app", name),
+            Err(e) => e,
+        }
+    }
+
+    async fn app_state(&self, tenant: &str, name: &str) -> Result<AppState, ApiError> {
+        let missing = || ApiError::not_found(format!("app {name:?} does not exist"));
+        let actor = self.registry.app(tenant, name).ok_or_else(missing)?;
+        let state = match actor.send(app::Get).await {
+            Ok(state) => state,
+            Err(e) => self.rebuild_app_state(tenant, name, e).await?,
+        };
+        if state.exists() {
+            Ok(state)
+        } else {
+            Err(missing())
         }
     }
 
     async fn volume_state(&self, tenant: &str, name: &str) -> Result<VolumeState, ApiError> {
         let missing = || ApiError::not_found(format!("volume {name:?} does not exist"));
         let actor = self.registry.volume(tenant, name).ok_or_else(missing)?;
-        let state = actor.send(Get).await.map_err(mailbox_error)?;
+        let state = match actor.send(Get).await {
+            Ok(state) => state,
+            Err(e) => self.rebuild_volume_state(tenant, name, e).await?,
+        };
         if state.exists() {
             Ok(state)
         } else {
@@ -220,13 +392,27 @@ impl Gateway {
             Query::Ping => Ok(json!({ "ok": true, "version": env!("CARGO_PKG_VERSION") })),
             Query::VolumeList => {
                 let mut volumes = Vec::new();
-                for (_, actor) in self.registry.volumes_of(tenant) {
-                    let state = actor.send(Get).await.map_err(mailbox_error)?;
-                    if state.exists() {
+                for name in self.volume_names(tenant).await? {
+                    if let Ok(state) = self.volume_state(tenant, &name).await {
                         volumes.push(self.volume_view(tenant, &state).await);
                     }
                 }
                 Ok(json!({ "volumes": volumes }))
+            }
+            Query::AppGet { name } => Ok(app::view(&self.app_state(tenant, &name).await?)),
+            Query::AppList => {
+                let mut apps = Vec::new();
+                for (name, _) in self.registry.apps_of(tenant) {
+                    if let Ok(state) = self.app_state(tenant, &name).await {
+                        apps.push(app::view(&state));
+                    }
+                }
+                Ok(json!({ "apps": apps }))
+            }
+            Query::AppLog { name, limit } => self.app_log(tenant, &name, limit),
+            Query::NodeList => Ok(self.nodes().await),
+            Query::EventsReplay { at_seq, at_ms, app } => {
+                self.replay_at(tenant, at_seq, at_ms, app.as_deref())
             }
             Query::VolumeShow { name } => {
                 let state = self.volume_state(tenant, &name).await?;
@@ -312,6 +498,138 @@ impl Gateway {
         Ok(json!({ "events": out, "next_seq": last_seq + 1 }))
     }
 
+    /// The app's history, newest first: its own events and its volumes'.
+    fn app_log(&self, tenant: &str, name: &str, limit: u32) -> Result<Value, ApiError> {
+        let filter = EventsFilter {
+            app: Some(name.to_owned()),
+            ..EventsFilter::default()
+        };
+        let mut entries = std::collections::VecDeque::new();
+        self.services
+            .journal
+            .scan(|record| {
+                if record.tenant == tenant && filter.matches(&record.aggregate, "", record.time_ms)
+                {
+                    if entries.len() == limit as usize {
+                        entries.pop_front();
+                    }
+                    entries.push_back(record.view());
+                }
+                Ok(())
+            })
+            .map_err(|e| journal_error(&e))?;
+        if entries.is_empty() {
+            return Err(ApiError::not_found(format!(
+                "app {name:?} has no history (it never existed)"
+            )));
+        }
+        let entries: Vec<_> = entries.into_iter().rev().collect();
+        Ok(json!({ "name": name, "entries": entries }))
+    }
+
+    /// The state as of a seq or a time: the journal folded up to the last
+    /// record at or before it.
+    fn replay_at(
+        &self,
+        tenant: &str,
+        at_seq: Option<u64>,
+        at_ms: Option<u64>,
+        app: Option<&str>,
+    ) -> Result<Value, ApiError> {
+        const PAGE: usize = 4096;
+        let mut world = World::default();
+        let mut at_time_ms = 0;
+        let past = |r: &cairn_schema::EventRecord| {
+            at_seq.is_some_and(|s| r.seq > s) || at_ms.is_some_and(|t| r.time_ms > t)
+        };
+        'pages: loop {
+            let page = self
+                .services
+                .journal
+                .read(world.seq + 1, PAGE)
+                .map_err(|e| journal_error(&e))?;
+            let n = page.len();
+            for record in page {
+                if past(&record) {
+                    break 'pages;
+                }
+                let event = record.event().map_err(|e| {
+                    journal_error(&journal::Error::Corrupted {
+                        seq: record.seq,
+                        message: e.to_string(),
+                    })
+                })?;
+                at_time_ms = record.time_ms;
+                world.apply(&record, &event);
+            }
+            if n < PAGE {
+                break;
+            }
+        }
+        let volumes = |prefix: Option<&str>| -> Vec<Value> {
+            world
+                .volumes_of(tenant)
+                .filter(|v| {
+                    prefix
+                        .is_none_or(|p| v.name.strip_prefix(p).is_some_and(|r| r.starts_with('/')))
+                })
+                .map(|v| volume::view(v, None))
+                .collect()
+        };
+        let at = json!({ "at_seq": world.seq, "at_time": format_rfc3339_ms(at_time_ms) });
+        let mut out = match app {
+            Some(name) => {
+                let state = world
+                    .apps
+                    .get(&(tenant.to_owned(), name.to_owned()))
+                    .ok_or_else(|| {
+                        ApiError::not_found(format!(
+                            "app {name:?} did not exist at seq {}",
+                            world.seq
+                        ))
+                    })?;
+                json!({ "app": app::view(state), "volumes": volumes(Some(name)) })
+            }
+            None => {
+                let apps: Vec<Value> = world
+                    .apps
+                    .iter()
+                    .filter(|((t, _), _)| t == tenant)
+                    .map(|(_, s)| app::view(s))
+                    .collect();
+                json!({ "apps": apps, "volumes": volumes(None) })
+            }
+        };
+        out.as_object_mut()
+            .expect("an object")
+            .extend(at.as_object().expect("an object").clone());
+        Ok(out)
+    }
+
+    /// The nodes: in one process, this one, with its pool's disks.
+    async fn nodes(&self) -> Value {
+        let usage = self.services.pool.disk_usage();
+        let disks: Vec<Value> = usage
+            .iter()
+            .enumerate()
+            .map(|(idx, d)| {
+                let (total, free) = fs_space(&d.dir).unwrap_or((0, 0));
+                json!({
+                    "name": format!("disk-{idx}"),
+                    "path": d.dir,
+                    "used_bytes": d.used_bytes,
+                    "capacity_bytes": total,
+                    "free_bytes": free,
+                })
+            })
+            .collect();
+        json!({ "nodes": [{
+            "name": self.services.node,
+            "state": "ready",
+            "disks": disks,
+        }] })
+    }
+
     /// Checks the hash chain, then that replaying the journal gives the state
     /// the live actors hold.
     async fn verify(&self) -> Result<Value, ApiError> {
@@ -325,40 +643,76 @@ impl Gateway {
             }
         };
         let replayed = crate::cluster::replay(journal).map_err(|e| journal_error(&e))?;
-        for ((tenant, name), actor) in self.registry.all_volumes() {
-            let live = actor.send(Get).await.map_err(mailbox_error)?;
-            let expected = replayed
-                .volumes
-                .get(&(tenant.clone(), name.clone()))
-                .cloned()
-                .unwrap_or_default();
-            if live != expected {
-                return Ok(json!({
-                    "ok": false,
-                    "records": records,
-                    "first_bad_seq": Value::Null,
-                    "reason": format!("live state of volume {tenant}/{name} differs from the replayed journal"),
-                }));
+        let mut live = World::default();
+        for ((tenant, name), _) in self.registry.all_volumes() {
+            if let Ok(state) = self.volume_state(&tenant, &name).await {
+                live.volumes.insert((tenant, name), state);
             }
         }
-        let missing: Vec<String> = replayed
-            .volumes
-            .keys()
-            .filter(|key| self.registry.volume(&key.0, &key.1).is_none())
-            .map(|key| format!("{}/{}", key.0, key.1))
-            .collect();
-        if !missing.is_empty() {
-            return Ok(
-                json!({ "ok": false, "records": records, "first_bad_seq": Value::Null,
-                "reason": format!("volumes in the journal but not live: {}", missing.join(", ")) }),
-            );
+        for ((tenant, name), _) in self.registry.all_apps() {
+            if let Ok(state) = self.app_state(&tenant, &name).await {
+                live.apps.insert((tenant, name), state);
+            }
+        }
+        if let Some(reason) = first_difference(&live, &replayed) {
+            return Ok(json!({
+                "ok": false,
+                "records": records,
+                "first_bad_seq": Value::Null,
+                "reason": reason,
+            }));
         }
         Ok(json!({ "ok": true, "records": records }))
     }
 }
 
-fn mailbox_error(e: actix::MailboxError) -> ApiError {
-    ApiError::new(ErrorCode::Unavailable, format!("actor unavailable: {e}"))
+/// Total and free bytes of the filesystem holding `dir`.
+fn fs_space(dir: &std::path::Path) -> Option<(u64, u64)> {
+    use std::os::unix::ffi::OsStrExt;
+    let path = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
+    // SAFETY: statvfs writes into the struct we pass; the path is NUL-terminated.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    let rc = unsafe { libc::statvfs(path.as_ptr(), &mut st) };
+    (rc == 0).then(|| {
+        let unit = st.f_frsize as u64;
+        (st.f_blocks as u64 * unit, st.f_bavail as u64 * unit)
+    })
+}
+
+/// The first aggregate whose live state differs from the replayed one.
+fn first_difference(live: &World, replayed: &World) -> Option<String> {
+    fn diff<S: PartialEq>(
+        what: &str,
+        live: &std::collections::BTreeMap<(String, String), S>,
+        replayed: &std::collections::BTreeMap<(String, String), S>,
+    ) -> Option<String> {
+        let keys: BTreeSet<&(String, String)> = live.keys().chain(replayed.keys()).collect();
+        keys.into_iter().find_map(|key| {
+            let (tenant, name) = key;
+            match (live.get(key), replayed.get(key)) {
+                (Some(a), Some(b)) if a == b => None,
+                (Some(_), Some(_)) => Some(format!(
+                    "live state of {what} {tenant}/{name} differs from the replayed journal"
+                )),
+                (Some(_), None) => Some(format!(
+                    "{what} {tenant}/{name} is live but not in the journal"
+                )),
+                (None, _) => Some(format!(
+                    "{what} {tenant}/{name} is in the journal but not live"
+                )),
+            }
+        })
+    }
+    diff("volume", &live.volumes, &replayed.volumes)
+        .or_else(|| diff("app", &live.apps, &replayed.apps))
+}
+
+/// What a command gets when its actor died handling it.
+fn actor_failed(kind: &str, name: &str) -> ApiError {
+    ApiError::internal(format!(
+        "the actor of {kind} {name} failed while handling this command and was rebuilt from the \
+         journal; nothing was committed unless `cairn events` shows it; retry with the same request id"
+    ))
 }
 
 /// A fresh request id for commands sent without one.

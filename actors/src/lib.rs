@@ -3,6 +3,9 @@
 //! - [`journal`]: the hash-chained redb event log with group commit.
 //! - [`bus`]: NATS (or the in-process twin) for commands and events.
 //! - [`volume`]: the volume actor (actix), one per volume.
+//! - [`app`]: the app actor, one per app; commits an app's events with its
+//!   volumes' events.
+//! - [`failpoint`]: test-only failure injection (`CAIRN_FAILPOINTS`).
 //! - [`registry`]: finds actors by name (dashmap).
 //! - [`gateway`]: decodes requests from the bus, routes them, replies.
 //! - [`cluster`]: wires everything for `cairn up` and `cairn demo`, rebuilds
@@ -13,9 +16,11 @@
 //! Deciding is pure (`cairn_schema`); this crate only carries out what the
 //! deciders return, in the order the volume actor documents.
 
+pub mod app;
 pub mod bus;
 pub mod client;
 pub mod cluster;
+pub mod failpoint;
 pub mod gateway;
 pub mod journal;
 pub mod nats_server;

@@ -1,27 +1,48 @@
-//! The registry: where to find the actor of each aggregate. A dashmap from
-//! `(tenant, volume)` to the actor's address. Actors are started lazily (on
-//! the first command for a name) or at start-up from the journal.
+//! The registry: where to find the actor of each aggregate. Dashmaps from
+//! `(tenant, name)` to the actor's address, one for volumes and one for
+//! apps. Actors are started lazily (on the first command for a name) or at
+//! start-up from the journal. An actor that died (a panic) is forgotten and
+//! started again from the journal (see [`crate::gateway`]).
+
+use std::sync::Arc;
 
 use actix::prelude::*;
-use cairn_schema::VolumeState;
+use cairn_schema::{AppState, VolumeState};
 use dashmap::DashMap;
 
+use crate::app::AppActor;
 use crate::services::Services;
 use crate::volume::VolumeActor;
 
+type Key = (String, String);
+
 #[derive(Default)]
 pub struct Registry {
-    volumes: DashMap<(String, String), Addr<VolumeActor>>,
+    volumes: DashMap<Key, Addr<VolumeActor>>,
+    apps: DashMap<Key, Addr<AppActor>>,
+}
+
+fn key(tenant: &str, name: &str) -> Key {
+    (tenant.to_owned(), name.to_owned())
+}
+
+/// Entries of one tenant, in name order.
+fn of_tenant<A: Clone>(map: &DashMap<Key, A>, tenant: &str) -> Vec<(String, A)> {
+    let mut out: Vec<_> = map
+        .iter()
+        .filter(|e| e.key().0 == tenant)
+        .map(|e| (e.key().1.clone(), e.value().clone()))
+        .collect();
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    out
 }
 
 impl Registry {
     pub fn volume(&self, tenant: &str, name: &str) -> Option<Addr<VolumeActor>> {
-        self.volumes
-            .get(&(tenant.to_owned(), name.to_owned()))
-            .map(|a| a.clone())
+        self.volumes.get(&key(tenant, name)).map(|a| a.clone())
     }
 
-    /// The actor for a volume, started with `state` if it has none yet.
+    /// The actor for a volume, started with an empty state if it has none yet.
     pub fn volume_or_start(
         &self,
         tenant: &str,
@@ -29,7 +50,7 @@ impl Registry {
         services: &Services,
     ) -> Addr<VolumeActor> {
         self.volumes
-            .entry((tenant.to_owned(), name.to_owned()))
+            .entry(key(tenant, name))
             .or_insert_with(|| {
                 VolumeActor::new(tenant.to_owned(), VolumeState::default(), services.clone())
                     .start()
@@ -37,26 +58,84 @@ impl Registry {
             .clone()
     }
 
-    pub fn start_volume(&self, tenant: &str, state: VolumeState, services: &Services) {
-        let key = (tenant.to_owned(), state.name.clone());
+    /// Starts (or replaces) the actor of a volume with `state`.
+    pub fn start_volume(
+        &self,
+        tenant: &str,
+        name: &str,
+        state: VolumeState,
+        services: &Services,
+    ) -> Addr<VolumeActor> {
+        let k = key(tenant, name);
         let addr = VolumeActor::new(tenant.to_owned(), state, services.clone()).start();
-        self.volumes.insert(key, addr);
+        self.volumes.insert(k, addr.clone());
+        addr
     }
 
-    /// Every volume actor of a tenant, in name order.
+    pub fn forget_volume(&self, tenant: &str, name: &str) {
+        self.volumes.remove(&key(tenant, name));
+    }
+
     pub fn volumes_of(&self, tenant: &str) -> Vec<(String, Addr<VolumeActor>)> {
-        let mut out: Vec<_> = self
-            .volumes
-            .iter()
-            .filter(|e| e.key().0 == tenant)
-            .map(|e| (e.key().1.clone(), e.value().clone()))
-            .collect();
-        out.sort_by(|a, b| a.0.cmp(&b.0));
-        out
+        of_tenant(&self.volumes, tenant)
     }
 
-    pub fn all_volumes(&self) -> Vec<((String, String), Addr<VolumeActor>)> {
+    pub fn all_volumes(&self) -> Vec<(Key, Addr<VolumeActor>)> {
         self.volumes
+            .iter()
+            .map(|e| (e.key().clone(), e.value().clone()))
+            .collect()
+    }
+
+    pub fn app(&self, tenant: &str, name: &str) -> Option<Addr<AppActor>> {
+        self.apps.get(&key(tenant, name)).map(|a| a.clone())
+    }
+
+    /// The actor for an app, started with an empty state if it has none yet.
+    pub fn app_or_start(
+        self: &Arc<Self>,
+        tenant: &str,
+        name: &str,
+        services: &Services,
+    ) -> Addr<AppActor> {
+        self.apps
+            .entry(key(tenant, name))
+            .or_insert_with(|| {
+                AppActor::new(
+                    tenant.to_owned(),
+                    AppState::default(),
+                    services.clone(),
+                    self.clone(),
+                )
+                .start()
+            })
+            .clone()
+    }
+
+    /// Starts (or replaces) the actor of an app with `state`.
+    pub fn start_app(
+        self: &Arc<Self>,
+        tenant: &str,
+        name: &str,
+        state: AppState,
+        services: &Services,
+    ) -> Addr<AppActor> {
+        let k = key(tenant, name);
+        let addr = AppActor::new(tenant.to_owned(), state, services.clone(), self.clone()).start();
+        self.apps.insert(k, addr.clone());
+        addr
+    }
+
+    pub fn forget_app(&self, tenant: &str, name: &str) {
+        self.apps.remove(&key(tenant, name));
+    }
+
+    pub fn apps_of(&self, tenant: &str) -> Vec<(String, Addr<AppActor>)> {
+        of_tenant(&self.apps, tenant)
+    }
+
+    pub fn all_apps(&self) -> Vec<(Key, Addr<AppActor>)> {
+        self.apps
             .iter()
             .map(|e| (e.key().clone(), e.value().clone()))
             .collect()

@@ -17,6 +17,8 @@ pub struct Services {
     pub pool: Arc<Pool>,
     pub bus: Bus,
     pub limits: crate::Limits,
+    /// This node's name.
+    pub node: String,
 }
 
 impl Services {

@@ -80,6 +80,23 @@ impl Handler<Get> for VolumeActor {
     }
 }
 
+/// Fold records another actor committed about this volume (an app creating,
+/// scaling or deleting its volumes commits their events with its own).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Observe(pub Vec<cairn_schema::EventRecord>);
+
+impl Handler<Observe> for VolumeActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: Observe, _: &mut Self::Context) {
+        for record in &msg.0 {
+            let event = record.event().expect("records this process wrote decode");
+            self.state.apply(record.seq, record.time_ms, &event);
+        }
+    }
+}
+
 /// The reply a command gets; also what dedup stores.
 fn reply_for(command: &VolumeCommand) -> Value {
     match command {
@@ -117,6 +134,7 @@ impl Handler<Execute> for VolumeActor {
     type Result = AtomicResponse<Self, Result<Value, ApiError>>;
 
     fn handle(&mut self, msg: Execute, _: &mut Self::Context) -> Self::Result {
+        crate::failpoint::hit("volume.execute");
         let decided = match &msg.source {
             Some(source) => self.state.decide_clone(&msg.command, source),
             None => self.state.decide(&msg.command),

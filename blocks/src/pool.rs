@@ -102,6 +102,14 @@ impl ExportName {
     }
 }
 
+/// One disk of the pool, as [`Pool::disk_usage`] reports it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct DiskUsage {
+    pub dir: PathBuf,
+    /// Bytes of segment files on it (live and not yet compacted).
+    pub used_bytes: u64,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct VolumeInfo {
     pub name: String,
@@ -330,6 +338,18 @@ impl Pool {
 
     pub fn root(&self) -> &Path {
         &self.inner.root
+    }
+
+    /// Each disk's directory and the bytes its live segments hold.
+    pub fn disk_usage(&self) -> Vec<DiskUsage> {
+        self.inner
+            .disks
+            .iter()
+            .map(|d| DiskUsage {
+                dir: d.dir.clone(),
+                used_bytes: d.used.load(Ordering::Relaxed),
+            })
+            .collect()
     }
 
     fn start_background(&self) {

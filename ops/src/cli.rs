@@ -2,7 +2,7 @@
 //! sends one request and prints the reply; errors print as
 //! `error: <code>: <message>` on stderr with exit code 1.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::Context;
@@ -100,7 +100,13 @@ pub enum Command {
     /// Volumes: create, list, snapshot…
     #[command(subcommand)]
     Volume(VolumeCommand),
-    /// The event journal: list, follow, verify.
+    /// Apps: whole applications from Kubernetes manifests.
+    #[command(subcommand)]
+    App(AppCommand),
+    /// Nodes and their disks.
+    #[command(subcommand)]
+    Node(NodeCommand),
+    /// The event journal: list, follow, verify, replay, export.
     Events(EventsArgs),
     /// Send a raw JSON request to `cairn.v1.<tenant>.<KIND>.<VERB>`.
     Request {
@@ -153,6 +159,58 @@ pub enum VolumeCommand {
     SnapshotDelete { name: String, snapshot: String },
 }
 
+#[derive(Debug, Subcommand)]
+pub enum AppCommand {
+    /// Create an app from multi-document Kubernetes YAML (StatefulSet,
+    /// Deployment, Service, ConfigMap, Secret, PVC, and an optional
+    /// `kind: App`); its volumes are `<app>/<pvc>`.
+    Create {
+        /// The manifest file (`-` for stdin).
+        #[arg(short = 'f', long = "file")]
+        file: PathBuf,
+        /// The app's name (default: the `kind: App` document's name).
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// List apps.
+    List,
+    /// Show an app; `-o yaml` prints the stored Kubernetes objects.
+    Get { name: String },
+    /// Delete an app and its volumes.
+    Delete { name: String },
+    /// Set a StatefulSet's or Deployment's replicas (volumes follow).
+    Scale {
+        name: String,
+        #[arg(long)]
+        replicas: u32,
+        /// Which workload, when the app has several.
+        #[arg(long)]
+        workload: Option<String>,
+    },
+    /// Change the app's configuration.
+    #[command(subcommand)]
+    Config(AppConfigCommand),
+    /// The app's history, newest first.
+    Log {
+        name: String,
+        /// At most this many entries.
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AppConfigCommand {
+    /// Set one ConfigMap key: `cairn app config set A <configmap>.<key>=<value>`.
+    Set { name: String, assignment: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum NodeCommand {
+    /// List nodes with their disks' capacity and use.
+    List,
+}
+
 #[derive(Debug, Args)]
 pub struct EventsArgs {
     #[command(subcommand)]
@@ -181,6 +239,20 @@ pub struct EventsArgs {
 pub enum EventsAction {
     /// Check the hash chain and that replaying the journal gives the live state.
     Verify,
+    /// Print the state as of a seq or an RFC 3339 time (time travel).
+    Replay {
+        /// A seq, or a time like 2026-11-22T10:00:00Z.
+        #[arg(long)]
+        at: String,
+        /// Only this app and its volumes.
+        #[arg(long)]
+        app: Option<String>,
+    },
+    /// Write every event (of this tenant) as JSON lines.
+    Export {
+        /// The file to write (default: stdout).
+        file: Option<PathBuf>,
+    },
 }
 
 /// Runs the parsed command; returns the exit code.
@@ -220,6 +292,12 @@ async fn run_client(args: &Cli) -> anyhow::Result<i32> {
     match &args.command {
         Command::Up(_) | Command::Demo(_) => unreachable!("handled by run"),
         Command::Volume(cmd) => volume(&client, fmt, cmd).await,
+        Command::App(cmd) => app(&client, fmt, cmd).await,
+        Command::Node(NodeCommand::List) => {
+            let reply = client.call("node", "list", &json!({})).await?;
+            output::print(fmt, &reply, output::node_rows);
+            Ok(0)
+        }
         Command::Events(events) => self::events(&client, fmt, events).await,
         Command::Request { command, body } => {
             let (kind, verb) = command
@@ -348,14 +426,130 @@ async fn volume(client: &Client, fmt: Format, cmd: &VolumeCommand) -> anyhow::Re
     Ok(0)
 }
 
+async fn app(client: &Client, fmt: Format, cmd: &AppCommand) -> anyhow::Result<i32> {
+    match cmd {
+        AppCommand::Create { file, name } => {
+            let manifest = if file.as_os_str() == "-" {
+                std::io::read_to_string(std::io::stdin())
+                    .context("reading the manifest from stdin")?
+            } else {
+                std::fs::read_to_string(file)
+                    .with_context(|| format!("reading {}", file.display()))?
+            };
+            let reply = client
+                .call(
+                    "app",
+                    "create",
+                    &json!({ "manifest": manifest, "name": name }),
+                )
+                .await?;
+            output::print(fmt, &reply, |r| {
+                let mut rows = vec![vec![format!(
+                    "app {} created with {} objects",
+                    output::cell(&r["name"]),
+                    output::cell(&r["objects"])
+                )]];
+                for v in r["volumes"].as_array().map(Vec::as_slice).unwrap_or(&[]) {
+                    rows.push(vec![format!("  volume {}", output::cell(v))]);
+                }
+                rows
+            });
+        }
+        AppCommand::List => {
+            let reply = client.call("app", "list", &json!({})).await?;
+            output::print(fmt, &reply, |r| {
+                output::app_rows(r["apps"].as_array().map(Vec::as_slice).unwrap_or(&[]))
+            });
+        }
+        AppCommand::Get { name } => {
+            let reply = client.call("app", "get", &json!({ "name": name })).await?;
+            if fmt == Format::Yaml {
+                // What is stored: the Kubernetes objects, one document each.
+                for object in reply["objects"]
+                    .as_array()
+                    .map(Vec::as_slice)
+                    .unwrap_or(&[])
+                {
+                    println!("---");
+                    print!("{}", serde_yaml::to_string(object)?);
+                }
+            } else {
+                output::print(fmt, &reply, output::app_detail_rows);
+            }
+        }
+        AppCommand::Delete { name } => {
+            let reply = client
+                .call("app", "delete", &json!({ "name": name }))
+                .await?;
+            output::print(fmt, &reply, |r| {
+                vec![vec![format!(
+                    "app {name} deleted with {} volumes",
+                    r["volumes"].as_array().map_or(0, Vec::len)
+                )]]
+            });
+        }
+        AppCommand::Scale {
+            name,
+            replicas,
+            workload,
+        } => {
+            let body = json!({ "name": name, "replicas": replicas, "workload": workload });
+            let reply = client.call("app", "scale", &body).await?;
+            output::print(fmt, &reply, |r| {
+                vec![vec![format!(
+                    "app {name}: {} scaled from {} to {} replicas",
+                    output::cell(&r["workload"]),
+                    output::cell(&r["from_replicas"]),
+                    output::cell(&r["replicas"])
+                )]]
+            });
+        }
+        AppCommand::Config(AppConfigCommand::Set { name, assignment }) => {
+            let Some((target, value)) = assignment.split_once('=') else {
+                anyhow::bail!("expected <configmap>.<key>=<value>, not {assignment:?}");
+            };
+            // ConfigMap names may hold dots: split against the app's own.
+            let app = client.call("app", "get", &json!({ "name": name })).await?;
+            let configmaps: Vec<&str> = app["configmaps"]
+                .as_object()
+                .map(|m| m.keys().map(String::as_str).collect())
+                .unwrap_or_default();
+            let Some((configmap, key)) =
+                cairn_schema::app::split_config_target(target, &configmaps)
+            else {
+                anyhow::bail!(
+                    "{target:?} does not start with one of app {name}'s ConfigMaps ({}) followed by .<key>",
+                    if configmaps.is_empty() {
+                        "it has none".to_owned()
+                    } else {
+                        configmaps.join(", ")
+                    }
+                );
+            };
+            let body = json!({ "name": name, "configmap": configmap, "key": key, "value": value });
+            let reply = client.call("app", "config-set", &body).await?;
+            output::print(fmt, &reply, |_| {
+                vec![vec![format!(
+                    "app {name}: {configmap}.{key} set to {value:?}"
+                )]]
+            });
+        }
+        AppCommand::Log { name, limit } => {
+            let reply = client
+                .call("app", "log", &json!({ "name": name, "limit": limit }))
+                .await?;
+            output::print(fmt, &reply, output::log_rows);
+        }
+    }
+    Ok(0)
+}
+
 fn events_filter(args: &EventsArgs) -> anyhow::Result<Value> {
-    let subject = match (&args.app, &args.volume) {
-        (Some(_), Some(_)) => anyhow::bail!("give --app or --volume, not both"),
-        (Some(app), None) => Some(format!("app/{app}")),
-        (None, Some(volume)) => Some(format!("volume/{volume}")),
-        (None, None) => None,
-    };
-    let mut filter = json!({ "subject": subject, "kind": args.kind });
+    if args.app.is_some() && args.volume.is_some() {
+        anyhow::bail!("give --app or --volume, not both");
+    }
+    let subject = args.volume.as_ref().map(|v| format!("volume/{v}"));
+    let mut filter = json!({ "subject": subject, "app": args.app, "kind": args.kind });
     if let Some(since) = &args.since {
         if let Ok(seq) = since.parse::<u64>() {
             filter["since_seq"] = json!(seq);
@@ -388,6 +582,26 @@ async fn events(client: &Client, fmt: Format, args: &EventsArgs) -> anyhow::Resu
             }
         });
         return Ok(if ok { 0 } else { 1 });
+    }
+    match &args.action {
+        Some(EventsAction::Replay { at, app }) => {
+            let mut body = json!({ "app": app });
+            if let Ok(seq) = at.parse::<u64>() {
+                body["at_seq"] = json!(seq);
+            } else {
+                let ms = cairn_schema::time::parse_rfc3339_ms(at).with_context(|| {
+                    format!("--at {at:?} is neither a seq nor an RFC 3339 UTC time")
+                })?;
+                body["at_ms"] = json!(ms);
+            }
+            let reply = client.call("events", "replay", &body).await?;
+            output::print(fmt, &reply, output::replay_rows);
+            return Ok(0);
+        }
+        Some(EventsAction::Export { file: path }) => {
+            return export(client, args, path.as_deref()).await;
+        }
+        _ => {}
     }
     let mut filter = events_filter(args)?;
     // Subscribe first when following, so nothing falls between list and follow.
@@ -436,6 +650,39 @@ async fn events(client: &Client, fmt: Format, args: &EventsArgs) -> anyhow::Resu
             last_seq = seq;
             print_events(fmt, args.json, &[event], false);
         }
+    }
+    Ok(0)
+}
+
+/// Writes every matching event as one JSON object per line.
+async fn export(client: &Client, args: &EventsArgs, path: Option<&Path>) -> anyhow::Result<i32> {
+    use std::io::Write as _;
+    let mut out: Box<dyn std::io::Write> = match path {
+        Some(p) => Box::new(std::io::BufWriter::new(
+            std::fs::File::create(p).with_context(|| format!("creating {}", p.display()))?,
+        )),
+        None => Box::new(std::io::BufWriter::new(std::io::stdout().lock())),
+    };
+    let mut filter = events_filter(args)?;
+    filter["limit"] = json!(cairn_schema::command::MAX_EVENTS_PAGE);
+    let mut n = 0u64;
+    loop {
+        let reply = client.call("events", "list", &filter).await?;
+        let events = reply["events"].as_array().cloned().unwrap_or_default();
+        for e in &events {
+            serde_json::to_writer(&mut out, e)?;
+            out.write_all(b"\n")?;
+        }
+        n += events.len() as u64;
+        let next = reply["next_seq"].as_u64().unwrap_or(0);
+        if events.is_empty() || next <= filter["since_seq"].as_u64().unwrap_or(0) {
+            break;
+        }
+        filter["since_seq"] = json!(next);
+    }
+    out.flush()?;
+    if let Some(p) = path {
+        eprintln!("exported {n} events to {}", p.display());
     }
     Ok(0)
 }

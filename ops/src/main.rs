@@ -14,6 +14,11 @@ use clap::Parser;
 
 fn main() {
     let args = cli::Cli::parse();
+    if !matches!(args.command, cli::Command::Up(_) | cli::Command::Demo(_)) {
+        // A client printing into `| head` should stop quietly, not panic.
+        // SAFETY: setting a signal disposition before any thread starts.
+        unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    }
     telemetry::init(&args);
     let code = actix_rt::System::new().block_on(cli::run(args));
     std::process::exit(code);

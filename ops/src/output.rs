@@ -24,12 +24,14 @@ pub fn print(format: Format, value: &Value, table: impl FnOnce(&Value) -> Vec<Ve
     }
 }
 
-/// Prints rows with aligned columns; the first row is the header.
+/// Prints rows with aligned columns; the first row is the header. A row
+/// of one cell (a title or a note) does not widen the columns.
 pub fn print_table(rows: &[Vec<String>]) {
     let columns = rows.iter().map(Vec::len).max().unwrap_or(0);
     let widths: Vec<usize> = (0..columns)
         .map(|c| {
             rows.iter()
+                .filter(|r| r.len() > 1)
                 .filter_map(|r| r.get(c))
                 .map(|s| s.chars().count())
                 .max()
@@ -169,6 +171,7 @@ pub fn event_rows(events: &[Value]) -> Vec<Vec<String>> {
         "KIND".into(),
         "SUBJECT".into(),
         "HASH".into(),
+        "WHAT".into(),
     ]];
     for e in events {
         let hash = e["hash"]
@@ -181,7 +184,239 @@ pub fn event_rows(events: &[Value]) -> Vec<Vec<String>> {
             cell(&e["kind"]),
             cell(&e["subject"]),
             hash,
+            event_summary(e),
         ]);
+    }
+    rows
+}
+
+pub fn app_rows(apps: &[Value]) -> Vec<Vec<String>> {
+    let mut rows = vec![vec![
+        "NAME".into(),
+        "WORKLOADS".into(),
+        "VOLUMES".into(),
+        "CREATED".into(),
+    ]];
+    for a in apps {
+        let workloads: Vec<String> = a["workloads"]
+            .as_array()
+            .map(Vec::as_slice)
+            .unwrap_or(&[])
+            .iter()
+            .map(|w| {
+                format!(
+                    "{}/{}×{}",
+                    cell(&w["kind"]),
+                    cell(&w["name"]),
+                    cell(&w["replicas"])
+                )
+            })
+            .collect();
+        rows.push(vec![
+            cell(&a["name"]),
+            if workloads.is_empty() {
+                "-".into()
+            } else {
+                workloads.join(",")
+            },
+            a["volumes"].as_array().map_or(0, Vec::len).to_string(),
+            cell(&a["created"]),
+        ]);
+    }
+    rows
+}
+
+/// `app get` as a table: workloads, volumes and ConfigMap keys.
+pub fn app_detail_rows(app: &Value) -> Vec<Vec<String>> {
+    let mut rows = app_rows(std::slice::from_ref(app));
+    rows.push(vec![]);
+    rows.push(vec![
+        "VOLUME".into(),
+        "CLAIM".into(),
+        "SIZE".into(),
+        "STATE".into(),
+    ]);
+    for v in app["volumes"].as_array().map(Vec::as_slice).unwrap_or(&[]) {
+        let state = if v["retained"].as_bool() == Some(true) {
+            "retained (scaled in)"
+        } else {
+            "in use"
+        };
+        rows.push(vec![
+            cell(&v["name"]),
+            cell(&v["claim"]),
+            cell(&v["size"]),
+            state.into(),
+        ]);
+    }
+    if let Some(cms) = app["configmaps"].as_object().filter(|m| !m.is_empty()) {
+        rows.push(vec![]);
+        rows.push(vec!["CONFIG".into(), "VALUE".into()]);
+        for (cm, data) in cms {
+            for (key, value) in data.as_object().into_iter().flatten() {
+                rows.push(vec![format!("{cm}.{key}"), cell(value)]);
+            }
+        }
+    }
+    rows
+}
+
+/// One line saying what an event did, from its JSON view.
+pub fn event_summary(e: &Value) -> String {
+    let d = &e["data"];
+    let list = |v: &Value| -> String {
+        v.as_array()
+            .map(|a| {
+                a.iter()
+                    .map(|x| cell(x.get("pvc").unwrap_or(x)))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            })
+            .unwrap_or_default()
+    };
+    match e["kind"].as_str().unwrap_or("") {
+        "AppCreated" => format!(
+            "created with {} objects and {} volumes",
+            d["objects"].as_array().map_or(0, Vec::len),
+            d["volumes"].as_array().map_or(0, Vec::len)
+        ),
+        "AppScaled" => {
+            let mut s = format!(
+                "scaled {} {} from {} to {} replicas",
+                cell(&d["kind"]),
+                cell(&d["workload"]),
+                cell(&d["from_replicas"]),
+                cell(&d["replicas"])
+            );
+            if d["added"].as_array().is_some_and(|a| !a.is_empty()) {
+                s += &format!(" (+{})", list(&d["added"]));
+            }
+            if d["removed"].as_array().is_some_and(|a| !a.is_empty()) {
+                s += &format!(" (-{})", list(&d["removed"]));
+            }
+            s
+        }
+        "AppConfigSet" => format!(
+            "set {}.{} = {}",
+            cell(&d["configmap"]),
+            cell(&d["key"]),
+            cell(&d["value"])
+        ),
+        "AppDeleted" => "deleted".into(),
+        "VolumeCreated" => format!(
+            "volume {} created ({})",
+            cell(&d["volume"]),
+            d["size_bytes"]
+                .as_u64()
+                .map(cairn_schema::names::format_size)
+                .unwrap_or_default()
+        ),
+        "VolumeCloned" => format!(
+            "volume {} cloned from {}@{}",
+            cell(&d["volume"]),
+            cell(&d["source"]),
+            cell(&d["snapshot"])
+        ),
+        "VolumeDeleted" => format!("volume {} deleted", cell(&d["volume"])),
+        "VolumeSnapshotted" => format!("snapshot {}@{}", cell(&d["volume"]), cell(&d["snapshot"])),
+        "SnapshotDeleted" => format!(
+            "snapshot {}@{} deleted",
+            cell(&d["volume"]),
+            cell(&d["snapshot"])
+        ),
+        "VolumeRolledBack" => format!(
+            "volume {} rolled back to {}",
+            cell(&d["volume"]),
+            cell(&d["snapshot"])
+        ),
+        other => other.to_owned(),
+    }
+}
+
+/// `app log`: newest first, one line per event, like `git log --oneline`.
+pub fn log_rows(reply: &Value) -> Vec<Vec<String>> {
+    let mut rows = vec![vec![
+        "SEQ".into(),
+        "TIME".into(),
+        "BY".into(),
+        "WHAT".into(),
+    ]];
+    for e in reply["entries"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or(&[])
+    {
+        rows.push(vec![
+            cell(&e["seq"]),
+            cell(&e["time"]),
+            cell(&e["user"]),
+            event_summary(e),
+        ]);
+    }
+    rows
+}
+
+pub fn node_rows(reply: &Value) -> Vec<Vec<String>> {
+    let mut rows = vec![vec![
+        "NODE".into(),
+        "STATE".into(),
+        "DISK".into(),
+        "USED".into(),
+        "FREE".into(),
+        "CAPACITY".into(),
+        "PATH".into(),
+    ]];
+    let size = |v: &Value| {
+        v.as_u64()
+            .map(cairn_schema::names::format_size)
+            .unwrap_or("-".into())
+    };
+    for n in reply["nodes"].as_array().map(Vec::as_slice).unwrap_or(&[]) {
+        for d in n["disks"].as_array().map(Vec::as_slice).unwrap_or(&[]) {
+            rows.push(vec![
+                cell(&n["name"]),
+                cell(&n["state"]),
+                cell(&d["name"]),
+                size(&d["used_bytes"]),
+                size(&d["free_bytes"]),
+                size(&d["capacity_bytes"]),
+                cell(&d["path"]),
+            ]);
+        }
+    }
+    rows
+}
+
+/// `events replay`: what existed at that point.
+pub fn replay_rows(reply: &Value) -> Vec<Vec<String>> {
+    let mut rows = vec![vec![format!(
+        "state as of seq {} ({})",
+        cell(&reply["at_seq"]),
+        cell(&reply["at_time"])
+    )]];
+    rows.push(vec![]);
+    if reply["app"].is_object() {
+        rows.extend(app_detail_rows(&reply["app"]));
+    } else {
+        rows.extend(app_rows(
+            reply["apps"].as_array().map(Vec::as_slice).unwrap_or(&[]),
+        ));
+    }
+    rows.push(vec![]);
+    rows.push(vec!["VOLUME".into(), "SIZE".into(), "SNAPSHOTS".into()]);
+    for v in reply["volumes"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or(&[])
+    {
+        let snaps: Vec<String> = v["snapshots"]
+            .as_array()
+            .map(Vec::as_slice)
+            .unwrap_or(&[])
+            .iter()
+            .map(|s| cell(&s["name"]))
+            .collect();
+        rows.push(vec![cell(&v["name"]), cell(&v["size"]), snaps.join(",")]);
     }
     rows
 }

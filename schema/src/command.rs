@@ -14,6 +14,15 @@
 //! | `volume.list` | `{}` | every volume of the tenant |
 //! | `volume.show` | `{"name"}` | one volume with its snapshots |
 //! | `volume.snapshots` | `{"name"}` | the snapshots of one volume |
+//! | `app.create` | `{"manifest","name"?}` (manifest: multi-document Kubernetes YAML) | create an app and its volumes |
+//! | `app.get` | `{"name"}` | the stored objects, volumes and workloads |
+//! | `app.list` | `{}` | every app of the tenant |
+//! | `app.delete` | `{"name"}` | delete an app and its volumes |
+//! | `app.scale` | `{"name","replicas","workload"?}` | change a StatefulSet's or Deployment's replicas |
+//! | `app.config-set` | `{"name","configmap","key","value"}` | set one ConfigMap key |
+//! | `app.log` | `{"name","limit"?}` | the app's history, newest first |
+//! | `node.list` | `{}` | the nodes and their disks |
+//! | `events.replay` | `{"at_seq"?,"at_ms"?,"app"?}` | the state as of a seq or time |
 //! | `events.list` | `{"since_seq"?,"limit"?,"subject"?,"kind"?}` | journal records |
 //! | `events.verify` | `{}` | check the hash chain and replayed state |
 //! | `system.ping` | `{}` | liveness |
@@ -22,6 +31,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use crate::ApiError;
+use crate::app::{AppCommand, parse_manifest};
 use crate::names::{check_label, check_volume_name, parse_size};
 
 /// Largest number of records one `events.list` returns.
@@ -74,11 +84,35 @@ impl VolumeCommand {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Query {
+    AppGet {
+        name: String,
+    },
+    AppList,
+    AppLog {
+        name: String,
+        limit: u32,
+    },
+    NodeList,
+    /// State as of a seq or a time (the last record at or before it).
+    EventsReplay {
+        at_seq: Option<u64>,
+        at_ms: Option<u64>,
+        app: Option<String>,
+    },
     VolumeList,
-    VolumeShow { name: String },
-    VolumeSnapshots { name: String },
-    VolumeDiff { from: String, to: String },
-    VolumeScrub { name: String },
+    VolumeShow {
+        name: String,
+    },
+    VolumeSnapshots {
+        name: String,
+    },
+    VolumeDiff {
+        from: String,
+        to: String,
+    },
+    VolumeScrub {
+        name: String,
+    },
     EventsList(EventsFilter),
     EventsVerify,
     Ping,
@@ -97,6 +131,10 @@ pub struct EventsFilter {
     pub subject: Option<String>,
     #[serde(default)]
     pub kind: Option<String>,
+    /// Keep only records of this app: the app itself and its volumes
+    /// (`app/<a>`, `volume/<a>/…`).
+    #[serde(default)]
+    pub app: Option<String>,
     /// Keep only records at or after this time (epoch ms).
     #[serde(default)]
     pub since_ms: Option<u64>,
@@ -114,7 +152,15 @@ impl EventsFilter {
                     .strip_prefix(s)
                     .is_some_and(|rest| rest.starts_with('/'))
         });
+        let app_ok = self.app.as_deref().is_none_or(|a| {
+            aggregate.strip_prefix("app/").is_some_and(|rest| rest == a)
+                || aggregate
+                    .strip_prefix("volume/")
+                    .and_then(|rest| rest.strip_prefix(a))
+                    .is_some_and(|rest| rest.starts_with('/'))
+        });
         subject_ok
+            && app_ok
             && self.kind.as_deref().is_none_or(|k| k == kind)
             && self.since_ms.is_none_or(|t| time_ms >= t)
     }
@@ -123,6 +169,7 @@ impl EventsFilter {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Command {
     Volume(VolumeCommand),
+    App(AppCommand),
     Query(Query),
 }
 
@@ -186,6 +233,51 @@ struct SnapshotBody {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct EmptyBody {}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AppCreateBody {
+    manifest: String,
+    #[serde(default)]
+    name: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AppScaleBody {
+    name: String,
+    replicas: u32,
+    #[serde(default)]
+    workload: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AppConfigSetBody {
+    name: String,
+    configmap: String,
+    key: String,
+    value: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AppLogBody {
+    name: String,
+    #[serde(default)]
+    limit: Option<u32>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ReplayBody {
+    #[serde(default)]
+    at_seq: Option<u64>,
+    #[serde(default)]
+    at_ms: Option<u64>,
+    #[serde(default)]
+    app: Option<String>,
+}
 
 fn body<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     let bytes = if bytes.iter().all(u8::is_ascii_whitespace) {
@@ -286,6 +378,71 @@ impl Command {
                     Query::VolumeShow { name: b.name }
                 } else {
                     Query::VolumeSnapshots { name: b.name }
+                })
+            }
+            ("app", "create") => {
+                let b: AppCreateBody = body(bytes)?;
+                Command::App(AppCommand::Create(parse_manifest(
+                    &b.manifest,
+                    b.name.as_deref(),
+                )?))
+            }
+            ("app", "delete") | ("app", "get") => {
+                let b: NameBody = body(bytes)?;
+                check_label("app", &b.name)?;
+                if verb == "delete" {
+                    Command::App(AppCommand::Delete { name: b.name })
+                } else {
+                    Command::Query(Query::AppGet { name: b.name })
+                }
+            }
+            ("app", "list") => {
+                body::<EmptyBody>(bytes)?;
+                Command::Query(Query::AppList)
+            }
+            ("app", "scale") => {
+                let b: AppScaleBody = body(bytes)?;
+                check_label("app", &b.name)?;
+                Command::App(AppCommand::Scale {
+                    name: b.name,
+                    workload: b.workload,
+                    replicas: b.replicas,
+                })
+            }
+            ("app", "config-set") => {
+                let b: AppConfigSetBody = body(bytes)?;
+                check_label("app", &b.name)?;
+                Command::App(AppCommand::ConfigSet {
+                    name: b.name,
+                    configmap: b.configmap,
+                    key: b.key,
+                    value: b.value,
+                })
+            }
+            ("app", "log") => {
+                let b: AppLogBody = body(bytes)?;
+                check_label("app", &b.name)?;
+                Command::Query(Query::AppLog {
+                    name: b.name,
+                    limit: b.limit.unwrap_or(100).clamp(1, MAX_EVENTS_PAGE),
+                })
+            }
+            ("node", "list") => {
+                body::<EmptyBody>(bytes)?;
+                Command::Query(Query::NodeList)
+            }
+            ("events", "replay") => {
+                let b: ReplayBody = body(bytes)?;
+                if let Some(app) = &b.app {
+                    check_label("app", app)?;
+                }
+                if b.at_seq.is_some() && b.at_ms.is_some() {
+                    return Err(ApiError::invalid("give at_seq or at_ms, not both"));
+                }
+                Command::Query(Query::EventsReplay {
+                    at_seq: b.at_seq,
+                    at_ms: b.at_ms,
+                    app: b.app,
                 })
             }
             ("events", "list") => Command::Query(Query::EventsList(body(bytes)?)),

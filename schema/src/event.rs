@@ -8,6 +8,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::app::{AppVolume, Object};
+
 /// A volume came into being, with its block-engine settings. *Since v0.2
 /// (tag 5); tag 1 events of v0.1 are upcast to it on decode.*
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -76,6 +78,47 @@ pub struct SnapshotDeleted {
     pub snapshot: String,
 }
 
+/// An app came into being from a manifest. Its volumes' `VolumeCreated`
+/// events precede it in the same commit. *Since v0.2.*
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AppCreated {
+    pub app: String,
+    pub objects: Vec<Object>,
+    pub volumes: Vec<AppVolume>,
+}
+
+/// A workload's replica count changed. `added` volumes' `VolumeCreated`
+/// events precede it in the same commit, `removed` ones' `VolumeDeleted`
+/// follow it. *Since v0.2.*
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AppScaled {
+    pub app: String,
+    /// `StatefulSet` or `Deployment`.
+    pub kind: String,
+    pub workload: String,
+    pub from_replicas: u32,
+    pub replicas: u32,
+    pub added: Vec<AppVolume>,
+    /// PVC names.
+    pub removed: Vec<String>,
+}
+
+/// One key of one of an app's ConfigMaps was set. *Since v0.2.*
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AppConfigSet {
+    pub app: String,
+    pub configmap: String,
+    pub key: String,
+    pub value: String,
+}
+
+/// An app was removed; its volumes' `VolumeDeleted` events follow it in the
+/// same commit. *Since v0.2.*
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AppDeleted {
+    pub app: String,
+}
+
 /// Errors decoding a stored event.
 #[derive(Debug, thiserror::Error)]
 pub enum CodecError {
@@ -140,6 +183,10 @@ events! {
     5 => VolumeCreated,
     6 => VolumeCloned,
     7 => VolumeRolledBack,
+    8 => AppCreated,
+    9 => AppScaled,
+    10 => AppConfigSet,
+    11 => AppDeleted,
 }
 
 /// Tags no longer written, still decoded through [`upcast`].
@@ -168,6 +215,10 @@ impl Event {
             | Event::VolumeRolledBack(VolumeRolledBack { volume, .. }) => {
                 format!("volume/{volume}")
             }
+            Event::AppCreated(AppCreated { app, .. })
+            | Event::AppScaled(AppScaled { app, .. })
+            | Event::AppConfigSet(AppConfigSet { app, .. })
+            | Event::AppDeleted(AppDeleted { app }) => format!("app/{app}"),
         }
     }
 }

@@ -7,6 +7,7 @@
 //! only as a field the journal fills in. Event tags are explicit and never
 //! reused (see [`event`]).
 
+pub mod app;
 pub mod command;
 pub mod error;
 pub mod event;
@@ -16,6 +17,7 @@ pub mod state;
 pub mod subject;
 pub mod time;
 
+pub use app::{AppCommand, AppState};
 pub use command::{Command, Query, VolumeCommand};
 pub use error::{ApiError, ErrorCode};
 pub use event::Event;

@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use crate::app::AppState;
 use crate::event::{
     SnapshotDeleted, VolumeCloned, VolumeCreated, VolumeDeleted, VolumeRolledBack,
     VolumeSnapshotted,
@@ -20,6 +21,7 @@ pub struct World {
     /// Seq of the last record folded in (0: none).
     pub seq: u64,
     pub volumes: BTreeMap<(String, String), VolumeState>,
+    pub apps: BTreeMap<(String, String), AppState>,
 }
 
 impl World {
@@ -33,6 +35,14 @@ impl World {
             if !state.exists() {
                 let key = (record.tenant.clone(), name.to_owned());
                 self.volumes.remove(&key);
+            }
+        } else if let Some(name) = record.aggregate.strip_prefix("app/") {
+            let key = (record.tenant.clone(), name.to_owned());
+            let state = self.apps.entry(key).or_default();
+            state.apply(record.seq, record.time_ms, event);
+            if !state.exists() {
+                let key = (record.tenant.clone(), name.to_owned());
+                self.apps.remove(&key);
             }
         }
     }
@@ -124,6 +134,8 @@ impl VolumeState {
             Event::SnapshotDeleted(SnapshotDeleted { snapshot, .. }) => {
                 self.snapshots.remove(snapshot);
             }
+            // Facts about other aggregates.
+            _ => {}
         }
     }
 

@@ -1,0 +1,296 @@
+//! The app actor: one per (tenant, app). It owns the app's state (the fold
+//! of its events), decides app commands, and commits the app's event
+//! together with its volumes' events in one journal transaction, so an app
+//! and its volumes never disagree in the journal.
+//!
+//! # Effect order
+//! Same rule as [`crate::volume`]: volumes an app command creates are made in
+//! the block engine *before* the commit (and removed again if the commit
+//! fails); volumes it deletes are removed *after*. Once committed, the
+//! volume actors are told the new facts ([`Observe`]) before the reply, so
+//! the next command sees them.
+//!
+//! Commands are handled one at a time ([`AtomicResponse`]).
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use actix::prelude::*;
+use cairn_blocks::{Compression, VolumeOptions};
+use cairn_schema::app::{AppCommand, AppState, volume_name};
+use cairn_schema::names::format_size;
+use cairn_schema::time::format_rfc3339_ms;
+use cairn_schema::{ApiError, Event};
+use serde_json::{Value, json};
+
+use crate::journal::{AppendRequest, Appended, Causation};
+use crate::registry::Registry;
+use crate::services::{Services, journal_error};
+use crate::volume::{Observe, engine_name};
+
+pub struct AppActor {
+    tenant: String,
+    state: AppState,
+    services: Services,
+    registry: Arc<Registry>,
+}
+
+impl AppActor {
+    pub fn new(
+        tenant: String,
+        state: AppState,
+        services: Services,
+        registry: Arc<Registry>,
+    ) -> AppActor {
+        AppActor {
+            tenant,
+            state,
+            services,
+            registry,
+        }
+    }
+}
+
+impl Actor for AppActor {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        ctx.set_mailbox_capacity(self.services.limits.mailbox);
+    }
+}
+
+/// Run a command against this app.
+#[derive(Message)]
+#[rtype(result = "Result<Value, ApiError>")]
+pub struct Execute {
+    pub command: AppCommand,
+    pub causation: Causation,
+    /// The tenant's existing volume names (for create and scale).
+    pub taken: BTreeSet<String>,
+}
+
+/// Read the current state.
+#[derive(Message)]
+#[rtype(result = "AppState")]
+pub struct Get;
+
+impl Handler<Get> for AppActor {
+    type Result = MessageResult<Get>;
+
+    fn handle(&mut self, _: Get, _: &mut Self::Context) -> Self::Result {
+        MessageResult(self.state.clone())
+    }
+}
+
+/// The reply a command gets; also what dedup stores.
+fn reply_for(command: &AppCommand, events: &[Event]) -> Value {
+    let volumes = |created: bool| -> Vec<&str> {
+        events
+            .iter()
+            .filter_map(|e| match e {
+                Event::VolumeCreated(v) if created => Some(v.volume.as_str()),
+                Event::VolumeDeleted(v) if !created => Some(v.volume.as_str()),
+                _ => None,
+            })
+            .collect()
+    };
+    match command {
+        AppCommand::Create(m) => json!({
+            "name": m.name,
+            "objects": m.objects.len(),
+            "volumes": volumes(true),
+        }),
+        AppCommand::Delete { name } => {
+            json!({ "name": name, "deleted": true, "volumes": volumes(false) })
+        }
+        AppCommand::Scale { name, .. } => {
+            let scaled = events.iter().find_map(|e| match e {
+                Event::AppScaled(s) => Some(s),
+                _ => None,
+            });
+            json!({
+                "name": name,
+                "workload": scaled.map(|s| s.workload.as_str()),
+                "from_replicas": scaled.map(|s| s.from_replicas),
+                "replicas": scaled.map(|s| s.replicas),
+                "added": volumes(true),
+                "removed": volumes(false),
+            })
+        }
+        AppCommand::ConfigSet {
+            name,
+            configmap,
+            key,
+            value,
+        } => json!({ "name": name, "configmap": configmap, "key": key, "value": value }),
+    }
+}
+
+impl Handler<Execute> for AppActor {
+    type Result = AtomicResponse<Self, Result<Value, ApiError>>;
+
+    fn handle(&mut self, msg: Execute, _: &mut Self::Context) -> Self::Result {
+        crate::failpoint::hit("app.execute");
+        let decided = self
+            .state
+            .decide(&msg.command, &|v: &str| msg.taken.contains(v));
+        let services = self.services.clone();
+        let registry = self.registry.clone();
+        let tenant = self.tenant.clone();
+        let work = async move {
+            let events = decided?;
+            let reply = reply_for(&msg.command, &events);
+            // Constructive effects first: the volumes this command creates.
+            let mut created: Vec<String> = Vec::new();
+            let mut failed = None;
+            for event in &events {
+                if let Event::VolumeCreated(v) = event {
+                    let engine = engine_name(&tenant, &v.volume);
+                    let size = v.size_bytes;
+                    let opts = VolumeOptions {
+                        compression: Compression::parse(&v.compression).unwrap_or_default(),
+                        encrypt: v.encrypted,
+                    };
+                    let name = engine.clone();
+                    match services
+                        .blocking(move |pool| pool.create_volume_with(&name, size, opts))
+                        .await
+                    {
+                        Ok(()) => created.push(engine),
+                        Err(e) => {
+                            failed = Some(e);
+                            break;
+                        }
+                    }
+                }
+            }
+            let undo = |created: Vec<String>| {
+                let services = services.clone();
+                async move {
+                    for engine in created {
+                        let _ = services
+                            .blocking(move |pool| pool.delete_volume(&engine))
+                            .await;
+                    }
+                }
+            };
+            if let Some(e) = failed {
+                undo(created).await;
+                return Err(e);
+            }
+            let appended = services
+                .journal
+                .append(AppendRequest {
+                    causation: msg.causation,
+                    events,
+                    reply: serde_json::to_vec(&reply).expect("replies serialize"),
+                })
+                .await;
+            let records = match appended {
+                Ok(Appended::Records(records)) => records,
+                Ok(Appended::Duplicate(first)) => {
+                    undo(created).await;
+                    return Ok((
+                        Vec::new(),
+                        serde_json::from_slice(&first).unwrap_or(Value::Null),
+                    ));
+                }
+                Err(e) => {
+                    undo(created).await;
+                    return Err(journal_error(&e));
+                }
+            };
+            // Destructive effects after: the volumes this command deleted.
+            for record in &records {
+                if let Ok(Event::VolumeDeleted(v)) = record.event() {
+                    let engine = engine_name(&tenant, &v.volume);
+                    let name = engine.clone();
+                    if let Err(e) = services
+                        .blocking(move |pool| pool.delete_volume(&name))
+                        .await
+                    {
+                        // The fact stands; start-up reconciliation removes the leftovers.
+                        tracing::warn!(error = %e, volume = %engine, "space not reclaimed yet");
+                    }
+                }
+            }
+            // Tell the volume actors before replying.
+            for record in &records {
+                if let Some(volume) = record.aggregate.strip_prefix("volume/") {
+                    let actor = registry.volume_or_start(&tenant, volume, &services);
+                    if actor.send(Observe(vec![record.clone()])).await.is_err() {
+                        tracing::error!(
+                            volume,
+                            "volume actor gone; it is rebuilt on its next command"
+                        );
+                        registry.forget_volume(&tenant, volume);
+                    }
+                }
+            }
+            services.publish(&records).await;
+            Ok((records, reply))
+        };
+        AtomicResponse::new(Box::pin(work.into_actor(self).map(|result, actor, _| {
+            let (records, reply) = result?;
+            for record in records.iter().filter(|r| r.aggregate.starts_with("app/")) {
+                let event = record.event().expect("records this process wrote decode");
+                actor.state.apply(record.seq, record.time_ms, &event);
+            }
+            Ok(reply)
+        })))
+    }
+}
+
+/// The JSON view of an app for get and list. `replicas` per workload come
+/// from the stored objects; a volume whose ordinal is at or past its
+/// StatefulSet's replicas is `retained` (kept after a scale-in).
+pub fn view(state: &AppState) -> Value {
+    let workloads = state.workloads();
+    let volumes: Vec<Value> = state
+        .volumes
+        .values()
+        .map(|v| {
+            let retained = match (&v.workload, v.ordinal) {
+                (Some(w), Some(ordinal)) => workloads
+                    .iter()
+                    .any(|(_, name, replicas)| name == w && ordinal >= *replicas),
+                _ => false,
+            };
+            json!({
+                "name": volume_name(&state.name, &v.pvc),
+                "pvc": v.pvc,
+                "claim": v.claim,
+                "workload": v.workload,
+                "ordinal": v.ordinal,
+                "size_bytes": v.size_bytes,
+                "size": format_size(v.size_bytes),
+                "storage_class": v.storage_class,
+                "retained": retained,
+            })
+        })
+        .collect();
+    let configmaps: serde_json::Map<String, Value> = state
+        .objects
+        .iter()
+        .filter(|o| o.kind == "ConfigMap")
+        .map(|o| {
+            (
+                o.name.clone(),
+                o.value().get("data").cloned().unwrap_or(json!({})),
+            )
+        })
+        .collect();
+    json!({
+        "name": state.name,
+        "created": format_rfc3339_ms(state.created_ms),
+        "created_seq": state.created_seq,
+        "updated_seq": state.updated_seq,
+        "workloads": workloads
+            .iter()
+            .map(|(kind, name, replicas)| json!({ "kind": kind, "name": name, "replicas": replicas }))
+            .collect::<Vec<_>>(),
+        "volumes": volumes,
+        "configmaps": configmaps,
+        "objects": state.objects.iter().map(|o| o.value()).collect::<Vec<_>>(),
+    })
+}
