@@ -130,7 +130,7 @@ impl Handler<Execute> for AppActor {
     type Result = AtomicResponse<Self, Result<Value, ApiError>>;
 
     fn handle(&mut self, msg: Execute, _: &mut Self::Context) -> Self::Result {
-        crate::failpoint::hit("app.execute");
+        crate::failpoint::hit(&format!("app.execute.{}", msg.command.verb()));
         let decided = self
             .state
             .decide(&msg.command, &|v: &str| msg.taken.contains(v));

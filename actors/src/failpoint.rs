@@ -3,7 +3,7 @@
 //! `CAIRN_FAILPOINTS` environment variable of `cairn up`, read once:
 //!
 //! ```text
-//! CAIRN_FAILPOINTS="app.execute=panic-once,volume.execute=panic"
+//! CAIRN_FAILPOINTS="app.execute.config-set=panic-once,volume.execute.snapshot=panic"
 //! ```
 //!
 //! Actions: `panic` (every hit), `panic-once` (the first hit only) and

@@ -134,7 +134,7 @@ impl Handler<Execute> for VolumeActor {
     type Result = AtomicResponse<Self, Result<Value, ApiError>>;
 
     fn handle(&mut self, msg: Execute, _: &mut Self::Context) -> Self::Result {
-        crate::failpoint::hit("volume.execute");
+        crate::failpoint::hit(&format!("volume.execute.{}", msg.command.verb()));
         let decided = match &msg.source {
             Some(source) => self.state.decide_clone(&msg.command, source),
             None => self.state.decide(&msg.command),

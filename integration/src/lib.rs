@@ -83,6 +83,17 @@ impl Node {
     /// Like [`Node::start`], with extra `cairn up` arguments, e.g.
     /// `["--fuse", DIR]`.
     pub fn start_with(data_dir: &Path, nats_url: &str, up_args: &[&OsStr]) -> Node {
+        Node::start_env(data_dir, nats_url, up_args, &[])
+    }
+
+    /// Like [`Node::start_with`], with extra environment variables for
+    /// `cairn up`, e.g. `CAIRN_FAILPOINTS`.
+    pub fn start_env(
+        data_dir: &Path,
+        nats_url: &str,
+        up_args: &[&OsStr],
+        env: &[(&str, &str)],
+    ) -> Node {
         let nbd_socket = data_dir.join("nbd.sock");
         std::fs::create_dir_all(data_dir).unwrap();
         let log = std::fs::OpenOptions::new()
@@ -96,6 +107,7 @@ impl Node {
             .arg("--nbd")
             .arg(format!("unix:{}", nbd_socket.display()))
             .args(up_args)
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)

@@ -332,6 +332,16 @@ pub enum AppCommand {
 }
 
 impl AppCommand {
+    /// The verb of its subject (`app.<verb>`).
+    pub fn verb(&self) -> &'static str {
+        match self {
+            AppCommand::Create(_) => "create",
+            AppCommand::Delete { .. } => "delete",
+            AppCommand::Scale { .. } => "scale",
+            AppCommand::ConfigSet { .. } => "config-set",
+        }
+    }
+
     pub fn app(&self) -> &str {
         match self {
             AppCommand::Create(m) => &m.name,

@@ -69,6 +69,18 @@ pub enum VolumeCommand {
 }
 
 impl VolumeCommand {
+    /// The verb of its subject (`volume.<verb>`).
+    pub fn verb(&self) -> &'static str {
+        match self {
+            VolumeCommand::Create { .. } => "create",
+            VolumeCommand::Delete { .. } => "delete",
+            VolumeCommand::Clone { .. } => "clone",
+            VolumeCommand::Rollback { .. } => "rollback",
+            VolumeCommand::Snapshot { .. } => "snapshot",
+            VolumeCommand::DeleteSnapshot { .. } => "snapshot-delete",
+        }
+    }
+
     pub fn volume(&self) -> &str {
         match self {
             VolumeCommand::Create { name, .. }
