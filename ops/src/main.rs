@@ -14,7 +14,9 @@ use clap::Parser;
 
 fn main() {
     let args = cli::Cli::parse();
-    telemetry::init(&args);
+    let telemetry = telemetry::init(&args);
     let code = actix_rt::System::new().block_on(cli::run(args));
+    // Export the spans still queued before exit skips every destructor.
+    telemetry.shutdown();
     std::process::exit(code);
 }
