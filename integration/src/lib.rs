@@ -1,6 +1,7 @@
 //! Test harness for end-to-end tests: builds the `cairn` binary, starts a
 //! private nats-server per test on a free loopback port, runs `cairn up` as a
-//! child process (optionally with extra `up` arguments such as `--fuse DIR`),
+//! child process (optionally with extra `up` arguments such as `--fuse DIR`
+//! and environment variables such as `OTEL_EXPORTER_OTLP_ENDPOINT`),
 //! drives it with the CLI, a raw NATS client and real NBD clients (qemu-io),
 //! and kills it with SIGKILL when asked.
 //!
@@ -83,6 +84,18 @@ impl Node {
     /// Like [`Node::start`], with extra `cairn up` arguments, e.g.
     /// `["--fuse", DIR]`.
     pub fn start_with(data_dir: &Path, nats_url: &str, up_args: &[&OsStr]) -> Node {
+        Node::start_env(data_dir, nats_url, up_args, &[])
+    }
+
+    /// Like [`Node::start_with`], with environment variables set for the
+    /// `cairn up` child only (e.g. `OTEL_EXPORTER_OTLP_ENDPOINT`); the CLI
+    /// children and the test process keep their own environment.
+    pub fn start_env(
+        data_dir: &Path,
+        nats_url: &str,
+        up_args: &[&OsStr],
+        env: &[(&str, &str)],
+    ) -> Node {
         let nbd_socket = data_dir.join("nbd.sock");
         std::fs::create_dir_all(data_dir).unwrap();
         let log = std::fs::OpenOptions::new()
@@ -96,6 +109,7 @@ impl Node {
             .arg("--nbd")
             .arg(format!("unix:{}", nbd_socket.display()))
             .args(up_args)
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)
