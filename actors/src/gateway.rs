@@ -33,13 +33,8 @@ use crate::registry::Registry;
 use crate::services::{Services, journal_error};
 use crate::volume::{self, Execute, Get, engine_name};
 
-/// Span field names (constants, so dashboards can rely on them).
-pub mod fields {
-    pub const TENANT: &str = "cairn.tenant";
-    pub const KIND: &str = "cairn.kind";
-    pub const VERB: &str = "cairn.verb";
-    pub const REQUEST_ID: &str = "cairn.request_id";
-}
+/// Span field names; they live in [`crate::telemetry::fields`].
+pub use crate::telemetry::fields;
 
 pub struct Gateway {
     pub services: Services,
@@ -107,7 +102,7 @@ impl Gateway {
             user: message.header(USER_HEADER).map(str::to_owned),
         };
         let span = tracing::info_span!(
-            "command",
+            crate::telemetry::spans::COMMAND,
             { fields::TENANT } = tracing::field::Empty,
             { fields::KIND } = tracing::field::Empty,
             { fields::VERB } = tracing::field::Empty,

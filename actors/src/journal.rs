@@ -30,6 +30,8 @@ use redb::{
 };
 use tokio::sync::{mpsc, oneshot};
 
+use crate::telemetry::{fields, spans};
+
 const EVENTS: TableDefinition<u64, &[u8]> = TableDefinition::new("events");
 const REQUESTS: TableDefinition<&str, &[u8]> = TableDefinition::new("requests");
 
@@ -312,9 +314,22 @@ fn write_loop(
                 Err(_) => break,
             }
         }
-        let _span = tracing::debug_span!("journal.commit", cairn.batch = batch.len()).entered();
+        let span = tracing::info_span!(
+            spans::JOURNAL_COMMIT,
+            { fields::JOURNAL_BATCH } = batch.len() as i64,
+            { fields::JOURNAL_EVENTS } = tracing::field::Empty,
+            { fields::JOURNAL_FIRST_SEQ } = tracing::field::Empty,
+            { fields::JOURNAL_LAST_SEQ } = tracing::field::Empty,
+        )
+        .entered();
         match write_batch(db, path, head, &batch) {
             Ok((new_head, results)) => {
+                // i64: OTLP integers are signed (see `crate::telemetry`).
+                span.record(fields::JOURNAL_EVENTS, (new_head.0 - head.0) as i64);
+                if new_head.0 > head.0 {
+                    span.record(fields::JOURNAL_FIRST_SEQ, (head.0 + 1) as i64);
+                    span.record(fields::JOURNAL_LAST_SEQ, new_head.0 as i64);
+                }
                 head = new_head;
                 for ((_, done), result) in batch.into_iter().zip(results) {
                     let _ = done.send(Ok(result));

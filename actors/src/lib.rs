@@ -11,6 +11,7 @@
 //! - [`cluster`]: wires everything for `cairn up` and `cairn demo`, rebuilds
 //!   state from the journal at start-up and reconciles the block engine.
 //! - [`nats_server`]: spawns a private nats-server when one is installed.
+//! - [`telemetry`]: span names and `cairn.*` span field names.
 //!
 //! # Architecture invariant
 //! Deciding is pure (`cairn_schema`); this crate only carries out what the
@@ -26,6 +27,7 @@ pub mod journal;
 pub mod nats_server;
 pub mod registry;
 pub mod services;
+pub mod telemetry;
 pub mod volume;
 
 /// Runtime bounds, validated in one place ([`Limits::sanitize`]).

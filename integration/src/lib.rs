@@ -1,6 +1,7 @@
 //! Test harness for end-to-end tests: builds the `cairn` binary, starts a
 //! private nats-server per test on a free loopback port, runs `cairn up` as a
-//! child process (optionally with extra `up` arguments such as `--fuse DIR`),
+//! child process (optionally with extra `up` arguments such as `--fuse DIR`
+//! and environment variables such as `OTEL_EXPORTER_OTLP_ENDPOINT`),
 //! drives it with the CLI, a raw NATS client and real NBD clients (qemu-io),
 //! and kills it with SIGKILL when asked.
 //!
@@ -86,8 +87,9 @@ impl Node {
         Node::start_env(data_dir, nats_url, up_args, &[])
     }
 
-    /// Like [`Node::start_with`], with extra environment variables for
-    /// `cairn up`, e.g. `CAIRN_FAILPOINTS`.
+    /// Like [`Node::start_with`], with environment variables set for the
+    /// `cairn up` child only (e.g. `OTEL_EXPORTER_OTLP_ENDPOINT`); the CLI
+    /// children and the test process keep their own environment.
     pub fn start_env(
         data_dir: &Path,
         nats_url: &str,

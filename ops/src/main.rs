@@ -19,7 +19,9 @@ fn main() {
         // SAFETY: setting a signal disposition before any thread starts.
         unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
     }
-    telemetry::init(&args);
+    let telemetry = telemetry::init(&args);
     let code = actix_rt::System::new().block_on(cli::run(args));
+    // Export the spans still queued before exit skips every destructor.
+    telemetry.shutdown();
     std::process::exit(code);
 }

@@ -7,6 +7,7 @@ use anyhow::Context;
 use cairn_actors::cluster::{BusChoice, Cluster, Config};
 use cairn_blocks::nbd::ListenAddr;
 use clap::Args;
+use tokio::signal::unix::{Signal, SignalKind, signal};
 
 use crate::cli::Cli;
 
@@ -70,6 +71,9 @@ pub async fn run(cli: &Cli, args: &UpArgs) -> anyhow::Result<i32> {
     let cluster = Cluster::start(config)
         .await
         .with_context(|| format!("starting cairn in {}", args.data_dir.display()))?;
+    // Before saying it is up: from here a signal means a graceful stop
+    // (drain, flush, export the last spans), never the default kill.
+    let signals = Signals::install()?;
     let url = cluster.nats_url.clone().or(cli.nats.url.clone());
     let nbd_addr = cluster
         .nbd_addr
@@ -106,7 +110,7 @@ pub async fn run(cli: &Cli, args: &UpArgs) -> anyhow::Result<i32> {
         serde_json::to_vec_pretty(&info)?,
     )?;
 
-    wait_for_signal().await?;
+    signals.wait().await;
     tracing::info!("shutting down: draining requests in flight");
     let drained = tokio::time::timeout(crate::cli::DRAIN_TIMEOUT, cluster.shutdown()).await;
     if drained.is_err() {
@@ -115,12 +119,24 @@ pub async fn run(cli: &Cli, args: &UpArgs) -> anyhow::Result<i32> {
     Ok(0)
 }
 
-async fn wait_for_signal() -> anyhow::Result<()> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate())?;
-    tokio::select! {
-        r = tokio::signal::ctrl_c() => r?,
-        _ = term.recv() => {}
+/// SIGINT and SIGTERM, caught from the moment they are installed.
+struct Signals {
+    interrupt: Signal,
+    terminate: Signal,
+}
+
+impl Signals {
+    fn install() -> anyhow::Result<Signals> {
+        Ok(Signals {
+            interrupt: signal(SignalKind::interrupt())?,
+            terminate: signal(SignalKind::terminate())?,
+        })
     }
-    Ok(())
+
+    async fn wait(mut self) {
+        tokio::select! {
+            _ = self.interrupt.recv() => {}
+            _ = self.terminate.recv() => {}
+        }
+    }
 }
