@@ -278,6 +278,24 @@ impl Cluster {
         for ((tenant, name), state) in world.apps {
             registry.start_app(&tenant, &name, state, &services);
         }
+        let node_name = services.node.clone();
+        let node = registry.start_node(
+            &node_name,
+            world.nodes.get(&node_name).cloned().unwrap_or_default(),
+            &services,
+        );
+        let disks = pool
+            .disk_usage()
+            .iter()
+            .map(|d| d.dir.display().to_string())
+            .collect();
+        node.send(crate::node::Register {
+            node: node_name,
+            disks,
+        })
+        .await
+        .map_err(|e| bus::Error::Other(format!("node actor: {e}")))?
+        .map_err(|e| bus::Error::Other(format!("registering the node: {}", e.message)))?;
 
         let nbd = match &config.nbd {
             None => None,

@@ -26,12 +26,12 @@ use serde_json::{Value, json};
 use tokio::sync::{Semaphore, watch};
 use tracing::Instrument;
 
-use crate::app;
 use crate::bus::{Bus, BusMessage, REQUEST_ID_HEADER, USER_HEADER};
 use crate::journal::{self, Causation};
 use crate::registry::Registry;
 use crate::services::{Services, journal_error};
 use crate::volume::{self, Execute, Get, engine_name};
+use crate::{app, node};
 
 /// Span field names; they live in [`crate::telemetry::fields`].
 pub use crate::telemetry::fields;
@@ -405,7 +405,7 @@ impl Gateway {
                 Ok(json!({ "apps": apps }))
             }
             Query::AppLog { name, limit } => self.app_log(tenant, &name, limit),
-            Query::NodeList => Ok(self.nodes().await),
+            Query::NodeList => self.nodes().await,
             Query::EventsReplay { at_seq, at_ms, app } => {
                 self.replay_at(tenant, at_seq, at_ms, app.as_deref())
             }
@@ -465,6 +465,11 @@ impl Gateway {
         let mut out = Vec::new();
         let mut from = filter.since_seq.max(1);
         let mut last_seq = 0;
+        let wanted_tenant = if filter.cluster {
+            subject::CLUSTER_TENANT
+        } else {
+            tenant
+        };
         'pages: loop {
             let page = self
                 .services
@@ -475,7 +480,7 @@ impl Gateway {
             for record in page {
                 from = record.seq + 1;
                 last_seq = record.seq;
-                if record.tenant != tenant {
+                if record.tenant != wanted_tenant {
                     continue;
                 }
                 let view = record.view();
@@ -601,28 +606,42 @@ impl Gateway {
         Ok(out)
     }
 
-    /// The nodes: in one process, this one, with its pool's disks.
-    async fn nodes(&self) -> Value {
+    /// The nodes, each with its disks; the local node's disks with their use.
+    async fn nodes(&self) -> Result<Value, ApiError> {
         let usage = self.services.pool.disk_usage();
-        let disks: Vec<Value> = usage
-            .iter()
-            .enumerate()
-            .map(|(idx, d)| {
-                let (total, free) = fs_space(&d.dir).unwrap_or((0, 0));
-                json!({
-                    "name": format!("disk-{idx}"),
-                    "path": d.dir,
-                    "used_bytes": d.used_bytes,
-                    "capacity_bytes": total,
-                    "free_bytes": free,
+        let mut nodes = Vec::new();
+        for (name, actor) in self.registry.nodes() {
+            let state = actor.send(node::Get).await.map_err(|e| {
+                ApiError::new(ErrorCode::Unavailable, format!("node actor {name}: {e}"))
+            })?;
+            let local = name == self.services.node;
+            let disks: Vec<Value> = state
+                .disks
+                .iter()
+                .enumerate()
+                .map(|(idx, path)| {
+                    let used = usage
+                        .iter()
+                        .find(|d| local && d.dir.display().to_string() == *path)
+                        .map(|d| d.used_bytes);
+                    let (total, free) = fs_space(std::path::Path::new(path)).unwrap_or((0, 0));
+                    json!({
+                        "name": format!("disk-{idx}"),
+                        "path": path,
+                        "used_bytes": used,
+                        "capacity_bytes": total,
+                        "free_bytes": free,
+                    })
                 })
-            })
-            .collect();
-        json!({ "nodes": [{
-            "name": self.services.node,
-            "state": "ready",
-            "disks": disks,
-        }] })
+                .collect();
+            nodes.push(json!({
+                "name": name,
+                "state": "ready",
+                "registered": format_rfc3339_ms(state.registered_ms),
+                "disks": disks,
+            }));
+        }
+        Ok(json!({ "nodes": nodes }))
     }
 
     /// Checks the hash chain, then that replaying the journal gives the state
@@ -647,6 +666,11 @@ impl Gateway {
         for ((tenant, name), _) in self.registry.all_apps() {
             if let Ok(state) = self.app_state(&tenant, &name).await {
                 live.apps.insert((tenant, name), state);
+            }
+        }
+        for (name, actor) in self.registry.nodes() {
+            if let Ok(state) = actor.send(node::Get).await {
+                live.nodes.insert(name, state);
             }
         }
         if let Some(reason) = first_difference(&live, &replayed) {

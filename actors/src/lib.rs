@@ -5,6 +5,7 @@
 //! - [`volume`]: the volume actor (actix), one per volume.
 //! - [`app`]: the app actor, one per app; commits an app's events with its
 //!   volumes' events.
+//! - [`node`]: the node actor; registers the node and its disks.
 //! - [`failpoint`]: test-only failure injection (`CAIRN_FAILPOINTS`).
 //! - [`registry`]: finds actors by name (dashmap).
 //! - [`gateway`]: decodes requests from the bus, routes them, replies.
@@ -25,6 +26,7 @@ pub mod failpoint;
 pub mod gateway;
 pub mod journal;
 pub mod nats_server;
+pub mod node;
 pub mod registry;
 pub mod services;
 pub mod telemetry;

@@ -1,6 +1,6 @@
 //! The registry: where to find the actor of each aggregate. Dashmaps from
 //! `(tenant, name)` to the actor's address, one for volumes and one for
-//! apps. Actors are started lazily (on the first command for a name) or at
+//! apps, and one from node name to node actor. Actors are started lazily (on the first command for a name) or at
 //! start-up from the journal. An actor that died (a panic) is forgotten and
 //! started again from the journal (see [`crate::gateway`]).
 
@@ -11,6 +11,7 @@ use cairn_schema::{AppState, VolumeState};
 use dashmap::DashMap;
 
 use crate::app::AppActor;
+use crate::node::NodeActor;
 use crate::services::Services;
 use crate::volume::VolumeActor;
 
@@ -20,6 +21,7 @@ type Key = (String, String);
 pub struct Registry {
     volumes: DashMap<Key, Addr<VolumeActor>>,
     apps: DashMap<Key, Addr<AppActor>>,
+    nodes: DashMap<String, Addr<NodeActor>>,
 }
 
 fn key(tenant: &str, name: &str) -> Key {
@@ -85,6 +87,29 @@ impl Registry {
             .iter()
             .map(|e| (e.key().clone(), e.value().clone()))
             .collect()
+    }
+
+    /// Starts (or replaces) the actor of a node.
+    pub fn start_node(
+        &self,
+        name: &str,
+        state: cairn_schema::state::NodeState,
+        services: &Services,
+    ) -> Addr<NodeActor> {
+        let addr = NodeActor::new(state, services.clone()).start();
+        self.nodes.insert(name.to_owned(), addr.clone());
+        addr
+    }
+
+    /// Every node actor, in name order.
+    pub fn nodes(&self) -> Vec<(String, Addr<NodeActor>)> {
+        let mut out: Vec<_> = self
+            .nodes
+            .iter()
+            .map(|e| (e.key().clone(), e.value().clone()))
+            .collect();
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        out
     }
 
     pub fn app(&self, tenant: &str, name: &str) -> Option<Addr<AppActor>> {

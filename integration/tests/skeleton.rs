@@ -59,7 +59,9 @@ fn skeleton_path_survives_kill_9() {
     let events = json_lines(&node.ok(&["events", "--json"]));
     let kinds: Vec<&str> = events.iter().map(|e| e["kind"].as_str().unwrap()).collect();
     assert_eq!(kinds, ["VolumeCreated", "VolumeSnapshotted"]);
-    assert_eq!(events[0]["seq"], 1);
+    // Seq 1 is the node registering itself (a cluster-wide fact).
+    assert_eq!(events[0]["seq"], 2);
+    assert_eq!(events[1]["seq"], 3);
     assert_eq!(events[1]["prev_hash"], events[0]["hash"]);
     let table = node.ok(&["events"]);
     assert!(
@@ -103,7 +105,8 @@ fn skeleton_path_survives_kill_9() {
         "read -P 0x77 0 4k"
     )));
     let verify = node.ok(&["events", "verify"]);
-    assert!(verify.starts_with("ok: 2 records"), "{verify}");
+    // Two volume events and the node's registration.
+    assert!(verify.starts_with("ok: 3 records"), "{verify}");
     assert!(node.stop().success());
 }
 

@@ -295,19 +295,22 @@ fn spans_are_exported_over_otlp_and_flushed_at_shutdown() {
     assert!(has_command(&spans, "volume", "snapshot"), "{spans:#?}");
     // The harness pings until the node answers.
     assert!(has_command(&spans, "system", "ping"), "{spans:#?}");
-    // One commit per accepted command, each with one append and one event;
-    // the refused create never reached the journal.
+    // The node's registration at start-up, then one commit per accepted
+    // command, each with one append and one event; the refused create never
+    // reached the journal.
     assert_eq!(
         commits(&spans),
         [
             (json!(1), json!(1), json!(1), json!(1)),
             (json!(1), json!(1), json!(2), json!(2)),
+            (json!(1), json!(1), json!(3), json!(3)),
         ],
         "{spans:#?}"
     );
 
     // Second run on the same data dir, with a service name: the journal
-    // continues at seq 3 and the spans carry the name.
+    // continues at seq 4 (the node is known already) and the spans carry
+    // the name.
     let second_env = otel_env(&endpoint, "cairn-telemetry-test");
     let node = Node::start_env(dir.path(), &nats.url, &[], &second_env);
     node.ok(&["volume", "snapshot", "v1", "s2"]);
@@ -321,7 +324,7 @@ fn spans_are_exported_over_otlp_and_flushed_at_shutdown() {
     assert!(has_command(&spans, "volume", "snapshot"), "{spans:#?}");
     assert_eq!(
         commits(&spans),
-        [(json!(1), json!(1), json!(3), json!(3))],
+        [(json!(1), json!(1), json!(4), json!(4))],
         "{spans:#?}"
     );
 }

@@ -233,6 +233,9 @@ pub struct EventsArgs {
     /// One JSON object per line.
     #[arg(long)]
     pub json: bool,
+    /// Cluster-wide events (nodes) instead of the tenant's own.
+    #[arg(long)]
+    pub cluster: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -549,7 +552,12 @@ fn events_filter(args: &EventsArgs) -> anyhow::Result<Value> {
         anyhow::bail!("give --app or --volume, not both");
     }
     let subject = args.volume.as_ref().map(|v| format!("volume/{v}"));
-    let mut filter = json!({ "subject": subject, "app": args.app, "kind": args.kind });
+    let mut filter = json!({
+        "subject": subject,
+        "app": args.app,
+        "kind": args.kind,
+        "cluster": args.cluster,
+    });
     if let Some(since) = &args.since {
         if let Ok(seq) = since.parse::<u64>() {
             filter["since_seq"] = json!(seq);

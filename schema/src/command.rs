@@ -147,6 +147,9 @@ pub struct EventsFilter {
     /// (`app/<a>`, `volume/<a>/…`).
     #[serde(default)]
     pub app: Option<String>,
+    /// List cluster-wide records (nodes) instead of the tenant's own.
+    #[serde(default)]
+    pub cluster: bool,
     /// Keep only records at or after this time (epoch ms).
     #[serde(default)]
     pub since_ms: Option<u64>,

@@ -119,6 +119,16 @@ pub struct AppDeleted {
     pub app: String,
 }
 
+/// A node joined the cluster, or came back with different disks. Node
+/// events belong to no tenant (see [`crate::subject::CLUSTER_TENANT`]).
+/// *Since v0.2.*
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeRegistered {
+    pub node: String,
+    /// The directories of its disks.
+    pub disks: Vec<String>,
+}
+
 /// Errors decoding a stored event.
 #[derive(Debug, thiserror::Error)]
 pub enum CodecError {
@@ -187,6 +197,7 @@ events! {
     9 => AppScaled,
     10 => AppConfigSet,
     11 => AppDeleted,
+    12 => NodeRegistered,
 }
 
 /// Tags no longer written, still decoded through [`upcast`].
@@ -219,6 +230,7 @@ impl Event {
             | Event::AppScaled(AppScaled { app, .. })
             | Event::AppConfigSet(AppConfigSet { app, .. })
             | Event::AppDeleted(AppDeleted { app }) => format!("app/{app}"),
+            Event::NodeRegistered(NodeRegistered { node, .. }) => format!("node/{node}"),
         }
     }
 }

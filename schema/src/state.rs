@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::app::AppState;
 use crate::event::{
-    SnapshotDeleted, VolumeCloned, VolumeCreated, VolumeDeleted, VolumeRolledBack,
+    NodeRegistered, SnapshotDeleted, VolumeCloned, VolumeCreated, VolumeDeleted, VolumeRolledBack,
     VolumeSnapshotted,
 };
 use crate::{ApiError, ErrorCode, Event, EventRecord, VolumeCommand};
@@ -22,6 +22,42 @@ pub struct World {
     pub seq: u64,
     pub volumes: BTreeMap<(String, String), VolumeState>,
     pub apps: BTreeMap<(String, String), AppState>,
+    /// Nodes by name (cluster-wide).
+    pub nodes: BTreeMap<String, NodeState>,
+}
+
+/// What the journal says about one node.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeState {
+    pub name: String,
+    pub registered_seq: u64,
+    pub registered_ms: u64,
+    pub disks: Vec<String>,
+}
+
+impl NodeState {
+    pub fn apply(&mut self, seq: u64, time_ms: u64, event: &Event) {
+        if let Event::NodeRegistered(NodeRegistered { node, disks }) = event {
+            *self = NodeState {
+                name: node.clone(),
+                registered_seq: seq,
+                registered_ms: time_ms,
+                disks: disks.clone(),
+            };
+        }
+    }
+
+    /// The events that make the journal know this node with these disks:
+    /// none if it already does.
+    pub fn decide_register(&self, node: &str, disks: &[String]) -> Vec<Event> {
+        if self.registered_seq != 0 && self.disks == disks {
+            return Vec::new();
+        }
+        vec![Event::NodeRegistered(NodeRegistered {
+            node: node.to_owned(),
+            disks: disks.to_vec(),
+        })]
+    }
 }
 
 impl World {
@@ -36,6 +72,11 @@ impl World {
                 let key = (record.tenant.clone(), name.to_owned());
                 self.volumes.remove(&key);
             }
+        } else if let Some(name) = record.aggregate.strip_prefix("node/") {
+            self.nodes
+                .entry(name.to_owned())
+                .or_default()
+                .apply(record.seq, record.time_ms, event);
         } else if let Some(name) = record.aggregate.strip_prefix("app/") {
             let key = (record.tenant.clone(), name.to_owned());
             let state = self.apps.entry(key).or_default();

@@ -8,6 +8,9 @@ use crate::names::check_label;
 
 pub const PREFIX: &str = "cairn.v1";
 pub const DEFAULT_TENANT: &str = "default";
+/// The tenant of cluster-wide facts (nodes). Not a valid tenant label, so no
+/// request subject can name it; every tenant sees its events.
+pub const CLUSTER_TENANT: &str = "_cluster";
 /// What the gateway subscribes to: exactly tenant, kind and verb.
 pub const REQUEST_WILDCARD: &str = "cairn.v1.*.*.*";
 
