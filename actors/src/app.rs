@@ -13,7 +13,7 @@
 //! Commands are handled one at a time ([`AtomicResponse`]).
 
 use std::collections::BTreeSet;
-use std::sync::Arc;
+use std::sync::Weak;
 
 use actix::prelude::*;
 use cairn_blocks::{Compression, VolumeOptions};
@@ -32,7 +32,9 @@ pub struct AppActor {
     tenant: String,
     state: AppState,
     services: Services,
-    registry: Arc<Registry>,
+    /// Weak: the registry owns this actor's address, and a cycle would keep
+    /// both (and the journal) alive after the cluster shuts down.
+    registry: Weak<Registry>,
 }
 
 impl AppActor {
@@ -40,7 +42,7 @@ impl AppActor {
         tenant: String,
         state: AppState,
         services: Services,
-        registry: Arc<Registry>,
+        registry: Weak<Registry>,
     ) -> AppActor {
         AppActor {
             tenant,
@@ -214,16 +216,18 @@ impl Handler<Execute> for AppActor {
                     }
                 }
             }
-            // Tell the volume actors before replying.
-            for record in &records {
-                if let Some(volume) = record.aggregate.strip_prefix("volume/") {
-                    let actor = registry.volume_or_start(&tenant, volume, &services);
-                    if actor.send(Observe(vec![record.clone()])).await.is_err() {
-                        tracing::error!(
-                            volume,
-                            "volume actor gone; it is rebuilt on its next command"
-                        );
-                        registry.forget_volume(&tenant, volume);
+            // Tell the volume actors before replying (no registry: shutting down).
+            if let Some(registry) = registry.upgrade() {
+                for record in &records {
+                    if let Some(volume) = record.aggregate.strip_prefix("volume/") {
+                        let actor = registry.volume_or_start(&tenant, volume, &services);
+                        if actor.send(Observe(vec![record.clone()])).await.is_err() {
+                            tracing::error!(
+                                volume,
+                                "volume actor gone; it is rebuilt on its next command"
+                            );
+                            registry.forget_volume(&tenant, volume);
+                        }
                     }
                 }
             }

@@ -130,7 +130,7 @@ impl Registry {
                     tenant.to_owned(),
                     AppState::default(),
                     services.clone(),
-                    self.clone(),
+                    Arc::downgrade(self),
                 )
                 .start()
             })
@@ -146,7 +146,13 @@ impl Registry {
         services: &Services,
     ) -> Addr<AppActor> {
         let k = key(tenant, name);
-        let addr = AppActor::new(tenant.to_owned(), state, services.clone(), self.clone()).start();
+        let addr = AppActor::new(
+            tenant.to_owned(),
+            state,
+            services.clone(),
+            Arc::downgrade(self),
+        )
+        .start();
         self.apps.insert(k, addr.clone());
         addr
     }

@@ -1,8 +1,9 @@
 //! `cairn demo`: a guided tour on an all-in-one cluster with embedded
 //! defaults. It starts a cluster in this process (with a private nats-server
 //! when installed), drives it through the same API the CLI uses, moves real
-//! bytes over NBD, restarts the cluster from its journal, and checks every
-//! step. Exit code 0 means every check held.
+//! bytes over NBD, creates an app from Kubernetes YAML, scales it, drifts
+//! its config and travels back in its history, restarts the cluster from its
+//! journal, and checks every step. Exit code 0 means every check held.
 
 use std::path::PathBuf;
 
@@ -23,6 +24,35 @@ pub struct DemoArgs {
 }
 
 const VOLUME: &str = "pg-data";
+const APP: &str = "shop";
+/// The demo app: an ordinary Kubernetes manifest plus a `kind: App` document.
+const SHOP_YAML: &str = r#"apiVersion: cairn.dev/v1
+kind: App
+metadata: {name: shop}
+---
+apiVersion: v1
+kind: ConfigMap
+metadata: {name: db-config}
+data: {max_connections: "100"}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: db}
+spec: {clusterIP: None, ports: [{port: 5432}]}
+---
+apiVersion: apps/v1
+kind: StatefulSet
+metadata: {name: db}
+spec:
+  replicas: 1
+  serviceName: db
+  template: {spec: {containers: [{name: postgres, image: "postgres:16"}]}}
+  volumeClaimTemplates:
+    - metadata: {name: data}
+      spec: {resources: {requests: {storage: 1Gi}}}
+    - metadata: {name: wal}
+      spec: {resources: {requests: {storage: 256Mi}}}
+"#;
 const MIB: usize = 1 << 20;
 
 fn step(n: u32, title: &str, cli: &str) {
@@ -193,6 +223,61 @@ pub async fn run(args: &DemoArgs) -> anyhow::Result<i32> {
 
     step(
         8,
+        "an app from Kubernetes YAML: a StatefulSet with data and wal claims",
+        "cairn app create -f shop.yaml",
+    );
+    let created = client
+        .call("app", "create", &json!({ "manifest": SHOP_YAML }))
+        .await?;
+    println!("    volumes: {}", created["volumes"]);
+    let data = format!("{APP}/data-db-0");
+    nbd_pattern(&nbd, &data, "write", 0x42)?;
+    nbd_pattern(&nbd, &data, "read", 0x42)?;
+    println!("    wrote 1 MiB of 0x42 to {data} over NBD");
+
+    step(
+        9,
+        "scale out and change a config value; the app keeps its history",
+        &format!(
+            "cairn app scale {APP} --replicas 2; cairn app config set {APP} db-config.max_connections=250"
+        ),
+    );
+    let scaled = client
+        .call("app", "scale", &json!({ "name": APP, "replicas": 2 }))
+        .await?;
+    println!("    new volumes: {}", scaled["added"]);
+    let before = client.call("app", "get", &json!({ "name": APP })).await?["updated_seq"]
+        .as_u64()
+        .context("updated_seq")?;
+    client
+        .call(
+            "app",
+            "config-set",
+            &json!({ "name": APP, "configmap": "db-config", "key": "max_connections", "value": "250" }),
+        )
+        .await?;
+    let app = client.call("app", "get", &json!({ "name": APP })).await?;
+    output::print_table(&output::app_detail_rows(&app));
+    println!();
+    println!("    $ cairn app log {APP}");
+    let log = client
+        .call("app", "log", &json!({ "name": APP, "limit": 5 }))
+        .await?;
+    output::print_table(&output::log_rows(&log));
+    println!();
+    println!("    $ cairn events replay --at {before} --app {APP}   (time travel)");
+    let then = client
+        .call("events", "replay", &json!({ "at_seq": before, "app": APP }))
+        .await?;
+    let old = &then["app"]["configmaps"]["db-config"]["max_connections"];
+    ensure!(
+        old == "100",
+        "the replayed config should read 100, got {old}"
+    );
+    println!("    at seq {before}, db-config.max_connections was {old}; now it is 250");
+
+    step(
+        10,
         "restart: state is rebuilt from the journal, flushed data survives",
         "kill cairn; cairn up --data-dir DIR",
     );
@@ -201,9 +286,15 @@ pub async fn run(args: &DemoArgs) -> anyhow::Result<i32> {
     let client = cluster.client();
     let volumes = show_volumes(&client).await?;
     ensure!(
-        volumes.len() == 1 && volumes[0]["name"] == VOLUME,
-        "the volume did not survive the restart"
+        volumes.len() == 5 && volumes.iter().any(|v| v["name"] == VOLUME),
+        "the volumes did not survive the restart"
     );
+    let app = client.call("app", "get", &json!({ "name": APP })).await?;
+    ensure!(
+        app["configmaps"]["db-config"]["max_connections"] == "250",
+        "the app's config did not survive the restart"
+    );
+    nbd_pattern(&nbd, &data, "read", 0x42)?;
     nbd_pattern(&nbd, VOLUME, "read", 0xa5)?;
     nbd_pattern(&nbd, &format!("{VOLUME}@before-upgrade"), "read", 0x5a)?;
     println!("    {VOLUME} reads 0xa5 and {VOLUME}@before-upgrade reads 0x5a after the restart");
@@ -216,7 +307,9 @@ pub async fn run(args: &DemoArgs) -> anyhow::Result<i32> {
 
     println!();
     println!("Demo complete: every check held.");
-    println!("Next: `cairn up`, then `cairn volume create v1 --size 1G` from another shell.");
+    println!(
+        "Next: `cairn up`, then `cairn volume create v1 --size 1G` or `cairn app create -f app.yaml` from another shell."
+    );
     Ok(0)
 }
 
