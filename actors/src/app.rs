@@ -222,11 +222,10 @@ impl Handler<Execute> for AppActor {
                     if let Some(volume) = record.aggregate.strip_prefix("volume/") {
                         let actor = registry.volume_or_start(&tenant, volume, &services);
                         if actor.send(Observe(vec![record.clone()])).await.is_err() {
-                            tracing::error!(
-                                volume,
-                                "volume actor gone; it is rebuilt on its next command"
-                            );
-                            registry.forget_volume(&tenant, volume);
+                            // Its dead address stays: the gateway rebuilds it
+                            // from the journal (this record included) when it
+                            // next fails to reach it.
+                            tracing::error!(volume, "volume actor gone");
                         }
                     }
                 }

@@ -74,10 +74,6 @@ impl Registry {
         addr
     }
 
-    pub fn forget_volume(&self, tenant: &str, name: &str) {
-        self.volumes.remove(&key(tenant, name));
-    }
-
     pub fn volumes_of(&self, tenant: &str) -> Vec<(String, Addr<VolumeActor>)> {
         of_tenant(&self.volumes, tenant)
     }
@@ -155,10 +151,6 @@ impl Registry {
         .start();
         self.apps.insert(k, addr.clone());
         addr
-    }
-
-    pub fn forget_app(&self, tenant: &str, name: &str) {
-        self.apps.remove(&key(tenant, name));
     }
 
     pub fn apps_of(&self, tenant: &str) -> Vec<(String, Addr<AppActor>)> {
