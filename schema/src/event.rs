@@ -288,4 +288,118 @@ mod tests {
         );
         assert_eq!(event.tag(), 5);
     }
+
+    /// One sample of every live event kind.
+    fn samples() -> Vec<Event> {
+        use crate::app::{AppVolume, Object};
+        let volume = AppVolume {
+            pvc: "data-db-0".into(),
+            claim: "data".into(),
+            workload: Some("db".into()),
+            ordinal: Some(0),
+            size_bytes: 1 << 30,
+            storage_class: None,
+        };
+        vec![
+            Event::VolumeDeleted(VolumeDeleted { volume: "v".into() }),
+            Event::VolumeSnapshotted(VolumeSnapshotted {
+                volume: "v".into(),
+                snapshot: "s".into(),
+            }),
+            Event::SnapshotDeleted(SnapshotDeleted {
+                volume: "v".into(),
+                snapshot: "s".into(),
+            }),
+            Event::VolumeCreated(VolumeCreated {
+                volume: "v".into(),
+                size_bytes: 1 << 30,
+                compression: "zstd".into(),
+                encrypted: true,
+            }),
+            Event::VolumeCloned(VolumeCloned {
+                volume: "c".into(),
+                source: "v".into(),
+                snapshot: "s".into(),
+                size_bytes: 1 << 30,
+            }),
+            Event::VolumeRolledBack(VolumeRolledBack {
+                volume: "v".into(),
+                snapshot: "s".into(),
+            }),
+            Event::AppCreated(AppCreated {
+                app: "shop".into(),
+                objects: vec![Object {
+                    api_version: "v1".into(),
+                    kind: "ConfigMap".into(),
+                    name: "c".into(),
+                    json: r#"{"kind":"ConfigMap"}"#.into(),
+                }],
+                volumes: vec![volume.clone()],
+            }),
+            Event::AppScaled(AppScaled {
+                app: "shop".into(),
+                kind: "StatefulSet".into(),
+                workload: "db".into(),
+                from_replicas: 1,
+                replicas: 2,
+                added: vec![volume],
+                removed: vec!["wal-db-3".into()],
+            }),
+            Event::AppConfigSet(AppConfigSet {
+                app: "shop".into(),
+                configmap: "c".into(),
+                key: "k".into(),
+                value: "v".into(),
+            }),
+            Event::AppDeleted(AppDeleted { app: "shop".into() }),
+            Event::NodeRegistered(NodeRegistered {
+                node: "n1".into(),
+                disks: vec!["/d0".into(), "/d1".into()],
+            }),
+        ]
+    }
+
+    /// Every live event kind has checked-in bytes
+    /// (`tests/golden/event-<tag>-<Kind>.hex`) that must still decode to the
+    /// same event, and that the current encoder must still produce. A change
+    /// to an event's fields fails here: give the new shape a new tag and
+    /// upcast the old one (see [`upcast`]) instead. New kinds: run once
+    /// with `UPDATE_GOLDEN=1` to write their files.
+    #[test]
+    fn golden_files_pin_every_event_layout() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden");
+        let samples = samples();
+        assert_eq!(
+            samples.len(),
+            Event::TAGS.len(),
+            "one sample per event kind"
+        );
+        for event in samples {
+            let path = dir.join(format!("event-{}-{}.hex", event.tag(), event.kind()));
+            let bytes = event.encode();
+            if std::env::var_os("UPDATE_GOLDEN").is_some() && !path.exists() {
+                std::fs::write(&path, crate::record::hex(&bytes) + "\n").unwrap();
+            }
+            let golden = std::fs::read_to_string(&path).unwrap_or_else(|_| {
+                panic!("{} is missing (UPDATE_GOLDEN=1 writes it)", path.display())
+            });
+            let golden = golden.trim();
+            let stored: Vec<u8> = (0..golden.len())
+                .step_by(2)
+                .map(|i| u8::from_str_radix(&golden[i..i + 2], 16).unwrap())
+                .collect();
+            assert_eq!(
+                Event::decode(event.tag(), &stored).unwrap(),
+                event,
+                "{} no longer decodes to its sample",
+                path.display()
+            );
+            assert_eq!(
+                stored,
+                bytes,
+                "{} no longer encodes the same",
+                path.display()
+            );
+        }
+    }
 }
