@@ -340,6 +340,33 @@ impl Pool {
         &self.inner.root
     }
 
+    /// Pins slices of a volume to disks (indexes into [`PoolOptions::disks`]):
+    /// later writes to slice `s` go to its disk. Blocks already written stay
+    /// where they are. A placement reaches the checkpoint with the volume;
+    /// the control plane re-applies its plan at start-up, so one lost to a
+    /// crash before the next checkpoint is restored.
+    pub fn place_slices(&self, volume: &str, slices: &[(u32, u16)]) -> Result<()> {
+        let n_disks = self.inner.disks.len();
+        if let Some((slice, disk)) = slices.iter().find(|(_, d)| *d as usize >= n_disks) {
+            return Err(Error::InvalidArgument(format!(
+                "slice {slice} of {volume} placed on disk {disk}, but the pool has {n_disks}"
+            )));
+        }
+        let vol = self.inner.volume(volume)?;
+        let mut st = vol.st.lock().unwrap();
+        for (slice, disk) in slices {
+            st.placement.insert(*slice, *disk);
+        }
+        Ok(())
+    }
+
+    /// Where each slice of a volume that has a disk lives: (slice, disk).
+    pub fn slice_disks(&self, volume: &str) -> Result<Vec<(u32, u16)>> {
+        let vol = self.inner.volume(volume)?;
+        let st = vol.st.lock().unwrap();
+        Ok(st.placement.iter().map(|(s, d)| (*s, *d)).collect())
+    }
+
     /// Each disk's directory and the bytes its live segments hold.
     pub fn disk_usage(&self) -> Vec<DiskUsage> {
         self.inner

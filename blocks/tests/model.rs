@@ -472,3 +472,26 @@ fn racing_creates_log_one_volume() {
     assert_eq!(pool.list_volumes(), vec!["x".to_owned()]);
     assert!(pool.volume_info("x").unwrap().snapshots.is_empty());
 }
+
+/// Pinned slices are written to their disk, and the pin survives a close
+/// and a reopen (it is in the checkpoint).
+#[test]
+fn placed_slices_go_to_their_disk() {
+    let storage = MemStorage::new(2);
+    let pool = Pool::open_with("/pool", options(&storage)).unwrap();
+    pool.create_volume("p", 3 << 30).unwrap();
+    pool.place_slices("p", &[(0, 1), (1, 1), (2, 0)]).unwrap();
+    assert!(pool.place_slices("p", &[(0, 9)]).is_err(), "no disk 9");
+    assert!(pool.place_slices("nope", &[(0, 0)]).is_err());
+    let dev = pool.open_export("p").unwrap();
+    dev.write_at(&pattern(5, 4096), 0, false).unwrap();
+    dev.write_at(&pattern(6, 4096), 1 << 30, false).unwrap();
+    dev.flush().unwrap();
+    let used: Vec<u64> = pool.disk_usage().iter().map(|d| d.used_bytes).collect();
+    assert_eq!(used[0], 0, "nothing was placed on disk 0 yet: {used:?}");
+    assert!(used[1] > 0);
+    pool.close().unwrap();
+    drop((dev, pool));
+    let pool = Pool::open_with("/pool", options(&storage)).unwrap();
+    assert_eq!(pool.slice_disks("p").unwrap(), [(0, 1), (1, 1), (2, 0)]);
+}
