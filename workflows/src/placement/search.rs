@@ -645,30 +645,47 @@ impl<'a> Search<'a> {
             usable_names.sort();
             let set_name = self.sets[set].name.clone();
             let replica = replica_name(&set_name, n_usable as u32);
+            // Describe the reasons with the names of the replica refused.
+            let unit = self
+                .units
+                .iter()
+                .position(|u| u.set == Some(set) && u.ordinal == n_usable as u32)
+                .unwrap_or(unit);
             let mut message = format!(
                 "replica {replica} needs a {level} other than {}; there are no more {level}s",
                 names(&usable_names)
             );
-            let mut unusable: Vec<String> = Vec::new();
-            for domain in (0..n_domains).filter(|&d| !usable[d]) {
-                let reasons = &why_not[domain];
-                let text = if reasons.is_empty() {
-                    format!("{level} {}", self.cluster.domain_name(level, domain))
-                } else {
-                    format!(
-                        "{level} {}: {}",
-                        self.cluster.domain_name(level, domain),
-                        self.describe(unit, reasons)
-                    )
-                };
-                unusable.push(text);
-            }
-            if !unusable.is_empty() {
+            let unusable: Vec<usize> = (0..n_domains).filter(|&d| !usable[d]).collect();
+            if whole_replica && !unusable.is_empty() {
+                let texts: Vec<String> = unusable
+                    .iter()
+                    .map(|&domain| {
+                        let why = self.describe(unit, &why_not[domain]);
+                        if level == Level::Node {
+                            why
+                        } else {
+                            let name = self.cluster.domain_name(level, domain);
+                            format!("{level} {name}: {why}")
+                        }
+                    })
+                    .collect();
                 message.push_str(" that can hold it: ");
-                message.push_str(&unusable.join("; "));
-                if !whole_replica {
-                    message.push_str(" (no live disk of a media it may use with free space)");
-                }
+                message.push_str(&texts.join("; "));
+            } else if !unusable.is_empty() {
+                let mut unusable_names: Vec<String> = unusable
+                    .iter()
+                    .map(|&d| self.cluster.domain_name(level, d))
+                    .collect();
+                unusable_names.sort();
+                message.push_str(&format!(
+                    " with free space of a media it may use on a live node ({} {} none)",
+                    names(&unusable_names),
+                    if unusable_names.len() == 1 {
+                        "has"
+                    } else {
+                        "have"
+                    }
+                ));
             }
             return Err(Error {
                 constraint: Constraint::AntiAffinity { level },
@@ -704,7 +721,7 @@ impl<'a> Search<'a> {
         if found || budget == 0 {
             Ok(())
         } else {
-            Err(Reason::NoArrangement)
+            Err(self.node_reason(unit, node))
         }
     }
 
@@ -777,13 +794,12 @@ impl<'a> Search<'a> {
             packing.sort_unstable();
             greedy_on_node[node] = Some(packing);
         }
-        for node in 0..self.cluster.n_nodes() {
+        for (node, seen) in greedy_on_node.into_iter().enumerate() {
             if self.node_reason_simple(u, node).is_some() {
                 continue;
             }
             let mut flow = Flow::NotFound;
             let mut budget = u64::MAX;
-            let seen = greedy_on_node[node].take();
             self.each_packing(
                 u,
                 node,
@@ -1204,6 +1220,21 @@ impl<'a> Search<'a> {
         Reason::NoArrangement
     }
 
+    /// "a-db-0 (2 GiB), b-db-0 (1 GiB ssd)": what a unit needs.
+    fn unit_sizes(&self, u: usize) -> String {
+        let mut vols = self.units[u].vols.clone();
+        vols.sort_unstable();
+        let parts: Vec<String> = vols
+            .iter()
+            .map(|&v| {
+                let vol = &self.vols[v];
+                let media = vol.media.map(|m| format!(" {m}")).unwrap_or_default();
+                format!("{} ({} GiB{media})", vol.name, vol.slices)
+            })
+            .collect();
+        parts.join(", ")
+    }
+
     /// Groups per-node reasons into one sentence part.
     fn describe(&self, u: usize, reasons: &[(usize, Reason)]) -> String {
         let unit = &self.units[u];
@@ -1249,10 +1280,29 @@ impl<'a> Search<'a> {
                         format!("{name} ({free} GiB free)"),
                     )
                 }
-                Reason::NoArrangement => (
-                    "has the room but no way to split it that meets the constraints".to_owned(),
-                    name,
-                ),
+                Reason::NoArrangement => {
+                    let separate = unit.vols.iter().any(|&v| self.vols[v].separate);
+                    let free: Vec<String> = self.cluster.node_disks[*node]
+                        .clone()
+                        .map(|d| {
+                            let local = d - self.cluster.node_disks[*node].start;
+                            format!(
+                                "{} {} GiB {}",
+                                self.cluster.topology.nodes[*node].disks[local].name,
+                                self.free(d),
+                                self.cluster.disk_media[d]
+                            )
+                        })
+                        .collect();
+                    (
+                        format!(
+                            "cannot split its free space to fit {}{}",
+                            self.unit_sizes(u),
+                            if separate { " on separate disks" } else { "" }
+                        ),
+                        format!("{name} (free: {})", free.join(", ")),
+                    )
+                }
             };
             groups.entry(key).or_default().push(item);
         }
