@@ -501,6 +501,90 @@ mod tests {
     }
 
     #[test]
+    fn replicas_without_volumes_need_no_room() {
+        let request = Request {
+            app: "stateless".into(),
+            replica_sets: vec![ReplicaSet {
+                name: "web".into(),
+                replicas: 5,
+                claims: vec![],
+                placement: Constraints {
+                    anti_affinity: Some(Level::Rack),
+                    ..Constraints::default()
+                },
+            }],
+            volumes: vec![],
+        };
+        let plan = plan(&Topology::simulated(1), &Usage::new(), &request).unwrap();
+        assert!(plan.volumes.is_empty());
+    }
+
+    /// One node of 8 disks of 100 GiB; claims of 350 GiB and 450 GiB kept
+    /// apart need 4 + 5 disks. Total space suffices, so only the per-node
+    /// disk count proves it impossible, without enumerating the splits.
+    #[test]
+    fn separate_volumes_needing_more_disks_than_a_node_has_are_refused_at_once() {
+        let topology = Topology {
+            nodes: vec![crate::topology::Node {
+                name: "n1".into(),
+                rack: "r1".into(),
+                datacenter: "dc1".into(),
+                failed: false,
+                disks: (0..8)
+                    .map(|i| crate::topology::Disk {
+                        name: format!("d{i}"),
+                        media: Media::Hdd,
+                        capacity_bytes: 100 << 30,
+                    })
+                    .collect(),
+            }],
+        };
+        let request = Request {
+            app: "big".into(),
+            replica_sets: vec![ReplicaSet {
+                name: "db".into(),
+                replicas: 1,
+                claims: vec![claim("a", 350), claim("b", 450)],
+                placement: Constraints {
+                    separate_disks: vec!["a".into(), "b".into()],
+                    ..Constraints::default()
+                },
+            }],
+            volumes: vec![],
+        };
+        let error = search::Search::new(&topology, &Usage::new(), &request)
+            .with_step_limit(10_000)
+            .run()
+            .unwrap_err();
+        assert_eq!(error.constraint, Constraint::SeparateDisks, "{error}");
+        assert!(
+            error.message.contains("n1 (8 usable)") && error.message.contains("needs 9"),
+            "{error}"
+        );
+
+        let mut fits = request.clone();
+        fits.replica_sets[0].claims[1].size_bytes = 400 << 30;
+        let plan = plan(&topology, &Usage::new(), &fits).unwrap();
+        assert_eq!(plan.volumes[1].slices.len(), 400);
+    }
+
+    #[test]
+    fn running_out_of_steps_is_not_reported_as_impossible() {
+        let request = Request {
+            app: "a".into(),
+            replica_sets: vec![],
+            volumes: vec![claim("v", 1)],
+        };
+        let topology = Topology::simulated(3);
+        let error = search::Search::new(&topology, &Usage::new(), &request)
+            .with_step_limit(1)
+            .run()
+            .unwrap_err();
+        assert_eq!(error.constraint, Constraint::SearchLimit);
+        assert!(error.message.contains("none proven impossible"), "{error}");
+    }
+
+    #[test]
     fn errors_map_to_api_codes() {
         let error = Error {
             constraint: Constraint::AntiAffinity { level: Level::Rack },

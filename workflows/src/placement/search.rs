@@ -27,9 +27,10 @@ use super::{
 };
 use crate::topology::{Level, Media, Topology};
 
-/// Leaves the early check may try per node before it gives the node the
-/// benefit of the doubt.
+/// Splits the early check may try per node, and in all, before it gives a
+/// node the benefit of the doubt.
 const PRECHECK_STEPS_PER_NODE: u64 = 2_000;
+const PRECHECK_STEPS_MAX: u64 = 100_000;
 /// Names listed in a message before "and N more".
 const NAMES_SHOWN: usize = 6;
 const PPM: u128 = 1_000_000;
@@ -293,6 +294,8 @@ impl<'a> Search<'a> {
                     });
                 }
                 match set.placement.affinity {
+                    // A replica without volumes has nothing to place.
+                    _ if set.claims.is_empty() => {}
                     Affinity::Node => units.push(Unit {
                         set: Some(set_idx),
                         ordinal,
@@ -361,6 +364,13 @@ impl<'a> Search<'a> {
             step_limit: MAX_SEARCH_STEPS,
             deepest: None,
         }
+    }
+
+    /// Shrinks the step budget, so tests reach the limit quickly.
+    #[cfg(test)]
+    pub(super) fn with_step_limit(mut self, step_limit: u64) -> Search<'a> {
+        self.step_limit = step_limit;
+        self
     }
 
     pub(super) fn run(mut self) -> Result<Plan, Error> {
@@ -604,6 +614,9 @@ impl<'a> Search<'a> {
             let mut usable = vec![false; n_domains];
             let mut why_not: Vec<Vec<(usize, Reason)>> = vec![Vec::new(); n_domains];
             let whole_replica = self.sets[set].affinity == Affinity::Node && level >= Level::Node;
+            let set_vols: Vec<usize> = (0..self.vols.len())
+                .filter(|&v| self.vols[v].set == Some(set))
+                .collect();
             for node in 0..self.cluster.n_nodes() {
                 if whole_replica {
                     let domain = self.cluster.domain_of_node(level, node);
@@ -615,9 +628,6 @@ impl<'a> Search<'a> {
                         Err(reason) => why_not[domain].push((node, reason)),
                     }
                 } else {
-                    let set_vols: Vec<usize> = (0..self.vols.len())
-                        .filter(|&v| self.vols[v].set == Some(set))
-                        .collect();
                     for disk in self.cluster.node_disks[node].clone() {
                         let fits = self.cluster.node_live[node]
                             && self.free(disk) > 0
@@ -707,18 +717,17 @@ impl<'a> Search<'a> {
         if self.greedy(unit, node).is_some() {
             return Ok(());
         }
-        let mut budget = PRECHECK_STEPS_PER_NODE;
+        let reason = self.node_reason(unit, node);
+        if reason != Reason::NoArrangement {
+            return Err(reason);
+        }
+        let stop_at = (self.steps + PRECHECK_STEPS_PER_NODE).min(PRECHECK_STEPS_MAX);
         let mut found = false;
-        self.each_packing(
-            unit,
-            node,
-            &mut |_, _| {
-                found = true;
-                false
-            },
-            &mut budget,
-        );
-        if found || budget == 0 {
+        let out_of_steps = self.each_packing(unit, node, stop_at, &mut |_, _| {
+            found = true;
+            false
+        });
+        if found || out_of_steps {
             Ok(())
         } else {
             Err(self.node_reason(unit, node))
@@ -795,21 +804,14 @@ impl<'a> Search<'a> {
             greedy_on_node[node] = Some(packing);
         }
         for (node, seen) in greedy_on_node.into_iter().enumerate() {
-            if self.node_reason_simple(u, node).is_some() {
+            // Every other reason is a proof that no split fits this node.
+            if self.node_reason(u, node) != Reason::NoArrangement {
                 continue;
             }
             let mut flow = Flow::NotFound;
-            let mut budget = u64::MAX;
-            self.each_packing(
-                u,
-                node,
-                &mut |search, packing| {
+            let out_of_steps =
+                self.each_packing(u, node, self.step_limit, &mut |search, packing| {
                     tried_any = true;
-                    search.steps += 1;
-                    if search.steps > search.step_limit {
-                        flow = Flow::Limit;
-                        return false;
-                    }
                     let mut sorted = packing.clone();
                     sorted.sort_unstable();
                     if seen.as_ref() == Some(&sorted) {
@@ -822,9 +824,10 @@ impl<'a> Search<'a> {
                     }
                     search.undo(packing);
                     true
-                },
-                &mut budget,
-            );
+                });
+            if out_of_steps {
+                return Flow::Limit;
+            }
             if flow != Flow::NotFound {
                 return flow;
             }
@@ -931,14 +934,15 @@ impl<'a> Search<'a> {
 
     /// Calls `visit` with every valid packing of unit `u` on `node` (the
     /// node is live and its domain free), in a fixed order, until `visit`
-    /// returns false or `budget` packings were offered.
+    /// returns false. Each split looked at, valid or not, is a step; returns
+    /// true if it stopped because `self.steps` reached `stop_at`.
     fn each_packing(
         &mut self,
         u: usize,
         node: usize,
+        stop_at: u64,
         visit: &mut dyn FnMut(&mut Search<'a>, &Packing) -> bool,
-        budget: &mut u64,
-    ) {
+    ) -> bool {
         let disks = self.cluster.node_disks[node].clone();
         let vols = self.units[u].vols.clone();
         // Per volume: the disks it may use and a composition of its slices
@@ -952,25 +956,24 @@ impl<'a> Search<'a> {
             let bounds: Vec<u64> = eligible.iter().map(|&d| self.free(d)).collect();
             match Compositions::first(bounds, self.vols[vol].slices) {
                 Some(parts) => options.push((eligible, parts)),
-                None => return,
+                None => return false,
             }
         }
         loop {
-            if *budget == 0 {
-                return;
+            if self.steps >= stop_at {
+                return true;
             }
-            let packing = self.packing_if_valid(&vols, &options);
-            if let Some(packing) = packing {
-                *budget -= 1;
-                if !visit(self, &packing) {
-                    return;
-                }
+            self.steps += 1;
+            if let Some(packing) = self.packing_if_valid(&vols, &options)
+                && !visit(self, &packing)
+            {
+                return false;
             }
             // Advance the odometer: last volume fastest.
             let mut i = vols.len();
             loop {
                 if i == 0 {
-                    return;
+                    return false;
                 }
                 i -= 1;
                 if options[i].1.advance() {
@@ -1106,7 +1109,9 @@ impl<'a> Search<'a> {
     }
 
     /// The first reason (in the order a person would fix them) why `node`
-    /// cannot take unit `u`.
+    /// cannot take unit `u`. Every reason but `NoArrangement` is a proof
+    /// that no packing of the unit fits the node; `NoArrangement` means
+    /// none of these cheap proofs applies (the node may well fit).
     fn node_reason(&self, u: usize, node: usize) -> Reason {
         if let Some(reason) = self.node_reason_simple(u, node) {
             return reason;
