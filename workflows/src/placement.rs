@@ -568,6 +568,35 @@ mod tests {
         assert_eq!(plan.volumes[1].slices.len(), 400);
     }
 
+    /// The last volume fits nowhere whatever the replicas before it do:
+    /// refused at once with its own reason, not after trying every
+    /// placement of 60 replicas.
+    #[test]
+    fn a_volume_that_fits_nowhere_is_refused_without_backtracking() {
+        let request = Request {
+            app: "shop".into(),
+            replica_sets: vec![ReplicaSet {
+                name: "db".into(),
+                replicas: 60,
+                claims: vec![claim("data", 1)],
+                placement: Constraints::default(),
+            }],
+            volumes: vec![claim("huge", 400)],
+        };
+        let error = search::Search::new(&Topology::simulated(60), &Usage::new(), &request)
+            .with_step_limit(100_000)
+            .run()
+            .unwrap_err();
+        assert_eq!(error.constraint, Constraint::Capacity, "{error}");
+        assert_eq!(error.volume.as_deref(), Some("huge"));
+        assert!(
+            error
+                .message
+                .starts_with("volume huge cannot be placed: nodes node-1 (300 GiB free)"),
+            "{error}"
+        );
+    }
+
     #[test]
     fn running_out_of_steps_is_not_reported_as_impossible() {
         let request = Request {

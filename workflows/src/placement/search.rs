@@ -377,6 +377,7 @@ impl<'a> Search<'a> {
         self.check_media()?;
         self.check_anti_affinity()?;
         self.check_capacity()?;
+        self.check_units_alone()?;
         match self.solve(0) {
             Flow::Found => Ok(self.plan()),
             Flow::NotFound => Err(self
@@ -766,6 +767,21 @@ impl<'a> Search<'a> {
                         self.failed_note(media)
                     ),
                 });
+            }
+        }
+        Ok(())
+    }
+
+    /// Each unit fits some node on its own. Placing other units only takes
+    /// room and domains away, so a unit that fits nowhere now never will;
+    /// saying so here spares the search from backtracking over every
+    /// placement of the units before it.
+    fn check_units_alone(&mut self) -> Result<(), Error> {
+        for u in 0..self.units.len() {
+            let fits_somewhere =
+                (0..self.cluster.n_nodes()).any(|node| self.node_can_hold(u, node).is_ok());
+            if !fits_somewhere {
+                return Err(self.explain(u));
             }
         }
         Ok(())
