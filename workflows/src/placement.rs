@@ -31,7 +31,8 @@
 //! [`plan`] first runs cheap necessary checks that, when they fail, prove
 //! the request impossible and say why in a person's terms (no disk of that
 //! media; fewer usable racks than replicas; not enough free space of that
-//! media). Then a depth-first search places one *unit* at a time (a replica
+//! media; a replica or volume that no node could hold even alone). Then a
+//! depth-first search places one *unit* at a time (a replica
 //! under node affinity, else one volume), in request order. For each unit
 //! it first tries, on every node, a greedy packing (largest volume first,
 //! each whole on the disk it leaves least full, else spread over the
