@@ -70,6 +70,8 @@ pub const SLICE_BYTES: u64 = 1 << 30;
 pub const MAX_VOLUMES: usize = 4096;
 /// Most claims a replica set may have.
 pub const MAX_CLAIMS: usize = 64;
+/// Most replicas a replica set may have (with or without claims).
+pub const MAX_REPLICAS: u32 = 10_000;
 /// Largest volume the planner accepts (the block engine's limit, 64 TiB).
 pub const MAX_VOLUME_BYTES: u64 = 64 << 40;
 /// Work budget of one [`plan`] call: nodes examined plus packings tried.
@@ -356,6 +358,12 @@ fn check_request(request: &Request) -> Result<(), Error> {
                 set.name, request.app
             )));
         }
+        if set.replicas > MAX_REPLICAS {
+            return Err(Error::request(format!(
+                "replica set {} has {} replicas; at most {MAX_REPLICAS} are supported",
+                set.name, set.replicas
+            )));
+        }
         if set.claims.len() > MAX_CLAIMS {
             return Err(Error::request(format!(
                 "replica set {} has {} claims; at most {MAX_CLAIMS} are supported",
@@ -474,6 +482,10 @@ mod tests {
         let mut r = base.clone();
         r.replica_sets[0].replicas = 5000;
         cases.push((r, "at most"));
+        let mut r = base.clone();
+        r.replica_sets[0].replicas = u32::MAX;
+        r.replica_sets[0].claims.clear();
+        cases.push((r, "at most 10000 are supported"));
         let mut r = base.clone();
         r.replica_sets[0].claims.push(claim("data", 1));
         cases.push((r, "two claims named data"));
