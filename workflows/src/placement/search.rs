@@ -499,9 +499,9 @@ impl<'a> Search<'a> {
         range.filter(move |&w| w != vol && self.vols[w].separate)
     }
 
-    /// Whether the replica's domain containing `node` is free for it (for
-    /// anti-affinity at node level and above).
-    fn node_domain_free(&self, set: Option<usize>, ordinal: u32, node: usize) -> Option<Reason> {
+    /// Why the replica may not use `node`: its domain (anti-affinity at node
+    /// level and above) holds another replica of the set.
+    fn node_domain_taken(&self, set: Option<usize>, ordinal: u32, node: usize) -> Option<Reason> {
         let set = set?;
         let level = self.sets[set].level.filter(|&l| l >= Level::Node)?;
         let domain = self.cluster.domain_of_node(level, node);
@@ -862,7 +862,7 @@ impl<'a> Search<'a> {
             return Some(Reason::Failed);
         }
         let unit = &self.units[u];
-        self.node_domain_free(unit.set, unit.ordinal, node)
+        self.node_domain_taken(unit.set, unit.ordinal, node)
     }
 
     /// The greedy packing of unit `u` on `node` and its score, if it fits.
