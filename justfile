@@ -33,6 +33,11 @@ test-integration:
 bench-blocks:
     ./ops/scripts/bench-blocks.sh
 
+# Placement planner: 1,000 apps x 3 replicas x 2 volumes on 100 nodes; prints
+# the time and the max/min disk use against a first-fit baseline.
+bench-placement:
+    cargo run --release -p cairn-workflows --example bench_placement
+
 # Fuzz the NBD request parser and whole client conversations (stable
 # toolchain, installs cargo-fuzz if missing). FUZZ_SECONDS=600 for longer.
 fuzz:

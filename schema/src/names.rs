@@ -3,6 +3,11 @@
 //! Names follow Kubernetes: a DNS-1123 label is 1–63 characters of `a-z`,
 //! `0-9` and `-`, starting and ending with an alphanumeric. A volume name is
 //! either a label (`v1`) or `<app>/<pvc>` where both parts are labels.
+//!
+//! Two size syntaxes live here. [`parse_size`] is the CLI's (`--size 10G`,
+//! every unit binary). [`parse_quantity`] is Kubernetes' resource quantity,
+//! for PVC sizes and topology capacities, where `G` is 10^9 and `Gi` 2^30;
+//! manifests that Kubernetes accepts must mean the same bytes here.
 
 use crate::ApiError;
 
@@ -74,6 +79,115 @@ pub fn parse_size(text: &str) -> Result<u64, ApiError> {
     number.checked_mul(1u64 << shift).ok_or_else(bad)
 }
 
+/// Largest number of significant digits [`parse_quantity`] reads; more than
+/// that cannot be a byte count that fits in 64 bits anyway.
+const MAX_QUANTITY_DIGITS: usize = 30;
+
+/// Parses a Kubernetes resource quantity as a byte count: a decimal number
+/// (`40`, `1.5`, `+2`) followed by a binary suffix (`Ki Mi Gi Ti Pi Ei`), a
+/// decimal suffix (`k M G T P E`) or a decimal exponent (`1e3`, `5E-1`), or
+/// nothing. As in Kubernetes, a fraction of a byte rounds up (`1.5` is 2) and
+/// `G` means 10^9, not 2^30. Negative values, milli (`m`) and anything that
+/// does not fit in a `u64` are refused.
+pub fn parse_quantity(text: &str) -> Result<u64, ApiError> {
+    let bad = |why: &str| {
+        ApiError::invalid(format!(
+            "quantity {text:?} is not a byte count like 40Gi, 500Mi, 10G or 1073741824: {why}"
+        ))
+        .with_details(serde_json::json!({ "field": "quantity", "value": text }))
+    };
+    let body = text.trim();
+    let body = body.strip_prefix('+').unwrap_or(body);
+    if body.starts_with('-') {
+        return Err(bad("it is negative"));
+    }
+    let number_end = body
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(body.len());
+    let (number, suffix) = body.split_at(number_end);
+    let (whole, fraction) = number.split_once('.').unwrap_or((number, ""));
+    if whole.is_empty() && fraction.is_empty() {
+        return Err(bad("it has no number"));
+    }
+    if fraction.contains('.') {
+        return Err(bad("it has two decimal points"));
+    }
+    // The value is digits × 10^exp10 × 2^exp2.
+    let digits = format!("{whole}{fraction}");
+    let digits = digits.trim_start_matches('0');
+    if digits.len() > MAX_QUANTITY_DIGITS {
+        return Err(bad("it is too large"));
+    }
+    let mantissa: u128 = if digits.is_empty() {
+        0
+    } else {
+        digits.parse().map_err(|_| bad("the number is malformed"))?
+    };
+    let mut exp10: i64 = -(fraction.len() as i64);
+    let mut exp2: u32 = 0;
+    match suffix {
+        "" => {}
+        "Ki" => exp2 = 10,
+        "Mi" => exp2 = 20,
+        "Gi" => exp2 = 30,
+        "Ti" => exp2 = 40,
+        "Pi" => exp2 = 50,
+        "Ei" => exp2 = 60,
+        "k" => exp10 += 3,
+        "M" => exp10 += 6,
+        "G" => exp10 += 9,
+        "T" => exp10 += 12,
+        "P" => exp10 += 15,
+        "E" => exp10 += 18,
+        "m" => return Err(bad("milli (m) is not a whole number of bytes")),
+        _ => match suffix
+            .strip_prefix(['e', 'E'])
+            .map(|e| e.strip_prefix('+').unwrap_or(e))
+        {
+            Some(exponent)
+                if !exponent.is_empty()
+                    && exponent.len() <= 4
+                    && exponent
+                        .strip_prefix('-')
+                        .unwrap_or(exponent)
+                        .bytes()
+                        .all(|b| b.is_ascii_digit()) =>
+            {
+                exp10 += exponent
+                    .parse::<i64>()
+                    .map_err(|_| bad("the exponent is malformed"))?;
+            }
+            _ => {
+                return Err(bad(
+                    "the unit must be one of Ki Mi Gi Ti Pi Ei k M G T P E or an exponent like e3",
+                ));
+            }
+        },
+    }
+    let too_large = || bad("it does not fit in 64 bits");
+    let scaled = mantissa.checked_shl(exp2).filter(|v| v >> exp2 == mantissa);
+    let scaled = scaled.ok_or_else(too_large)?;
+    let bytes = if mantissa == 0 {
+        0
+    } else if exp10 >= 0 {
+        let power = u32::try_from(exp10)
+            .ok()
+            .and_then(|e| 10u128.checked_pow(e))
+            .ok_or_else(too_large)?;
+        scaled.checked_mul(power).ok_or_else(too_large)?
+    } else {
+        match u32::try_from(-exp10)
+            .ok()
+            .and_then(|e| 10u128.checked_pow(e))
+        {
+            Some(power) => scaled.div_ceil(power),
+            // Smaller than a byte, but not zero: one byte, as Kubernetes rounds up.
+            None => 1,
+        }
+    };
+    u64::try_from(bytes).map_err(|_| too_large())
+}
+
 /// Formats bytes with a binary unit, for people: `1.0 GiB`.
 pub fn format_size(bytes: u64) -> String {
     const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
@@ -120,5 +234,81 @@ mod tests {
         assert!(parse_size("1X").is_err());
         assert!(parse_size("99999999999P").is_err());
         assert_eq!(format_size(1 << 30), "1.0 GiB");
+    }
+
+    #[test]
+    fn quantities_follow_kubernetes() {
+        let cases: &[(&str, u64)] = &[
+            ("40Gi", 40 << 30),
+            ("500Mi", 500 << 20),
+            ("1Ti", 1 << 40),
+            ("64Ki", 64 << 10),
+            ("2Pi", 2 << 50),
+            ("1Ei", 1 << 60),
+            ("10G", 10_000_000_000),
+            ("1k", 1000),
+            ("3M", 3_000_000),
+            ("2T", 2_000_000_000_000),
+            ("1P", 1_000_000_000_000_000),
+            ("1E", 1_000_000_000_000_000_000),
+            ("1.5Gi", 3 << 29),
+            ("0.5Ki", 512),
+            (".5Ki", 512),
+            ("1.", 1),
+            ("1073741824", 1 << 30),
+            ("+7", 7),
+            (" 8Gi ", 8 << 30),
+            ("0", 0),
+            ("0Gi", 0),
+            ("1e3", 1000),
+            ("1E3", 1000),
+            ("1e+3", 1000),
+            ("25e-1", 3),
+            ("1.5", 2),
+            ("0.001", 1),
+            ("1e-999", 1),
+            ("0.1Ki", 103),
+        ];
+        for (text, want) in cases {
+            assert_eq!(parse_quantity(text).unwrap(), *want, "{text:?}");
+        }
+        assert_eq!(parse_quantity("18446744073709551615").unwrap(), u64::MAX);
+        for bad in [
+            "",
+            "Gi",
+            "-1Gi",
+            "1X",
+            "1K",
+            "1gi",
+            "10 Gi",
+            "1.2.3",
+            "1m",
+            "16Ei",
+            "18446744073709551616",
+            "1e",
+            "1e1000",
+            "1e3Gi",
+            "99999999999999999999999999999999",
+            "0x10",
+            "1,5Gi",
+        ] {
+            let err = parse_quantity(bad).expect_err(bad);
+            assert!(err.message.contains(&format!("{bad:?}")), "{err}");
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn quantity_never_panics(text in "\\PC{0,24}") {
+            let _ = parse_quantity(&text);
+        }
+
+        #[test]
+        fn quantity_units_scale(n in 0u64..1 << 20, frac in 0u64..10) {
+            proptest::prop_assert_eq!(parse_quantity(&format!("{n}Gi")).unwrap(), n << 30);
+            proptest::prop_assert_eq!(parse_quantity(&format!("{n}G")).unwrap(), n * 1_000_000_000);
+            proptest::prop_assert_eq!(parse_quantity(&format!("{n}.{frac}Ki")).unwrap(), (n * 10240 + frac * 1024).div_ceil(10));
+            proptest::prop_assert_eq!(parse_quantity(&n.to_string()).unwrap(), n);
+        }
     }
 }

@@ -1,6 +1,7 @@
-//! Cairn's pure workflow core: saga definitions as data, and the saga state
+//! Cairn's pure workflow core: saga definitions as data, the saga state
 //! machine that, given a definition and the progress recorded so far, says
-//! what to do next.
+//! what to do next, and the placement planner ([`placement`] over a
+//! [`topology`]).
 //!
 //! # Model
 //! A saga is a list of steps. Each step runs one API command (`kind.verb`
@@ -22,6 +23,12 @@
 //!
 //! The runtime that executes effects is not built yet; this crate is the
 //! tested core it will drive.
+
+pub mod placement;
+pub mod topology;
+
+pub use placement::{Error as PlacementError, Plan, Request, Usage, plan};
+pub use topology::Topology;
 
 use serde::{Deserialize, Serialize};
 
