@@ -18,9 +18,12 @@ use std::sync::Weak;
 use actix::prelude::*;
 use cairn_blocks::{Compression, VolumeOptions};
 use cairn_schema::app::{AppCommand, AppState, volume_name};
+use cairn_schema::event::PlacedVolume;
 use cairn_schema::names::format_size;
 use cairn_schema::time::format_rfc3339_ms;
 use cairn_schema::{ApiError, Event};
+use cairn_workflows::app_placement::place;
+use cairn_workflows::{Topology, Usage};
 use serde_json::{Value, json};
 
 use crate::journal::{AppendRequest, Appended, Causation};
@@ -69,6 +72,9 @@ pub struct Execute {
     pub causation: Causation,
     /// The tenant's existing volume names (for create and scale).
     pub taken: BTreeSet<String>,
+    /// The cluster and every app's use of it, for commands that create
+    /// volumes (create, scale-out): their slices go through the planner.
+    pub placing: Option<(Topology, Usage)>,
 }
 
 /// Read the current state.
@@ -135,7 +141,15 @@ impl Handler<Execute> for AppActor {
         crate::failpoint::hit(&format!("app.execute.{}", msg.command.verb()));
         let decided = self
             .state
-            .decide(&msg.command, &|v: &str| msg.taken.contains(v));
+            .decide(&msg.command, &|v: &str| msg.taken.contains(v))
+            .and_then(|mut events| {
+                if let Some((topology, usage)) = &msg.placing
+                    && let Some(placed) = place(&self.state, &events, topology, usage)?
+                {
+                    events.push(placed);
+                }
+                Ok(events)
+            });
         let services = self.services.clone();
         let registry = self.registry.clone();
         let tenant = self.tenant.clone();
@@ -145,8 +159,20 @@ impl Handler<Execute> for AppActor {
             // Constructive effects first: the volumes this command creates.
             let mut created: Vec<String> = Vec::new();
             let mut failed = None;
+            let placed: Vec<PlacedVolume> = events
+                .iter()
+                .flat_map(|e| match e {
+                    Event::AppPlaced(p) => p.volumes.clone(),
+                    _ => Vec::new(),
+                })
+                .collect();
             for event in &events {
                 if let Event::VolumeCreated(v) = event {
+                    let slices = placed
+                        .iter()
+                        .find(|p| volume_name(&tenant_app(&v.volume), &p.pvc) == v.volume)
+                        .map(|p| services.slice_disks(p))
+                        .unwrap_or_default();
                     let engine = engine_name(&tenant, &v.volume);
                     let size = v.size_bytes;
                     let opts = VolumeOptions {
@@ -155,7 +181,13 @@ impl Handler<Execute> for AppActor {
                     };
                     let name = engine.clone();
                     match services
-                        .blocking(move |pool| pool.create_volume_with(&name, size, opts))
+                        .blocking(move |pool| {
+                            pool.create_volume_with(&name, size, opts)?;
+                            // Before any write: every slice lands where planned.
+                            pool.place_slices(&name, &slices).inspect_err(|_| {
+                                let _ = pool.delete_volume(&name);
+                            })
+                        })
                         .await
                     {
                         Ok(()) => created.push(engine),
@@ -242,6 +274,14 @@ impl Handler<Execute> for AppActor {
             Ok(reply)
         })))
     }
+}
+
+/// The app part of an app volume's name (`shop` of `shop/data-db-0`).
+fn tenant_app(volume: &str) -> String {
+    volume
+        .split_once('/')
+        .map_or(volume, |(app, _)| app)
+        .to_owned()
 }
 
 /// The JSON view of an app for get and list. `replicas` per workload come

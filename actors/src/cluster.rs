@@ -24,7 +24,10 @@ use std::sync::Arc;
 use cairn_blocks::fuse::{self, FuseHandle};
 use cairn_blocks::nbd::{self, ListenAddr, NbdServerHandle};
 use cairn_blocks::{Pool, PoolOptions};
+use cairn_schema::event::{NodeDisk, NodeRegistered};
 use cairn_schema::{VolumeState, World};
+use cairn_workflows::Topology;
+use cairn_workflows::topology::DEFAULT_DOMAIN;
 use tokio::sync::watch;
 
 use crate::Limits;
@@ -64,6 +67,8 @@ pub enum Error {
     /// The source's message names the directory.
     #[error("FUSE: {source}")]
     Fuse { source: std::io::Error },
+    #[error("topology: {0}")]
+    Topology(String),
 }
 
 /// How to reach the bus.
@@ -89,6 +94,11 @@ pub struct Config {
     pub disks: Vec<PathBuf>,
     /// Mount a FUSE filesystem here: one file per volume and snapshot.
     pub fuse: Option<PathBuf>,
+    /// The cluster's nodes, racks and disks (`--topology`, `--nodes`); each
+    /// node's disks become directories `nodes/<node>/<disk>` of the pool.
+    /// Without one, this process is the only node. Fixed when the pool is
+    /// first created.
+    pub topology: Option<Topology>,
     pub limits: Limits,
 }
 
@@ -146,6 +156,57 @@ pub fn replay(journal: &Journal) -> Result<World, journal::Error> {
         Ok(())
     })?;
     Ok(world)
+}
+
+/// Where a (simulated) node's disk lives: `DATA_DIR/nodes/NODE/DISK`,
+/// absolute, so the pool finds it again from any working directory.
+fn node_disk_dir(data_dir: &Path, node: &str, disk: &str) -> PathBuf {
+    let base = std::path::absolute(data_dir).unwrap_or_else(|_| data_dir.to_owned());
+    base.join("nodes").join(node).join(disk)
+}
+
+/// The nodes this process registers: the topology's, or itself with its
+/// pool's disks (ssd, the size of their filesystem, one shared rack).
+fn node_registrations(config: &Config, pool: &Pool, local: &str) -> Vec<NodeRegistered> {
+    let dirs: Vec<PathBuf> = pool.disk_usage().into_iter().map(|d| d.dir).collect();
+    match &config.topology {
+        Some(topology) => topology
+            .nodes
+            .iter()
+            .map(|n| NodeRegistered {
+                node: n.name.clone(),
+                rack: n.rack.clone(),
+                datacenter: n.datacenter.clone(),
+                disks: n
+                    .disks
+                    .iter()
+                    .map(|d| NodeDisk {
+                        name: d.name.clone(),
+                        path: node_disk_dir(&config.data_dir, &n.name, &d.name)
+                            .display()
+                            .to_string(),
+                        media: d.media.as_str().to_owned(),
+                        capacity_bytes: d.capacity_bytes,
+                    })
+                    .collect(),
+            })
+            .collect(),
+        None => vec![NodeRegistered {
+            node: local.to_owned(),
+            rack: DEFAULT_DOMAIN.to_owned(),
+            datacenter: DEFAULT_DOMAIN.to_owned(),
+            disks: dirs
+                .iter()
+                .enumerate()
+                .map(|(idx, dir)| NodeDisk {
+                    name: format!("disk-{idx}"),
+                    path: dir.display().to_string(),
+                    media: "ssd".to_owned(),
+                    capacity_bytes: crate::services::fs_space(dir).map_or(0, |(total, _)| total),
+                })
+                .collect(),
+        }],
+    }
 }
 
 /// The name this node goes by: the host name, or `local`.
@@ -253,49 +314,90 @@ impl Cluster {
             Some(path) => Some(read_key_file(path)?),
             None => None,
         };
+        // With a topology, every node's disks are directories of this
+        // one pool (the simulated, all-in-one form of `--nodes N`).
+        let disks = match &config.topology {
+            Some(topology) => {
+                if !config.disks.is_empty() {
+                    return Err(Error::Topology(
+                        "give --disk or a topology (--topology/--nodes), not both".into(),
+                    ));
+                }
+                topology
+                    .disk_ids()
+                    .map(|id| node_disk_dir(dir, &id.node, &id.disk))
+                    .collect()
+            }
+            None => config.disks.clone(),
+        };
         let pool = Arc::new(Pool::open_with(
             dir.join("pool"),
             PoolOptions {
                 key,
-                disks: config.disks.clone(),
+                disks,
                 ..PoolOptions::default()
             },
         )?);
         let world = replay(&journal)?;
         reconcile(&pool, &world)?;
 
+        let local = local_node_name();
+        let nodes = node_registrations(&config, &pool, &local);
+        let mut disk_index = std::collections::BTreeMap::new();
+        let pool_dirs: Vec<PathBuf> = pool.disk_usage().into_iter().map(|d| d.dir).collect();
+        for n in &nodes {
+            for d in &n.disks {
+                if let Some(idx) = pool_dirs
+                    .iter()
+                    .position(|p| p.display().to_string() == d.path)
+                {
+                    disk_index.insert((n.node.clone(), d.name.clone()), idx as u16);
+                }
+            }
+        }
         let services = Services {
             journal,
             pool: pool.clone(),
             bus: bus.clone(),
             limits,
-            node: local_node_name(),
+            node: local,
+            disk_index: Arc::new(disk_index),
         };
         let registry = Arc::new(Registry::default());
         for ((tenant, name), state) in world.volumes {
             registry.start_volume(&tenant, &name, state, &services);
         }
         for ((tenant, name), state) in world.apps {
+            // A placement not yet in a checkpoint is restored from the journal.
+            for v in state.placement.values() {
+                let engine = engine_name(&tenant, &cairn_schema::app::volume_name(&name, &v.pvc));
+                let slices = services.slice_disks(v);
+                if let Err(e) = pool.place_slices(&engine, &slices) {
+                    tracing::warn!(volume = %engine, error = %e, "placement not restored");
+                }
+            }
             registry.start_app(&tenant, &name, state, &services);
         }
-        let node_name = services.node.clone();
-        let node = registry.start_node(
-            &node_name,
-            world.nodes.get(&node_name).cloned().unwrap_or_default(),
-            &services,
-        );
-        let disks = pool
-            .disk_usage()
-            .iter()
-            .map(|d| d.dir.display().to_string())
-            .collect();
-        node.send(crate::node::Register {
-            node: node_name,
-            disks,
-        })
-        .await
-        .map_err(|e| bus::Error::Other(format!("node actor: {e}")))?
-        .map_err(|e| bus::Error::Other(format!("registering the node: {}", e.message)))?;
+        for registration in nodes {
+            let name = registration.node.clone();
+            let node = registry.start_node(
+                &name,
+                world.nodes.get(&name).cloned().unwrap_or_default(),
+                &services,
+            );
+            node.send(crate::node::Register(registration))
+                .await
+                .map_err(|e| bus::Error::Other(format!("node actor: {e}")))?
+                .map_err(|e| {
+                    bus::Error::Other(format!("registering node {name}: {}", e.message))
+                })?;
+        }
+        // Nodes the journal knows but this start does not list stay known.
+        for (name, state) in world.nodes {
+            if registry.node(&name).is_none() {
+                registry.start_node(&name, state, &services);
+            }
+        }
 
         let nbd = match &config.nbd {
             None => None,

@@ -14,7 +14,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use cairn_schema::command::EventsFilter;
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use cairn_schema::time::format_rfc3339_ms;
 use cairn_schema::{
@@ -32,6 +32,9 @@ use crate::registry::Registry;
 use crate::services::{Services, journal_error};
 use crate::volume::{self, Execute, Get, engine_name};
 use crate::{app, node};
+use cairn_schema::state::NodeState;
+use cairn_workflows::placement::{Failure, failure_impact};
+use cairn_workflows::{Plan, Topology, app_placement};
 
 /// Span field names; they live in [`crate::telemetry::fields`].
 pub use crate::telemetry::fields;
@@ -207,6 +210,17 @@ impl Gateway {
                     }
                     _ => BTreeSet::new(),
                 };
+                let placing = match &command {
+                    AppCommand::Create(_) | AppCommand::Scale { .. } => {
+                        let topology = self.topology().await?;
+                        let usage = app_placement::usage_of(
+                            self.all_apps().await?.iter().map(|(_, a)| a),
+                            &topology,
+                        );
+                        Some((topology, usage))
+                    }
+                    _ => None,
+                };
                 let name = command.app().to_owned();
                 let actor = self.registry.app_or_start(tenant, &name, &self.services);
                 let sent = actor
@@ -214,6 +228,7 @@ impl Gateway {
                         command,
                         causation,
                         taken,
+                        placing,
                     })
                     .await;
                 match sent {
@@ -221,9 +236,81 @@ impl Gateway {
                     Err(e) => Err(self.rebuild_app(tenant, &name, e).await),
                 }
             }
+            (Command::NodeFail { name }, Some(causation)) => {
+                let actor = self
+                    .registry
+                    .node(&name)
+                    .ok_or_else(|| ApiError::not_found(format!("node {name:?} does not exist")))?;
+                actor.send(node::Fail { causation }).await.map_err(|e| {
+                    ApiError::new(ErrorCode::Unavailable, format!("node actor {name}: {e}"))
+                })??;
+                self.failure_report(tenant, &name).await
+            }
             (Command::Query(query), _) => self.query(tenant, query).await,
             (_, None) => Err(ApiError::internal("a command without causation")),
         }
+    }
+
+    /// Every registered node's state, by name.
+    async fn node_states(&self) -> Result<BTreeMap<String, NodeState>, ApiError> {
+        let mut nodes = BTreeMap::new();
+        for (name, actor) in self.registry.nodes() {
+            let state = actor.send(node::Get).await.map_err(|e| {
+                ApiError::new(ErrorCode::Unavailable, format!("node actor {name}: {e}"))
+            })?;
+            nodes.insert(name, state);
+        }
+        Ok(nodes)
+    }
+
+    /// The cluster as the planner sees it.
+    async fn topology(&self) -> Result<Topology, ApiError> {
+        Ok(app_placement::topology_of(&self.node_states().await?))
+    }
+
+    /// Every live app of every tenant (placement is cluster-wide).
+    async fn all_apps(&self) -> Result<Vec<((String, String), AppState)>, ApiError> {
+        let mut apps = Vec::new();
+        for ((tenant, name), _) in self.registry.all_apps() {
+            match self.app_state(&tenant, &name).await {
+                Ok(state) => apps.push(((tenant, name), state)),
+                Err(e) if e.code == ErrorCode::NotFound => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(apps)
+    }
+
+    /// What a failed node cost: every app's lost volumes, and whether a
+    /// replica set lost more than one member. Other tenants' apps are
+    /// counted but not named.
+    async fn failure_report(&self, tenant: &str, node: &str) -> Result<Value, ApiError> {
+        let topology = self.topology().await?;
+        let apps = self.all_apps().await?;
+        let plans: Vec<(String, Plan)> = apps
+            .iter()
+            .map(|((t, name), state)| {
+                let shown = if t == tenant {
+                    name.clone()
+                } else {
+                    format!("(tenant {t})")
+                };
+                (shown, app_placement::plan_of(state, &topology))
+            })
+            .collect();
+        let impact = failure_impact(
+            plans.iter().map(|(name, plan)| (name.as_str(), plan)),
+            &Failure::Node {
+                node: node.to_owned(),
+            },
+        );
+        Ok(json!({
+            "node": node,
+            "failed": true,
+            "lost_more_than_one_member": impact.lost_more_than_one_member(),
+            "impact": impact,
+            "report": impact.to_string(),
+        }))
     }
 
     /// Volume names under `<app>/` belong to that app: they are created and
@@ -405,6 +492,22 @@ impl Gateway {
                 Ok(json!({ "apps": apps }))
             }
             Query::AppLog { name, limit } => self.app_log(tenant, &name, limit),
+            Query::AppPlacement { name } => {
+                let state = self.app_state(tenant, &name).await?;
+                let plan = app_placement::plan_of(&state, &self.topology().await?);
+                let volumes: Vec<Value> = plan
+                    .volumes
+                    .iter()
+                    .map(|v| {
+                        json!({
+                            "replica": v.replica,
+                            "volume": cairn_schema::app::volume_name(&name, &v.volume),
+                            "slices": v.slices,
+                        })
+                    })
+                    .collect();
+                Ok(json!({ "name": name, "volumes": volumes }))
+            }
             Query::NodeList => self.nodes().await,
             Query::EventsReplay { at_seq, at_ms, app } => {
                 self.replay_at(tenant, at_seq, at_ms, app.as_deref())
@@ -606,42 +709,48 @@ impl Gateway {
         Ok(out)
     }
 
-    /// The nodes, each with its disks; the local node's disks with their use.
+    /// The nodes, each with its disks: capacity, what the planner placed
+    /// there, and (on this node) the bytes written.
     async fn nodes(&self) -> Result<Value, ApiError> {
-        let usage = self.services.pool.disk_usage();
-        let mut nodes = Vec::new();
-        for (name, actor) in self.registry.nodes() {
-            let state = actor.send(node::Get).await.map_err(|e| {
-                ApiError::new(ErrorCode::Unavailable, format!("node actor {name}: {e}"))
-            })?;
-            let local = name == self.services.node;
-            let disks: Vec<Value> = state
-                .disks
-                .iter()
-                .enumerate()
-                .map(|(idx, path)| {
-                    let used = usage
-                        .iter()
-                        .find(|d| local && d.dir.display().to_string() == *path)
-                        .map(|d| d.used_bytes);
-                    let (total, free) = fs_space(std::path::Path::new(path)).unwrap_or((0, 0));
-                    json!({
-                        "name": format!("disk-{idx}"),
-                        "path": path,
-                        "used_bytes": used,
-                        "capacity_bytes": total,
-                        "free_bytes": free,
+        let written: BTreeMap<String, u64> = self
+            .services
+            .pool
+            .disk_usage()
+            .into_iter()
+            .map(|d| (d.dir.display().to_string(), d.used_bytes))
+            .collect();
+        let nodes = self.node_states().await?;
+        let topology = app_placement::topology_of(&nodes);
+        let usage =
+            app_placement::usage_of(self.all_apps().await?.iter().map(|(_, a)| a), &topology);
+        let views: Vec<Value> = nodes
+            .values()
+            .map(|n| {
+                let disks: Vec<Value> = n
+                    .disks
+                    .iter()
+                    .map(|d| {
+                        json!({
+                            "name": d.name,
+                            "path": d.path,
+                            "media": d.media,
+                            "capacity_bytes": d.capacity_bytes,
+                            "placed_bytes": usage.used_bytes(&n.name, &d.name),
+                            "used_bytes": written.get(&d.path),
+                        })
                     })
+                    .collect();
+                json!({
+                    "name": n.name,
+                    "state": if n.failed { "failed" } else { "ready" },
+                    "rack": n.rack,
+                    "datacenter": n.datacenter,
+                    "registered": format_rfc3339_ms(n.registered_ms),
+                    "disks": disks,
                 })
-                .collect();
-            nodes.push(json!({
-                "name": name,
-                "state": "ready",
-                "registered": format_rfc3339_ms(state.registered_ms),
-                "disks": disks,
-            }));
-        }
-        Ok(json!({ "nodes": nodes }))
+            })
+            .collect();
+        Ok(json!({ "nodes": views }))
     }
 
     /// Checks the hash chain, then that replaying the journal gives the state
@@ -683,19 +792,6 @@ impl Gateway {
         }
         Ok(json!({ "ok": true, "records": records }))
     }
-}
-
-/// Total and free bytes of the filesystem holding `dir`.
-fn fs_space(dir: &std::path::Path) -> Option<(u64, u64)> {
-    use std::os::unix::ffi::OsStrExt;
-    let path = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
-    // SAFETY: statvfs writes into the struct we pass; the path is NUL-terminated.
-    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
-    let rc = unsafe { libc::statvfs(path.as_ptr(), &mut st) };
-    (rc == 0).then(|| {
-        let unit = st.f_frsize as u64;
-        (st.f_blocks as u64 * unit, st.f_bavail as u64 * unit)
-    })
 }
 
 /// The first aggregate whose live state differs from the replayed one.

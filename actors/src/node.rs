@@ -7,6 +7,7 @@
 
 use actix::prelude::*;
 use cairn_schema::ApiError;
+use cairn_schema::event::NodeRegistered;
 use cairn_schema::state::NodeState;
 use cairn_schema::subject::CLUSTER_TENANT;
 
@@ -45,19 +46,16 @@ impl Handler<Get> for NodeActor {
     }
 }
 
-/// Make the journal know this node with these disks.
+/// Make the journal know this node as described.
 #[derive(Message)]
 #[rtype(result = "Result<(), ApiError>")]
-pub struct Register {
-    pub node: String,
-    pub disks: Vec<String>,
-}
+pub struct Register(pub NodeRegistered);
 
 impl Handler<Register> for NodeActor {
     type Result = AtomicResponse<Self, Result<(), ApiError>>;
 
     fn handle(&mut self, msg: Register, _: &mut Self::Context) -> Self::Result {
-        let events = self.state.decide_register(&msg.node, &msg.disks);
+        let events = self.state.decide_register(&msg.0);
         let services = self.services.clone();
         let work = async move {
             if events.is_empty() {
@@ -69,7 +67,7 @@ impl Handler<Register> for NodeActor {
                     causation: Causation {
                         tenant: CLUSTER_TENANT.to_owned(),
                         user: "cairn".to_owned(),
-                        id: format!("start-{}", msg.node),
+                        id: format!("start-{}", msg.0.node),
                         dedup: false,
                     },
                     events,
@@ -84,12 +82,60 @@ impl Handler<Register> for NodeActor {
             services.publish(&records).await;
             Ok(records)
         };
-        AtomicResponse::new(Box::pin(work.into_actor(self).map(|result, actor, _| {
-            for record in result? {
-                let event = record.event().expect("records this process wrote decode");
-                actor.state.apply(record.seq, record.time_ms, &event);
-            }
-            Ok(())
-        })))
+        AtomicResponse::new(Box::pin(work.into_actor(self).map(
+            |result: Result<Vec<cairn_schema::EventRecord>, ApiError>, actor, _| {
+                for record in result? {
+                    let event = record.event().expect("records this process wrote decode");
+                    actor.state.apply(record.seq, record.time_ms, &event);
+                }
+                Ok(())
+            },
+        )))
+    }
+}
+
+/// Mark this node failed (`cairn node fail`).
+#[derive(Message)]
+#[rtype(result = "Result<Vec<cairn_schema::EventRecord>, ApiError>")]
+pub struct Fail {
+    pub causation: Causation,
+}
+
+impl Handler<Fail> for NodeActor {
+    type Result = AtomicResponse<Self, Result<Vec<cairn_schema::EventRecord>, ApiError>>;
+
+    fn handle(&mut self, msg: Fail, _: &mut Self::Context) -> Self::Result {
+        let decided = self.state.decide_fail();
+        let services = self.services.clone();
+        let work = async move {
+            let events = decided?;
+            let mut causation = msg.causation;
+            causation.tenant = CLUSTER_TENANT.to_owned();
+            let appended = services
+                .journal
+                .append(AppendRequest {
+                    causation,
+                    events,
+                    reply: Vec::new(),
+                })
+                .await
+                .map_err(|e| journal_error(&e))?;
+            let records = match appended {
+                Appended::Records(records) => records,
+                Appended::Duplicate(_) => Vec::new(),
+            };
+            services.publish(&records).await;
+            Ok(records)
+        };
+        AtomicResponse::new(Box::pin(work.into_actor(self).map(
+            |result: Result<Vec<cairn_schema::EventRecord>, ApiError>, actor, _| {
+                let records = result?;
+                for record in &records {
+                    let event = record.event().expect("records this process wrote decode");
+                    actor.state.apply(record.seq, record.time_ms, &event);
+                }
+                Ok(records)
+            },
+        )))
     }
 }

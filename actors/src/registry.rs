@@ -97,6 +97,10 @@ impl Registry {
         addr
     }
 
+    pub fn node(&self, name: &str) -> Option<Addr<NodeActor>> {
+        self.nodes.get(name).map(|a| a.clone())
+    }
+
     /// Every node actor, in name order.
     pub fn nodes(&self) -> Vec<(String, Addr<NodeActor>)> {
         let mut out: Vec<_> = self

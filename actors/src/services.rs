@@ -2,10 +2,12 @@
 //! block pool, the bus (for publishing events) and the limits. Cheap to
 //! clone.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use bytes::Bytes;
 use cairn_blocks::Pool;
+use cairn_schema::event::PlacedVolume;
 use cairn_schema::{ApiError, ErrorCode, EventRecord, subject};
 
 use crate::bus::Bus;
@@ -19,9 +21,25 @@ pub struct Services {
     pub limits: crate::Limits,
     /// This node's name.
     pub node: String,
+    /// (node, disk) → index of that disk in the block pool.
+    pub disk_index: Arc<BTreeMap<(String, String), u16>>,
 }
 
 impl Services {
+    /// A placed volume's slices as (slice, pool disk); slices on disks this
+    /// pool does not have are left to the pool's own choice.
+    pub fn slice_disks(&self, placed: &PlacedVolume) -> Vec<(u32, u16)> {
+        placed
+            .slices
+            .iter()
+            .filter_map(|s| {
+                self.disk_index
+                    .get(&(s.node.clone(), s.disk.clone()))
+                    .map(|idx| (s.index, *idx))
+            })
+            .collect()
+    }
+
     /// Publishes committed records on their event subjects (the outbox).
     /// Failures are logged: the journal, not the bus, is the record.
     pub async fn publish(&self, records: &[EventRecord]) {
@@ -74,4 +92,17 @@ pub fn journal_error(e: &journal::Error) -> ApiError {
         journal::Error::Closed | journal::Error::Storage { .. } => ErrorCode::Unavailable,
     };
     ApiError::new(code, e.to_string())
+}
+
+/// Total and free bytes of the filesystem holding `dir`.
+pub fn fs_space(dir: &std::path::Path) -> Option<(u64, u64)> {
+    use std::os::unix::ffi::OsStrExt;
+    let path = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
+    // SAFETY: statvfs writes into the struct we pass; the path is NUL-terminated.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    let rc = unsafe { libc::statvfs(path.as_ptr(), &mut st) };
+    (rc == 0).then(|| {
+        let unit = st.f_frsize as u64;
+        (st.f_blocks as u64 * unit, st.f_bavail as u64 * unit)
+    })
 }

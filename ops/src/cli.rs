@@ -190,6 +190,8 @@ pub enum AppCommand {
     /// Change the app's configuration.
     #[command(subcommand)]
     Config(AppConfigCommand),
+    /// Where each replica's volumes' slices are: disk, node, rack, datacenter.
+    Placement { name: String },
     /// The app's history, newest first.
     Log {
         name: String,
@@ -209,6 +211,9 @@ pub enum AppConfigCommand {
 pub enum NodeCommand {
     /// List nodes with their disks' capacity and use.
     List,
+    /// Mark a node failed: nothing new goes there; reports which apps lost
+    /// what, and whether a replica set lost more than one member.
+    Fail { name: String },
 }
 
 #[derive(Debug, Args)]
@@ -300,6 +305,23 @@ async fn run_client(args: &Cli) -> anyhow::Result<i32> {
             let reply = client.call("node", "list", &json!({})).await?;
             output::print(fmt, &reply, output::node_rows);
             Ok(0)
+        }
+        Command::Node(NodeCommand::Fail { name }) => {
+            let reply = client
+                .call("node", "fail", &json!({ "name": name }))
+                .await?;
+            output::print(fmt, &reply, |r| {
+                output::cell(&r["report"])
+                    .lines()
+                    .map(|l| vec![l.to_owned()])
+                    .collect()
+            });
+            // A replica set that lost two members is what placement must prevent.
+            Ok(if reply["lost_more_than_one_member"] == true {
+                2
+            } else {
+                0
+            })
         }
         Command::Events(events) => self::events(&client, fmt, events).await,
         Command::Request { command, body } => {
@@ -536,6 +558,16 @@ async fn app(client: &Client, fmt: Format, cmd: &AppCommand) -> anyhow::Result<i
                     "app {name}: {configmap}.{key} set to {value:?}"
                 )]]
             });
+        }
+        AppCommand::Placement { name } => {
+            let reply = client
+                .call("app", "placement", &json!({ "name": name }))
+                .await?;
+            // `-o json` prints the list of {"replica","volume","slices"}.
+            match fmt {
+                Format::Table => output::print_table(&output::placement_rows(&reply)),
+                _ => output::print(fmt, &reply["volumes"], |_| Vec::new()),
+            }
         }
         AppCommand::Log { name, limit } => {
             let reply = client

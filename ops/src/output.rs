@@ -329,6 +329,28 @@ pub fn event_summary(e: &Value) -> String {
             cell(&d["volume"]),
             cell(&d["snapshot"])
         ),
+        "NodeRegistered" => format!(
+            "node {} registered (rack {}, datacenter {}, {} disks)",
+            cell(&d["node"]),
+            cell(&d["rack"]),
+            cell(&d["datacenter"]),
+            d["disks"].as_array().map_or(0, Vec::len)
+        ),
+        "NodeFailed" => format!("node {} marked failed", cell(&d["node"])),
+        "AppPlaced" => {
+            let nodes: std::collections::BTreeSet<String> = d["volumes"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .flat_map(|v| v["slices"].as_array().cloned().unwrap_or_default())
+                .map(|s| cell(&s["node"]))
+                .collect();
+            format!(
+                "placed {} volumes on {}",
+                d["volumes"].as_array().map_or(0, Vec::len),
+                nodes.into_iter().collect::<Vec<_>>().join(", ")
+            )
+        }
         other => other.to_owned(),
     }
 }
@@ -360,11 +382,13 @@ pub fn node_rows(reply: &Value) -> Vec<Vec<String>> {
     let mut rows = vec![vec![
         "NODE".into(),
         "STATE".into(),
+        "RACK".into(),
+        "DC".into(),
         "DISK".into(),
-        "USED".into(),
-        "FREE".into(),
+        "MEDIA".into(),
         "CAPACITY".into(),
-        "PATH".into(),
+        "PLACED".into(),
+        "WRITTEN".into(),
     ]];
     let size = |v: &Value| {
         v.as_u64()
@@ -376,11 +400,44 @@ pub fn node_rows(reply: &Value) -> Vec<Vec<String>> {
             rows.push(vec![
                 cell(&n["name"]),
                 cell(&n["state"]),
+                cell(&n["rack"]),
+                cell(&n["datacenter"]),
                 cell(&d["name"]),
-                size(&d["used_bytes"]),
-                size(&d["free_bytes"]),
+                cell(&d["media"]),
                 size(&d["capacity_bytes"]),
-                cell(&d["path"]),
+                size(&d["placed_bytes"]),
+                size(&d["used_bytes"]),
+            ]);
+        }
+    }
+    rows
+}
+
+/// `app placement`: one row per slice.
+pub fn placement_rows(reply: &Value) -> Vec<Vec<String>> {
+    let mut rows = vec![vec![
+        "REPLICA".into(),
+        "VOLUME".into(),
+        "SLICE".into(),
+        "NODE".into(),
+        "DISK".into(),
+        "RACK".into(),
+        "DC".into(),
+    ]];
+    for v in reply["volumes"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or(&[])
+    {
+        for s in v["slices"].as_array().map(Vec::as_slice).unwrap_or(&[]) {
+            rows.push(vec![
+                cell(&v["replica"]),
+                cell(&v["volume"]),
+                cell(&s["index"]),
+                cell(&s["node"]),
+                cell(&s["disk"]),
+                cell(&s["rack"]),
+                cell(&s["datacenter"]),
             ]);
         }
     }

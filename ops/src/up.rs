@@ -34,6 +34,14 @@ pub struct UpArgs {
     /// when the pool is created; afterwards the pool remembers its disks.
     #[arg(long = "disk", value_name = "DIR")]
     pub disks: Vec<PathBuf>,
+    /// The cluster's nodes, racks, datacenters and disks: a `kind: Topology`
+    /// YAML file. Each node's disks become directories of this process's
+    /// pool (`DATA_DIR/nodes/NODE/DISK`). Fixed at the first start.
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["nodes", "disks"])]
+    pub topology: Option<PathBuf>,
+    /// Simulate N nodes in 3 racks, each with two ssd disks and one hdd.
+    #[arg(long, value_name = "N", conflicts_with = "disks")]
+    pub nodes: Option<usize>,
 }
 
 pub fn cluster_config(data_dir: PathBuf, bus: BusChoice, nbd: Option<ListenAddr>) -> Config {
@@ -44,6 +52,7 @@ pub fn cluster_config(data_dir: PathBuf, bus: BusChoice, nbd: Option<ListenAddr>
         key_file: None,
         disks: vec![],
         fuse: None,
+        topology: None,
         limits: cairn_actors::Limits::default(),
     }
 }
@@ -68,6 +77,18 @@ pub async fn run(cli: &Cli, args: &UpArgs) -> anyhow::Result<i32> {
         .map(std::path::absolute)
         .collect::<Result<_, _>>()?;
     config.fuse = args.fuse.clone();
+    config.topology = match (&args.topology, args.nodes) {
+        (Some(file), _) => {
+            let text = std::fs::read_to_string(file)
+                .with_context(|| format!("reading {}", file.display()))?;
+            Some(
+                cairn_workflows::Topology::from_yaml(&text)
+                    .with_context(|| format!("--topology {}", file.display()))?,
+            )
+        }
+        (None, Some(n)) => Some(cairn_workflows::Topology::simulated(n)),
+        (None, None) => None,
+    };
     let cluster = Cluster::start(config)
         .await
         .with_context(|| format!("starting cairn in {}", args.data_dir.display()))?;

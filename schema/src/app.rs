@@ -27,7 +27,10 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::event::{AppConfigSet, AppCreated, AppDeleted, AppScaled, VolumeCreated, VolumeDeleted};
+use crate::event::{
+    AppConfigSet, AppCreated, AppDeleted, AppPlaced, AppScaled, PlacedVolume, VolumeCreated,
+    VolumeDeleted,
+};
 use crate::names::{check_label, parse_size};
 use crate::{ApiError, ErrorCode, Event};
 
@@ -309,6 +312,8 @@ pub struct AppState {
     pub objects: Vec<Object>,
     /// By PVC name.
     pub volumes: BTreeMap<String, AppVolume>,
+    /// Where each volume's slices are, by PVC name (from `AppPlaced`).
+    pub placement: BTreeMap<String, PlacedVolume>,
 }
 
 /// Commands on an app.
@@ -412,6 +417,7 @@ impl AppState {
                     updated_seq: seq,
                     objects: objects.clone(),
                     volumes: volumes.iter().map(|v| (v.pvc.clone(), v.clone())).collect(),
+                    placement: BTreeMap::new(),
                 };
             }
             Event::AppScaled(AppScaled {
@@ -436,6 +442,7 @@ impl AppState {
                 }
                 for pvc in removed {
                     self.volumes.remove(pvc);
+                    self.placement.remove(pvc);
                 }
                 self.updated_seq = seq;
             }
@@ -456,6 +463,12 @@ impl AppState {
                         }
                     }
                     o.json = serde_json::to_string(&object).expect("json values serialize");
+                }
+                self.updated_seq = seq;
+            }
+            Event::AppPlaced(AppPlaced { volumes, .. }) => {
+                for v in volumes {
+                    self.placement.insert(v.pvc.clone(), v.clone());
                 }
                 self.updated_seq = seq;
             }

@@ -21,7 +21,9 @@
 //! | `app.scale` | `{"name","replicas","workload"?}` | change a StatefulSet's or Deployment's replicas |
 //! | `app.config-set` | `{"name","configmap","key","value"}` | set one ConfigMap key |
 //! | `app.log` | `{"name","limit"?}` | the app's history, newest first |
+//! | `app.placement` | `{"name"}` | replica → volume → slices → disk, node, rack, datacenter |
 //! | `node.list` | `{}` | the nodes and their disks |
+//! | `node.fail` | `{"name"}` | mark a node failed; report what each app lost |
 //! | `events.replay` | `{"at_seq"?,"at_ms"?,"app"?}` | the state as of a seq or time |
 //! | `events.list` | `{"since_seq"?,"limit"?,"subject"?,"kind"?}` | journal records |
 //! | `events.verify` | `{}` | check the hash chain and replayed state |
@@ -104,6 +106,9 @@ pub enum Query {
         name: String,
         limit: u32,
     },
+    AppPlacement {
+        name: String,
+    },
     NodeList,
     /// State as of a seq or a time (the last record at or before it).
     EventsReplay {
@@ -185,6 +190,10 @@ impl EventsFilter {
 pub enum Command {
     Volume(VolumeCommand),
     App(AppCommand),
+    /// Mark a node failed.
+    NodeFail {
+        name: String,
+    },
     Query(Query),
 }
 
@@ -441,6 +450,16 @@ impl Command {
                     name: b.name,
                     limit: b.limit.unwrap_or(100).clamp(1, MAX_EVENTS_PAGE),
                 })
+            }
+            ("node", "fail") => {
+                let b: NameBody = body(bytes)?;
+                check_label("node", &b.name)?;
+                Command::NodeFail { name: b.name }
+            }
+            ("app", "placement") => {
+                let b: NameBody = body(bytes)?;
+                check_label("app", &b.name)?;
+                Command::Query(Query::AppPlacement { name: b.name })
             }
             ("node", "list") => {
                 body::<EmptyBody>(bytes)?;

@@ -119,14 +119,56 @@ pub struct AppDeleted {
     pub app: String,
 }
 
-/// A node joined the cluster, or came back with different disks. Node
-/// events belong to no tenant (see [`crate::subject::CLUSTER_TENANT`]).
-/// *Since v0.2.*
+/// A node joined the cluster, or came back with different disks or labels.
+/// Node events belong to no tenant (see
+/// [`crate::subject::CLUSTER_TENANT`]). *Since v0.2.*
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NodeRegistered {
     pub node: String,
-    /// The directories of its disks.
-    pub disks: Vec<String>,
+    pub rack: String,
+    pub datacenter: String,
+    pub disks: Vec<NodeDisk>,
+}
+
+/// One disk of a node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeDisk {
+    pub name: String,
+    /// Its directory on the node.
+    pub path: String,
+    /// `ssd`, `hdd` or `nvme`.
+    pub media: String,
+    pub capacity_bytes: u64,
+}
+
+/// A node was marked failed (`cairn node fail`): nothing new is placed on
+/// it, and what it held counts as lost. *Since v0.2.*
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeFailed {
+    pub node: String,
+}
+
+/// Where an app's volumes' slices were placed (by the planner), for the
+/// volumes it names; later events replace a volume's entry. *Since v0.2.*
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AppPlaced {
+    pub app: String,
+    pub volumes: Vec<PlacedVolume>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PlacedVolume {
+    /// `<statefulset>-<ordinal>`, or none for a standalone PVC.
+    pub replica: Option<String>,
+    pub pvc: String,
+    pub slices: Vec<PlacedSlice>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PlacedSlice {
+    pub index: u32,
+    pub node: String,
+    pub disk: String,
 }
 
 /// Errors decoding a stored event.
@@ -198,6 +240,8 @@ events! {
     10 => AppConfigSet,
     11 => AppDeleted,
     12 => NodeRegistered,
+    13 => NodeFailed,
+    14 => AppPlaced,
 }
 
 /// Tags no longer written, still decoded through [`upcast`].
@@ -229,8 +273,10 @@ impl Event {
             Event::AppCreated(AppCreated { app, .. })
             | Event::AppScaled(AppScaled { app, .. })
             | Event::AppConfigSet(AppConfigSet { app, .. })
-            | Event::AppDeleted(AppDeleted { app }) => format!("app/{app}"),
-            Event::NodeRegistered(NodeRegistered { node, .. }) => format!("node/{node}"),
+            | Event::AppDeleted(AppDeleted { app })
+            | Event::AppPlaced(AppPlaced { app, .. }) => format!("app/{app}"),
+            Event::NodeRegistered(NodeRegistered { node, .. })
+            | Event::NodeFailed(NodeFailed { node }) => format!("node/{node}"),
         }
     }
 }
@@ -354,7 +400,27 @@ mod tests {
             Event::AppDeleted(AppDeleted { app: "shop".into() }),
             Event::NodeRegistered(NodeRegistered {
                 node: "n1".into(),
-                disks: vec!["/d0".into(), "/d1".into()],
+                rack: "r1".into(),
+                datacenter: "dc1".into(),
+                disks: vec![NodeDisk {
+                    name: "d0".into(),
+                    path: "/d0".into(),
+                    media: "ssd".into(),
+                    capacity_bytes: 40 << 30,
+                }],
+            }),
+            Event::NodeFailed(NodeFailed { node: "n1".into() }),
+            Event::AppPlaced(AppPlaced {
+                app: "shop".into(),
+                volumes: vec![PlacedVolume {
+                    replica: Some("db-0".into()),
+                    pvc: "data-db-0".into(),
+                    slices: vec![PlacedSlice {
+                        index: 0,
+                        node: "n1".into(),
+                        disk: "d0".into(),
+                    }],
+                }],
             }),
         ]
     }

@@ -8,8 +8,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::app::AppState;
 use crate::event::{
-    NodeRegistered, SnapshotDeleted, VolumeCloned, VolumeCreated, VolumeDeleted, VolumeRolledBack,
-    VolumeSnapshotted,
+    NodeDisk, NodeRegistered, SnapshotDeleted, VolumeCloned, VolumeCreated, VolumeDeleted,
+    VolumeRolledBack, VolumeSnapshotted,
 };
 use crate::{ApiError, ErrorCode, Event, EventRecord, VolumeCommand};
 
@@ -32,31 +32,66 @@ pub struct NodeState {
     pub name: String,
     pub registered_seq: u64,
     pub registered_ms: u64,
-    pub disks: Vec<String>,
+    pub rack: String,
+    pub datacenter: String,
+    pub disks: Vec<NodeDisk>,
+    pub failed: bool,
 }
 
 impl NodeState {
     pub fn apply(&mut self, seq: u64, time_ms: u64, event: &Event) {
-        if let Event::NodeRegistered(NodeRegistered { node, disks }) = event {
-            *self = NodeState {
-                name: node.clone(),
-                registered_seq: seq,
-                registered_ms: time_ms,
-                disks: disks.clone(),
-            };
+        match event {
+            Event::NodeRegistered(NodeRegistered {
+                node,
+                rack,
+                datacenter,
+                disks,
+            }) => {
+                *self = NodeState {
+                    name: node.clone(),
+                    registered_seq: seq,
+                    registered_ms: time_ms,
+                    rack: rack.clone(),
+                    datacenter: datacenter.clone(),
+                    disks: disks.clone(),
+                    failed: self.failed,
+                };
+            }
+            Event::NodeFailed(_) => self.failed = true,
+            _ => {}
         }
     }
 
-    /// The events that make the journal know this node with these disks:
-    /// none if it already does.
-    pub fn decide_register(&self, node: &str, disks: &[String]) -> Vec<Event> {
-        if self.registered_seq != 0 && self.disks == disks {
-            return Vec::new();
+    /// The events that make the journal know this node as `registered`
+    /// says: none if it already does.
+    pub fn decide_register(&self, registered: &NodeRegistered) -> Vec<Event> {
+        let same = self.registered_seq != 0
+            && self.rack == registered.rack
+            && self.datacenter == registered.datacenter
+            && self.disks == registered.disks;
+        if same {
+            Vec::new()
+        } else {
+            vec![Event::NodeRegistered(registered.clone())]
         }
-        vec![Event::NodeRegistered(NodeRegistered {
-            node: node.to_owned(),
-            disks: disks.to_vec(),
-        })]
+    }
+
+    pub fn decide_fail(&self) -> Result<Vec<Event>, ApiError> {
+        if self.registered_seq == 0 {
+            return Err(ApiError::not_found(format!(
+                "node {:?} does not exist",
+                self.name
+            )));
+        }
+        if self.failed {
+            return Err(ApiError::new(
+                ErrorCode::FailedPrecondition,
+                format!("node {} is already marked failed", self.name),
+            ));
+        }
+        Ok(vec![Event::NodeFailed(crate::event::NodeFailed {
+            node: self.name.clone(),
+        })])
     }
 }
 

@@ -24,6 +24,7 @@
 //! The runtime that executes effects is not built yet; this crate is the
 //! tested core it will drive.
 
+pub mod app_placement;
 pub mod placement;
 pub mod topology;
 
