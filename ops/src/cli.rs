@@ -208,9 +208,9 @@ async fn connect(args: &Cli) -> anyhow::Result<Client> {
         .url
         .clone()
         .unwrap_or_else(|| "nats://127.0.0.1:4222".into());
-    let bus = Bus::connect(&args.nats.options(url.clone()))
-        .await
-        .with_context(|| "set --nats or CAIRN_NATS_URL to the URL `cairn up` printed")?;
+    // The error says what failed (refused, authorization, TLS) and which
+    // option to fix.
+    let bus = Bus::connect(&args.nats.options(url)).await?;
     Ok(Client::new(bus, args.tenant.clone()))
 }
 
