@@ -1,0 +1,506 @@
+//! The control plane's robustness against a real nats-server: a NATS
+//! restart in the middle of a run, NATS auth and TLS passed through,
+//! `kill -9` during a burst of concurrent commands, a tampered journal, and
+//! bad input that never stops the gateway.
+//!
+//! The promise checked throughout: a command is either answered or never
+//! accepted. A command that got a success reply is in the journal (its
+//! request id is the event's causation), and a retry with the same request
+//! id gets the first answer.
+//!
+//! Clients here retry a command whose reply did not come (timeout, no
+//! responders, connection down) with the same request id until it is
+//! answered, bounded by a deadline so that a broken build fails instead of
+//! hanging.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use cairn_actors::bus::{Bus, NatsOptions};
+use cairn_actors::client::{self, Client};
+use cairn_integration::{NatsProcess, Node, RawNats};
+use serde_json::{Value, json};
+
+/// How long a client keeps retrying one command before the test fails.
+const RETRY_DEADLINE: Duration = Duration::from_secs(180);
+
+fn json_lines(text: &str) -> Vec<Value> {
+    text.lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l:?} is not JSON: {e}")))
+        .collect()
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// A client of our own (async-nats underneath, so it reconnects by itself).
+async fn connect(url: &str) -> Client {
+    let bus = Bus::connect(&NatsOptions {
+        url: url.to_owned(),
+        name: Some("control-test".into()),
+        ..Default::default()
+    })
+    .await
+    .expect("the test client connects");
+    let mut client = Client::new(bus, "default");
+    // Short, so that a lost reply is retried soon; a slow answer that
+    // misses it is retried too and must then get the first answer.
+    client.timeout = Duration::from_secs(3);
+    client
+}
+
+/// One command of a test workload.
+#[derive(Debug, Clone)]
+struct Step {
+    request_id: String,
+    verb: &'static str,
+    body: Value,
+    /// The event kind a success must have journaled under the request id.
+    kind: &'static str,
+}
+
+impl Step {
+    fn new(request_id: String, verb: &'static str, body: Value) -> Step {
+        let kind = match verb {
+            "create" => "VolumeCreated",
+            "snapshot" => "VolumeSnapshotted",
+            "delete" => "VolumeDeleted",
+            other => panic!("no event kind known for {other}"),
+        };
+        Step {
+            request_id,
+            verb,
+            body,
+            kind,
+        }
+    }
+}
+
+/// What sending one step until it was answered gave.
+#[derive(Debug, Clone)]
+struct Outcome {
+    reply: Value,
+    /// Tries without a reply before the answer.
+    n_unanswered: usize,
+}
+
+/// Sends `step` under its request id until a reply comes. A reply that is
+/// an error fails the test: every workload here is valid, so a command must
+/// never be refused because a retry raced its own first attempt.
+async fn send_until_answered(client: &Client, step: &Step) -> Outcome {
+    send_counting(client, step, &AtomicUsize::new(0)).await
+}
+
+/// [`send_until_answered`], adding every try without a reply to `unanswered`.
+async fn send_counting(client: &Client, step: &Step, unanswered: &AtomicUsize) -> Outcome {
+    let deadline = Instant::now() + RETRY_DEADLINE;
+    let mut n_unanswered = 0;
+    loop {
+        match client
+            .call_with_id("volume", step.verb, &step.body, &step.request_id)
+            .await
+        {
+            Ok(reply) => {
+                return Outcome {
+                    reply,
+                    n_unanswered,
+                };
+            }
+            Err(client::Error::Api(e)) if e.code.as_str() == "unavailable" => {}
+            Err(client::Error::Api(e)) => panic!(
+                "{} {} ({}) was refused after {n_unanswered} unanswered tries: {e}",
+                step.verb, step.body, step.request_id
+            ),
+            Err(client::Error::Bus(_)) => {}
+            Err(e) => panic!("{}: {e}", step.request_id),
+        }
+        n_unanswered += 1;
+        unanswered.fetch_add(1, Ordering::SeqCst);
+        assert!(
+            Instant::now() < deadline,
+            "{} ({}) got no reply within {RETRY_DEADLINE:?}",
+            step.verb,
+            step.request_id
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The journal as `cairn events --json` prints it, grouped by causation.
+fn events_by_causation(node: &Node) -> BTreeMap<String, Vec<Value>> {
+    let mut by_causation: BTreeMap<String, Vec<Value>> = BTreeMap::new();
+    for event in json_lines(&node.ok(&["events", "--json"])) {
+        let causation = event["causation"].as_str().unwrap().to_owned();
+        by_causation.entry(causation).or_default().push(event);
+    }
+    by_causation
+}
+
+/// The promise: every answered step is journaled once under its request id
+/// with the right event, nothing else of the workload is journaled, and a
+/// retry of every request id now gets the first answer.
+fn check_answered_steps_are_journaled(
+    node: &Node,
+    url: &str,
+    answered: &BTreeMap<String, (Step, Outcome)>,
+) {
+    let journal = events_by_causation(node);
+    for (id, (step, _)) in answered {
+        let events = journal.get(id).unwrap_or_else(|| {
+            panic!(
+                "{id} ({} {}) was answered but is not in the journal",
+                step.verb, step.body
+            )
+        });
+        let kinds: Vec<&str> = events.iter().map(|e| e["kind"].as_str().unwrap()).collect();
+        assert_eq!(kinds, [step.kind], "{id}: journaled once, as {}", step.kind);
+        let name = step.body["name"].as_str().unwrap();
+        assert_eq!(events[0]["subject"], format!("volume/{name}"), "{id}");
+    }
+    let rt = runtime();
+    rt.block_on(async {
+        let client = connect(url).await;
+        for (id, (step, first)) in answered {
+            let again = send_until_answered(&client, step).await;
+            assert_eq!(
+                again.reply, first.reply,
+                "a retry of {id} must get the first answer"
+            );
+        }
+    });
+    let after = events_by_causation(node);
+    assert_eq!(
+        after.values().map(Vec::len).sum::<usize>(),
+        journal.values().map(Vec::len).sum::<usize>(),
+        "retries of answered requests journal nothing"
+    );
+}
+
+/// Volume names (with their snapshots) as `volume list` shows them.
+fn volumes(node: &Node) -> BTreeMap<String, BTreeSet<String>> {
+    let list: Value = serde_json::from_str(&node.ok(&["-o", "json", "volume", "list"])).unwrap();
+    list["volumes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| {
+            let snaps = v["snapshots"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|s| s["name"].as_str().unwrap().to_owned())
+                .collect();
+            (v["name"].as_str().unwrap().to_owned(), snaps)
+        })
+        .collect()
+}
+
+fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + RETRY_DEADLINE;
+    while !done() {
+        assert!(
+            Instant::now() < deadline,
+            "{what}: not within {RETRY_DEADLINE:?}"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn nats_restart_mid_run_loses_no_accepted_command() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut nats = NatsProcess::start(dir.path(), "");
+    let url = nats.url();
+    let node = Node::start(&dir.path().join("data"), &url);
+    node.ok(&["volume", "create", "before", "--size", "1M"]);
+
+    const N_SENDERS: usize = 3;
+    const STEPS_AFTER_RESTART: usize = 10;
+    let n_answered = Arc::new(AtomicUsize::new(0));
+    let n_unanswered = Arc::new(AtomicUsize::new(0));
+    let restarted = Arc::new(AtomicBool::new(false));
+    let answered = Arc::new(Mutex::new(BTreeMap::new()));
+    let rt = runtime();
+    let senders: Vec<_> = (0..N_SENDERS)
+        .map(|sender| {
+            let (url, n_answered, n_unanswered, restarted, answered) = (
+                url.clone(),
+                n_answered.clone(),
+                n_unanswered.clone(),
+                restarted.clone(),
+                answered.clone(),
+            );
+            rt.spawn(async move {
+                let client = connect(&url).await;
+                let mut after_restart = 0;
+                for i in 0.. {
+                    let was_restarted = restarted.load(Ordering::SeqCst);
+                    if after_restart == STEPS_AFTER_RESTART {
+                        break;
+                    }
+                    let name = format!("s{sender}-v{i}");
+                    let step = Step::new(
+                        format!("restart-{sender}-{i}"),
+                        "create",
+                        json!({ "name": name, "size": "1M" }),
+                    );
+                    let outcome = send_counting(&client, &step, &n_unanswered).await;
+                    n_answered.fetch_add(1, Ordering::SeqCst);
+                    if was_restarted {
+                        after_restart += 1;
+                    }
+                    answered
+                        .lock()
+                        .unwrap()
+                        .insert(step.request_id.clone(), (step, outcome));
+                }
+            })
+        })
+        .collect();
+
+    wait_until("15 commands answered before the restart", || {
+        n_answered.load(Ordering::SeqCst) >= 15
+    });
+    // Down until every sender has seen a try go unanswered, so commands are
+    // in flight across the outage whatever the machine's speed.
+    nats.kill();
+    wait_until("every sender sees the outage", || {
+        n_unanswered.load(Ordering::SeqCst) >= N_SENDERS
+    });
+    nats.start_again();
+    restarted.store(true, Ordering::SeqCst);
+    for sender in senders {
+        rt.block_on(sender).expect("a sender panicked");
+    }
+
+    let answered = std::mem::take(&mut *answered.lock().unwrap());
+    let n_interrupted = answered
+        .values()
+        .filter(|(_, o)| o.n_unanswered > 0)
+        .count();
+    assert!(
+        n_interrupted > 0,
+        "some command must have been in flight across the outage"
+    );
+    eprintln!(
+        "{} commands answered, {n_interrupted} of them after tries without a reply",
+        answered.len()
+    );
+    check_answered_steps_are_journaled(&node, &url, &answered);
+
+    // The CLI, connecting afresh, is answered too, and the state is whole.
+    node.ok(&["volume", "create", "after", "--size", "1M"]);
+    let names: BTreeSet<String> = volumes(&node).into_keys().collect();
+    let mut expected: BTreeSet<String> = answered
+        .values()
+        .map(|(s, _)| s.body["name"].as_str().unwrap().to_owned())
+        .collect();
+    expected.extend(["before".to_owned(), "after".to_owned()]);
+    assert_eq!(names, expected);
+    let verify = node.ok(&["events", "verify"]);
+    assert!(verify.starts_with("ok: "), "{verify}");
+    assert!(node.stop().success());
+}
+
+#[test]
+fn duplicates_of_a_request_in_flight_get_the_first_answer() {
+    let dir = tempfile::tempdir().unwrap();
+    let nats = NatsProcess::start(dir.path(), "");
+    let node = Node::start(&dir.path().join("data"), &nats.url());
+    let mut raw = RawNats::connect(&nats.url());
+    // Each request is sent 8 times at once under one id, as a client that
+    // retries too early would: the copies race the first through the gateway.
+    let cases = [
+        ("create", r#"{"name":"dup","size":"1M"}"#, "VolumeCreated"),
+        (
+            "snapshot",
+            r#"{"name":"dup","snapshot":"s1"}"#,
+            "VolumeSnapshotted",
+        ),
+        (
+            "snapshot-delete",
+            r#"{"name":"dup","snapshot":"s1"}"#,
+            "SnapshotDeleted",
+        ),
+        ("delete", r#"{"name":"dup"}"#, "VolumeDeleted"),
+    ];
+    for (verb, body, _) in cases {
+        let id = format!("dup-{verb}");
+        let replies = raw.request_many(
+            &format!("cairn.v1.default.volume.{verb}"),
+            &[("Cairn-Request-Id", &id)],
+            body.as_bytes(),
+            8,
+        );
+        let first: Value = serde_json::from_slice(&replies[0]).unwrap();
+        assert!(first.get("error").is_none(), "{verb}: {first}");
+        for reply in &replies[1..] {
+            let reply: Value = serde_json::from_slice(reply).unwrap();
+            assert_eq!(reply, first, "{verb}: every copy gets the first answer");
+        }
+    }
+    let events = json_lines(&node.ok(&["events", "--json"]));
+    let journaled: Vec<(&str, &str)> = events
+        .iter()
+        .map(|e| {
+            (
+                e["kind"].as_str().unwrap(),
+                e["causation"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    let expected: Vec<(&str, String)> = cases
+        .iter()
+        .map(|(verb, _, kind)| (*kind, format!("dup-{verb}")))
+        .collect();
+    assert_eq!(
+        journaled,
+        expected
+            .iter()
+            .map(|(k, id)| (*k, id.as_str()))
+            .collect::<Vec<_>>(),
+        "each request journaled once"
+    );
+    assert!(node.stop().success());
+}
+
+#[test]
+fn bad_input_gets_its_error_code_and_the_next_command_is_answered() {
+    let dir = tempfile::tempdir().unwrap();
+    // nats-server's default max_payload (1 MiB) equals cairn's request
+    // limit; raise it so that an oversized body reaches the gateway.
+    let nats = NatsProcess::start(dir.path(), "max_payload: 8MB");
+    let node = Node::start(&dir.path().join("data"), &nats.url());
+    let mut raw = RawNats::connect(&nats.url());
+    let code = |reply: &Value| reply["error"]["code"].as_str().map(str::to_owned);
+    let mut n_good = 0;
+    let mut next_command_is_answered = |raw: &mut RawNats| {
+        n_good += 1;
+        let reply = raw.json(
+            "cairn.v1.default.volume.create",
+            format!(r#"{{"name":"good-{n_good}","size":"1M"}}"#).as_bytes(),
+        );
+        assert_eq!(reply["name"], format!("good-{n_good}"), "{reply}");
+    };
+
+    let limit = 1 << 20;
+    let cases: Vec<(&str, Vec<u8>, &str)> = vec![
+        ("volume.create", vec![b' '; 2 * limit], "payload_too_large"),
+        ("volume.create", vec![b'{'; limit + 1], "payload_too_large"),
+        (
+            "volume.create",
+            vec![0xff, 0xfe, 0x00, 0x80],
+            "invalid_argument",
+        ),
+        ("volume.create", b"[1,2,3]".to_vec(), "invalid_argument"),
+        ("volume.create", b"42".to_vec(), "invalid_argument"),
+        ("volume.create", b"{}".to_vec(), "invalid_argument"),
+        (
+            "volume.create",
+            br#"{"name":"v","size":"1M","extra":{"#.to_vec(),
+            "invalid_argument",
+        ),
+        (
+            "volume.create",
+            format!(r#"{{"name":"{}","size":"1M"}}"#, "a".repeat(300)).into_bytes(),
+            "invalid_argument",
+        ),
+        (
+            "volume.create",
+            br#"{"name":"../etc","size":"1M"}"#.to_vec(),
+            "invalid_argument",
+        ),
+        (
+            "volume.create",
+            b"{\"name\":\"a\\u0000b\",\"size\":\"1M\"}".to_vec(),
+            "invalid_argument",
+        ),
+        (
+            "volume.create",
+            br#"{"name":"huge","size":"99999999999999999999P"}"#.to_vec(),
+            "invalid_argument",
+        ),
+        (
+            "volume.create",
+            br#"{"name":"zero","size":0}"#.to_vec(),
+            "invalid_argument",
+        ),
+        (
+            "volume.snapshot",
+            br#"{"name":"good-1","snapshot":"Bad Snap"}"#.to_vec(),
+            "invalid_argument",
+        ),
+        ("volume.frobnicate", b"{}".to_vec(), "unknown_command"),
+        ("gizmo.create", b"{}".to_vec(), "unknown_command"),
+        ("Bad_Kind.list", b"{}".to_vec(), "unknown_command"),
+    ];
+    next_command_is_answered(&mut raw);
+    for (command, body, expected) in &cases {
+        let reply = raw.json(&format!("cairn.v1.default.{command}"), body);
+        assert_eq!(
+            code(&reply).as_deref(),
+            Some(*expected),
+            "{command} with {:?}…: {reply}",
+            String::from_utf8_lossy(&body[..body.len().min(60)])
+        );
+        assert!(
+            reply["error"]["message"]
+                .as_str()
+                .is_some_and(|m| !m.is_empty())
+        );
+        next_command_is_answered(&mut raw);
+    }
+    // A bad tenant in the subject.
+    let reply = raw.json("cairn.v1.Bad_Tenant.volume.list", b"{}");
+    assert_eq!(code(&reply).as_deref(), Some("invalid_argument"), "{reply}");
+    // A body of exactly the limit is accepted (whitespace pads valid JSON).
+    let mut body = br#"{"name":"at-limit","size":"1M"}"#.to_vec();
+    body.resize(limit, b' ');
+    let reply = raw.json("cairn.v1.default.volume.create", &body);
+    assert_eq!(reply["name"], "at-limit", "{reply}");
+    next_command_is_answered(&mut raw);
+
+    // Garbage published without a reply subject gets no answer and breaks
+    // nothing; neither does a burst of bad requests.
+    for i in 0..50 {
+        raw.publish(
+            "cairn.v1.default.volume.create",
+            format!("{{not json {i}").as_bytes(),
+        );
+    }
+    for i in 0..50 {
+        let reply = raw.json(
+            "cairn.v1.default.volume.delete",
+            format!("[{i}]").as_bytes(),
+        );
+        assert_eq!(code(&reply).as_deref(), Some("invalid_argument"), "{reply}");
+    }
+    next_command_is_answered(&mut raw);
+
+    // Nothing bad was journaled: only the good creates.
+    let events = json_lines(&node.ok(&["events", "--json"]));
+    let mut created: Vec<String> = events
+        .iter()
+        .map(|e| {
+            assert_eq!(e["kind"], "VolumeCreated", "{e}");
+            e["subject"]
+                .as_str()
+                .unwrap()
+                .trim_start_matches("volume/")
+                .to_owned()
+        })
+        .collect();
+    created.sort();
+    let mut expected: Vec<String> = (1..=n_good).map(|i| format!("good-{i}")).collect();
+    expected.push("at-limit".into());
+    expected.sort();
+    assert_eq!(created, expected);
+    assert!(node.stop().success());
+}
