@@ -207,13 +207,49 @@ impl Drop for Node {
 }
 
 /// Runs `cairn ARGS…` with nothing added (no `--nats`): for tests of the
-/// options themselves, e.g. wrong credentials.
+/// options themselves, e.g. wrong credentials. Fails the test if it has not
+/// exited within 120 s (a hang is a bug too), killing it.
 pub fn cairn<I: AsRef<OsStr>>(args: impl IntoIterator<Item = I>) -> Output {
-    Command::new(cairn_bin())
+    let mut child = Command::new(cairn_bin())
         .args(args)
         .stdin(Stdio::null())
-        .output()
-        .expect("cairn runs")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("cairn runs");
+    // Drain both pipes on threads so a chatty child cannot block on them.
+    let mut stdout = child.stdout.take().unwrap();
+    let mut stderr = child.stderr.take().unwrap();
+    let out = std::thread::spawn(move || {
+        let mut buf = Vec::new();
+        let _ = stdout.read_to_end(&mut buf);
+        buf
+    });
+    let err = std::thread::spawn(move || {
+        let mut buf = Vec::new();
+        let _ = stderr.read_to_end(&mut buf);
+        buf
+    });
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "cairn did not exit within 120 s; stderr:\n{}",
+                String::from_utf8_lossy(&err.join().unwrap())
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    Output {
+        status,
+        stdout: out.join().unwrap(),
+        stderr: err.join().unwrap(),
+    }
 }
 
 /// Runs qemu-io with one command against an NBD URI. Snapshot exports
