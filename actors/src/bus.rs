@@ -79,8 +79,8 @@ impl Bus {
     /// TLS) instead of retrying in the background: a CLI with a wrong
     /// password fails at once with a clear error. Once connected, the client
     /// reconnects on its own for as long as the process runs and resubscribes
-    /// every subscription (see [`Gateway::serve`](crate::gateway::Gateway::serve)
-    /// for the gateway's side of that).
+    /// every subscription, so the gateway keeps serving across a nats-server
+    /// restart (`integration/tests/control.rs` checks it).
     pub async fn connect(options: &NatsOptions) -> Result<Bus, Error> {
         let url = options.url.clone();
         let fail = |message: String| Error::Connect {
@@ -94,6 +94,18 @@ impl Bus {
             return Err(fail(
                 "give --nats-tls-cert and --nats-tls-key together".into(),
             ));
+        }
+        for (option, file) in [
+            ("--nats-creds", &options.creds_file),
+            ("--nats-tls-ca", &options.tls_ca_file),
+            ("--nats-tls-cert", &options.tls_cert_file),
+            ("--nats-tls-key", &options.tls_key_file),
+        ] {
+            if let Some(path) = file
+                && let Err(e) = std::fs::File::open(path)
+            {
+                return Err(fail(format!("{option} {}: {e}", path.display())));
+            }
         }
         let mut opts = match &options.creds_file {
             Some(path) => async_nats::ConnectOptions::with_credentials_file(path.clone())
@@ -274,17 +286,25 @@ impl Bus {
 /// What went wrong connecting, with a hint at the option that fixes it.
 fn connect_error_message(e: &async_nats::ConnectError) -> String {
     use async_nats::ConnectErrorKind as K;
+    const TLS_HINT: &str = "check --nats-tls-ca, --nats-tls-cert and --nats-tls-key";
+    let text = e.to_string();
+    // Certificate failures come back as IO errors from the TLS layer.
+    let lower = text.to_ascii_lowercase();
+    let tls = ["certificate", "tls", "handshake", "alert"]
+        .iter()
+        .any(|w| lower.contains(w));
     match e.kind() {
         K::AuthorizationViolation => format!(
-            "{e} (the server refused the credentials: check --nats-user/--nats-password, \
+            "{text} (the server refused the credentials: check --nats-user/--nats-password, \
              --nats-token, --nats-nkey-seed or --nats-creds)"
         ),
-        K::Authentication => format!("{e} (check --nats-nkey-seed or --nats-creds)"),
-        K::Tls => format!("{e} (check --nats-tls-ca, --nats-tls-cert and --nats-tls-key)"),
+        K::Authentication => format!("{text} (check --nats-nkey-seed or --nats-creds)"),
+        K::Tls => format!("{text} ({TLS_HINT})"),
+        K::Io if tls => format!("{text} ({TLS_HINT})"),
         K::Io | K::TimedOut | K::Dns => {
-            format!("{e} (is nats-server running there? set --nats or CAIRN_NATS_URL)")
+            format!("{text} (is nats-server running there? set --nats or CAIRN_NATS_URL)")
         }
-        _ => e.to_string(),
+        _ => text,
     }
 }
 
