@@ -752,3 +752,361 @@ fn a_tampered_journal_is_named_by_verify_and_stops_start_up() {
         "verify wrote the journal"
     );
 }
+
+/// `cairn ARGS…` with string arguments.
+fn cairn_args(args: &[String]) -> std::process::Output {
+    cairn(args.iter().map(OsStr::new))
+}
+
+/// Runs nats-server with `config`; `cairn up` and the CLI connect with the
+/// `good` options and a command works. Each `bad` option set makes the CLI
+/// fail at once with exit code 1 and an error containing its text.
+fn check_nats_options(config: &str, good: &[String], bad: &[(Vec<String>, &str)]) {
+    let dir = tempfile::tempdir().unwrap();
+    let nats = NatsProcess::start(dir.path(), config);
+    let url = nats.url();
+    let good_os: Vec<&OsStr> = good.iter().map(OsStr::new).collect();
+    let node = Node::start_opts(&dir.path().join("data"), &url, &good_os, &[]);
+    node.ok(&["volume", "create", "v1", "--size", "1M"]);
+    let listed = node.ok(&["volume", "list"]);
+    assert!(listed.contains("v1"), "{listed}");
+    for (options, expected) in bad {
+        let mut args = vec!["--nats".to_owned(), url.clone()];
+        args.extend(options.iter().cloned());
+        args.extend(["volume".to_owned(), "list".to_owned()]);
+        let out = cairn_args(&args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        eprintln!("{options:?} -> {}", stderr.trim());
+        assert_eq!(out.status.code(), Some(1), "{options:?}: {stderr}");
+        assert!(out.stdout.is_empty(), "{options:?}");
+        assert!(
+            stderr.contains(expected) && stderr.contains("error: "),
+            "{options:?} must fail with {expected:?}: {stderr}"
+        );
+    }
+    // `cairn up` with the first bad option set does not start either.
+    if let Some((options, expected)) = bad.first() {
+        let mut args = vec!["--nats".to_owned(), url.clone()];
+        args.extend(options.iter().cloned());
+        args.extend(["up", "--data-dir"].map(str::to_owned));
+        args.push(dir.path().join("other").display().to_string());
+        let out = cairn_args(&args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "up {options:?}: {stderr}");
+        assert!(stderr.contains(expected), "up {options:?}: {stderr}");
+    }
+    assert!(node.stop().success());
+}
+
+fn strings(args: &[&str]) -> Vec<String> {
+    args.iter().map(|s| s.to_string()).collect()
+}
+
+const REFUSED: &str = "authorization violation";
+
+#[test]
+fn nats_user_and_password_are_passed_through() {
+    check_nats_options(
+        r#"authorization { user: cairn, password: "s3cret-pw" }"#,
+        &strings(&["--nats-user", "cairn", "--nats-password", "s3cret-pw"]),
+        &[
+            (
+                strings(&["--nats-user", "cairn", "--nats-password", "wrong"]),
+                REFUSED,
+            ),
+            (vec![], REFUSED),
+            (
+                strings(&["--nats-user", "cairn"]),
+                "give --nats-user and --nats-password together",
+            ),
+        ],
+    );
+}
+
+#[test]
+fn nats_token_is_passed_through() {
+    check_nats_options(
+        r#"authorization { token: "tok-5e1f" }"#,
+        &strings(&["--nats-token", "tok-5e1f"]),
+        &[
+            (strings(&["--nats-token", "tok-wrong"]), REFUSED),
+            (vec![], REFUSED),
+        ],
+    );
+}
+
+#[test]
+fn nats_nkey_is_passed_through() {
+    let user = nkeys::KeyPair::new_user();
+    let stranger = nkeys::KeyPair::new_user();
+    check_nats_options(
+        &format!(
+            "authorization {{ users: [ {{ nkey: {} }} ] }}",
+            user.public_key()
+        ),
+        &strings(&["--nats-nkey-seed", &user.seed().unwrap()]),
+        &[
+            (
+                strings(&["--nats-nkey-seed", &stranger.seed().unwrap()]),
+                REFUSED,
+            ),
+            (vec![], REFUSED),
+            (
+                strings(&["--nats-nkey-seed", "SUNOTASEED"]),
+                "check --nats-nkey-seed",
+            ),
+        ],
+    );
+}
+
+/// A test CA and certificates it signs, written as PEM files into a dir.
+struct TestCa {
+    issuer: rcgen::Issuer<'static, rcgen::KeyPair>,
+    ca_file: std::path::PathBuf,
+}
+
+impl TestCa {
+    fn new(dir: &Path, name: &str) -> TestCa {
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, format!("cairn test CA {name}"));
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params.key_usages = vec![
+            rcgen::KeyUsagePurpose::KeyCertSign,
+            rcgen::KeyUsagePurpose::DigitalSignature,
+        ];
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = params.self_signed(&key).unwrap();
+        let ca_file = dir.join(format!("{name}-ca.pem"));
+        std::fs::write(&ca_file, cert.pem()).unwrap();
+        TestCa {
+            issuer: rcgen::Issuer::new(params, key),
+            ca_file,
+        }
+    }
+
+    /// Issues a certificate for `names` (an IP address becomes an IP SAN);
+    /// returns the (cert, key) PEM files.
+    fn issue(
+        &self,
+        dir: &Path,
+        file_stem: &str,
+        names: &[&str],
+        usage: rcgen::ExtendedKeyUsagePurpose,
+    ) -> (std::path::PathBuf, std::path::PathBuf) {
+        let mut params =
+            rcgen::CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
+                .unwrap();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, file_stem);
+        params.extended_key_usages = vec![usage];
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = params.signed_by(&key, &self.issuer).unwrap();
+        let (cert_file, key_file) = (
+            dir.join(format!("{file_stem}.pem")),
+            dir.join(format!("{file_stem}-key.pem")),
+        );
+        std::fs::write(&cert_file, cert.pem()).unwrap();
+        std::fs::write(&key_file, key.serialize_pem()).unwrap();
+        (cert_file, key_file)
+    }
+}
+
+const TLS_HINT: &str = "check --nats-tls-ca, --nats-tls-cert and --nats-tls-key";
+
+fn path_str(path: &Path) -> String {
+    path.display().to_string()
+}
+
+#[test]
+fn nats_tls_is_passed_through() {
+    let certs = tempfile::tempdir().unwrap();
+    let ca = TestCa::new(certs.path(), "good");
+    let other_ca = TestCa::new(certs.path(), "other");
+    let (cert, key) = ca.issue(
+        certs.path(),
+        "server",
+        &["127.0.0.1", "localhost"],
+        rcgen::ExtendedKeyUsagePurpose::ServerAuth,
+    );
+    check_nats_options(
+        &format!(
+            "tls {{ cert_file: {:?}, key_file: {:?} }}",
+            path_str(&cert),
+            path_str(&key)
+        ),
+        &strings(&["--nats-tls-ca", &path_str(&ca.ca_file)]),
+        &[
+            // A server certificate from a CA we were not told to trust.
+            (
+                strings(&["--nats-tls-ca", &path_str(&other_ca.ca_file)]),
+                "invalid peer certificate",
+            ),
+            (vec![], TLS_HINT),
+            (
+                strings(&["--nats-tls-ca", "/nonexistent/ca.pem"]),
+                "/nonexistent/ca.pem",
+            ),
+        ],
+    );
+}
+
+#[test]
+fn nats_mutual_tls_is_passed_through() {
+    let certs = tempfile::tempdir().unwrap();
+    let ca = TestCa::new(certs.path(), "good");
+    let other_ca = TestCa::new(certs.path(), "other");
+    let (server_cert, server_key) = ca.issue(
+        certs.path(),
+        "server",
+        &["127.0.0.1"],
+        rcgen::ExtendedKeyUsagePurpose::ServerAuth,
+    );
+    let client_auth = rcgen::ExtendedKeyUsagePurpose::ClientAuth;
+    let (cert, key) = ca.issue(certs.path(), "client", &["cairn"], client_auth.clone());
+    let (stranger_cert, stranger_key) =
+        other_ca.issue(certs.path(), "stranger", &["cairn"], client_auth);
+    let ca_arg = path_str(&ca.ca_file);
+    check_nats_options(
+        &format!(
+            "tls {{ cert_file: {:?}, key_file: {:?}, ca_file: {:?}, verify: true }}",
+            path_str(&server_cert),
+            path_str(&server_key),
+            ca_arg
+        ),
+        &strings(&[
+            "--nats-tls-ca",
+            &ca_arg,
+            "--nats-tls-cert",
+            &path_str(&cert),
+            "--nats-tls-key",
+            &path_str(&key),
+        ]),
+        &[
+            // No client certificate: the server ends the handshake.
+            (strings(&["--nats-tls-ca", &ca_arg]), TLS_HINT),
+            // A client certificate from a CA the server does not trust.
+            (
+                strings(&[
+                    "--nats-tls-ca",
+                    &ca_arg,
+                    "--nats-tls-cert",
+                    &path_str(&stranger_cert),
+                    "--nats-tls-key",
+                    &path_str(&stranger_key),
+                ]),
+                TLS_HINT,
+            ),
+            (
+                strings(&[
+                    "--nats-tls-ca",
+                    &ca_arg,
+                    "--nats-tls-cert",
+                    &path_str(&cert),
+                ]),
+                "give --nats-tls-cert and --nats-tls-key together",
+            ),
+        ],
+    );
+}
+
+/// A NATS JWT (v2, `ed25519-nkey`) with `claims` (issuer and subject added
+/// here), signed by `issuer`: built by hand from nkeys and base64url JSON.
+fn nats_jwt(issuer: &nkeys::KeyPair, subject: &str, name: &str, nats: Value) -> String {
+    use base64::Engine;
+    let b64 = |bytes: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes);
+    let header = json!({ "typ": "JWT", "alg": "ed25519-nkey" });
+    let iat = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let claims = json!({
+        "jti": format!("{:X}", iat ^ subject.len() as u64),
+        "iat": iat,
+        "iss": issuer.public_key(),
+        "sub": subject,
+        "name": name,
+        "nats": nats,
+    });
+    let signed = format!(
+        "{}.{}",
+        b64(header.to_string().as_bytes()),
+        b64(claims.to_string().as_bytes())
+    );
+    let signature = issuer.sign(signed.as_bytes()).unwrap();
+    format!("{signed}.{}", b64(&signature))
+}
+
+/// A user's creds file: its JWT and its nkey seed, in the decorated format.
+fn creds_file(path: &Path, account: &nkeys::KeyPair) -> std::path::PathBuf {
+    let user = nkeys::KeyPair::new_user();
+    let jwt = nats_jwt(
+        account,
+        &user.public_key(),
+        "cairn-user",
+        json!({
+            "pub": {}, "sub": {}, "subs": -1, "data": -1, "payload": -1,
+            "type": "user", "version": 2,
+        }),
+    );
+    let text = format!(
+        "-----BEGIN NATS USER JWT-----\n{jwt}\n------END NATS USER JWT------\n\n\
+         -----BEGIN USER NKEY SEED-----\n{}\n------END USER NKEY SEED------\n",
+        user.seed().unwrap()
+    );
+    std::fs::write(path, text).unwrap();
+    path.to_owned()
+}
+
+#[test]
+fn nats_creds_are_passed_through() {
+    let dir = tempfile::tempdir().unwrap();
+    let operator = nkeys::KeyPair::new_operator();
+    let account = nkeys::KeyPair::new_account();
+    let operator_jwt = nats_jwt(
+        &operator,
+        &operator.public_key(),
+        "cairn-test-operator",
+        json!({ "type": "operator", "version": 2 }),
+    );
+    let account_jwt = nats_jwt(
+        &operator,
+        &account.public_key(),
+        "cairn",
+        json!({
+            "limits": {
+                "subs": -1, "data": -1, "payload": -1, "imports": -1, "exports": -1,
+                "wildcards": true, "conn": -1, "leaf": -1,
+            },
+            "default_permissions": { "pub": {}, "sub": {} },
+            "type": "account", "version": 2,
+        }),
+    );
+    let operator_file = dir.path().join("operator.jwt");
+    std::fs::write(&operator_file, &operator_jwt).unwrap();
+    let good = creds_file(&dir.path().join("good.creds"), &account);
+    // A user of an account the server does not know.
+    let stranger = creds_file(
+        &dir.path().join("stranger.creds"),
+        &nkeys::KeyPair::new_account(),
+    );
+    check_nats_options(
+        &format!(
+            "operator: {:?}\nresolver: MEMORY\nresolver_preload: {{ {}: {:?} }}",
+            path_str(&operator_file),
+            account.public_key(),
+            account_jwt
+        ),
+        &strings(&["--nats-creds", &path_str(&good)]),
+        &[
+            (strings(&["--nats-creds", &path_str(&stranger)]), REFUSED),
+            (vec![], REFUSED),
+            (
+                strings(&["--nats-creds", "/nonexistent/user.creds"]),
+                "--nats-creds /nonexistent/user.creds",
+            ),
+        ],
+    );
+}
