@@ -75,16 +75,42 @@ pub enum Bus {
 }
 
 impl Bus {
+    /// Connects once and reports why it could not (refused, authorization,
+    /// TLS) instead of retrying in the background: a CLI with a wrong
+    /// password fails at once with a clear error. Once connected, the client
+    /// reconnects on its own for as long as the process runs and resubscribes
+    /// every subscription, so the gateway keeps serving across a nats-server
+    /// restart (`integration/tests/control.rs` checks it).
     pub async fn connect(options: &NatsOptions) -> Result<Bus, Error> {
         let url = options.url.clone();
         let fail = |message: String| Error::Connect {
             url: url.clone(),
             message,
         };
+        if options.user.is_some() != options.password.is_some() {
+            return Err(fail("give --nats-user and --nats-password together".into()));
+        }
+        if options.tls_cert_file.is_some() != options.tls_key_file.is_some() {
+            return Err(fail(
+                "give --nats-tls-cert and --nats-tls-key together".into(),
+            ));
+        }
+        for (option, file) in [
+            ("--nats-creds", &options.creds_file),
+            ("--nats-tls-ca", &options.tls_ca_file),
+            ("--nats-tls-cert", &options.tls_cert_file),
+            ("--nats-tls-key", &options.tls_key_file),
+        ] {
+            if let Some(path) = file
+                && let Err(e) = std::fs::File::open(path)
+            {
+                return Err(fail(format!("{option} {}: {e}", path.display())));
+            }
+        }
         let mut opts = match &options.creds_file {
             Some(path) => async_nats::ConnectOptions::with_credentials_file(path.clone())
                 .await
-                .map_err(|e| fail(e.to_string()))?,
+                .map_err(|e| fail(format!("credentials file {}: {e}", path.display())))?,
             None => async_nats::ConnectOptions::new(),
         };
         if let (Some(user), Some(password)) = (&options.user, &options.password) {
@@ -104,23 +130,12 @@ impl Bus {
                 .add_client_certificate(cert.clone(), key.clone())
                 .require_tls(true);
         }
-        opts = opts
+        let client = opts
             .name(options.name.clone().unwrap_or_else(|| "cairn".into()))
             .connection_timeout(Duration::from_secs(5))
-            .retry_on_initial_connect();
-        // retry_on_initial_connect makes connect return at once; wait for the
-        // first connection so that a wrong URL is reported here.
-        let client = opts
             .connect(&options.url)
             .await
-            .map_err(|e| fail(e.to_string()))?;
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-        while client.connection_state() != async_nats::connection::State::Connected {
-            if tokio::time::Instant::now() > deadline {
-                return Err(fail("no connection within 5 s".into()));
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+            .map_err(|e| fail(connect_error_message(&e)))?;
         Ok(Bus::Nats { client, url })
     }
 
@@ -265,6 +280,31 @@ impl Bus {
                 .map_err(|e| Error::Other(e.to_string())),
             Bus::Local(_) => Ok(()),
         }
+    }
+}
+
+/// What went wrong connecting, with a hint at the option that fixes it.
+fn connect_error_message(e: &async_nats::ConnectError) -> String {
+    use async_nats::ConnectErrorKind as K;
+    const TLS_HINT: &str = "check --nats-tls-ca, --nats-tls-cert and --nats-tls-key";
+    let text = e.to_string();
+    // Certificate failures come back as IO errors from the TLS layer.
+    let lower = text.to_ascii_lowercase();
+    let tls = ["certificate", "tls", "handshake", "alert"]
+        .iter()
+        .any(|w| lower.contains(w));
+    match e.kind() {
+        K::AuthorizationViolation => format!(
+            "{text} (the server refused the credentials: check --nats-user/--nats-password, \
+             --nats-token, --nats-nkey-seed or --nats-creds)"
+        ),
+        K::Authentication => format!("{text} (check --nats-nkey-seed or --nats-creds)"),
+        K::Tls => format!("{text} ({TLS_HINT})"),
+        K::Io if tls => format!("{text} ({TLS_HINT})"),
+        K::Io | K::TimedOut | K::Dns => {
+            format!("{text} (is nats-server running there? set --nats or CAIRN_NATS_URL)")
+        }
+        _ => text,
     }
 }
 

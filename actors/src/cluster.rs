@@ -5,7 +5,9 @@
 //! 1. Take the data dir's lock (one process per data dir).
 //! 2. Connect the bus: the given NATS URL, else a private nats-server when
 //!    one is installed, else the in-process bus (and say so).
-//! 3. Open the journal and replay it into volume states.
+//! 3. Open the journal and replay it into volume states, checking the hash
+//!    chain; a damaged journal stops start-up here, before anything is
+//!    deleted.
 //! 4. Reconcile the block engine with the journal: remove orphans a crash
 //!    left between an effect and its event (see [`crate::volume`]).
 //! 5. Start an actor per volume, the gateway, the NBD server and the FUSE
@@ -51,6 +53,16 @@ pub enum Error {
     Locked { path: PathBuf },
     #[error(transparent)]
     Journal(#[from] journal::Error),
+    /// Start-up stops here: reconciling the block engine against a damaged
+    /// journal would delete the volumes of the records it cannot trust.
+    #[error(
+        "{damage}; not starting, since reconciling the block engine against a damaged journal could delete data (`cairn events verify --data-dir {}` checks it offline)",
+        data_dir.display()
+    )]
+    JournalDamaged {
+        data_dir: PathBuf,
+        damage: journal::Error,
+    },
     #[error(transparent)]
     Blocks(#[from] cairn_blocks::Error),
     #[error(transparent)]
@@ -144,15 +156,24 @@ pub struct Cluster {
     _lock: File,
 }
 
-/// Folds the whole journal into a [`World`].
+/// Folds the whole journal into a [`World`], checking the hash chain on the
+/// way: a record that fails it is [`journal::Error::Corrupted`], never folded.
 pub fn replay(journal: &Journal) -> Result<World, journal::Error> {
     let mut world = World::default();
+    let (mut seq, mut hash) = (0, cairn_schema::record::GENESIS_HASH);
     journal.scan(|record| {
+        cairn_schema::record::check_link(seq, &hash, &record).map_err(|b| {
+            journal::Error::Corrupted {
+                seq: b.seq,
+                message: b.reason,
+            }
+        })?;
         let event = record.event().map_err(|e| journal::Error::Corrupted {
             seq: record.seq,
             message: e.to_string(),
         })?;
         world.apply(&record, &event);
+        (seq, hash) = (record.seq, record.hash);
         Ok(())
     })?;
     Ok(world)
@@ -338,7 +359,13 @@ impl Cluster {
                 ..PoolOptions::default()
             },
         )?);
-        let world = replay(&journal)?;
+        let world = replay(&journal).map_err(|damage| match damage {
+            journal::Error::Corrupted { .. } => Error::JournalDamaged {
+                data_dir: dir.clone(),
+                damage,
+            },
+            other => Error::Journal(other),
+        })?;
         reconcile(&pool, &world)?;
 
         let local = local_node_name();

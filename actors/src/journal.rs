@@ -25,8 +25,8 @@ use std::thread::JoinHandle;
 use cairn_schema::record::{ChainBreak, GENESIS_HASH, check_link};
 use cairn_schema::{Event, EventRecord, Hash};
 use redb::{
-    Database, Key, ReadOnlyTable, ReadableDatabase, ReadableTable, ReadableTableMetadata,
-    TableDefinition, Value,
+    Database, DatabaseError, Key, ReadOnlyDatabase, ReadOnlyTable, ReadableDatabase, ReadableTable,
+    ReadableTableMetadata, TableDefinition, Value,
 };
 use tokio::sync::{mpsc, oneshot};
 
@@ -238,36 +238,7 @@ impl Journal {
     /// Checks the whole hash chain. Returns the number of records, or the
     /// first break.
     pub fn verify_chain(&self) -> Result<Result<u64, ChainBreak>, Error> {
-        let (mut seq, mut hash) = (0u64, GENESIS_HASH);
-        let path = &self.inner.path;
-        let table = self.table(EVENTS)?;
-        for row in table.iter().map_err(|e| Error::storage(path, e))? {
-            let (key, bytes) = row.map_err(|e| Error::storage(path, e))?;
-            let record = match EventRecord::decode(bytes.value()) {
-                Ok(r) => r,
-                Err(e) => {
-                    return Ok(Err(ChainBreak {
-                        seq: key.value(),
-                        reason: format!("record does not decode: {e}"),
-                    }));
-                }
-            };
-            if record.seq != key.value() {
-                return Ok(Err(ChainBreak {
-                    seq: key.value(),
-                    reason: format!(
-                        "stored under key {} but says seq {}",
-                        key.value(),
-                        record.seq
-                    ),
-                }));
-            }
-            if let Err(b) = check_link(seq, &hash, &record) {
-                return Ok(Err(b));
-            }
-            (seq, hash) = (record.seq, record.hash);
-        }
-        Ok(Ok(seq))
+        verify_table(&self.inner.path, &self.table(EVENTS)?)
     }
 
     pub fn len(&self) -> Result<u64, Error> {
@@ -279,6 +250,89 @@ impl Journal {
     pub fn is_empty(&self) -> Result<bool, Error> {
         Ok(self.len()? == 0)
     }
+}
+
+/// Checks every record of `table`: it decodes, is stored under its own seq,
+/// and [`check_link`] holds (gap-free, linked, hash matches the contents,
+/// the event decodes). Returns the number of records, or the first break.
+fn verify_table(
+    path: &Path,
+    table: &ReadOnlyTable<u64, &[u8]>,
+) -> Result<Result<u64, ChainBreak>, Error> {
+    let (mut seq, mut hash) = (0u64, GENESIS_HASH);
+    for row in table.iter().map_err(|e| Error::storage(path, e))? {
+        let (key, bytes) = row.map_err(|e| Error::storage(path, e))?;
+        let broken = |reason: String| {
+            Ok(Err(ChainBreak {
+                seq: key.value(),
+                reason,
+            }))
+        };
+        let record = match EventRecord::decode(bytes.value()) {
+            Ok(r) => r,
+            Err(e) => return broken(format!("record does not decode: {e}")),
+        };
+        if record.seq != key.value() {
+            return broken(format!(
+                "stored under key {} but says seq {}",
+                key.value(),
+                record.seq
+            ));
+        }
+        if let Err(b) = check_link(seq, &hash, &record) {
+            return Ok(Err(b));
+        }
+        (seq, hash) = (record.seq, record.hash);
+    }
+    Ok(Ok(seq))
+}
+
+/// Checks a journal file offline, for auditors and for a data dir whose
+/// `cairn up` will not start: the same checks as [`Journal::verify_chain`],
+/// and the file is never written. A journal left open by a crash needs
+/// redb's repair before it can be read; that repair runs on a private copy.
+pub fn verify_file(path: &Path) -> Result<Result<u64, ChainBreak>, Error> {
+    let db = match ReadOnlyDatabase::open(path) {
+        Ok(db) => db,
+        Err(DatabaseError::RepairAborted) => return verify_repaired_copy(path),
+        Err(DatabaseError::DatabaseAlreadyOpen) => {
+            return Err(Error::storage(
+                path,
+                "in use by a running cairn: ask it with `cairn events verify` (no --data-dir), or stop it first",
+            ));
+        }
+        Err(e) => return Err(Error::storage(path, e)),
+    };
+    let txn = db.begin_read().map_err(|e| Error::storage(path, e))?;
+    let table = txn
+        .open_table(EVENTS)
+        .map_err(|e| Error::storage(path, e))?;
+    verify_table(path, &table)
+}
+
+fn verify_repaired_copy(path: &Path) -> Result<Result<u64, ChainBreak>, Error> {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    let copy =
+        std::env::temp_dir().join(format!("cairn-verify-{}-{nanos}.redb", std::process::id()));
+    std::fs::copy(path, &copy).map_err(|e| Error::storage(path, e))?;
+    let result = (|| {
+        let db = Database::open(&copy).map_err(|e| {
+            Error::storage(
+                path,
+                format!("corrupted: it was not closed cleanly, and redb's repair (which checks its page checksums) fails: {e}"),
+            )
+        })?;
+        let txn = db.begin_read().map_err(|e| Error::storage(path, e))?;
+        let table = txn
+            .open_table(EVENTS)
+            .map_err(|e| Error::storage(path, e))?;
+        verify_table(path, &table)
+    })();
+    let _ = std::fs::remove_file(&copy);
+    result
 }
 
 fn read_head(db: &Database, path: &Path) -> Result<(u64, Hash), Error> {

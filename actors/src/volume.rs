@@ -11,7 +11,10 @@
 //! without its data; [`crate::cluster`] removes orphans at start-up.
 //!
 //! Commands are handled one at a time ([`AtomicResponse`]): `decide` always
-//! sees the state left by the previous command.
+//! sees the state left by the previous command. Inside that section a
+//! command's request id is looked up again, so copies of one request that
+//! raced past the gateway's dedup lookup together get the first answer
+//! instead of, say, `already_exists`.
 
 use actix::prelude::*;
 use cairn_blocks::{Compression, VolumeOptions};
@@ -143,6 +146,20 @@ impl Handler<Execute> for VolumeActor {
         let engine = engine_name(&self.tenant, msg.command.volume());
         let tenant = self.tenant.clone();
         let work = async move {
+            // A copy of a request that raced its first attempt past the
+            // gateway's lookup: commands here run one at a time, so the
+            // first is journaled by now and its answer is the answer.
+            if msg.causation.dedup
+                && let Some(first) = services
+                    .journal
+                    .lookup_request(&msg.causation.id)
+                    .map_err(|e| journal_error(&e))?
+            {
+                return Ok((
+                    Vec::new(),
+                    serde_json::from_slice(&first).unwrap_or(Value::Null),
+                ));
+            }
             let events = decided?;
             let reply = reply_for(&msg.command);
             let command = msg.command.clone();

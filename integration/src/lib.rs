@@ -3,11 +3,13 @@
 //! child process (optionally with extra `up` arguments such as `--fuse DIR`
 //! and environment variables such as `OTEL_EXPORTER_OTLP_ENDPOINT`),
 //! drives it with the CLI, a raw NATS client and real NBD clients (qemu-io),
-//! and kills it with SIGKILL when asked.
+//! and kills it with SIGKILL when asked. [`NatsProcess`] runs a nats-server
+//! from a config file the test writes (auth, TLS, payload limits) on a port
+//! it keeps, so a test can kill it and start it again on the same port.
 //!
 //! Every server a test starts is stopped when its guard drops.
 
-use std::ffi::OsStr;
+use std::ffi::{OsStr, OsString};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
@@ -72,6 +74,8 @@ pub fn nats() -> NatsServer {
 pub struct Node {
     pub data_dir: PathBuf,
     pub nats_url: String,
+    /// Global NATS options (auth, TLS) given to `cairn up` and every CLI call.
+    pub nats_args: Vec<OsString>,
     pub nbd_socket: PathBuf,
     child: Option<Child>,
 }
@@ -84,7 +88,7 @@ impl Node {
     /// Like [`Node::start`], with extra `cairn up` arguments, e.g.
     /// `["--fuse", DIR]`.
     pub fn start_with(data_dir: &Path, nats_url: &str, up_args: &[&OsStr]) -> Node {
-        Node::start_env(data_dir, nats_url, up_args, &[])
+        Node::start_full(data_dir, nats_url, &[], up_args, &[])
     }
 
     /// Like [`Node::start_with`], with environment variables set for the
@@ -96,6 +100,29 @@ impl Node {
         up_args: &[&OsStr],
         env: &[(&str, &str)],
     ) -> Node {
+        Node::start_full(data_dir, nats_url, &[], up_args, env)
+    }
+
+    /// Like [`Node::start_with`], with global NATS options, e.g.
+    /// `["--nats-user", U, "--nats-password", P]`, given to `cairn up` and
+    /// to every [`Node::cli`] call.
+    pub fn start_opts(
+        data_dir: &Path,
+        nats_url: &str,
+        nats_args: &[&OsStr],
+        up_args: &[&OsStr],
+    ) -> Node {
+        Node::start_full(data_dir, nats_url, nats_args, up_args, &[])
+    }
+
+    /// Every option at once: NATS options, `up` arguments, environment.
+    pub fn start_full(
+        data_dir: &Path,
+        nats_url: &str,
+        nats_args: &[&OsStr],
+        up_args: &[&OsStr],
+        env: &[(&str, &str)],
+    ) -> Node {
         let nbd_socket = data_dir.join("nbd.sock");
         std::fs::create_dir_all(data_dir).unwrap();
         let log = std::fs::OpenOptions::new()
@@ -104,7 +131,9 @@ impl Node {
             .open(data_dir.join("cairn-up.log"))
             .unwrap();
         let child = Command::new(cairn_bin())
-            .args(["--nats", nats_url, "up", "--data-dir"])
+            .args(["--nats", nats_url])
+            .args(nats_args)
+            .args(["up", "--data-dir"])
             .arg(data_dir)
             .arg("--nbd")
             .arg(format!("unix:{}", nbd_socket.display()))
@@ -118,6 +147,7 @@ impl Node {
         let mut node = Node {
             data_dir: data_dir.to_owned(),
             nats_url: nats_url.to_owned(),
+            nats_args: nats_args.iter().map(|a| a.to_os_string()).collect(),
             nbd_socket,
             child: Some(child),
         };
@@ -152,6 +182,7 @@ impl Node {
         Command::new(cairn_bin())
             .arg("--nats")
             .arg(&self.nats_url)
+            .args(&self.nats_args)
             .args(args)
             .output()
             .expect("cairn runs")
@@ -197,6 +228,52 @@ impl Drop for Node {
             let _ = child.kill();
             let _ = child.wait();
         }
+    }
+}
+
+/// Runs `cairn ARGS…` with nothing added (no `--nats`): for tests of the
+/// options themselves, e.g. wrong credentials. Fails the test if it has not
+/// exited within 120 s (a hang is a bug too), killing it.
+pub fn cairn<I: AsRef<OsStr>>(args: impl IntoIterator<Item = I>) -> Output {
+    let mut child = Command::new(cairn_bin())
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("cairn runs");
+    // Drain both pipes on threads so a chatty child cannot block on them.
+    let mut stdout = child.stdout.take().unwrap();
+    let mut stderr = child.stderr.take().unwrap();
+    let out = std::thread::spawn(move || {
+        let mut buf = Vec::new();
+        let _ = stdout.read_to_end(&mut buf);
+        buf
+    });
+    let err = std::thread::spawn(move || {
+        let mut buf = Vec::new();
+        let _ = stderr.read_to_end(&mut buf);
+        buf
+    });
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "cairn did not exit within 120 s; stderr:\n{}",
+                String::from_utf8_lossy(&err.join().unwrap())
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    Output {
+        status,
+        stdout: out.join().unwrap(),
+        stderr: err.join().unwrap(),
     }
 }
 
@@ -248,50 +325,77 @@ impl RawNats {
 
     /// Publishes `payload` with optional headers and returns the reply body.
     pub fn request(&mut self, subject: &str, headers: &[(&str, &str)], payload: &[u8]) -> Vec<u8> {
-        let sid = self.next_sid;
-        self.next_sid += 1;
-        let inbox = format!("_INBOX.raw.{sid}");
-        let mut out = format!("SUB {inbox} {sid}\r\nUNSUB {sid} 1\r\n").into_bytes();
-        if headers.is_empty() {
-            out.extend(format!("PUB {subject} {inbox} {}\r\n", payload.len()).bytes());
-        } else {
-            let mut h = String::from("NATS/1.0\r\n");
-            for (k, v) in headers {
-                h.push_str(&format!("{k}: {v}\r\n"));
+        self.request_many(subject, headers, payload, 1).remove(0)
+    }
+
+    /// Publishes the same request `n` times back to back (each with its own
+    /// inbox) before reading any reply; returns the replies in send order.
+    pub fn request_many(
+        &mut self,
+        subject: &str,
+        headers: &[(&str, &str)],
+        payload: &[u8],
+        n: usize,
+    ) -> Vec<Vec<u8>> {
+        let mut out = Vec::new();
+        let mut inboxes = Vec::with_capacity(n);
+        for _ in 0..n {
+            let sid = self.next_sid;
+            self.next_sid += 1;
+            let inbox = format!("_INBOX.raw.{sid}");
+            out.extend(format!("SUB {inbox} {sid}\r\nUNSUB {sid} 1\r\n").bytes());
+            if headers.is_empty() {
+                out.extend(format!("PUB {subject} {inbox} {}\r\n", payload.len()).bytes());
+            } else {
+                let mut h = String::from("NATS/1.0\r\n");
+                for (k, v) in headers {
+                    h.push_str(&format!("{k}: {v}\r\n"));
+                }
+                h.push_str("\r\n");
+                out.extend(
+                    format!(
+                        "HPUB {subject} {inbox} {} {}\r\n",
+                        h.len(),
+                        h.len() + payload.len()
+                    )
+                    .bytes(),
+                );
+                out.extend(h.bytes());
             }
-            h.push_str("\r\n");
-            out.extend(
-                format!(
-                    "HPUB {subject} {inbox} {} {}\r\n",
-                    h.len(),
-                    h.len() + payload.len()
-                )
-                .bytes(),
-            );
-            out.extend(h.bytes());
+            out.extend_from_slice(payload);
+            out.extend_from_slice(b"\r\n");
+            inboxes.push(inbox);
         }
-        out.extend_from_slice(payload);
-        out.extend_from_slice(b"\r\n");
         self.writer.write_all(&out).unwrap();
-        loop {
+        let mut replies: Vec<Option<Vec<u8>>> = vec![None; n];
+        while replies.iter().any(Option::is_none) {
             let mut line = String::new();
             self.reader.read_line(&mut line).unwrap();
             let parts: Vec<&str> = line.split_whitespace().collect();
-            match parts.first().copied() {
-                Some("PING") => self.writer.write_all(b"PONG\r\n").unwrap(),
+            let (inbox, body) = match parts.first().copied() {
+                Some("PING") => {
+                    self.writer.write_all(b"PONG\r\n").unwrap();
+                    continue;
+                }
                 Some("MSG") => {
                     let len: usize = parts.last().unwrap().parse().unwrap();
-                    return self.read_body(len, 0);
+                    (parts[1].to_owned(), self.read_body(len, 0))
                 }
                 Some("HMSG") => {
                     let total: usize = parts.last().unwrap().parse().unwrap();
                     let header_len: usize = parts[parts.len() - 2].parse().unwrap();
-                    return self.read_body(total, header_len);
+                    (parts[1].to_owned(), self.read_body(total, header_len))
                 }
                 Some("-ERR") => panic!("nats error: {line}"),
-                _ => {}
-            }
+                _ => continue,
+            };
+            let i = inboxes
+                .iter()
+                .position(|b| *b == inbox)
+                .unwrap_or_else(|| panic!("a reply on an unknown inbox {inbox}"));
+            replies[i] = Some(body);
         }
+        replies.into_iter().map(Option::unwrap).collect()
     }
 
     fn read_body(&mut self, total: usize, skip: usize) -> Vec<u8> {
@@ -301,8 +405,111 @@ impl RawNats {
         body.split_off(skip)
     }
 
+    /// Publishes without a reply subject: nobody can answer it.
+    pub fn publish(&mut self, subject: &str, payload: &[u8]) {
+        let mut out = format!("PUB {subject} {}\r\n", payload.len()).into_bytes();
+        out.extend_from_slice(payload);
+        out.extend_from_slice(b"\r\n");
+        self.writer.write_all(&out).unwrap();
+    }
+
     /// Sends a request and parses the JSON reply.
     pub fn json(&mut self, subject: &str, payload: &[u8]) -> serde_json::Value {
         serde_json::from_slice(&self.request(subject, &[], payload)).expect("replies are JSON")
+    }
+}
+
+/// A nats-server run from a config file the test writes (authorization, TLS,
+/// `max_payload`…), listening on a loopback port it keeps across
+/// [`NatsProcess::restart`]. Killed when dropped.
+pub struct NatsProcess {
+    pub port: u16,
+    dir: PathBuf,
+    config: String,
+    n_starts: u32,
+    child: Option<Child>,
+}
+
+impl NatsProcess {
+    /// Starts nats-server on a free port with `config` (nats-server config
+    /// syntax; `listen` is added here) written into `dir`.
+    pub fn start(dir: &Path, config: &str) -> NatsProcess {
+        let port = cairn_actors::nats_server::free_port().expect("a free port");
+        let mut nats = NatsProcess {
+            port,
+            dir: dir.to_owned(),
+            config: config.to_owned(),
+            n_starts: 0,
+            child: None,
+        };
+        nats.start_again();
+        nats
+    }
+
+    /// `nats://127.0.0.1:PORT`.
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    /// Starts the server again (after [`NatsProcess::kill`]) on the same
+    /// port and config.
+    pub fn start_again(&mut self) {
+        assert!(self.child.is_none(), "nats-server is already running");
+        let binary = cairn_actors::nats_server::find_binary()
+            .expect("nats-server is installed (the test command installs it)");
+        self.n_starts += 1;
+        let conf = self.dir.join("nats-server.conf");
+        std::fs::write(
+            &conf,
+            format!("listen: 127.0.0.1:{}\n{}\n", self.port, self.config),
+        )
+        .unwrap();
+        let log_path = self.dir.join(format!("nats-server-{}.log", self.n_starts));
+        let log = std::fs::File::create(&log_path).unwrap();
+        let mut child = Command::new(binary)
+            .arg("-c")
+            .arg(&conf)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("nats-server starts");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            if let Some(status) = child.try_wait().unwrap() {
+                panic!(
+                    "nats-server exited with {status}: {}",
+                    std::fs::read_to_string(&log_path).unwrap_or_default()
+                );
+            }
+            assert!(
+                Instant::now() < deadline,
+                "nats-server did not listen on {} within 30 s",
+                self.port
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        self.child = Some(child);
+    }
+
+    /// `kill -9` the server: every client connection drops at once.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            // SAFETY: sending a signal to our own child.
+            unsafe { libc::kill(child.id() as i32, libc::SIGKILL) };
+            let _ = child.wait();
+        }
+    }
+
+    /// Kills the server and starts a new one on the same port and config.
+    pub fn restart(&mut self) {
+        self.kill();
+        self.start_again();
+    }
+}
+
+impl Drop for NatsProcess {
+    fn drop(&mut self) {
+        self.kill();
     }
 }
