@@ -672,7 +672,8 @@ fn a_tampered_journal_is_named_by_verify_and_stops_start_up() {
     node.ok(&["volume", "snapshot", "alpha", "s1"]);
     let events = json_lines(&node.ok(&["events", "--json"]));
     assert_eq!(events[2]["subject"], "volume/tamper-me-q");
-    assert_eq!(events[2]["seq"], 3);
+    // Seq 1 is the node registering itself.
+    assert_eq!(events[2]["seq"], 4);
     // While cairn runs, the offline check says to ask it instead.
     let busy = offline_verify("table");
     assert_eq!(busy.status.code(), Some(1));
@@ -685,7 +686,7 @@ fn a_tampered_journal_is_named_by_verify_and_stops_start_up() {
     let intact = offline_verify("table");
     assert!(intact.status.success(), "{intact:?}");
     assert!(
-        String::from_utf8_lossy(&intact.stdout).starts_with("ok: 5 records"),
+        String::from_utf8_lossy(&intact.stdout).starts_with("ok: 6 records"),
         "{intact:?}"
     );
     let pristine = std::fs::read(&journal).unwrap();
@@ -697,18 +698,18 @@ fn a_tampered_journal_is_named_by_verify_and_stops_start_up() {
     assert_eq!(table.status.code(), Some(1), "{table:?}");
     assert_eq!(
         String::from_utf8_lossy(&table.stdout).trim(),
-        "FAILED at seq 3: hash does not match the record's contents"
+        "FAILED at seq 4: hash does not match the record's contents"
     );
     let json_report = offline_verify("json");
     assert_eq!(json_report.status.code(), Some(1));
     let report: Value = serde_json::from_slice(&json_report.stdout).unwrap();
     assert_eq!(report["ok"], false);
-    assert_eq!(report["first_bad_seq"], 3);
+    assert_eq!(report["first_bad_seq"], 4);
     // Start-up refuses, naming the record, before reconciling anything:
     // reconciling against the damaged record would have deleted the volume.
     let refused = up_refuses(&data_dir, &url);
     assert!(
-        refused.contains("journal record 3 is corrupted") && refused.contains("not starting"),
+        refused.contains("journal record 4 is corrupted") && refused.contains("not starting"),
         "{refused}"
     );
     // Nothing was deleted: with the byte put back, every volume is there.
@@ -744,7 +745,7 @@ fn a_tampered_journal_is_named_by_verify_and_stops_start_up() {
     let after_crash = offline_verify("table");
     assert!(after_crash.status.success(), "{after_crash:?}");
     assert!(
-        String::from_utf8_lossy(&after_crash.stdout).starts_with("ok: 7 records"),
+        String::from_utf8_lossy(&after_crash.stdout).starts_with("ok: 8 records"),
         "{after_crash:?}"
     );
     assert!(
