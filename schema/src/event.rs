@@ -6,13 +6,14 @@
 //! is retired: the table in [`events!`] is append-only. JSON (at the edge)
 //! names the variant by its `kind` string instead.
 
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::app::{AppVolume, Object};
 
 /// A volume came into being, with its block-engine settings. *Since v0.2
 /// (tag 5); tag 1 events of v0.1 are upcast to it on decode.*
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct VolumeCreated {
     pub volume: String,
     pub size_bytes: u64,
@@ -43,7 +44,7 @@ impl From<VolumeCreatedV1> for VolumeCreated {
 
 /// A volume was created from a snapshot of another, sharing its blocks.
 /// *Since v0.2.*
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct VolumeCloned {
     pub volume: String,
     pub source: String,
@@ -52,27 +53,27 @@ pub struct VolumeCloned {
 }
 
 /// A volume was made to read as one of its snapshots again. *Since v0.2.*
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct VolumeRolledBack {
     pub volume: String,
     pub snapshot: String,
 }
 
 /// A volume and all its snapshots were removed. *Since v0.1.*
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct VolumeDeleted {
     pub volume: String,
 }
 
 /// A volume was frozen as a named, read-only snapshot. *Since v0.1.*
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct VolumeSnapshotted {
     pub volume: String,
     pub snapshot: String,
 }
 
 /// One snapshot of a volume was removed. *Since v0.1.*
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct SnapshotDeleted {
     pub volume: String,
     pub snapshot: String,
