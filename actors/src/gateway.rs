@@ -16,6 +16,7 @@ use bytes::Bytes;
 use cairn_schema::command::EventsFilter;
 use std::collections::BTreeSet;
 
+use cairn_schema::reply::{self, to_value};
 use cairn_schema::time::format_rfc3339_ms;
 use cairn_schema::{
     ApiError, AppCommand, AppState, Command, ErrorCode, Query, VolumeCommand, VolumeState, World,
@@ -372,7 +373,7 @@ impl Gateway {
         }
     }
 
-    async fn volume_view(&self, tenant: &str, state: &VolumeState) -> Value {
+    async fn volume_view(&self, tenant: &str, state: &VolumeState) -> reply::VolumeView {
         let engine = engine_name(tenant, &state.name);
         let info = self
             .services
@@ -384,7 +385,10 @@ impl Gateway {
 
     async fn query(&self, tenant: &str, query: Query) -> Result<Value, ApiError> {
         match query {
-            Query::Ping => Ok(json!({ "ok": true, "version": env!("CARGO_PKG_VERSION") })),
+            Query::Ping => Ok(to_value(&reply::PingReply {
+                ok: true,
+                version: env!("CARGO_PKG_VERSION").to_owned(),
+            })),
             Query::VolumeList => {
                 let mut volumes = Vec::new();
                 for name in self.volume_names(tenant).await? {
@@ -392,7 +396,7 @@ impl Gateway {
                         volumes.push(self.volume_view(tenant, &state).await);
                     }
                 }
-                Ok(json!({ "volumes": volumes }))
+                Ok(to_value(&reply::VolumeListReply { volumes }))
             }
             Query::AppGet { name } => Ok(app::view(&self.app_state(tenant, &name).await?)),
             Query::AppList => {
@@ -411,12 +415,15 @@ impl Gateway {
             }
             Query::VolumeShow { name } => {
                 let state = self.volume_state(tenant, &name).await?;
-                Ok(self.volume_view(tenant, &state).await)
+                Ok(to_value(&self.volume_view(tenant, &state).await))
             }
             Query::VolumeSnapshots { name } => {
                 let state = self.volume_state(tenant, &name).await?;
                 let view = self.volume_view(tenant, &state).await;
-                Ok(json!({ "name": name, "snapshots": view["snapshots"] }))
+                Ok(to_value(&reply::SnapshotsReply {
+                    name,
+                    snapshots: view.snapshots,
+                }))
             }
             Query::VolumeDiff { from, to } => {
                 for image in [&from, &to] {
@@ -438,21 +445,42 @@ impl Gateway {
                     .services
                     .blocking(move |pool| pool.diff(&a, &b))
                     .await?;
-                let changed: u64 = extents.iter().map(|e| e.len).sum();
-                Ok(json!({ "from": from, "to": to, "changed_bytes": changed, "extents": extents }))
+                let changed_bytes: u64 = extents.iter().map(|e| e.len).sum();
+                let extents = extents
+                    .iter()
+                    .map(|e| reply::Extent {
+                        offset: e.offset,
+                        len: e.len,
+                    })
+                    .collect();
+                Ok(to_value(&reply::DiffReply {
+                    from,
+                    to,
+                    changed_bytes,
+                    extents,
+                }))
             }
             Query::VolumeScrub { name } => {
                 self.volume_state(tenant, &name).await?;
                 let engine = engine_name(tenant, &name);
-                let mut report = self
+                let report = self
                     .services
                     .blocking(move |pool| pool.scrub(&engine))
                     .await?;
-                report.volume = name;
-                for bad in &mut report.bad_blocks {
-                    bad.image = public_image(tenant, &bad.image);
-                }
-                Ok(serde_json::to_value(report).expect("reports serialize"))
+                let bad_blocks = report
+                    .bad_blocks
+                    .into_iter()
+                    .map(|bad| reply::BadBlock {
+                        image: public_image(tenant, &bad.image),
+                        offset: bad.offset,
+                        reason: bad.reason,
+                    })
+                    .collect();
+                Ok(to_value(&reply::ScrubReply {
+                    volume: name,
+                    checked_blocks: report.checked_blocks,
+                    bad_blocks,
+                }))
             }
             Query::EventsList(filter) => self.events(tenant, &filter),
             Query::EventsVerify => self.verify().await,
@@ -495,7 +523,10 @@ impl Gateway {
                 break;
             }
         }
-        Ok(json!({ "events": out, "next_seq": last_seq + 1 }))
+        Ok(to_value(&reply::EventsListReply {
+            events: out,
+            next_seq: last_seq + 1,
+        }))
     }
 
     /// The app's history, newest first: its own events and its volumes'.
@@ -566,7 +597,7 @@ impl Gateway {
                 break;
             }
         }
-        let volumes = |prefix: Option<&str>| -> Vec<Value> {
+        let volumes = |prefix: Option<&str>| -> Vec<reply::VolumeView> {
             world
                 .volumes_of(tenant)
                 .filter(|v| {
@@ -651,9 +682,12 @@ impl Gateway {
         let records = match journal.verify_chain().map_err(|e| journal_error(&e))? {
             Ok(n) => n,
             Err(brk) => {
-                return Ok(
-                    json!({ "ok": false, "records": Value::Null, "first_bad_seq": brk.seq, "reason": brk.reason }),
-                );
+                return Ok(to_value(&reply::VerifyReply {
+                    ok: false,
+                    records: None,
+                    first_bad_seq: Some(brk.seq),
+                    reason: Some(brk.reason),
+                }));
             }
         };
         let replayed = crate::cluster::replay(journal).map_err(|e| journal_error(&e))?;
@@ -674,14 +708,19 @@ impl Gateway {
             }
         }
         if let Some(reason) = first_difference(&live, &replayed) {
-            return Ok(json!({
-                "ok": false,
-                "records": records,
-                "first_bad_seq": Value::Null,
-                "reason": reason,
+            return Ok(to_value(&reply::VerifyReply {
+                ok: false,
+                records: Some(records),
+                first_bad_seq: None,
+                reason: Some(reason),
             }));
         }
-        Ok(json!({ "ok": true, "records": records }))
+        Ok(to_value(&reply::VerifyReply {
+            ok: true,
+            records: Some(records),
+            first_bad_seq: None,
+            reason: None,
+        }))
     }
 }
 
