@@ -38,6 +38,11 @@ bench-blocks:
 fuzz:
     ./ops/scripts/fuzz.sh
 
+# Regenerate docs/asyncapi.yaml (the NATS API: subjects, payload schemas)
+# from the Rust types; a unit test fails while it is stale.
+api-docs:
+    UPDATE_API_DOCS=1 cargo test -p cairn-schema --lib api::
+
 fmt:
     cargo fmt --all
 

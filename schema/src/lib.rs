@@ -8,6 +8,7 @@
 //! only as a field the journal fills in. Event tags are explicit and never
 //! reused (see [`event`]).
 
+pub mod api;
 pub mod app;
 pub mod command;
 pub mod error;
