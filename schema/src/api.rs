@@ -793,7 +793,7 @@ mod tests {
                 .lines()
                 .zip(fresh.lines())
                 .position(|(a, b)| a != b)
-                .map_or_else(|| current.lines().count().min(fresh.lines().count()), |i| i)
+                .unwrap_or_else(|| current.lines().count().min(fresh.lines().count()))
                 + 1;
             panic!(
                 "docs/asyncapi.yaml is out of date with the Rust types (first difference at line {line}).\n\
