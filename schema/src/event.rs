@@ -81,7 +81,7 @@ pub struct SnapshotDeleted {
 
 /// An app came into being from a manifest. Its volumes' `VolumeCreated`
 /// events precede it in the same commit. *Since v0.2.*
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct AppCreated {
     pub app: String,
     pub objects: Vec<Object>,
@@ -91,10 +91,13 @@ pub struct AppCreated {
 /// A workload's replica count changed. `added` volumes' `VolumeCreated`
 /// events precede it in the same commit, `removed` ones' `VolumeDeleted`
 /// follow it. *Since v0.2.*
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct AppScaled {
     pub app: String,
-    /// `StatefulSet` or `Deployment`.
+    /// `StatefulSet` or `Deployment`. In JSON `workload_kind`, because
+    /// `kind` is the event's own tag there (postcard, in the journal, has
+    /// no names, so the rename changes no stored byte).
+    #[serde(rename = "workload_kind")]
     pub kind: String,
     pub workload: String,
     pub from_replicas: u32,
@@ -105,7 +108,7 @@ pub struct AppScaled {
 }
 
 /// One key of one of an app's ConfigMaps was set. *Since v0.2.*
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct AppConfigSet {
     pub app: String,
     pub configmap: String,
@@ -115,7 +118,7 @@ pub struct AppConfigSet {
 
 /// An app was removed; its volumes' `VolumeDeleted` events follow it in the
 /// same commit. *Since v0.2.*
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct AppDeleted {
     pub app: String,
 }
@@ -266,6 +269,27 @@ mod tests {
         assert!(Event::decode(5, &[0xff]).is_err());
         let json = serde_json::to_value(&e).unwrap();
         assert_eq!(json["kind"], "VolumeSnapshotted");
+    }
+
+    /// `AppScaled` has a field called `kind`; in JSON it must not clash
+    /// with the event's `kind` tag (it did: the tag was overwritten and the
+    /// JSON did not decode).
+    #[test]
+    fn app_scaled_json_keeps_its_tag_and_round_trips() {
+        let e = Event::AppScaled(AppScaled {
+            app: "shop".into(),
+            kind: "StatefulSet".into(),
+            workload: "db".into(),
+            from_replicas: 1,
+            replicas: 2,
+            added: Vec::new(),
+            removed: Vec::new(),
+        });
+        let json = serde_json::to_value(&e).unwrap();
+        assert_eq!(json["kind"], "AppScaled");
+        assert_eq!(json["workload_kind"], "StatefulSet");
+        assert_eq!(serde_json::from_value::<Event>(json).unwrap(), e);
+        assert_eq!(Event::decode(e.tag(), &e.encode()).unwrap(), e);
     }
 
     /// A v0.1 `VolumeCreated` (tag 1), as journals of that version hold it:
