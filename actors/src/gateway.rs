@@ -23,7 +23,7 @@ use cairn_schema::{
     subject,
 };
 use futures::StreamExt;
-use serde_json::{Value, json};
+use serde_json::Value;
 use tokio::sync::{Semaphore, watch};
 use tracing::Instrument;
 
@@ -398,7 +398,9 @@ impl Gateway {
                 }
                 Ok(to_value(&reply::VolumeListReply { volumes }))
             }
-            Query::AppGet { name } => Ok(app::view(&self.app_state(tenant, &name).await?)),
+            Query::AppGet { name } => {
+                Ok(to_value(&app::view(&self.app_state(tenant, &name).await?)))
+            }
             Query::AppList => {
                 let mut apps = Vec::new();
                 for (name, _) in self.registry.apps_of(tenant) {
@@ -406,10 +408,10 @@ impl Gateway {
                         apps.push(app::view(&state));
                     }
                 }
-                Ok(json!({ "apps": apps }))
+                Ok(to_value(&reply::AppListReply { apps }))
             }
             Query::AppLog { name, limit } => self.app_log(tenant, &name, limit),
-            Query::NodeList => self.nodes().await,
+            Query::NodeList => Ok(to_value(&self.nodes().await?)),
             Query::EventsReplay { at_seq, at_ms, app } => {
                 self.replay_at(tenant, at_seq, at_ms, app.as_deref())
             }
@@ -554,8 +556,10 @@ impl Gateway {
                 "app {name:?} has no history (it never existed)"
             )));
         }
-        let entries: Vec<_> = entries.into_iter().rev().collect();
-        Ok(json!({ "name": name, "entries": entries }))
+        Ok(to_value(&reply::AppLogReply {
+            name: name.to_owned(),
+            entries: entries.into_iter().rev().collect(),
+        }))
     }
 
     /// The state as of a seq or a time: the journal folded up to the last
@@ -607,8 +611,14 @@ impl Gateway {
                 .map(|v| volume::view(v, None))
                 .collect()
         };
-        let at = json!({ "at_seq": world.seq, "at_time": format_rfc3339_ms(at_time_ms) });
-        let mut out = match app {
+        let mut out = reply::ReplayReply {
+            at_seq: world.seq,
+            at_time: format_rfc3339_ms(at_time_ms),
+            app: None,
+            apps: None,
+            volumes: volumes(app),
+        };
+        match app {
             Some(name) => {
                 let state = world
                     .apps
@@ -619,26 +629,23 @@ impl Gateway {
                             world.seq
                         ))
                     })?;
-                json!({ "app": app::view(state), "volumes": volumes(Some(name)) })
+                out.app = Some(app::view(state));
             }
             None => {
-                let apps: Vec<Value> = world
+                let apps = world
                     .apps
                     .iter()
                     .filter(|((t, _), _)| t == tenant)
                     .map(|(_, s)| app::view(s))
                     .collect();
-                json!({ "apps": apps, "volumes": volumes(None) })
+                out.apps = Some(apps);
             }
-        };
-        out.as_object_mut()
-            .expect("an object")
-            .extend(at.as_object().expect("an object").clone());
-        Ok(out)
+        }
+        Ok(to_value(&out))
     }
 
     /// The nodes, each with its disks; the local node's disks with their use.
-    async fn nodes(&self) -> Result<Value, ApiError> {
+    async fn nodes(&self) -> Result<reply::NodeListReply, ApiError> {
         let usage = self.services.pool.disk_usage();
         let mut nodes = Vec::new();
         for (name, actor) in self.registry.nodes() {
@@ -646,7 +653,7 @@ impl Gateway {
                 ApiError::new(ErrorCode::Unavailable, format!("node actor {name}: {e}"))
             })?;
             let local = name == self.services.node;
-            let disks: Vec<Value> = state
+            let disks = state
                 .disks
                 .iter()
                 .enumerate()
@@ -656,23 +663,23 @@ impl Gateway {
                         .find(|d| local && d.dir.display().to_string() == *path)
                         .map(|d| d.used_bytes);
                     let (total, free) = fs_space(std::path::Path::new(path)).unwrap_or((0, 0));
-                    json!({
-                        "name": format!("disk-{idx}"),
-                        "path": path,
-                        "used_bytes": used,
-                        "capacity_bytes": total,
-                        "free_bytes": free,
-                    })
+                    reply::DiskView {
+                        name: format!("disk-{idx}"),
+                        path: path.clone(),
+                        used_bytes: used,
+                        capacity_bytes: total,
+                        free_bytes: free,
+                    }
                 })
                 .collect();
-            nodes.push(json!({
-                "name": name,
-                "state": "ready",
-                "registered": format_rfc3339_ms(state.registered_ms),
-                "disks": disks,
-            }));
+            nodes.push(reply::NodeView {
+                name,
+                state: "ready".to_owned(),
+                registered: format_rfc3339_ms(state.registered_ms),
+                disks,
+            });
         }
-        Ok(json!({ "nodes": nodes }))
+        Ok(reply::NodeListReply { nodes })
     }
 
     /// Checks the hash chain, then that replaying the journal gives the state

@@ -38,18 +38,19 @@ use serde_json::{Value, json};
 use serde_yaml::{Mapping, Value as Yaml};
 
 use crate::command::{
-    EmptyBody, EventsFilter, NameBody, SnapshotBody, VolumeCloneBody, VolumeCreateBody,
-    VolumeDiffBody,
+    AppConfigSetBody, AppCreateBody, AppLogBody, AppScaleBody, EmptyBody, EventsFilter, NameBody,
+    ReplayBody, SnapshotBody, VolumeCloneBody, VolumeCreateBody, VolumeDiffBody,
 };
 use crate::event::{
-    SnapshotDeleted, VolumeCloned, VolumeCreated, VolumeDeleted, VolumeRolledBack,
-    VolumeSnapshotted,
+    AppConfigSet, AppCreated, AppDeleted, AppScaled, SnapshotDeleted, VolumeCloned, VolumeCreated,
+    VolumeDeleted, VolumeRolledBack, VolumeSnapshotted,
 };
 use crate::record::{EventRecord, GENESIS_HASH};
 use crate::reply::{
-    DiffReply, ErrorReply, EventsListReply, PingReply, ScrubReply, SnapshotDeleteReply,
-    SnapshotReply, SnapshotsReply, VerifyReply, VolumeCloneReply, VolumeCreateReply,
-    VolumeDeleteReply, VolumeListReply, VolumeRollbackReply, VolumeView,
+    AppConfigSetReply, AppCreateReply, AppDeleteReply, AppListReply, AppLogReply, AppScaleReply,
+    AppView, DiffReply, ErrorReply, EventsListReply, NodeListReply, PingReply, ReplayReply,
+    ScrubReply, SnapshotDeleteReply, SnapshotReply, SnapshotsReply, VerifyReply, VolumeCloneReply,
+    VolumeCreateReply, VolumeDeleteReply, VolumeListReply, VolumeRollbackReply, VolumeView,
 };
 use crate::{Event, subject};
 
@@ -100,6 +101,14 @@ pub const OPERATIONS: &[Operation] = &[
         summary: "Liveness: answers with the server's version.",
         request: schema::<EmptyBody>,
         reply: schema::<PingReply>,
+        example: "{}",
+    },
+    Operation {
+        kind: "node",
+        verb: "list",
+        summary: "The nodes and their disks.",
+        request: schema::<EmptyBody>,
+        reply: schema::<NodeListReply>,
         example: "{}",
     },
     Operation {
@@ -191,6 +200,81 @@ pub const OPERATIONS: &[Operation] = &[
         example: r#"{"name":"db"}"#,
     },
     Operation {
+        kind: "app",
+        verb: "create",
+        summary: "Create an app and its volumes from multi-document Kubernetes YAML.",
+        request: schema::<AppCreateBody>,
+        reply: schema::<AppCreateReply>,
+        example: concat!(
+            r#"{"manifest":"apiVersion: cairn.dev/v1\nkind: App\nmetadata: {name: shop}\n"#,
+            r#"---\napiVersion: v1\nkind: ConfigMap\nmetadata: {name: db-config}\n"#,
+            r#"data: {max_connections: \"100\"}\n"#,
+            r#"---\napiVersion: apps/v1\nkind: StatefulSet\nmetadata: {name: db}\n"#,
+            r#"spec:\n  replicas: 1\n  serviceName: db\n"#,
+            r#"  selector: {matchLabels: {app: shop}}\n"#,
+            r#"  template:\n    metadata: {labels: {app: shop}}\n"#,
+            r#"    spec: {containers: [{name: pg, image: \"postgres:16\"}]}\n"#,
+            r#"  volumeClaimTemplates:\n  - metadata: {name: data}\n"#,
+            r#"    spec: {accessModes: [ReadWriteOnce], resources: {requests: {storage: 64Mi}}}\n"}"#,
+        ),
+    },
+    Operation {
+        kind: "app",
+        verb: "get",
+        summary: "One app: its workloads, volumes, ConfigMaps and stored objects.",
+        request: schema::<NameBody>,
+        reply: schema::<AppView>,
+        example: r#"{"name":"shop"}"#,
+    },
+    Operation {
+        kind: "app",
+        verb: "list",
+        summary: "Every app of the tenant.",
+        request: schema::<EmptyBody>,
+        reply: schema::<AppListReply>,
+        example: "{}",
+    },
+    Operation {
+        kind: "app",
+        verb: "scale",
+        summary: "Change a StatefulSet's or Deployment's replicas; new replicas get their volumes.",
+        request: schema::<AppScaleBody>,
+        reply: schema::<AppScaleReply>,
+        example: r#"{"name":"shop","replicas":2}"#,
+    },
+    Operation {
+        kind: "app",
+        verb: "config-set",
+        summary: "Set one key of one of the app's ConfigMaps.",
+        request: schema::<AppConfigSetBody>,
+        reply: schema::<AppConfigSetReply>,
+        example: r#"{"name":"shop","configmap":"db-config","key":"max_connections","value":"200"}"#,
+    },
+    Operation {
+        kind: "app",
+        verb: "log",
+        summary: "The app's history (its events and its volumes'), newest first.",
+        request: schema::<AppLogBody>,
+        reply: schema::<AppLogReply>,
+        example: r#"{"name":"shop","limit":20}"#,
+    },
+    Operation {
+        kind: "events",
+        verb: "replay",
+        summary: "The state as of a journal seq or a time, folded from the journal.",
+        request: schema::<ReplayBody>,
+        reply: schema::<ReplayReply>,
+        example: r#"{"app":"shop"}"#,
+    },
+    Operation {
+        kind: "app",
+        verb: "delete",
+        summary: "Delete an app and its volumes.",
+        request: schema::<NameBody>,
+        reply: schema::<AppDeleteReply>,
+        example: r#"{"name":"shop"}"#,
+    },
+    Operation {
         kind: "events",
         verb: "list",
         summary: "Journal records of the tenant, oldest first, one page at a time.",
@@ -258,6 +342,32 @@ pub const EVENTS: &[EventDoc] = &[
     EventDoc {
         payload: schema::<VolumeDeleted>,
         example: r#"{"kind":"VolumeDeleted","volume":"db"}"#,
+    },
+    EventDoc {
+        payload: schema::<AppCreated>,
+        example: concat!(
+            r#"{"kind":"AppCreated","app":"shop","objects":[{"api_version":"v1","kind":"ConfigMap","#,
+            r#""name":"db-config","json":"{\"apiVersion\":\"v1\",\"data\":{\"max_connections\":\"100\"},"#,
+            r#"\"kind\":\"ConfigMap\",\"metadata\":{\"name\":\"db-config\"}}"}],"#,
+            r#""volumes":[{"pvc":"data-db-0","claim":"data","workload":"db","ordinal":0,"#,
+            r#""size_bytes":67108864,"storage_class":null}]}"#,
+        ),
+    },
+    EventDoc {
+        payload: schema::<AppScaled>,
+        example: concat!(
+            r#"{"kind":"AppScaled","app":"shop","workload_kind":"StatefulSet","workload":"db","#,
+            r#""from_replicas":1,"replicas":2,"added":[{"pvc":"data-db-1","claim":"data","#,
+            r#""workload":"db","ordinal":1,"size_bytes":67108864,"storage_class":null}],"removed":[]}"#,
+        ),
+    },
+    EventDoc {
+        payload: schema::<AppConfigSet>,
+        example: r#"{"kind":"AppConfigSet","app":"shop","configmap":"db-config","key":"max_connections","value":"200"}"#,
+    },
+    EventDoc {
+        payload: schema::<AppDeleted>,
+        example: r#"{"kind":"AppDeleted","app":"shop"}"#,
     },
 ];
 

@@ -202,11 +202,12 @@ pub enum Command {
 // `api.rs` names them, and `docs/asyncapi.yaml` carries their schemas. Doc
 // comments become the schemas' descriptions.
 
-/// A body that names one volume (`v` or `<app>/<pvc>`).
+/// A body that names one volume or app.
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NameBody {
-    /// The volume: a DNS-1123 label, or `<app>/<pvc>`.
+    /// A volume (a DNS-1123 label, or `<app>/<pvc>`) for `volume.*`; an app
+    /// (a DNS-1123 label) for `app.*`.
     pub name: String,
 }
 
@@ -282,49 +283,72 @@ pub struct SnapshotBody {
 #[serde(deny_unknown_fields)]
 pub struct EmptyBody {}
 
-#[derive(Deserialize)]
+/// The body of `app.create`.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
-struct AppCreateBody {
-    manifest: String,
+pub struct AppCreateBody {
+    /// Multi-document Kubernetes YAML (JSON is YAML too): StatefulSets,
+    /// Deployments, Services, ConfigMaps, Secrets, PVCs, any other kind kept
+    /// as is, and an optional `kind: App` document (`apiVersion:
+    /// cairn.dev/v1`) naming the app.
+    pub manifest: String,
+    /// The app's name (a DNS-1123 label); wins over the `kind: App`
+    /// document's. One of the two must be given.
     #[serde(default)]
-    name: Option<String>,
+    pub name: Option<String>,
 }
 
-#[derive(Deserialize)]
+/// The body of `app.scale`.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
-struct AppScaleBody {
-    name: String,
-    replicas: u32,
+pub struct AppScaleBody {
+    /// The app.
+    pub name: String,
+    /// The new replica count (at most 1024).
+    pub replicas: u32,
+    /// The StatefulSet or Deployment; may be left out when the app has one.
     #[serde(default)]
-    workload: Option<String>,
+    pub workload: Option<String>,
 }
 
-#[derive(Deserialize)]
+/// The body of `app.config-set`.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
-struct AppConfigSetBody {
-    name: String,
-    configmap: String,
-    key: String,
-    value: String,
+pub struct AppConfigSetBody {
+    /// The app.
+    pub name: String,
+    /// One of the app's ConfigMaps.
+    pub configmap: String,
+    pub key: String,
+    pub value: String,
 }
 
-#[derive(Deserialize)]
+/// The body of `app.log`.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
-struct AppLogBody {
-    name: String,
+pub struct AppLogBody {
+    /// The app.
+    pub name: String,
+    /// At most this many entries (default 100, at most 10000).
     #[serde(default)]
-    limit: Option<u32>,
+    pub limit: Option<u32>,
 }
 
-#[derive(Deserialize)]
+/// The body of `events.replay`: the state as of one point in the journal.
+/// Give `at_seq` or `at_ms`, not both; with neither, the latest state.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
-struct ReplayBody {
+pub struct ReplayBody {
+    /// Fold the journal up to and including this seq.
     #[serde(default)]
-    at_seq: Option<u64>,
+    pub at_seq: Option<u64>,
+    /// Fold the journal up to the last record at or before this time
+    /// (epoch ms).
     #[serde(default)]
-    at_ms: Option<u64>,
+    pub at_ms: Option<u64>,
+    /// Only this app and its volumes.
     #[serde(default)]
-    app: Option<String>,
+    pub app: Option<String>,
 }
 
 fn body<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {

@@ -10,6 +10,8 @@
 //! `Option` field is always present and `null` when unknown, unless it says
 //! otherwise.
 
+use std::collections::BTreeMap;
+
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
@@ -204,4 +206,162 @@ pub struct VerifyReply {
     /// What is wrong. Absent when `ok`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+}
+
+/// `app.create`: the app and the volumes made for it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct AppCreateReply {
+    pub name: String,
+    /// How many Kubernetes objects the manifest held.
+    pub objects: u64,
+    /// The volumes created: `<app>/<pvc>`.
+    pub volumes: Vec<String>,
+}
+
+/// `app.delete`: the app and its volumes are gone.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct AppDeleteReply {
+    pub name: String,
+    /// Always true.
+    pub deleted: bool,
+    /// The volumes deleted with it.
+    pub volumes: Vec<String>,
+}
+
+/// `app.scale`: a workload's new replica count and the volumes that came
+/// and went. The workload fields are `null` when nothing changed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct AppScaleReply {
+    pub name: String,
+    /// The StatefulSet or Deployment scaled.
+    pub workload: Option<String>,
+    pub from_replicas: Option<u32>,
+    pub replicas: Option<u32>,
+    /// Volumes created for new replicas.
+    pub added: Vec<String>,
+    /// Volumes deleted (a scale-in keeps them unless the StatefulSet's
+    /// `persistentVolumeClaimRetentionPolicy.whenScaled` is `Delete`).
+    pub removed: Vec<String>,
+}
+
+/// `app.config-set`: the key as set.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct AppConfigSetReply {
+    pub name: String,
+    pub configmap: String,
+    pub key: String,
+    pub value: String,
+}
+
+/// One app as `app.get` and `app.list` report it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct AppView {
+    pub name: String,
+    /// RFC 3339 (UTC, milliseconds).
+    pub created: String,
+    /// The journal seq of `AppCreated`.
+    pub created_seq: u64,
+    /// The journal seq of the last event that changed the app.
+    pub updated_seq: u64,
+    pub workloads: Vec<WorkloadView>,
+    pub volumes: Vec<AppVolumeView>,
+    /// Each ConfigMap's `data`, by ConfigMap name.
+    pub configmaps: BTreeMap<String, serde_json::Value>,
+    /// Every stored Kubernetes object, as JSON.
+    pub objects: Vec<serde_json::Value>,
+}
+
+/// A StatefulSet or Deployment of an app.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct WorkloadView {
+    /// `StatefulSet` or `Deployment`.
+    pub kind: String,
+    pub name: String,
+    pub replicas: u32,
+}
+
+/// One volume of an app.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct AppVolumeView {
+    /// The volume: `<app>/<pvc>`.
+    pub name: String,
+    /// The PVC name, as Kubernetes derives it (`data-db-0`).
+    pub pvc: String,
+    /// The claim it comes from: the template name or the PVC itself.
+    pub claim: String,
+    /// The StatefulSet whose template made it.
+    pub workload: Option<String>,
+    pub ordinal: Option<u32>,
+    pub size_bytes: u64,
+    /// `size_bytes` for people: `1.0 GiB`.
+    pub size: String,
+    pub storage_class: Option<String>,
+    /// Kept after a scale-in: its ordinal is at or past the replicas.
+    pub retained: bool,
+}
+
+/// `app.list`: every app of the tenant.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct AppListReply {
+    pub apps: Vec<AppView>,
+}
+
+/// `app.log`: the app's history (its events and its volumes'), newest
+/// first.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct AppLogReply {
+    pub name: String,
+    pub entries: Vec<EventView>,
+}
+
+/// `node.list`: the nodes and their disks.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct NodeListReply {
+    pub nodes: Vec<NodeView>,
+}
+
+/// One node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct NodeView {
+    pub name: String,
+    /// `ready`.
+    pub state: String,
+    /// When the node registered itself (RFC 3339).
+    pub registered: String,
+    pub disks: Vec<DiskView>,
+}
+
+/// One disk (a directory) of a node's pool.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct DiskView {
+    /// `disk-<index>`.
+    pub name: String,
+    /// The directory.
+    pub path: String,
+    /// Bytes of segment files on it (live and not yet compacted); `null`
+    /// for another node's disk.
+    pub used_bytes: Option<u64>,
+    /// The filesystem's size; 0 when it could not be read.
+    pub capacity_bytes: u64,
+    /// The filesystem's free bytes; 0 when they could not be read.
+    pub free_bytes: u64,
+}
+
+/// `events.replay`: the state as of a seq or a time. With `app` in the
+/// request: that app (`app`) and its volumes; without: every app (`apps`)
+/// and volume of the tenant.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct ReplayReply {
+    /// The last record folded (0 for none).
+    pub at_seq: u64,
+    /// That record's time, RFC 3339.
+    pub at_time: String,
+    /// The app asked for. Absent without `app` in the request.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub app: Option<AppView>,
+    /// Every app. Absent with `app` in the request.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub apps: Option<Vec<AppView>>,
+    /// Volumes as the journal knows them; engine figures are `null`.
+    pub volumes: Vec<VolumeView>,
 }
