@@ -121,6 +121,7 @@ async def run(args):
     if not operations:
         check.fail("document", "has no request/reply operations")
     headers = {"Cairn-User": "nats-py"}
+    reply_pointer = {}
     for op_id, op in operations:
         _, channel = api.resolve(op["channel"])
         request_pointer = api.message_pointer(op["messages"][0])
@@ -137,6 +138,7 @@ async def run(args):
         if len(success) != 1 or "#/components/messages/error" not in reply_pointers:
             check.fail(op_id, f"reply messages are {reply_pointers}, expected one reply and error")
             continue
+        reply_pointer[op_id] = success[0]
         try:
             reply = await request(nc, address(channel), json.dumps(example).encode(), headers)
         except Exception as e:  # noqa: BLE001 - any failure is a mismatch to report
@@ -225,13 +227,38 @@ async def run(args):
     listed_seqs = [r.get("seq") for r in records]
     if sorted(published_seqs) != listed_seqs:
         check.fail("events", f"published seqs {sorted(published_seqs)} but events.list has {listed_seqs}")
+    # Listed records, the tenant's and the cluster's (nodes), match the
+    # schema of their kind's event message.
+    kind_pointer = {}
+    for op_id, op in api.operations("send"):
+        pointer, message = api.resolve(op["messages"][0])
+        kind_pointer[message["name"]] = pointer
+    cluster = await request(nc, subject_of("events.list"), b'{"cluster": true, "limit": 10000}')
+    if "events.list" in reply_pointer:
+        check.validate(
+            "events.list (cluster)", api.validator(reply_pointer["events.list"]), cluster, "the reply"
+        )
+    cluster_records = cluster.get("events", [])
+    if not any(r.get("kind") == "NodeRegistered" for r in cluster_records):
+        check.fail("events.list (cluster)", "no NodeRegistered record")
+    for record in records + cluster_records:
+        kind = record.get("kind")
+        where = f"listed event {record.get('seq')} ({kind})"
+        if kind not in kind_pointer:
+            check.fail(where, "no event channel documents this kind")
+        else:
+            check.validate(where, api.validator(kind_pointer[kind]), record, "the record")
     created = [r for r in records if r.get("data", {}).get("volume") == "retried"]
     if len(created) != 1:
         check.fail("retry with Cairn-Request-Id", f"journaled {len(created)} events, expected 1")
     if not records:
         check.fail("events", "events.list returned none")
     else:
-        print(f"ok {len(published_seqs)} events match their channels", flush=True)
+        print(
+            f"ok {len(published_seqs)} events match their channels, "
+            f"{len(records) + len(cluster_records)} listed records their kinds",
+            flush=True,
+        )
 
     await nc.close()
     if check.failures:

@@ -42,8 +42,8 @@ use crate::command::{
     ReplayBody, SnapshotBody, VolumeCloneBody, VolumeCreateBody, VolumeDiffBody,
 };
 use crate::event::{
-    AppConfigSet, AppCreated, AppDeleted, AppScaled, SnapshotDeleted, VolumeCloned, VolumeCreated,
-    VolumeDeleted, VolumeRolledBack, VolumeSnapshotted,
+    AppConfigSet, AppCreated, AppDeleted, AppScaled, NodeRegistered, SnapshotDeleted, VolumeCloned,
+    VolumeCreated, VolumeDeleted, VolumeRolledBack, VolumeSnapshotted,
 };
 use crate::record::{EventRecord, GENESIS_HASH};
 use crate::reply::{
@@ -298,6 +298,9 @@ pub const OPERATIONS: &[Operation] = &[
 pub struct EventDoc {
     /// The payload type; its name is the event kind.
     pub payload: SchemaFn,
+    /// A fact about the cluster (nodes), journaled and published under the
+    /// reserved tenant [`subject::CLUSTER_TENANT`] instead of a tenant's.
+    pub cluster_wide: bool,
     /// The event as JSON (`{"kind":…, …payload}`). Its kind and aggregate
     /// give the subject.
     pub example: &'static str,
@@ -321,30 +324,37 @@ impl EventDoc {
 pub const EVENTS: &[EventDoc] = &[
     EventDoc {
         payload: schema::<VolumeCreated>,
+        cluster_wide: false,
         example: r#"{"kind":"VolumeCreated","volume":"db","size_bytes":10737418240,"compression":"zstd","encrypted":false}"#,
     },
     EventDoc {
         payload: schema::<VolumeSnapshotted>,
+        cluster_wide: false,
         example: r#"{"kind":"VolumeSnapshotted","volume":"db","snapshot":"before-upgrade"}"#,
     },
     EventDoc {
         payload: schema::<VolumeCloned>,
+        cluster_wide: false,
         example: r#"{"kind":"VolumeCloned","volume":"db-copy","source":"db","snapshot":"before-upgrade","size_bytes":10737418240}"#,
     },
     EventDoc {
         payload: schema::<VolumeRolledBack>,
+        cluster_wide: false,
         example: r#"{"kind":"VolumeRolledBack","volume":"db","snapshot":"before-upgrade"}"#,
     },
     EventDoc {
         payload: schema::<SnapshotDeleted>,
+        cluster_wide: false,
         example: r#"{"kind":"SnapshotDeleted","volume":"db","snapshot":"before-upgrade"}"#,
     },
     EventDoc {
         payload: schema::<VolumeDeleted>,
+        cluster_wide: false,
         example: r#"{"kind":"VolumeDeleted","volume":"db"}"#,
     },
     EventDoc {
         payload: schema::<AppCreated>,
+        cluster_wide: false,
         example: concat!(
             r#"{"kind":"AppCreated","app":"shop","objects":[{"api_version":"v1","kind":"ConfigMap","#,
             r#""name":"db-config","json":"{\"apiVersion\":\"v1\",\"data\":{\"max_connections\":\"100\"},"#,
@@ -355,6 +365,7 @@ pub const EVENTS: &[EventDoc] = &[
     },
     EventDoc {
         payload: schema::<AppScaled>,
+        cluster_wide: false,
         example: concat!(
             r#"{"kind":"AppScaled","app":"shop","workload_kind":"StatefulSet","workload":"db","#,
             r#""from_replicas":1,"replicas":2,"added":[{"pvc":"data-db-1","claim":"data","#,
@@ -363,11 +374,18 @@ pub const EVENTS: &[EventDoc] = &[
     },
     EventDoc {
         payload: schema::<AppConfigSet>,
+        cluster_wide: false,
         example: r#"{"kind":"AppConfigSet","app":"shop","configmap":"db-config","key":"max_connections","value":"200"}"#,
     },
     EventDoc {
         payload: schema::<AppDeleted>,
+        cluster_wide: false,
         example: r#"{"kind":"AppDeleted","app":"shop"}"#,
+    },
+    EventDoc {
+        payload: schema::<NodeRegistered>,
+        cluster_wide: true,
+        example: r#"{"kind":"NodeRegistered","node":"node-1","disks":["/var/lib/cairn/disk-0"]}"#,
     },
 ];
 
@@ -637,10 +655,15 @@ pub fn asyncapi() -> Yaml {
         );
         let id = format!("evt.{aggregate_kind}.{kind}");
         let message = format!("evt.{kind}");
+        let (tenant, example_tenant) = if doc.cluster_wide {
+            (subject::CLUSTER_TENANT, subject::CLUSTER_TENANT)
+        } else {
+            ("{tenant}", subject::DEFAULT_TENANT)
+        };
         let example = EventRecord::seal(
             1,
             EXAMPLE_TIME_MS,
-            subject::DEFAULT_TENANT,
+            example_tenant,
             "4f1c2a9e0b7d3c5a6e8f9012",
             "alice",
             &event,
@@ -663,23 +686,32 @@ pub fn asyncapi() -> Yaml {
                 ),
             ]),
         );
-        channels.insert(
-            text(&id),
-            map([
-                (
-                    "address",
-                    text(&subject::event("{tenant}", &event.aggregate(), kind)),
-                ),
-                ("parameters", tenant_parameter()),
-                (
-                    "messages",
-                    map([(
-                        "event",
-                        reference(&format!("#/components/messages/{message}")),
-                    )]),
-                ),
-            ]),
-        );
+        let mut channel = map([
+            (
+                "address",
+                text(&subject::event(tenant, &event.aggregate(), kind)),
+            ),
+            (
+                "messages",
+                map([(
+                    "event",
+                    reference(&format!("#/components/messages/{message}")),
+                )]),
+            ),
+        ]);
+        if doc.cluster_wide {
+            insert(
+                &mut channel,
+                "description",
+                text(&format!(
+                    "Cluster-wide: journaled under the reserved tenant `{}`, which every tenant may read (`events.list` with `cluster`).",
+                    subject::CLUSTER_TENANT
+                )),
+            );
+        } else {
+            insert(&mut channel, "parameters", tenant_parameter());
+        }
+        channels.insert(text(&id), channel);
         let mut operation = map([
             ("action", text("send")),
             ("channel", reference(&format!("#/channels/{id}"))),

@@ -126,7 +126,7 @@ pub struct AppDeleted {
 /// A node joined the cluster, or came back with different disks. Node
 /// events belong to no tenant (see [`crate::subject::CLUSTER_TENANT`]).
 /// *Since v0.2.*
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct NodeRegistered {
     pub node: String,
     /// The directories of its disks.
