@@ -43,6 +43,11 @@ bench-placement:
 fuzz:
     ./ops/scripts/fuzz.sh
 
+# Regenerate docs/asyncapi.yaml (the NATS API: subjects, payload schemas)
+# from the Rust types; a unit test fails while it is stale.
+api-docs:
+    UPDATE_API_DOCS=1 cargo test -p cairn-schema --lib api::
+
 fmt:
     cargo fmt --all
 

@@ -21,7 +21,7 @@ use cairn_schema::app::{AppCommand, AppState, volume_name};
 use cairn_schema::event::PlacedVolume;
 use cairn_schema::names::format_size;
 use cairn_schema::time::format_rfc3339_ms;
-use cairn_schema::{ApiError, Event};
+use cairn_schema::{ApiError, Event, reply};
 use cairn_workflows::app_placement::place;
 use cairn_workflows::{Topology, Usage};
 use serde_json::{Value, json};
@@ -92,37 +92,39 @@ impl Handler<Get> for AppActor {
 
 /// The reply a command gets; also what dedup stores.
 fn reply_for(command: &AppCommand, events: &[Event]) -> Value {
-    let volumes = |created: bool| -> Vec<&str> {
+    let volumes = |created: bool| -> Vec<String> {
         events
             .iter()
             .filter_map(|e| match e {
-                Event::VolumeCreated(v) if created => Some(v.volume.as_str()),
-                Event::VolumeDeleted(v) if !created => Some(v.volume.as_str()),
+                Event::VolumeCreated(v) if created => Some(v.volume.clone()),
+                Event::VolumeDeleted(v) if !created => Some(v.volume.clone()),
                 _ => None,
             })
             .collect()
     };
     match command {
-        AppCommand::Create(m) => json!({
-            "name": m.name,
-            "objects": m.objects.len(),
-            "volumes": volumes(true),
+        AppCommand::Create(m) => reply::to_value(&reply::AppCreateReply {
+            name: m.name.clone(),
+            objects: m.objects.len() as u64,
+            volumes: volumes(true),
         }),
-        AppCommand::Delete { name } => {
-            json!({ "name": name, "deleted": true, "volumes": volumes(false) })
-        }
+        AppCommand::Delete { name } => reply::to_value(&reply::AppDeleteReply {
+            name: name.clone(),
+            deleted: true,
+            volumes: volumes(false),
+        }),
         AppCommand::Scale { name, .. } => {
             let scaled = events.iter().find_map(|e| match e {
                 Event::AppScaled(s) => Some(s),
                 _ => None,
             });
-            json!({
-                "name": name,
-                "workload": scaled.map(|s| s.workload.as_str()),
-                "from_replicas": scaled.map(|s| s.from_replicas),
-                "replicas": scaled.map(|s| s.replicas),
-                "added": volumes(true),
-                "removed": volumes(false),
+            reply::to_value(&reply::AppScaleReply {
+                name: name.clone(),
+                workload: scaled.map(|s| s.workload.clone()),
+                from_replicas: scaled.map(|s| s.from_replicas),
+                replicas: scaled.map(|s| s.replicas),
+                added: volumes(true),
+                removed: volumes(false),
             })
         }
         AppCommand::ConfigSet {
@@ -130,7 +132,12 @@ fn reply_for(command: &AppCommand, events: &[Event]) -> Value {
             configmap,
             key,
             value,
-        } => json!({ "name": name, "configmap": configmap, "key": key, "value": value }),
+        } => reply::to_value(&reply::AppConfigSetReply {
+            name: name.clone(),
+            configmap: configmap.clone(),
+            key: key.clone(),
+            value: value.clone(),
+        }),
     }
 }
 
@@ -284,12 +291,12 @@ fn tenant_app(volume: &str) -> String {
         .to_owned()
 }
 
-/// The JSON view of an app for get and list. `replicas` per workload come
+/// The view of an app for get and list. `replicas` per workload come
 /// from the stored objects; a volume whose ordinal is at or past its
 /// StatefulSet's replicas is `retained` (kept after a scale-in).
-pub fn view(state: &AppState) -> Value {
+pub fn view(state: &AppState) -> reply::AppView {
     let workloads = state.workloads();
-    let volumes: Vec<Value> = state
+    let volumes = state
         .volumes
         .values()
         .map(|v| {
@@ -299,20 +306,20 @@ pub fn view(state: &AppState) -> Value {
                     .any(|(_, name, replicas)| name == w && ordinal >= *replicas),
                 _ => false,
             };
-            json!({
-                "name": volume_name(&state.name, &v.pvc),
-                "pvc": v.pvc,
-                "claim": v.claim,
-                "workload": v.workload,
-                "ordinal": v.ordinal,
-                "size_bytes": v.size_bytes,
-                "size": format_size(v.size_bytes),
-                "storage_class": v.storage_class,
-                "retained": retained,
-            })
+            reply::AppVolumeView {
+                name: volume_name(&state.name, &v.pvc),
+                pvc: v.pvc.clone(),
+                claim: v.claim.clone(),
+                workload: v.workload.clone(),
+                ordinal: v.ordinal,
+                size_bytes: v.size_bytes,
+                size: format_size(v.size_bytes),
+                storage_class: v.storage_class.clone(),
+                retained,
+            }
         })
         .collect();
-    let configmaps: serde_json::Map<String, Value> = state
+    let configmaps = state
         .objects
         .iter()
         .filter(|o| o.kind == "ConfigMap")
@@ -323,17 +330,21 @@ pub fn view(state: &AppState) -> Value {
             )
         })
         .collect();
-    json!({
-        "name": state.name,
-        "created": format_rfc3339_ms(state.created_ms),
-        "created_seq": state.created_seq,
-        "updated_seq": state.updated_seq,
-        "workloads": workloads
-            .iter()
-            .map(|(kind, name, replicas)| json!({ "kind": kind, "name": name, "replicas": replicas }))
-            .collect::<Vec<_>>(),
-        "volumes": volumes,
-        "configmaps": configmaps,
-        "objects": state.objects.iter().map(|o| o.value()).collect::<Vec<_>>(),
-    })
+    reply::AppView {
+        name: state.name.clone(),
+        created: format_rfc3339_ms(state.created_ms),
+        created_seq: state.created_seq,
+        updated_seq: state.updated_seq,
+        workloads: workloads
+            .into_iter()
+            .map(|(kind, name, replicas)| reply::WorkloadView {
+                kind,
+                name,
+                replicas,
+            })
+            .collect(),
+        volumes,
+        configmaps,
+        objects: state.objects.iter().map(|o| o.value()).collect(),
+    }
 }

@@ -14,10 +14,9 @@ use cairn_schema::subject;
 use futures::{Stream, StreamExt};
 use tokio::sync::mpsc;
 
-/// The header that carries a request id for dedup.
-pub const REQUEST_ID_HEADER: &str = "Cairn-Request-Id";
-/// The header that names the user, when the caller sets one.
-pub const USER_HEADER: &str = "Cairn-User";
+/// The request headers (a request id for dedup, the user), named in the
+/// API document.
+pub use cairn_schema::api::{REQUEST_ID_HEADER, USER_HEADER};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {

@@ -16,13 +16,14 @@ use bytes::Bytes;
 use cairn_schema::command::EventsFilter;
 use std::collections::{BTreeMap, BTreeSet};
 
+use cairn_schema::reply::{self, to_value};
 use cairn_schema::time::format_rfc3339_ms;
 use cairn_schema::{
     ApiError, AppCommand, AppState, Command, ErrorCode, Query, VolumeCommand, VolumeState, World,
     subject,
 };
 use futures::StreamExt;
-use serde_json::{Value, json};
+use serde_json::Value;
 use tokio::sync::{Semaphore, watch};
 use tracing::Instrument;
 
@@ -304,12 +305,12 @@ impl Gateway {
                 node: node.to_owned(),
             },
         );
-        Ok(json!({
-            "node": node,
-            "failed": true,
-            "lost_more_than_one_member": impact.lost_more_than_one_member(),
-            "impact": impact,
-            "report": impact.to_string(),
+        Ok(to_value(&reply::NodeFailReply {
+            node: node.to_owned(),
+            failed: true,
+            lost_more_than_one_member: impact.lost_more_than_one_member(),
+            impact: to_value(&impact),
+            report: impact.to_string(),
         }))
     }
 
@@ -459,7 +460,7 @@ impl Gateway {
         }
     }
 
-    async fn volume_view(&self, tenant: &str, state: &VolumeState) -> Value {
+    async fn volume_view(&self, tenant: &str, state: &VolumeState) -> reply::VolumeView {
         let engine = engine_name(tenant, &state.name);
         let info = self
             .services
@@ -471,7 +472,10 @@ impl Gateway {
 
     async fn query(&self, tenant: &str, query: Query) -> Result<Value, ApiError> {
         match query {
-            Query::Ping => Ok(json!({ "ok": true, "version": env!("CARGO_PKG_VERSION") })),
+            Query::Ping => Ok(to_value(&reply::PingReply {
+                ok: true,
+                version: env!("CARGO_PKG_VERSION").to_owned(),
+            })),
             Query::VolumeList => {
                 let mut volumes = Vec::new();
                 for name in self.volume_names(tenant).await? {
@@ -479,9 +483,11 @@ impl Gateway {
                         volumes.push(self.volume_view(tenant, &state).await);
                     }
                 }
-                Ok(json!({ "volumes": volumes }))
+                Ok(to_value(&reply::VolumeListReply { volumes }))
             }
-            Query::AppGet { name } => Ok(app::view(&self.app_state(tenant, &name).await?)),
+            Query::AppGet { name } => {
+                Ok(to_value(&app::view(&self.app_state(tenant, &name).await?)))
+            }
             Query::AppList => {
                 let mut apps = Vec::new();
                 for (name, _) in self.registry.apps_of(tenant) {
@@ -489,37 +495,48 @@ impl Gateway {
                         apps.push(app::view(&state));
                     }
                 }
-                Ok(json!({ "apps": apps }))
+                Ok(to_value(&reply::AppListReply { apps }))
             }
             Query::AppLog { name, limit } => self.app_log(tenant, &name, limit),
             Query::AppPlacement { name } => {
                 let state = self.app_state(tenant, &name).await?;
                 let plan = app_placement::plan_of(&state, &self.topology().await?);
-                let volumes: Vec<Value> = plan
+                let volumes = plan
                     .volumes
-                    .iter()
-                    .map(|v| {
-                        json!({
-                            "replica": v.replica,
-                            "volume": cairn_schema::app::volume_name(&name, &v.volume),
-                            "slices": v.slices,
-                        })
+                    .into_iter()
+                    .map(|v| reply::VolumePlacementView {
+                        replica: v.replica,
+                        volume: cairn_schema::app::volume_name(&name, &v.volume),
+                        slices: v
+                            .slices
+                            .into_iter()
+                            .map(|s| reply::SliceView {
+                                index: s.index,
+                                node: s.node,
+                                disk: s.disk,
+                                rack: s.rack,
+                                datacenter: s.datacenter,
+                            })
+                            .collect(),
                     })
                     .collect();
-                Ok(json!({ "name": name, "volumes": volumes }))
+                Ok(to_value(&reply::AppPlacementReply { name, volumes }))
             }
-            Query::NodeList => self.nodes().await,
+            Query::NodeList => Ok(to_value(&self.nodes().await?)),
             Query::EventsReplay { at_seq, at_ms, app } => {
                 self.replay_at(tenant, at_seq, at_ms, app.as_deref())
             }
             Query::VolumeShow { name } => {
                 let state = self.volume_state(tenant, &name).await?;
-                Ok(self.volume_view(tenant, &state).await)
+                Ok(to_value(&self.volume_view(tenant, &state).await))
             }
             Query::VolumeSnapshots { name } => {
                 let state = self.volume_state(tenant, &name).await?;
                 let view = self.volume_view(tenant, &state).await;
-                Ok(json!({ "name": name, "snapshots": view["snapshots"] }))
+                Ok(to_value(&reply::SnapshotsReply {
+                    name,
+                    snapshots: view.snapshots,
+                }))
             }
             Query::VolumeDiff { from, to } => {
                 for image in [&from, &to] {
@@ -541,21 +558,42 @@ impl Gateway {
                     .services
                     .blocking(move |pool| pool.diff(&a, &b))
                     .await?;
-                let changed: u64 = extents.iter().map(|e| e.len).sum();
-                Ok(json!({ "from": from, "to": to, "changed_bytes": changed, "extents": extents }))
+                let changed_bytes: u64 = extents.iter().map(|e| e.len).sum();
+                let extents = extents
+                    .iter()
+                    .map(|e| reply::Extent {
+                        offset: e.offset,
+                        len: e.len,
+                    })
+                    .collect();
+                Ok(to_value(&reply::DiffReply {
+                    from,
+                    to,
+                    changed_bytes,
+                    extents,
+                }))
             }
             Query::VolumeScrub { name } => {
                 self.volume_state(tenant, &name).await?;
                 let engine = engine_name(tenant, &name);
-                let mut report = self
+                let report = self
                     .services
                     .blocking(move |pool| pool.scrub(&engine))
                     .await?;
-                report.volume = name;
-                for bad in &mut report.bad_blocks {
-                    bad.image = public_image(tenant, &bad.image);
-                }
-                Ok(serde_json::to_value(report).expect("reports serialize"))
+                let bad_blocks = report
+                    .bad_blocks
+                    .into_iter()
+                    .map(|bad| reply::BadBlock {
+                        image: public_image(tenant, &bad.image),
+                        offset: bad.offset,
+                        reason: bad.reason,
+                    })
+                    .collect();
+                Ok(to_value(&reply::ScrubReply {
+                    volume: name,
+                    checked_blocks: report.checked_blocks,
+                    bad_blocks,
+                }))
             }
             Query::EventsList(filter) => self.events(tenant, &filter),
             Query::EventsVerify => self.verify().await,
@@ -598,7 +636,10 @@ impl Gateway {
                 break;
             }
         }
-        Ok(json!({ "events": out, "next_seq": last_seq + 1 }))
+        Ok(to_value(&reply::EventsListReply {
+            events: out,
+            next_seq: last_seq + 1,
+        }))
     }
 
     /// The app's history, newest first: its own events and its volumes'.
@@ -626,8 +667,10 @@ impl Gateway {
                 "app {name:?} has no history (it never existed)"
             )));
         }
-        let entries: Vec<_> = entries.into_iter().rev().collect();
-        Ok(json!({ "name": name, "entries": entries }))
+        Ok(to_value(&reply::AppLogReply {
+            name: name.to_owned(),
+            entries: entries.into_iter().rev().collect(),
+        }))
     }
 
     /// The state as of a seq or a time: the journal folded up to the last
@@ -669,7 +712,7 @@ impl Gateway {
                 break;
             }
         }
-        let volumes = |prefix: Option<&str>| -> Vec<Value> {
+        let volumes = |prefix: Option<&str>| -> Vec<reply::VolumeView> {
             world
                 .volumes_of(tenant)
                 .filter(|v| {
@@ -679,8 +722,14 @@ impl Gateway {
                 .map(|v| volume::view(v, None))
                 .collect()
         };
-        let at = json!({ "at_seq": world.seq, "at_time": format_rfc3339_ms(at_time_ms) });
-        let mut out = match app {
+        let mut out = reply::ReplayReply {
+            at_seq: world.seq,
+            at_time: format_rfc3339_ms(at_time_ms),
+            app: None,
+            apps: None,
+            volumes: volumes(app),
+        };
+        match app {
             Some(name) => {
                 let state = world
                     .apps
@@ -691,27 +740,24 @@ impl Gateway {
                             world.seq
                         ))
                     })?;
-                json!({ "app": app::view(state), "volumes": volumes(Some(name)) })
+                out.app = Some(app::view(state));
             }
             None => {
-                let apps: Vec<Value> = world
+                let apps = world
                     .apps
                     .iter()
                     .filter(|((t, _), _)| t == tenant)
                     .map(|(_, s)| app::view(s))
                     .collect();
-                json!({ "apps": apps, "volumes": volumes(None) })
+                out.apps = Some(apps);
             }
-        };
-        out.as_object_mut()
-            .expect("an object")
-            .extend(at.as_object().expect("an object").clone());
-        Ok(out)
+        }
+        Ok(to_value(&out))
     }
 
     /// The nodes, each with its disks: capacity, what the planner placed
     /// there, and (on this node) the bytes written.
-    async fn nodes(&self) -> Result<Value, ApiError> {
+    async fn nodes(&self) -> Result<reply::NodeListReply, ApiError> {
         let written: BTreeMap<String, u64> = self
             .services
             .pool
@@ -723,34 +769,29 @@ impl Gateway {
         let topology = app_placement::topology_of(&nodes);
         let usage =
             app_placement::usage_of(self.all_apps().await?.iter().map(|(_, a)| a), &topology);
-        let views: Vec<Value> = nodes
-            .values()
-            .map(|n| {
-                let disks: Vec<Value> = n
+        let nodes = nodes
+            .into_values()
+            .map(|n| reply::NodeView {
+                state: if n.failed { "failed" } else { "ready" }.to_owned(),
+                rack: n.rack,
+                datacenter: n.datacenter,
+                registered: format_rfc3339_ms(n.registered_ms),
+                disks: n
                     .disks
-                    .iter()
-                    .map(|d| {
-                        json!({
-                            "name": d.name,
-                            "path": d.path,
-                            "media": d.media,
-                            "capacity_bytes": d.capacity_bytes,
-                            "placed_bytes": usage.used_bytes(&n.name, &d.name),
-                            "used_bytes": written.get(&d.path),
-                        })
+                    .into_iter()
+                    .map(|d| reply::DiskView {
+                        placed_bytes: usage.used_bytes(&n.name, &d.name),
+                        used_bytes: written.get(&d.path).copied(),
+                        name: d.name,
+                        path: d.path,
+                        media: d.media,
+                        capacity_bytes: d.capacity_bytes,
                     })
-                    .collect();
-                json!({
-                    "name": n.name,
-                    "state": if n.failed { "failed" } else { "ready" },
-                    "rack": n.rack,
-                    "datacenter": n.datacenter,
-                    "registered": format_rfc3339_ms(n.registered_ms),
-                    "disks": disks,
-                })
+                    .collect(),
+                name: n.name,
             })
             .collect();
-        Ok(json!({ "nodes": views }))
+        Ok(reply::NodeListReply { nodes })
     }
 
     /// Checks the hash chain, then that replaying the journal gives the state
@@ -760,9 +801,12 @@ impl Gateway {
         let records = match journal.verify_chain().map_err(|e| journal_error(&e))? {
             Ok(n) => n,
             Err(brk) => {
-                return Ok(
-                    json!({ "ok": false, "records": Value::Null, "first_bad_seq": brk.seq, "reason": brk.reason }),
-                );
+                return Ok(to_value(&reply::VerifyReply {
+                    ok: false,
+                    records: None,
+                    first_bad_seq: Some(brk.seq),
+                    reason: Some(brk.reason),
+                }));
             }
         };
         let replayed = crate::cluster::replay(journal).map_err(|e| journal_error(&e))?;
@@ -783,14 +827,19 @@ impl Gateway {
             }
         }
         if let Some(reason) = first_difference(&live, &replayed) {
-            return Ok(json!({
-                "ok": false,
-                "records": records,
-                "first_bad_seq": Value::Null,
-                "reason": reason,
+            return Ok(to_value(&reply::VerifyReply {
+                ok: false,
+                records: Some(records),
+                first_bad_seq: None,
+                reason: Some(reason),
             }));
         }
-        Ok(json!({ "ok": true, "records": records }))
+        Ok(to_value(&reply::VerifyReply {
+            ok: true,
+            records: Some(records),
+            first_bad_seq: None,
+            reason: None,
+        }))
     }
 }
 

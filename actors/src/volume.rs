@@ -20,8 +20,8 @@ use actix::prelude::*;
 use cairn_blocks::{Compression, VolumeOptions};
 use cairn_schema::names::format_size;
 use cairn_schema::time::format_rfc3339_ms;
-use cairn_schema::{ApiError, VolumeCommand, VolumeState};
-use serde_json::{Value, json};
+use cairn_schema::{ApiError, VolumeCommand, VolumeState, reply};
+use serde_json::Value;
 
 use crate::journal::{AppendRequest, Appended, Causation};
 use crate::services::{Services, journal_error};
@@ -108,27 +108,42 @@ fn reply_for(command: &VolumeCommand) -> Value {
             size_bytes,
             compression,
             encrypted,
-        } => json!({
-            "name": name,
-            "size_bytes": size_bytes,
-            "size": format_size(*size_bytes),
-            "compression": compression,
-            "encrypted": encrypted,
+        } => reply::to_value(&reply::VolumeCreateReply {
+            name: name.clone(),
+            size_bytes: *size_bytes,
+            size: format_size(*size_bytes),
+            compression: compression.clone(),
+            encrypted: *encrypted,
         }),
         VolumeCommand::Clone {
             name,
             snapshot,
             target,
-        } => json!({ "name": target, "origin": format!("{name}@{snapshot}") }),
+        } => reply::to_value(&reply::VolumeCloneReply {
+            name: target.clone(),
+            origin: format!("{name}@{snapshot}"),
+        }),
         VolumeCommand::Rollback { name, snapshot } => {
-            json!({ "name": name, "rolled_back_to": snapshot })
+            reply::to_value(&reply::VolumeRollbackReply {
+                name: name.clone(),
+                rolled_back_to: snapshot.clone(),
+            })
         }
-        VolumeCommand::Delete { name } => json!({ "name": name, "deleted": true }),
-        VolumeCommand::Snapshot { name, snapshot } => {
-            json!({ "name": name, "snapshot": snapshot, "export": format!("{name}@{snapshot}") })
-        }
+        VolumeCommand::Delete { name } => reply::to_value(&reply::VolumeDeleteReply {
+            name: name.clone(),
+            deleted: true,
+        }),
+        VolumeCommand::Snapshot { name, snapshot } => reply::to_value(&reply::SnapshotReply {
+            name: name.clone(),
+            snapshot: snapshot.clone(),
+            export: format!("{name}@{snapshot}"),
+        }),
         VolumeCommand::DeleteSnapshot { name, snapshot } => {
-            json!({ "name": name, "snapshot": snapshot, "deleted": true })
+            reply::to_value(&reply::SnapshotDeleteReply {
+                name: name.clone(),
+                snapshot: snapshot.clone(),
+                deleted: true,
+            })
         }
     }
 }
@@ -269,33 +284,33 @@ impl Handler<Execute> for VolumeActor {
     }
 }
 
-/// The JSON view of a volume for list/show.
-pub fn view(state: &VolumeState, engine: Option<&cairn_blocks::VolumeInfo>) -> Value {
-    let snapshots: Vec<Value> = state
+/// The view of a volume for list/show.
+pub fn view(state: &VolumeState, engine: Option<&cairn_blocks::VolumeInfo>) -> reply::VolumeView {
+    let snapshots = state
         .snapshots
         .iter()
         .map(|(name, meta)| {
             let found = engine.and_then(|info| info.snapshots.iter().find(|s| &s.name == name));
-            json!({
-                "name": name,
-                "created": format_rfc3339_ms(meta.created_ms),
-                "seq": meta.seq,
-                "allocated_bytes": found.map(|s| s.allocated_bytes),
-                "exclusive_bytes": found.map(|s| s.exclusive_bytes),
-            })
+            reply::SnapshotView {
+                name: name.clone(),
+                created: format_rfc3339_ms(meta.created_ms),
+                seq: meta.seq,
+                allocated_bytes: found.map(|s| s.allocated_bytes),
+                exclusive_bytes: found.map(|s| s.exclusive_bytes),
+            }
         })
         .collect();
-    json!({
-        "name": state.name,
-        "size_bytes": state.size_bytes,
-        "size": format_size(state.size_bytes),
-        "allocated_bytes": engine.map(|i| i.allocated_bytes),
-        "exclusive_bytes": engine.map(|i| i.exclusive_bytes),
-        "compression": engine.map(|i| i.compression.as_str()),
-        "encrypted": engine.map(|i| i.encrypted),
-        "origin": state.origin,
-        "rolled_back_to": state.rolled_back_to,
-        "created": format_rfc3339_ms(state.created_ms),
-        "snapshots": snapshots,
-    })
+    reply::VolumeView {
+        name: state.name.clone(),
+        size_bytes: state.size_bytes,
+        size: format_size(state.size_bytes),
+        allocated_bytes: engine.map(|i| i.allocated_bytes),
+        exclusive_bytes: engine.map(|i| i.exclusive_bytes),
+        compression: engine.map(|i| i.compression.as_str().to_owned()),
+        encrypted: engine.map(|i| i.encrypted),
+        origin: state.origin.clone(),
+        rolled_back_to: state.rolled_back_to.clone(),
+        created: format_rfc3339_ms(state.created_ms),
+        snapshots,
+    }
 }

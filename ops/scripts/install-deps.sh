@@ -1,8 +1,13 @@
 #!/usr/bin/env bash
 # Installs the system packages Cairn's tests and benchmarks use, only where
 # missing: nats-server, fio, qemu-utils, libnbd-bin, fuse3, e2fsprogs,
-# util-linux and mount (loop devices and ext4 over FUSE). Safe to rerun.
+# util-linux and mount (loop devices and ext4 over FUSE), python3 with venv.
+# Then the Python client test's packages (integration/py/requirements.txt:
+# nats-py, jsonschema, PyYAML from PyPI) into a venv at target/py-venv
+# (CAIRN_PY_VENV overrides; integration/tests/nats_py.rs looks there).
+# Safe to rerun.
 set -euo pipefail
+root=$(cd "$(dirname "$0")/../.." && pwd)
 
 declare -A packages=(
   [nats-server]=nats-server
@@ -17,6 +22,7 @@ declare -A packages=(
   [losetup]=util-linux
   [fsfreeze]=util-linux
   [mount]=mount
+  [python3]=python3
 )
 missing=()
 for tool in "${!packages[@]}"; do
@@ -24,6 +30,10 @@ for tool in "${!packages[@]}"; do
     missing+=("${packages[$tool]}")
   fi
 done
+# python3 -m venv needs ensurepip, which Debian ships separately.
+if ! command -v python3 >/dev/null 2>&1 || ! python3 -c 'import ensurepip' >/dev/null 2>&1; then
+  missing+=(python3-venv)
+fi
 if [ ${#missing[@]} -gt 0 ]; then
   mapfile -t missing < <(printf '%s\n' "${missing[@]}" | sort -u)
   echo "==> installing ${missing[*]}"
@@ -37,4 +47,14 @@ for component in rustfmt clippy; do
     rustup component add "$component"
   fi
 done
-echo "==> dependencies present: nats-server fio qemu-utils libnbd-bin fuse3 e2fsprogs util-linux mount"
+
+venv=${CAIRN_PY_VENV:-$root/target/py-venv}
+requirements=$root/integration/py/requirements.txt
+if ! cmp -s "$requirements" "$venv/cairn-requirements.txt" ||
+  ! "$venv/bin/python" -c 'import nats, jsonschema, yaml' >/dev/null 2>&1; then
+  echo "==> python venv $venv (nats-py, jsonschema, PyYAML)"
+  python3 -m venv --clear "$venv"
+  "$venv/bin/pip" install --quiet --disable-pip-version-check -r "$requirements"
+  cp "$requirements" "$venv/cairn-requirements.txt"
+fi
+echo "==> dependencies present: nats-server fio qemu-utils libnbd-bin fuse3 e2fsprogs util-linux mount python3 ($venv)"

@@ -283,7 +283,7 @@ pub fn event_summary(e: &Value) -> String {
         "AppScaled" => {
             let mut s = format!(
                 "scaled {} {} from {} to {} replicas",
-                cell(&d["kind"]),
+                cell(&d["workload_kind"]),
                 cell(&d["workload"]),
                 cell(&d["from_replicas"]),
                 cell(&d["replicas"])

@@ -24,6 +24,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -42,7 +43,7 @@ pub const MAX_REPLICAS: u32 = 1024;
 pub const APP_VOLUME_COMPRESSION: &str = "lz4";
 
 /// One Kubernetes object as stored.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct Object {
     pub api_version: String,
     pub kind: String,
@@ -75,7 +76,7 @@ impl Object {
 }
 
 /// One volume of an app.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct AppVolume {
     /// The PVC name (`data-db-0`); the volume is `<app>/<pvc>`.
     pub pvc: String,

@@ -28,7 +28,13 @@
 //! | `events.list` | `{"since_seq"?,"limit"?,"subject"?,"kind"?}` | journal records |
 //! | `events.verify` | `{}` | check the hash chain and replayed state |
 //! | `system.ping` | `{}` | liveness |
+//!
+//! The request bodies below are public and derive `JsonSchema`. Every
+//! `kind.verb` that [`Command::parse`] accepts has a row in
+//! [`crate::api::OPERATIONS`] naming its body and reply types; the AsyncAPI
+//! document (`docs/asyncapi.yaml`) is generated from that table.
 
+use schemars::JsonSchema;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
@@ -135,17 +141,21 @@ pub enum Query {
     Ping,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+/// The body of `events.list`: which journal records to return.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct EventsFilter {
+    /// Start at this seq (1-based; the reply's `next_seq` continues a page).
     #[serde(default)]
     pub since_seq: u64,
+    /// At most this many records (default 1000, at most 10000).
     #[serde(default)]
     pub limit: Option<u32>,
     /// Keep only records of this aggregate (`volume/v1`), or whose aggregate
     /// starts with it followed by `/`.
     #[serde(default)]
     pub subject: Option<String>,
+    /// Keep only events of this kind (`VolumeCreated`).
     #[serde(default)]
     pub kind: Option<String>,
     /// Keep only records of this app: the app itself and its volumes
@@ -197,36 +207,54 @@ pub enum Command {
     Query(Query),
 }
 
-#[derive(Deserialize)]
+// Request bodies. Each is public and derives `JsonSchema`: the API table in
+// `api.rs` names them, and `docs/asyncapi.yaml` carries their schemas. Doc
+// comments become the schemas' descriptions.
+
+/// A body that names one volume or app.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
-struct NameBody {
-    name: String,
+pub struct NameBody {
+    /// A volume (a DNS-1123 label, or `<app>/<pvc>`) for `volume.*`; an app
+    /// (a DNS-1123 label) for `app.*`.
+    pub name: String,
 }
 
-#[derive(Deserialize)]
+/// The body of `volume.create`.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
-struct CreateBody {
-    name: String,
-    size: SizeField,
+pub struct VolumeCreateBody {
+    /// The new volume: a DNS-1123 label, or `<app>/<pvc>`.
+    pub name: String,
+    pub size: Size,
+    /// `lz4` (the default), `zstd` or `none`.
     #[serde(default)]
-    compress: Option<String>,
+    pub compress: Option<String>,
+    /// Encrypt at rest with the key `cairn up --key-file` was given.
     #[serde(default)]
-    encrypt: bool,
+    pub encrypt: bool,
 }
 
-#[derive(Deserialize)]
+/// The body of `volume.clone`.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
-struct CloneBody {
-    name: String,
-    snapshot: String,
-    target: String,
+pub struct VolumeCloneBody {
+    /// The source volume.
+    pub name: String,
+    /// The snapshot of `name` to clone.
+    pub snapshot: String,
+    /// The new volume; it shares every block of `name@snapshot`.
+    pub target: String,
 }
 
-#[derive(Deserialize)]
+/// The body of `volume.diff`.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
-struct DiffBody {
-    from: String,
-    to: String,
+pub struct VolumeDiffBody {
+    /// An image: a volume `v` or a snapshot `v@s`.
+    pub from: String,
+    /// An image of the same lineage: `v` or `v@s`.
+    pub to: String,
 }
 
 /// Checks `v` or `v@s`.
@@ -240,67 +268,96 @@ fn check_image(image: &str) -> Result<(), ApiError> {
     }
 }
 
-#[derive(Deserialize)]
+/// A size: a byte count, or a number with a binary unit (`512M`, `10Gi`,
+/// `1T`; `G` and `Gi` both mean 2^30). Must be greater than zero.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(untagged)]
-enum SizeField {
-    Bytes(u64),
-    Text(String),
+pub enum Size {
+    Bytes(#[schemars(range(min = 1))] u64),
+    Text(#[schemars(regex(pattern = r"^\s*[0-9]+[KMGTPkmgtp]?[iB]*\s*$"))] String),
 }
 
-#[derive(Deserialize)]
+/// A body that names one snapshot of a volume.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
-struct SnapshotBody {
-    name: String,
-    snapshot: String,
+pub struct SnapshotBody {
+    /// The volume.
+    pub name: String,
+    /// The snapshot: a DNS-1123 label.
+    pub snapshot: String,
 }
 
-#[derive(Deserialize)]
+/// A body with no fields: `{}`, or an empty message.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
-struct EmptyBody {}
+pub struct EmptyBody {}
 
-#[derive(Deserialize)]
+/// The body of `app.create`.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
-struct AppCreateBody {
-    manifest: String,
+pub struct AppCreateBody {
+    /// Multi-document Kubernetes YAML (JSON is YAML too): StatefulSets,
+    /// Deployments, Services, ConfigMaps, Secrets, PVCs, any other kind kept
+    /// as is, and an optional `kind: App` document (`apiVersion:
+    /// cairn.dev/v1`) naming the app.
+    pub manifest: String,
+    /// The app's name (a DNS-1123 label); wins over the `kind: App`
+    /// document's. One of the two must be given.
     #[serde(default)]
-    name: Option<String>,
+    pub name: Option<String>,
 }
 
-#[derive(Deserialize)]
+/// The body of `app.scale`.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
-struct AppScaleBody {
-    name: String,
-    replicas: u32,
+pub struct AppScaleBody {
+    /// The app.
+    pub name: String,
+    /// The new replica count (at most 1024).
+    pub replicas: u32,
+    /// The StatefulSet or Deployment; may be left out when the app has one.
     #[serde(default)]
-    workload: Option<String>,
+    pub workload: Option<String>,
 }
 
-#[derive(Deserialize)]
+/// The body of `app.config-set`.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
-struct AppConfigSetBody {
-    name: String,
-    configmap: String,
-    key: String,
-    value: String,
+pub struct AppConfigSetBody {
+    /// The app.
+    pub name: String,
+    /// One of the app's ConfigMaps.
+    pub configmap: String,
+    pub key: String,
+    pub value: String,
 }
 
-#[derive(Deserialize)]
+/// The body of `app.log`.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
-struct AppLogBody {
-    name: String,
+pub struct AppLogBody {
+    /// The app.
+    pub name: String,
+    /// At most this many entries (default 100, at most 10000).
     #[serde(default)]
-    limit: Option<u32>,
+    pub limit: Option<u32>,
 }
 
-#[derive(Deserialize)]
+/// The body of `events.replay`: the state as of one point in the journal.
+/// Give `at_seq` or `at_ms`, not both; with neither, the latest state.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
-struct ReplayBody {
+pub struct ReplayBody {
+    /// Fold the journal up to and including this seq.
     #[serde(default)]
-    at_seq: Option<u64>,
+    pub at_seq: Option<u64>,
+    /// Fold the journal up to the last record at or before this time
+    /// (epoch ms).
     #[serde(default)]
-    at_ms: Option<u64>,
+    pub at_ms: Option<u64>,
+    /// Only this app and its volumes.
     #[serde(default)]
-    app: Option<String>,
+    pub app: Option<String>,
 }
 
 fn body<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
@@ -318,11 +375,11 @@ impl Command {
     pub fn parse(kind: &str, verb: &str, bytes: &[u8]) -> Result<Command, ApiError> {
         let cmd = match (kind, verb) {
             ("volume", "create") => {
-                let b: CreateBody = body(bytes)?;
+                let b: VolumeCreateBody = body(bytes)?;
                 check_volume_name(&b.name)?;
                 let size_bytes = match b.size {
-                    SizeField::Bytes(n) => n,
-                    SizeField::Text(t) => parse_size(&t)?,
+                    Size::Bytes(n) => n,
+                    Size::Text(t) => parse_size(&t)?,
                 };
                 if size_bytes == 0 {
                     return Err(ApiError::invalid("size must be greater than zero"));
@@ -341,7 +398,7 @@ impl Command {
                 })
             }
             ("volume", "clone") => {
-                let b: CloneBody = body(bytes)?;
+                let b: VolumeCloneBody = body(bytes)?;
                 check_volume_name(&b.name)?;
                 check_label("snapshot", &b.snapshot)?;
                 check_volume_name(&b.target)?;
@@ -352,7 +409,7 @@ impl Command {
                 })
             }
             ("volume", "diff") => {
-                let b: DiffBody = body(bytes)?;
+                let b: VolumeDiffBody = body(bytes)?;
                 check_image(&b.from)?;
                 check_image(&b.to)?;
                 Command::Query(Query::VolumeDiff {

@@ -3,9 +3,11 @@
 //!
 //! Codes are part of the public contract: add new ones, never rename.
 
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+/// A stable, machine-readable error code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ErrorCode {
     /// The request is malformed: bad JSON, a bad name, a missing field.
@@ -14,9 +16,11 @@ pub enum ErrorCode {
     UnknownCommand,
     /// The named volume, snapshot or app does not exist.
     NotFound,
+    /// The volume, snapshot or app to create exists already.
     AlreadyExists,
     /// The request is valid but the current state forbids it.
     FailedPrecondition,
+    /// The request body is larger than the server accepts.
     PayloadTooLarge,
     /// Stored data failed verification.
     Corrupted,
@@ -24,6 +28,7 @@ pub enum ErrorCode {
     NoSpace,
     /// A dependency (journal, bus, store) is not reachable; retry later.
     Unavailable,
+    /// A bug: the server broke one of its own invariants.
     Internal,
 }
 
@@ -51,11 +56,14 @@ impl std::fmt::Display for ErrorCode {
 }
 
 /// The error half of every reply. Also what a decider returns as a rejection.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema, thiserror::Error)]
 #[error("{code}: {message}")]
 pub struct ApiError {
     pub code: ErrorCode,
+    /// For people; may change between versions.
     pub message: String,
+    /// Structured context, e.g. `{"field":"volume","value":"BAD"}` for a bad
+    /// name. Absent when there is none.
     #[serde(default, skip_serializing_if = "serde_json::Value::is_null")]
     pub details: serde_json::Value,
 }

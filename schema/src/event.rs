@@ -6,13 +6,14 @@
 //! is retired: the table in [`events!`] is append-only. JSON (at the edge)
 //! names the variant by its `kind` string instead.
 
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::app::{AppVolume, Object};
 
 /// A volume came into being, with its block-engine settings. *Since v0.2
 /// (tag 5); tag 1 events of v0.1 are upcast to it on decode.*
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct VolumeCreated {
     pub volume: String,
     pub size_bytes: u64,
@@ -22,7 +23,7 @@ pub struct VolumeCreated {
 }
 
 /// Version 1 of [`VolumeCreated`] (tag 1, retired for writing in v0.2).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct VolumeCreatedV1 {
     pub volume: String,
     pub size_bytes: u64,
@@ -43,7 +44,7 @@ impl From<VolumeCreatedV1> for VolumeCreated {
 
 /// A volume was created from a snapshot of another, sharing its blocks.
 /// *Since v0.2.*
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct VolumeCloned {
     pub volume: String,
     pub source: String,
@@ -52,27 +53,27 @@ pub struct VolumeCloned {
 }
 
 /// A volume was made to read as one of its snapshots again. *Since v0.2.*
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct VolumeRolledBack {
     pub volume: String,
     pub snapshot: String,
 }
 
 /// A volume and all its snapshots were removed. *Since v0.1.*
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct VolumeDeleted {
     pub volume: String,
 }
 
 /// A volume was frozen as a named, read-only snapshot. *Since v0.1.*
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct VolumeSnapshotted {
     pub volume: String,
     pub snapshot: String,
 }
 
 /// One snapshot of a volume was removed. *Since v0.1.*
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct SnapshotDeleted {
     pub volume: String,
     pub snapshot: String,
@@ -80,7 +81,7 @@ pub struct SnapshotDeleted {
 
 /// An app came into being from a manifest. Its volumes' `VolumeCreated`
 /// events precede it in the same commit. *Since v0.2.*
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct AppCreated {
     pub app: String,
     pub objects: Vec<Object>,
@@ -90,10 +91,13 @@ pub struct AppCreated {
 /// A workload's replica count changed. `added` volumes' `VolumeCreated`
 /// events precede it in the same commit, `removed` ones' `VolumeDeleted`
 /// follow it. *Since v0.2.*
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct AppScaled {
     pub app: String,
-    /// `StatefulSet` or `Deployment`.
+    /// `StatefulSet` or `Deployment`. In JSON `workload_kind`, because
+    /// `kind` is the event's own tag there (postcard, in the journal, has
+    /// no names, so the rename changes no stored byte).
+    #[serde(rename = "workload_kind")]
     pub kind: String,
     pub workload: String,
     pub from_replicas: u32,
@@ -104,7 +108,7 @@ pub struct AppScaled {
 }
 
 /// One key of one of an app's ConfigMaps was set. *Since v0.2.*
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct AppConfigSet {
     pub app: String,
     pub configmap: String,
@@ -114,7 +118,7 @@ pub struct AppConfigSet {
 
 /// An app was removed; its volumes' `VolumeDeleted` events follow it in the
 /// same commit. *Since v0.2.*
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct AppDeleted {
     pub app: String,
 }
@@ -122,7 +126,7 @@ pub struct AppDeleted {
 /// A node joined the cluster, or came back with different disks or labels.
 /// Node events belong to no tenant (see
 /// [`crate::subject::CLUSTER_TENANT`]). *Since v0.2.*
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct NodeRegistered {
     pub node: String,
     pub rack: String,
@@ -131,7 +135,7 @@ pub struct NodeRegistered {
 }
 
 /// One disk of a node.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct NodeDisk {
     pub name: String,
     /// Its directory on the node.
@@ -143,20 +147,20 @@ pub struct NodeDisk {
 
 /// A node was marked failed (`cairn node fail`): nothing new is placed on
 /// it, and what it held counts as lost. *Since v0.2.*
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct NodeFailed {
     pub node: String,
 }
 
 /// Where an app's volumes' slices were placed (by the planner), for the
 /// volumes it names; later events replace a volume's entry. *Since v0.2.*
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct AppPlaced {
     pub app: String,
     pub volumes: Vec<PlacedVolume>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct PlacedVolume {
     /// `<statefulset>-<ordinal>`, or none for a standalone PVC.
     pub replica: Option<String>,
@@ -164,7 +168,7 @@ pub struct PlacedVolume {
     pub slices: Vec<PlacedSlice>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct PlacedSlice {
     pub index: u32,
     pub node: String,
@@ -183,7 +187,7 @@ pub enum CodecError {
 macro_rules! events {
     ($( $tag:literal => $variant:ident ),* $(,)?) => {
         /// Every event Cairn records. JSON form: `{"kind":"VolumeCreated", …fields}`.
-        #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+        #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
         #[serde(tag = "kind")]
         pub enum Event {
             $( $variant($variant), )*
@@ -311,6 +315,27 @@ mod tests {
         assert!(Event::decode(5, &[0xff]).is_err());
         let json = serde_json::to_value(&e).unwrap();
         assert_eq!(json["kind"], "VolumeSnapshotted");
+    }
+
+    /// `AppScaled` has a field called `kind`; in JSON it must not clash
+    /// with the event's `kind` tag (it did: the tag was overwritten and the
+    /// JSON did not decode).
+    #[test]
+    fn app_scaled_json_keeps_its_tag_and_round_trips() {
+        let e = Event::AppScaled(AppScaled {
+            app: "shop".into(),
+            kind: "StatefulSet".into(),
+            workload: "db".into(),
+            from_replicas: 1,
+            replicas: 2,
+            added: Vec::new(),
+            removed: Vec::new(),
+        });
+        let json = serde_json::to_value(&e).unwrap();
+        assert_eq!(json["kind"], "AppScaled");
+        assert_eq!(json["workload_kind"], "StatefulSet");
+        assert_eq!(serde_json::from_value::<Event>(json).unwrap(), e);
+        assert_eq!(Event::decode(e.tag(), &e.encode()).unwrap(), e);
     }
 
     /// A v0.1 `VolumeCreated` (tag 1), as journals of that version hold it:

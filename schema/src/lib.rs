@@ -1,18 +1,21 @@
 //! Cairn's vocabulary, shared by every other crate: names, commands, events,
-//! state folds and deciders, the journal record and its hash chain, subjects
-//! and error codes.
+//! state folds and deciders, the journal record and its hash chain, subjects,
+//! error codes, the typed replies ([`reply`]) and the API table that the
+//! AsyncAPI document is generated from ([`api`]).
 //!
 //! # Architecture invariant
 //! This crate does no IO, reads no clock and has no async code. Time enters
 //! only as a field the journal fills in. Event tags are explicit and never
 //! reused (see [`event`]).
 
+pub mod api;
 pub mod app;
 pub mod command;
 pub mod error;
 pub mod event;
 pub mod names;
 pub mod record;
+pub mod reply;
 pub mod state;
 pub mod subject;
 pub mod time;

@@ -5,6 +5,7 @@
 //! first record's `prev_hash` is all zeroes. Changing any byte of any record
 //! breaks the chain at that record, which `events verify` reports.
 
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::Event;
@@ -116,20 +117,32 @@ impl EventRecord {
     }
 }
 
-/// How a record looks at the edge (JSON).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// How a record looks at the edge (JSON): in `events.list` replies, in
+/// `cairn events --json`, and published on
+/// `cairn.v1.<tenant>.evt.<aggregate kind>.<EventKind>`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct EventView {
+    /// 1-based, gap-free position in the journal.
     pub seq: u64,
+    /// `time_ms` as RFC 3339 (UTC, milliseconds).
     pub time: String,
+    /// When the journal appended it (epoch ms).
     pub time_ms: u64,
     pub tenant: String,
+    /// The event kind, e.g. `VolumeCreated`.
     pub kind: String,
     /// The aggregate, e.g. `volume/v1`.
     pub subject: String,
+    /// What caused it: a request id or a saga id.
     pub causation: String,
+    /// Who asked (the `Cairn-User` header), `anonymous` if nobody said.
     pub user: String,
+    /// blake3 of this record (hex), chained through `prev_hash`.
     pub hash: String,
+    /// The previous record's `hash`; all zeroes for the first.
     pub prev_hash: String,
+    /// The event itself: `kind` plus the payload fields of that kind.
+    #[schemars(with = "serde_json::Map<String, serde_json::Value>")]
     pub data: serde_json::Value,
 }
 

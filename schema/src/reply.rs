@@ -1,0 +1,411 @@
+//! Replies: the JSON body every successful request gets back, one type per
+//! shape. The actors build these (never ad-hoc JSON), so the schemas in
+//! `docs/asyncapi.yaml`, generated from these types, are what clients get.
+//!
+//! A failed request gets [`ErrorReply`] instead, whatever its kind and verb.
+//!
+//! # Contract
+//! Field names are the wire format: the CLI (`ops/src/output.rs`) and every
+//! other client read them. Add fields, never rename or remove one. An
+//! `Option` field is always present and `null` when unknown, unless it says
+//! otherwise.
+
+use std::collections::BTreeMap;
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::{ApiError, EventView};
+
+/// The body of a reply, as JSON.
+pub fn to_value<T: Serialize>(reply: &T) -> serde_json::Value {
+    serde_json::to_value(reply).expect("replies serialize")
+}
+
+/// Every failed request: `{"error":{"code","message","details"?}}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct ErrorReply {
+    pub error: ApiError,
+}
+
+/// `system.ping`: the server is up.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct PingReply {
+    /// Always true.
+    pub ok: bool,
+    /// The server's version.
+    pub version: String,
+}
+
+/// `volume.create`: the volume as created.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct VolumeCreateReply {
+    pub name: String,
+    pub size_bytes: u64,
+    /// `size_bytes` for people: `1.0 GiB`.
+    pub size: String,
+    /// `lz4`, `zstd` or `none`.
+    pub compression: String,
+    pub encrypted: bool,
+}
+
+/// `volume.clone`: the new volume and what it shares blocks with.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct VolumeCloneReply {
+    /// The new volume.
+    pub name: String,
+    /// The snapshot it was cloned from: `v@s`.
+    pub origin: String,
+}
+
+/// `volume.rollback`: the volume reads as the snapshot again.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct VolumeRollbackReply {
+    pub name: String,
+    /// The snapshot it was rolled back to.
+    pub rolled_back_to: String,
+}
+
+/// `volume.delete`: the volume and its snapshots are gone.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct VolumeDeleteReply {
+    pub name: String,
+    /// Always true.
+    pub deleted: bool,
+}
+
+/// `volume.snapshot`: the snapshot exists and is served read-only.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct SnapshotReply {
+    /// The volume.
+    pub name: String,
+    pub snapshot: String,
+    /// Its NBD export and FUSE file name: `v@s`.
+    pub export: String,
+}
+
+/// `volume.snapshot-delete`: the snapshot is gone.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct SnapshotDeleteReply {
+    /// The volume.
+    pub name: String,
+    pub snapshot: String,
+    /// Always true.
+    pub deleted: bool,
+}
+
+/// One volume as `volume.show` and `volume.list` report it: the control
+/// plane's state plus what the block engine measures. Engine figures are
+/// `null` when the engine could not be asked.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct VolumeView {
+    pub name: String,
+    pub size_bytes: u64,
+    /// `size_bytes` for people: `1.0 GiB`.
+    pub size: String,
+    /// Stored bytes the volume references, shared ones included.
+    pub allocated_bytes: Option<u64>,
+    /// Stored bytes only the volume references (near zero for a fresh clone).
+    pub exclusive_bytes: Option<u64>,
+    /// `lz4`, `zstd` or `none`.
+    pub compression: Option<String>,
+    pub encrypted: Option<bool>,
+    /// `v@s` this volume was cloned from.
+    pub origin: Option<String>,
+    /// The snapshot of the last rollback.
+    pub rolled_back_to: Option<String>,
+    /// RFC 3339 (UTC, milliseconds).
+    pub created: String,
+    /// In name order.
+    pub snapshots: Vec<SnapshotView>,
+}
+
+/// One snapshot of a volume.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct SnapshotView {
+    pub name: String,
+    /// RFC 3339 (UTC, milliseconds).
+    pub created: String,
+    /// The journal seq of the event that took it.
+    pub seq: u64,
+    /// Stored bytes the snapshot references.
+    pub allocated_bytes: Option<u64>,
+    /// Stored bytes only this snapshot holds: what deleting it frees.
+    pub exclusive_bytes: Option<u64>,
+}
+
+/// `volume.list`: every volume of the tenant.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct VolumeListReply {
+    pub volumes: Vec<VolumeView>,
+}
+
+/// `volume.snapshots`: the snapshots of one volume.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct SnapshotsReply {
+    /// The volume.
+    pub name: String,
+    pub snapshots: Vec<SnapshotView>,
+}
+
+/// `volume.diff`: the byte ranges that differ between two images.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct DiffReply {
+    pub from: String,
+    pub to: String,
+    /// The sum of the extents' lengths.
+    pub changed_bytes: u64,
+    /// Sorted by offset, not overlapping.
+    pub extents: Vec<Extent>,
+}
+
+/// A changed byte range.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct Extent {
+    pub offset: u64,
+    pub len: u64,
+}
+
+/// `volume.scrub`: every block of a volume and its snapshots, verified.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct ScrubReply {
+    pub volume: String,
+    pub checked_blocks: u64,
+    /// Empty when all is well.
+    pub bad_blocks: Vec<BadBlock>,
+}
+
+/// One block that failed verification.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct BadBlock {
+    /// The image that references it: `v` or `v@s`.
+    pub image: String,
+    /// Byte offset in that image.
+    pub offset: u64,
+    pub reason: String,
+}
+
+/// `events.list`: one page of journal records.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct EventsListReply {
+    pub events: Vec<EventView>,
+    /// The `since_seq` that continues after this page.
+    pub next_seq: u64,
+}
+
+/// `events.verify`: the hash chain and the replayed state, checked.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct VerifyReply {
+    /// True when the chain is intact and the live state equals the replay.
+    pub ok: bool,
+    /// Records checked; `null` when the chain is broken.
+    pub records: Option<u64>,
+    /// The first record that breaks the chain. Absent unless it is broken.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub first_bad_seq: Option<u64>,
+    /// What is wrong. Absent when `ok`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+/// `app.create`: the app and the volumes made for it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct AppCreateReply {
+    pub name: String,
+    /// How many Kubernetes objects the manifest held.
+    pub objects: u64,
+    /// The volumes created: `<app>/<pvc>`.
+    pub volumes: Vec<String>,
+}
+
+/// `app.delete`: the app and its volumes are gone.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct AppDeleteReply {
+    pub name: String,
+    /// Always true.
+    pub deleted: bool,
+    /// The volumes deleted with it.
+    pub volumes: Vec<String>,
+}
+
+/// `app.scale`: a workload's new replica count and the volumes that came
+/// and went. The workload fields are `null` when nothing changed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct AppScaleReply {
+    pub name: String,
+    /// The StatefulSet or Deployment scaled.
+    pub workload: Option<String>,
+    pub from_replicas: Option<u32>,
+    pub replicas: Option<u32>,
+    /// Volumes created for new replicas.
+    pub added: Vec<String>,
+    /// Volumes deleted (a scale-in keeps them unless the StatefulSet's
+    /// `persistentVolumeClaimRetentionPolicy.whenScaled` is `Delete`).
+    pub removed: Vec<String>,
+}
+
+/// `app.config-set`: the key as set.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct AppConfigSetReply {
+    pub name: String,
+    pub configmap: String,
+    pub key: String,
+    pub value: String,
+}
+
+/// One app as `app.get` and `app.list` report it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct AppView {
+    pub name: String,
+    /// RFC 3339 (UTC, milliseconds).
+    pub created: String,
+    /// The journal seq of `AppCreated`.
+    pub created_seq: u64,
+    /// The journal seq of the last event that changed the app.
+    pub updated_seq: u64,
+    pub workloads: Vec<WorkloadView>,
+    pub volumes: Vec<AppVolumeView>,
+    /// Each ConfigMap's `data`, by ConfigMap name.
+    pub configmaps: BTreeMap<String, serde_json::Value>,
+    /// Every stored Kubernetes object, as JSON.
+    pub objects: Vec<serde_json::Value>,
+}
+
+/// A StatefulSet or Deployment of an app.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct WorkloadView {
+    /// `StatefulSet` or `Deployment`.
+    pub kind: String,
+    pub name: String,
+    pub replicas: u32,
+}
+
+/// One volume of an app.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct AppVolumeView {
+    /// The volume: `<app>/<pvc>`.
+    pub name: String,
+    /// The PVC name, as Kubernetes derives it (`data-db-0`).
+    pub pvc: String,
+    /// The claim it comes from: the template name or the PVC itself.
+    pub claim: String,
+    /// The StatefulSet whose template made it.
+    pub workload: Option<String>,
+    pub ordinal: Option<u32>,
+    pub size_bytes: u64,
+    /// `size_bytes` for people: `1.0 GiB`.
+    pub size: String,
+    pub storage_class: Option<String>,
+    /// Kept after a scale-in: its ordinal is at or past the replicas.
+    pub retained: bool,
+}
+
+/// `app.list`: every app of the tenant.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct AppListReply {
+    pub apps: Vec<AppView>,
+}
+
+/// `app.log`: the app's history (its events and its volumes'), newest
+/// first.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct AppLogReply {
+    pub name: String,
+    pub entries: Vec<EventView>,
+}
+
+/// `node.list`: the nodes and their disks.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct NodeListReply {
+    pub nodes: Vec<NodeView>,
+}
+
+/// One node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct NodeView {
+    pub name: String,
+    /// `ready` or `failed`.
+    pub state: String,
+    pub rack: String,
+    pub datacenter: String,
+    /// When the node (last) registered itself (RFC 3339).
+    pub registered: String,
+    pub disks: Vec<DiskView>,
+}
+
+/// One disk (a directory) of a node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct DiskView {
+    pub name: String,
+    /// The directory.
+    pub path: String,
+    /// `ssd`, `hdd` or `nvme`.
+    pub media: String,
+    pub capacity_bytes: u64,
+    /// What the planner placed here: 1 GiB per slice.
+    pub placed_bytes: u64,
+    /// Bytes of segment files on it (live and not yet compacted); `null`
+    /// when this process does not hold that disk.
+    pub used_bytes: Option<u64>,
+}
+
+/// `app.placement`: replica → volume → slices.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct AppPlacementReply {
+    pub name: String,
+    pub volumes: Vec<VolumePlacementView>,
+}
+
+/// Where one volume's slices are.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct VolumePlacementView {
+    /// `<statefulset>-<ordinal>`; `null` for a standalone PVC.
+    pub replica: Option<String>,
+    /// `<app>/<pvc>`.
+    pub volume: String,
+    pub slices: Vec<SliceView>,
+}
+
+/// Where one 1 GiB slice is.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct SliceView {
+    pub index: u32,
+    pub node: String,
+    pub disk: String,
+    pub rack: String,
+    pub datacenter: String,
+}
+
+/// `node.fail`: what the failure cost.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct NodeFailReply {
+    pub node: String,
+    pub failed: bool,
+    /// Whether any replica set lost more than one member (placement
+    /// constraints are there to prevent it).
+    pub lost_more_than_one_member: bool,
+    /// `{"failure","volumes":[{"app","replica","volume","slices"}],"replica_sets":[{"app","replica_set","members"}]}`;
+    /// other tenants' apps appear as `(tenant T)`.
+    pub impact: serde_json::Value,
+    /// The same, for people.
+    pub report: String,
+}
+
+/// `events.replay`: the state as of a seq or a time. With `app` in the
+/// request: that app (`app`) and its volumes; without: every app (`apps`)
+/// and volume of the tenant.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct ReplayReply {
+    /// The last record folded (0 for none).
+    pub at_seq: u64,
+    /// That record's time, RFC 3339.
+    pub at_time: String,
+    /// The app asked for. Absent without `app` in the request.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub app: Option<AppView>,
+    /// Every app. Absent with `app` in the request.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub apps: Option<Vec<AppView>>,
+    /// Volumes as the journal knows them; engine figures are `null`.
+    pub volumes: Vec<VolumeView>,
+}
