@@ -10,7 +10,9 @@
 //! volume actors are told the new facts ([`Observe`]) before the reply, so
 //! the next command sees them.
 //!
-//! Commands are handled one at a time ([`AtomicResponse`]).
+//! Commands are handled one at a time ([`AtomicResponse`]), and inside that
+//! section a command's request id is looked up again, so copies of one
+//! request that raced past the gateway's dedup lookup get the first answer.
 
 use std::collections::BTreeSet;
 use std::sync::Weak;
@@ -161,6 +163,20 @@ impl Handler<Execute> for AppActor {
         let registry = self.registry.clone();
         let tenant = self.tenant.clone();
         let work = async move {
+            // A copy of a request that raced its first attempt past the
+            // gateway's lookup: as in the volume actor, the first is
+            // journaled by now and its answer is the answer.
+            if msg.causation.dedup
+                && let Some(first) = services
+                    .journal
+                    .lookup_request(&msg.causation.id)
+                    .map_err(|e| journal_error(&e))?
+            {
+                return Ok((
+                    Vec::new(),
+                    serde_json::from_slice(&first).unwrap_or(Value::Null),
+                ));
+            }
             let events = decided?;
             let reply = reply_for(&msg.command, &events);
             // Constructive effects first: the volumes this command creates.

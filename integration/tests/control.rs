@@ -319,57 +319,74 @@ fn duplicates_of_a_request_in_flight_get_the_first_answer() {
     let mut raw = RawNats::connect(&nats.url());
     // Each request is sent 8 times at once under one id, as a client that
     // retries too early would: the copies race the first through the gateway.
+    let app = json!({
+        "manifest": "apiVersion: apps/v1\nkind: StatefulSet\nmetadata: {name: db}\n\
+            spec:\n  replicas: 1\n  serviceName: db\n  volumeClaimTemplates:\n\
+            \x20   - metadata: {name: data}\n\
+            \x20     spec: {resources: {requests: {storage: 1Mi}}}\n",
+        "name": "dupapp",
+    })
+    .to_string();
     let cases = [
-        ("create", r#"{"name":"dup","size":"1M"}"#, "VolumeCreated"),
         (
-            "snapshot",
-            r#"{"name":"dup","snapshot":"s1"}"#,
+            "volume.create",
+            r#"{"name":"dup","size":"1M"}"#.to_owned(),
+            "VolumeCreated",
+        ),
+        (
+            "volume.snapshot",
+            r#"{"name":"dup","snapshot":"s1"}"#.to_owned(),
             "VolumeSnapshotted",
         ),
         (
-            "snapshot-delete",
-            r#"{"name":"dup","snapshot":"s1"}"#,
+            "volume.snapshot-delete",
+            r#"{"name":"dup","snapshot":"s1"}"#.to_owned(),
             "SnapshotDeleted",
         ),
-        ("delete", r#"{"name":"dup"}"#, "VolumeDeleted"),
+        (
+            "volume.delete",
+            r#"{"name":"dup"}"#.to_owned(),
+            "VolumeDeleted",
+        ),
+        ("app.create", app, "AppCreated"),
+        (
+            "app.scale",
+            r#"{"name":"dupapp","workload":"db","replicas":2}"#.to_owned(),
+            "AppScaled",
+        ),
+        (
+            "app.delete",
+            r#"{"name":"dupapp"}"#.to_owned(),
+            "AppDeleted",
+        ),
     ];
-    for (verb, body, _) in cases {
-        let id = format!("dup-{verb}");
+    for (command, body, _) in &cases {
+        let id = format!("dup-{command}");
         let replies = raw.request_many(
-            &format!("cairn.v1.default.volume.{verb}"),
+            &format!("cairn.v1.default.{command}"),
             &[("Cairn-Request-Id", &id)],
             body.as_bytes(),
             8,
         );
         let first: Value = serde_json::from_slice(&replies[0]).unwrap();
-        assert!(first.get("error").is_none(), "{verb}: {first}");
+        assert!(first.get("error").is_none(), "{command}: {first}");
         for reply in &replies[1..] {
             let reply: Value = serde_json::from_slice(reply).unwrap();
-            assert_eq!(reply, first, "{verb}: every copy gets the first answer");
+            assert_eq!(reply, first, "{command}: every copy gets the first answer");
         }
     }
-    let events = json_lines(&node.ok(&["events", "--json"]));
-    let journaled: Vec<(&str, &str)> = events
-        .iter()
-        .map(|e| {
-            (
-                e["kind"].as_str().unwrap(),
-                e["causation"].as_str().unwrap(),
-            )
-        })
-        .collect();
-    let expected: Vec<(&str, String)> = cases
-        .iter()
-        .map(|(verb, _, kind)| (*kind, format!("dup-{verb}")))
-        .collect();
-    assert_eq!(
-        journaled,
-        expected
-            .iter()
-            .map(|(k, id)| (*k, id.as_str()))
-            .collect::<Vec<_>>(),
-        "each request journaled once"
-    );
+    // Each request journaled once: one event of its kind under its id (an
+    // app command also journals its volumes' events under the same id).
+    let journal = events_by_causation(&node);
+    for (command, _, kind) in &cases {
+        let id = format!("dup-{command}");
+        let events = journal
+            .get(&id)
+            .unwrap_or_else(|| panic!("{id} not journaled"));
+        let n_of_kind = events.iter().filter(|e| e["kind"] == *kind).count();
+        assert_eq!(n_of_kind, 1, "{id}: {events:?}");
+    }
+    assert_eq!(journal.len(), cases.len(), "{journal:?}");
     assert!(node.stop().success());
 }
 
