@@ -47,7 +47,12 @@ fn nats_py_sends_every_documented_operation_and_replies_match_the_schemas() {
     };
     let nats = nats();
     let dir = tempfile::tempdir().unwrap();
-    let node = Node::start(dir.path(), &nats.url);
+    // Three simulated nodes, so node names are known (`node.fail` names one).
+    let node = Node::start_with(
+        dir.path(),
+        &nats.url,
+        &[std::ffi::OsStr::new("--nodes"), std::ffi::OsStr::new("3")],
+    );
 
     // A tenant other than the CLI's, so the `{tenant}` parameter is real.
     let out = Command::new(&python)
