@@ -5,17 +5,18 @@
 //! 1. Take the data dir's lock (one process per data dir).
 //! 2. Connect the bus: the given NATS URL, else a private nats-server when
 //!    one is installed, else the in-process bus (and say so).
-//! 3. Open the journal and replay it into volume states, checking the hash
-//!    chain; a damaged journal stops start-up here, before anything is
-//!    deleted.
+//! 3. Open the journal: it rebuilds the state from its newest snapshot plus
+//!    the records after it, checking their hash chain (see
+//!    [`crate::journal`]); a damaged journal stops start-up here, before
+//!    anything is deleted.
 //! 4. Reconcile the block engine with the journal: remove orphans a crash
 //!    left between an effect and its event (see [`crate::volume`]).
 //! 5. Start an actor per volume, the gateway, the NBD server and the FUSE
 //!    mount (when asked for).
 //!
 //! # Shutdown
-//! Stop taking requests, drain those in flight, unmount FUSE, flush every
-//! volume.
+//! Stop taking requests, drain those in flight, unmount FUSE, checkpoint the
+//! journal, flush every volume.
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -156,27 +157,12 @@ pub struct Cluster {
     _lock: File,
 }
 
-/// Folds the whole journal into a [`World`], checking the hash chain on the
-/// way: a record that fails it is [`journal::Error::Corrupted`], never folded.
+/// Folds the whole journal into a [`World`], from the first record and
+/// without snapshots (start-up uses [`Journal::world`] instead), checking the
+/// hash chain on the way: a record that fails it is
+/// [`journal::Error::Corrupted`], never folded.
 pub fn replay(journal: &Journal) -> Result<World, journal::Error> {
-    let mut world = World::default();
-    let (mut seq, mut hash) = (0, cairn_schema::record::GENESIS_HASH);
-    journal.scan(|record| {
-        cairn_schema::record::check_link(seq, &hash, &record).map_err(|b| {
-            journal::Error::Corrupted {
-                seq: b.seq,
-                message: b.reason,
-            }
-        })?;
-        let event = record.event().map_err(|e| journal::Error::Corrupted {
-            seq: record.seq,
-            message: e.to_string(),
-        })?;
-        world.apply(&record, &event);
-        (seq, hash) = (record.seq, record.hash);
-        Ok(())
-    })?;
-    Ok(world)
+    Ok(journal.replay_full()?.world)
 }
 
 /// Where a (simulated) node's disk lives: `DATA_DIR/nodes/NODE/DISK`,
@@ -330,7 +316,17 @@ impl Cluster {
             },
         };
 
-        let journal = Journal::open(&dir.join("journal.redb"), limits.journal)?;
+        // Opening rebuilds the state (newest snapshot + the records after
+        // it, their chain checked).
+        let journal = Journal::open(&dir.join("journal.redb"), limits.journal).map_err(
+            |damage| match damage {
+                journal::Error::Corrupted { .. } => Error::JournalDamaged {
+                    data_dir: dir.clone(),
+                    damage,
+                },
+                other => Error::Journal(other),
+            },
+        )?;
         let key = match &config.key_file {
             Some(path) => Some(read_key_file(path)?),
             None => None,
@@ -359,13 +355,7 @@ impl Cluster {
                 ..PoolOptions::default()
             },
         )?);
-        let world = replay(&journal).map_err(|damage| match damage {
-            journal::Error::Corrupted { .. } => Error::JournalDamaged {
-                data_dir: dir.clone(),
-                damage,
-            },
-            other => Error::Journal(other),
-        })?;
+        let world = journal.world()?;
         reconcile(&pool, &world)?;
 
         let local = local_node_name();
@@ -502,7 +492,8 @@ impl Cluster {
         {
             tracing::error!(error = %e, "FUSE unmount at shutdown failed");
         }
-        // A final checkpoint: the next start replays nothing.
+        // Final checkpoints: the next start replays neither log.
+        self.services.journal.close();
         if let Err(e) = self.services.pool.close() {
             tracing::error!(error = %e, "closing the block pool failed");
         }

@@ -28,7 +28,7 @@ use tokio::sync::{Semaphore, watch};
 use tracing::Instrument;
 
 use crate::bus::{Bus, BusMessage, REQUEST_ID_HEADER, USER_HEADER};
-use crate::journal::{self, Causation};
+use crate::journal::{self, Causation, SnapshotCheck};
 use crate::registry::Registry;
 use crate::services::{Services, journal_error};
 use crate::volume::{self, Execute, Get, engine_name};
@@ -362,23 +362,11 @@ impl Gateway {
         Ok(names)
     }
 
-    /// Folds one aggregate's records out of the journal.
-    fn replay_aggregate(&self, tenant: &str, aggregate: &str) -> Result<World, ApiError> {
-        let mut world = World::default();
-        self.services
-            .journal
-            .scan(|record| {
-                if record.tenant == tenant && record.aggregate == aggregate {
-                    let event = record.event().map_err(|e| journal::Error::Corrupted {
-                        seq: record.seq,
-                        message: e.to_string(),
-                    })?;
-                    world.apply(&record, &event);
-                }
-                Ok(())
-            })
-            .map_err(|e| journal_error(&e))?;
-        Ok(world)
+    /// The state of every aggregate at the journal's head, to rebuild an
+    /// actor from: the journal keeps it folded, so this costs a copy, not a
+    /// replay of the history.
+    fn journal_state(&self) -> Result<World, ApiError> {
+        self.services.journal.world().map_err(|e| journal_error(&e))
     }
 
     /// A volume actor died (it panicked): start a new one from the journal.
@@ -389,7 +377,7 @@ impl Gateway {
         cause: actix::MailboxError,
     ) -> Result<VolumeState, ApiError> {
         tracing::error!(volume = name, tenant, error = %cause, "volume actor died; rebuilding it from the journal");
-        let world = self.replay_aggregate(tenant, &format!("volume/{name}"))?;
+        let world = self.journal_state()?;
         let key = (tenant.to_owned(), name.to_owned());
         let state = world.volumes.get(&key).cloned().unwrap_or_default();
         self.registry
@@ -417,7 +405,7 @@ impl Gateway {
         cause: actix::MailboxError,
     ) -> Result<AppState, ApiError> {
         tracing::error!(app = name, tenant, error = %cause, "app actor died; rebuilding it from the journal");
-        let world = self.replay_aggregate(tenant, &format!("app/{name}"))?;
+        let world = self.journal_state()?;
         let key = (tenant.to_owned(), name.to_owned());
         let state = world.apps.get(&key).cloned().unwrap_or_default();
         self.registry
@@ -794,8 +782,9 @@ impl Gateway {
         Ok(reply::NodeListReply { nodes })
     }
 
-    /// Checks the hash chain, then that replaying the journal gives the state
-    /// the live actors hold.
+    /// Checks the hash chain, that the newest snapshot equals the full fold
+    /// at its seq, and that a full replay (from the first record, not from a
+    /// snapshot) gives the state the live actors hold.
     async fn verify(&self) -> Result<Value, ApiError> {
         let journal = &self.services.journal;
         let records = match journal.verify_chain().map_err(|e| journal_error(&e))? {
@@ -809,7 +798,18 @@ impl Gateway {
                 }));
             }
         };
-        let replayed = crate::cluster::replay(journal).map_err(|e| journal_error(&e))?;
+        let full = journal.replay_full().map_err(|e| journal_error(&e))?;
+        if let SnapshotCheck::Bad(brk) = full.snapshot {
+            // A snapshot is state start-up would trust: report it like a
+            // chain break.
+            return Ok(to_value(&reply::VerifyReply {
+                ok: false,
+                records: Some(records),
+                first_bad_seq: Some(brk.seq),
+                reason: Some(brk.reason),
+            }));
+        }
+        let replayed = full.world;
         let mut live = World::default();
         for ((tenant, name), _) in self.registry.all_volumes() {
             if let Ok(state) = self.volume_state(&tenant, &name).await {

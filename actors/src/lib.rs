@@ -63,6 +63,9 @@ impl Limits {
         self.max_request_bytes = self.max_request_bytes.clamp(1024, 64 << 20);
         self.journal.queue = self.journal.queue.clamp(1, 1 << 20);
         self.journal.max_batch = self.journal.max_batch.clamp(1, 1 << 16);
+        self.journal.snapshot_every = self.journal.snapshot_every.clamp(1, 1 << 32);
+        self.journal.snapshots_kept = self.journal.snapshots_kept.clamp(1, 16);
+        self.journal.wal_bytes = self.journal.wal_bytes.clamp(64 << 10, 1 << 30);
         self
     }
 }

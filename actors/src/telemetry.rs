@@ -24,6 +24,9 @@ pub mod spans {
     pub const COMMAND: &str = "command";
     /// One journal transaction (one fsync), on the writer thread.
     pub const JOURNAL_COMMIT: &str = "journal.commit";
+    /// A durable redb commit that lets the journal's write-ahead log start
+    /// again, on the writer thread.
+    pub const JOURNAL_CHECKPOINT: &str = "journal.checkpoint";
 }
 
 /// Span field names. All start with `cairn.`.
