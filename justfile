@@ -38,6 +38,12 @@ bench-blocks:
 bench-placement:
     cargo run --release -p cairn-workflows --example bench_placement
 
+# Command round trip (vs a bare NATS echo), journal replay (vs a raw redb
+# scan) and restart time with 1M events; writes target/bench-commands.md.
+# BENCH_SECONDS=2 BENCH_EVENTS=100000 for a quick look.
+bench-commands:
+    ./ops/scripts/bench-commands.sh
+
 # Fuzz the NBD request parser and whole client conversations (stable
 # toolchain, installs cargo-fuzz if missing). FUZZ_SECONDS=600 for longer.
 fuzz:
