@@ -673,6 +673,19 @@ impl Gateway {
         const PAGE: usize = 4096;
         let mut world = World::default();
         let mut at_time_ms = 0;
+        if let (Some(seq), None) = (at_seq, at_ms) {
+            // From the newest snapshot at or below the seq, not from seq 1.
+            let journal = &self.services.journal;
+            world = journal.fold_to(seq).map_err(|e| journal_error(&e))?;
+            if let Some(last) = journal
+                .read(world.seq, 1)
+                .map_err(|e| journal_error(&e))?
+                .first()
+                .filter(|r| r.seq == world.seq)
+            {
+                at_time_ms = last.time_ms;
+            }
+        }
         let past = |r: &cairn_schema::EventRecord| {
             at_seq.is_some_and(|s| r.seq > s) || at_ms.is_some_and(|t| r.time_ms > t)
         };

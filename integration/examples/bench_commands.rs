@@ -413,8 +413,11 @@ async fn pad(path: &Path, workload: Workload, events: u64) -> anyhow::Result<(u6
     let before = journal.len()?;
     let mut head = before;
     while head < events {
-        // Whole pairs, so no snapshot is left that the engine lacks.
-        let n = (events - head).min(PER_APPEND).next_multiple_of(2);
+        let mut n = (events - head).min(PER_APPEND);
+        if workload == Workload::VolumeSnapshot {
+            // Whole pairs, so no snapshot is left that the engine lacks.
+            n = n.next_multiple_of(2);
+        }
         let request = AppendRequest {
             causation: Causation {
                 tenant: cairn_schema::subject::DEFAULT_TENANT.into(),
@@ -422,7 +425,10 @@ async fn pad(path: &Path, workload: Workload, events: u64) -> anyhow::Result<(u6
                 id: format!("bench-pad-{head}"),
                 dedup: false,
             },
-            events: (head..head + n).map(|i| workload.pad_event(i)).collect(),
+            // Indexed from the first padding event: pairs stay whole.
+            events: (head - before..head - before + n)
+                .map(|i| workload.pad_event(i))
+                .collect(),
             reply: Vec::new(),
         };
         match journal.append(request).await? {
