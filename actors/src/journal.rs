@@ -335,7 +335,8 @@ impl Journal {
         txn.open_table(REQUESTS).map_err(|e| storage(&e))?;
         txn.open_table(SNAPSHOTS).map_err(|e| storage(&e))?;
         txn.commit().map_err(|e| storage(&e))?;
-        let (wal, log) = Wal::open(&path.with_extension("wal")).map_err(|e| storage(&e))?;
+        let (wal, log) = Wal::open(&path.with_extension("wal"), limits.wal_bytes.max(1))
+            .map_err(|e| storage(&e))?;
         let (wal_frames, wal_records) = replay_wal(&db, path, &log)?;
         drop(log);
         let db = Arc::new(db);
@@ -392,6 +393,7 @@ impl Journal {
             world: world.clone(),
             snapshot_seq,
             wal,
+            poisoned: None,
         };
         let writer = std::thread::Builder::new()
             .name("cairn-journal".into())
@@ -994,6 +996,9 @@ struct Writer {
     /// `snapshot_every` events after it.
     snapshot_seq: u64,
     wal: Wal,
+    /// Set when the log may hold a frame that must not be replayed: every
+    /// later append fails with this reason.
+    poisoned: Option<String>,
 }
 
 impl Writer {
@@ -1097,6 +1102,9 @@ impl Writer {
     ) -> Result<Vec<Appended>, Error> {
         let path = &self.path;
         let storage = |e: &dyn std::fmt::Display| Error::storage(path, e);
+        if let Some(reason) = &self.poisoned {
+            return Err(storage(reason));
+        }
         let (mut seq, mut hash) = self.head;
         debug_assert_eq!(world.seq, seq, "the writer's world is at the head");
         let time_ms = now_ms();
@@ -1160,8 +1168,16 @@ impl Writer {
             frame.len() as u64
         };
         if let Err(e) = txn.commit() {
-            // Not committed: the next frame takes this one's place.
-            self.wal.rewind(logged);
+            // Not committed: erase the frame, so a restart does not apply
+            // what the callers are told failed (they undo their effects).
+            if let Err(cancel) = self.wal.cancel(logged) {
+                let reason = format!(
+                    "a batch failed to commit ({e}) and its write-ahead log frame could not be \
+                     erased ({cancel}): refusing appends until a restart"
+                );
+                tracing::error!(wal = %self.wal.path().display(), "{reason}");
+                self.poisoned = Some(reason);
+            }
             return Err(storage(&e));
         }
         if snapshot {
@@ -1363,7 +1379,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn restart_from_snapshot_and_tail_equals_full_replay() {
         let mut wal_frames = 0;
-        for seed in 1..=16u64 {
+        for seed in 1..=12u64 {
             wal_frames += model_run(seed).await;
         }
         assert!(wal_frames > 0, "no crash left batches in the log");
@@ -1379,7 +1395,7 @@ mod tests {
             snapshot_every: 1 + rng.below(12),
             snapshots_kept: 1 + rng.below(3) as usize,
             // Checkpoint after every batch, every few, or never.
-            wal_bytes: [1, 2048, 1 << 40][rng.below(3) as usize],
+            wal_bytes: [1, 2048, 1 << 20][rng.below(3) as usize],
         };
         let ctx = format!("seed {seed}, {limits:?}");
         let mut journal = Journal::open(&path, limits).unwrap();
@@ -1392,7 +1408,7 @@ mod tests {
             newest_snapshot_row(journal).is_some_and(|row| rows.contains(&row))
         };
         let (mut restarts, mut crashes, mut wal_frames) = (0, 0, 0);
-        for step in 0..120 {
+        for step in 0..100 {
             let ctx = format!("{ctx}, step {step}");
             let damaged = is_damaged(&journal, &damaged_rows);
             match rng.below(12) {
@@ -1610,7 +1626,7 @@ mod tests {
     async fn a_crash_keeps_every_answered_append() {
         let dir = tempfile::tempdir().unwrap();
         let limits = Limits {
-            wal_bytes: 1 << 40,
+            wal_bytes: 1 << 20,
             ..Limits::default()
         };
         let journal = Journal::open(&dir.path().join("journal.redb"), limits).unwrap();

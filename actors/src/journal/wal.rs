@@ -29,7 +29,8 @@
 //!
 //! # Invariants
 //! - A frame is on disk before its records are visible in redb and before
-//!   any caller is answered.
+//!   any caller is answered. A frame whose batch then fails to commit is
+//!   erased before its callers hear of it.
 //! - Every record committed since the last checkpoint is in a frame between
 //!   offset 0 and the write position, in seq order, with no gap.
 //! - Bytes past the write position belong to earlier cycles: their records
@@ -43,10 +44,12 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 const MAGIC: [u8; 4] = *b"CJWF";
-/// The log grows by this much at a time, written as zeros: an append then
-/// overwrites bytes the file already has, so its `fdatasync` need not also
-/// write the inode (the file size) on every frame.
-const GROW_BYTES: u64 = 4 << 20;
+/// The log grows by a quarter of its checkpoint size at a time, within these
+/// bounds, written as zeros: an append then overwrites bytes the file already
+/// has, so its `fdatasync` need not also write the inode (the file size) on
+/// every frame.
+const GROW_BYTES_MIN: u64 = 64 << 10;
+const GROW_BYTES_MAX: u64 = 4 << 20;
 const CHECKSUM_BYTES: usize = 16;
 const HEADER_BYTES: usize = MAGIC.len() + 4 + CHECKSUM_BYTES;
 
@@ -106,12 +109,14 @@ pub(super) struct Wal {
     position: u64,
     /// The file's length.
     len: u64,
+    grow_bytes: u64,
 }
 
 impl Wal {
-    /// Opens (or creates) the log at `path`; returns it, positioned at 0,
-    /// with everything the file held.
-    pub fn open(path: &Path) -> std::io::Result<(Wal, Vec<u8>)> {
+    /// Opens (or creates) the log at `path`, to be checkpointed every
+    /// `checkpoint_bytes`; returns it, positioned at 0, with everything the
+    /// file held.
+    pub fn open(path: &Path, checkpoint_bytes: u64) -> std::io::Result<(Wal, Vec<u8>)> {
         let mut file = OpenOptions::new()
             .read(true)
             .write(true)
@@ -125,6 +130,7 @@ impl Wal {
             path: path.to_owned(),
             position: 0,
             len: log.len() as u64,
+            grow_bytes: (checkpoint_bytes / 4).clamp(GROW_BYTES_MIN, GROW_BYTES_MAX),
         };
         Ok((wal, log))
     }
@@ -144,7 +150,7 @@ impl Wal {
         let end = self.position + frame.len() as u64;
         if end > self.len {
             // Zeros end the log for a reader (no magic), like a torn frame.
-            let grown = end.next_multiple_of(GROW_BYTES);
+            let grown = end.next_multiple_of(self.grow_bytes);
             let zeros = vec![0; (grown - self.len) as usize];
             self.file.write_all_at(&zeros, self.len)?;
             self.len = grown;
@@ -155,10 +161,17 @@ impl Wal {
         Ok(())
     }
 
-    /// Takes back the last `len` bytes appended: their frame was not
-    /// committed, and the next one takes its place.
-    pub fn rewind(&mut self, len: u64) {
+    /// Takes back the last frame appended (`len` bytes): its batch was not
+    /// committed. The frame is erased on disk (its magic zeroed, then synced)
+    /// before anyone hears of the failure, so a crash cannot bring it back;
+    /// the next frame takes its place.
+    pub fn cancel(&mut self, len: u64) -> std::io::Result<()> {
         self.position -= len;
+        if len > 0 {
+            self.file.write_all_at(&[0; MAGIC.len()], self.position)?;
+            self.file.sync_data()?;
+        }
+        Ok(())
     }
 
     /// Starts again at offset 0, after a checkpoint made redb hold every
@@ -206,27 +219,29 @@ mod tests {
     }
 
     #[test]
-    fn appends_land_at_the_position_and_rewind_takes_one_back() {
+    fn appends_land_at_the_position_and_cancel_erases_the_last() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("journal.wal");
-        let (mut wal, log) = Wal::open(&path).unwrap();
+        let (mut wal, log) = Wal::open(&path, 1 << 20).unwrap();
         assert!(log.is_empty());
         let a = frame_bytes(&[b"a"], &[]);
         let b = frame_bytes(&[b"b"], &[]);
         wal.append(&a).unwrap();
         wal.append(&b).unwrap();
-        wal.rewind(b.len() as u64);
+        wal.cancel(b.len() as u64).unwrap();
+        let (_, log) = Wal::open(&path, 1 << 20).unwrap();
+        assert_eq!(frames(&log).count(), 1, "a cancelled frame is gone on disk");
         let c = frame_bytes(&[b"c"], &[]);
         wal.append(&c).unwrap();
         assert_eq!(wal.position(), (a.len() + c.len()) as u64);
         drop(wal);
-        let (mut wal, log) = Wal::open(&path).unwrap();
+        let (mut wal, log) = Wal::open(&path, 1 << 20).unwrap();
         let records: Vec<_> = frames(&log).map(|f| f.records.concat()).collect();
         assert_eq!(records, [b"a".to_vec(), b"c".to_vec()]);
         // After a restart, new frames overwrite from 0; stale ones follow.
         wal.restart();
         wal.append(&b).unwrap();
-        let (_, log) = Wal::open(&path).unwrap();
+        let (_, log) = Wal::open(&path, 1 << 20).unwrap();
         let records: Vec<_> = frames(&log).map(|f| f.records.concat()).collect();
         assert_eq!(records, [b"b".to_vec(), b"c".to_vec()]);
     }
