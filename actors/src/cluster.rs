@@ -157,14 +157,6 @@ pub struct Cluster {
     _lock: File,
 }
 
-/// Folds the whole journal into a [`World`], from the first record and
-/// without snapshots (start-up uses [`Journal::world`] instead), checking the
-/// hash chain on the way: a record that fails it is
-/// [`journal::Error::Corrupted`], never folded.
-pub fn replay(journal: &Journal) -> Result<World, journal::Error> {
-    Ok(journal.replay_full()?.world)
-}
-
 /// Where a (simulated) node's disk lives: `DATA_DIR/nodes/NODE/DISK`,
 /// absolute, so the pool finds it again from any working directory.
 fn node_disk_dir(data_dir: &Path, node: &str, disk: &str) -> PathBuf {
@@ -175,7 +167,6 @@ fn node_disk_dir(data_dir: &Path, node: &str, disk: &str) -> PathBuf {
 /// The nodes this process registers: the topology's, or itself with its
 /// pool's disks (ssd, the size of their filesystem, one shared rack).
 fn node_registrations(config: &Config, pool: &Pool, local: &str) -> Vec<NodeRegistered> {
-    let dirs: Vec<PathBuf> = pool.disk_usage().into_iter().map(|d| d.dir).collect();
     match &config.topology {
         Some(topology) => topology
             .nodes
@@ -202,14 +193,16 @@ fn node_registrations(config: &Config, pool: &Pool, local: &str) -> Vec<NodeRegi
             node: local.to_owned(),
             rack: DEFAULT_DOMAIN.to_owned(),
             datacenter: DEFAULT_DOMAIN.to_owned(),
-            disks: dirs
-                .iter()
+            disks: pool
+                .disk_usage()
+                .into_iter()
+                .map(|d| d.dir)
                 .enumerate()
                 .map(|(idx, dir)| NodeDisk {
                     name: format!("disk-{idx}"),
                     path: dir.display().to_string(),
                     media: "ssd".to_owned(),
-                    capacity_bytes: crate::services::fs_space(dir).map_or(0, |(total, _)| total),
+                    capacity_bytes: crate::services::fs_space(&dir).map_or(0, |(total, _)| total),
                 })
                 .collect(),
         }],

@@ -189,11 +189,8 @@ fn cassandra_replicas_get_their_own_racks_and_survive_any_single_failure() {
     assert!(node.ok(&["events", "verify"]).contains("ok"));
 }
 
+/// Bytes of every file under `dir`.
 fn dir_bytes(dir: &std::path::Path) -> u64 {
-    walk(dir)
-}
-
-fn walk(dir: &std::path::Path) -> u64 {
     std::fs::read_dir(dir)
         .map(|entries| {
             entries
@@ -201,7 +198,7 @@ fn walk(dir: &std::path::Path) -> u64 {
                 .map(|e| {
                     let meta = e.metadata().unwrap();
                     if meta.is_dir() {
-                        walk(&e.path())
+                        dir_bytes(&e.path())
                     } else {
                         meta.len()
                     }
