@@ -183,7 +183,7 @@ fn check_subdomain(kind: &str, name: &str) -> Result<(), ApiError> {
     }
 }
 
-fn storage_request(spec: &Value, what: &str) -> Result<u64, ApiError> {
+pub(crate) fn storage_request(spec: &Value, what: &str) -> Result<u64, ApiError> {
     let storage = spec.pointer("/resources/requests/storage").ok_or_else(|| {
         ApiError::invalid(format!("{what} has no spec.resources.requests.storage"))
     })?;
@@ -219,7 +219,7 @@ pub fn replicas_of(object: &Value) -> Result<u32, ApiError> {
 }
 
 /// The volumes of replica `ordinal` of a StatefulSet.
-fn statefulset_volumes(
+pub(crate) fn statefulset_volumes(
     sts: &Object,
     value: &Value,
     ordinal: u32,
@@ -259,7 +259,7 @@ fn statefulset_volumes(
     Ok(out)
 }
 
-fn derive_volumes(objects: &[Object]) -> Result<Vec<AppVolume>, ApiError> {
+pub(crate) fn derive_volumes(objects: &[Object]) -> Result<Vec<AppVolume>, ApiError> {
     let mut volumes = Vec::new();
     for o in objects {
         let value = o.value();
@@ -315,14 +315,69 @@ pub struct AppState {
     pub volumes: BTreeMap<String, AppVolume>,
     /// Where each volume's slices are, by PVC name (from `AppPlaced`).
     pub placement: BTreeMap<String, PlacedVolume>,
+    /// App snapshots, by name.
+    pub snapshots: BTreeMap<String, AppSnapshot>,
+    /// Volumes that left the app in a rollback but that snapshots still
+    /// hold, by PVC name. Deleted with the last snapshot that holds them.
+    pub retired: BTreeMap<String, AppVolume>,
+    /// `(app, snapshot)` this app was cloned from.
+    pub origin: Option<(String, String)>,
+}
+
+/// One app snapshot: the volumes' snapshots plus the objects (config and
+/// metadata) as they were.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AppSnapshot {
+    pub name: String,
+    pub seq: u64,
+    pub created_ms: u64,
+    pub message: String,
+    pub objects: Vec<Object>,
+    pub volumes: Vec<AppVolume>,
+    pub workflow: String,
 }
 
 /// Commands on an app.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AppCommand {
     Create(Manifest),
+    /// Deletes the app, its volumes and their snapshots. `missing_ok`: an
+    /// app that is not there is no error (compensations, retried steps).
     Delete {
         name: String,
+        missing_ok: bool,
+    },
+    /// Fences every volume and snapshots them at one instant, with the
+    /// objects (`app.snapshot-take`, a step of the `app-snapshot` saga).
+    Snapshot {
+        name: String,
+        snapshot: String,
+        message: String,
+        workflow: String,
+    },
+    /// Deletes one app snapshot (`app.snapshot-drop`); one that is not there
+    /// is no error. `dependants`: apps cloned from it (then it is refused).
+    SnapshotDrop {
+        name: String,
+        snapshot: String,
+        dependants: Vec<String>,
+        missing_ok: bool,
+    },
+    /// Makes the app as it was at a snapshot: data, config, metadata and
+    /// replicas (`app.restore`, a step of the `app-rollback` saga).
+    Restore {
+        name: String,
+        snapshot: String,
+    },
+    /// Creates app `name` as a thin clone of `source@snapshot` with
+    /// overrides (`app.clone-create`). `from` is the source snapshot, as the
+    /// gateway read it.
+    CloneFrom {
+        name: String,
+        source: String,
+        snapshot: String,
+        from: Box<AppSnapshot>,
+        overrides: Vec<String>,
     },
     Scale {
         name: String,
@@ -342,7 +397,11 @@ impl AppCommand {
     pub fn verb(&self) -> &'static str {
         match self {
             AppCommand::Create(_) => "create",
-            AppCommand::Delete { .. } => "delete",
+            AppCommand::Delete { .. } => "remove",
+            AppCommand::Snapshot { .. } => "snapshot-take",
+            AppCommand::SnapshotDrop { .. } => "snapshot-drop",
+            AppCommand::Restore { .. } => "restore",
+            AppCommand::CloneFrom { .. } => "clone-create",
             AppCommand::Scale { .. } => "scale",
             AppCommand::ConfigSet { .. } => "config-set",
         }
@@ -351,7 +410,11 @@ impl AppCommand {
     pub fn app(&self) -> &str {
         match self {
             AppCommand::Create(m) => &m.name,
-            AppCommand::Delete { name }
+            AppCommand::Delete { name, .. }
+            | AppCommand::Snapshot { name, .. }
+            | AppCommand::SnapshotDrop { name, .. }
+            | AppCommand::Restore { name, .. }
+            | AppCommand::CloneFrom { name, .. }
             | AppCommand::Scale { name, .. }
             | AppCommand::ConfigSet { name, .. } => name,
         }
@@ -418,7 +481,7 @@ impl AppState {
                     updated_seq: seq,
                     objects: objects.clone(),
                     volumes: volumes.iter().map(|v| (v.pvc.clone(), v.clone())).collect(),
-                    placement: BTreeMap::new(),
+                    ..AppState::default()
                 };
             }
             Event::AppScaled(AppScaled {
@@ -440,6 +503,7 @@ impl AppState {
                 }
                 for v in added {
                     self.volumes.insert(v.pvc.clone(), v.clone());
+                    self.retired.remove(&v.pvc);
                 }
                 for pvc in removed {
                     self.volumes.remove(pvc);
@@ -474,6 +538,48 @@ impl AppState {
                 self.updated_seq = seq;
             }
             Event::AppDeleted(AppDeleted { .. }) => *self = AppState::default(),
+            Event::AppSnapshotted(e) => {
+                self.snapshots.insert(
+                    e.snapshot.clone(),
+                    AppSnapshot {
+                        name: e.snapshot.clone(),
+                        seq,
+                        created_ms: time_ms,
+                        message: e.message.clone(),
+                        objects: e.objects.clone(),
+                        volumes: e.volumes.clone(),
+                        workflow: e.workflow.clone(),
+                    },
+                );
+                self.updated_seq = seq;
+            }
+            Event::AppSnapshotDeleted(e) => {
+                self.snapshots.remove(&e.snapshot);
+                let held = self.held_pvcs();
+                self.retired.retain(|pvc, _| held.contains(pvc));
+                self.updated_seq = seq;
+            }
+            Event::AppRolledBack(e) => {
+                self.objects = e.objects.clone();
+                let before = std::mem::take(&mut self.volumes);
+                for v in &e.volumes {
+                    self.retired.remove(&v.pvc);
+                    self.volumes.insert(v.pvc.clone(), v.clone());
+                }
+                for pvc in &e.retired {
+                    if let Some(v) = before.get(pvc) {
+                        self.retired.insert(pvc.clone(), v.clone());
+                    }
+                }
+                for pvc in &e.deleted {
+                    self.placement.remove(pvc);
+                }
+                self.updated_seq = seq;
+            }
+            Event::AppCloned(e) => {
+                self.origin = Some((e.source.clone(), e.snapshot.clone()));
+                self.updated_seq = seq;
+            }
             _ => {}
         }
     }
@@ -514,18 +620,60 @@ impl AppState {
                 }));
                 Ok(events)
             }
-            AppCommand::Delete { name } => {
+            AppCommand::Delete { name, missing_ok } => {
                 if !self.exists() {
-                    return Err(missing(name));
+                    return if *missing_ok {
+                        Ok(Vec::new())
+                    } else {
+                        Err(missing(name))
+                    };
                 }
                 let mut events = vec![Event::AppDeleted(AppDeleted { app: name.clone() })];
                 events.extend(
-                    self.volume_names()
-                        .into_iter()
-                        .map(|volume| Event::VolumeDeleted(VolumeDeleted { volume })),
+                    self.volumes
+                        .keys()
+                        .chain(self.retired.keys())
+                        .map(|pvc| Event::VolumeDeleted(VolumeDeleted {
+                            volume: volume_name(name, pvc),
+                        })),
                 );
                 Ok(events)
             }
+            AppCommand::Snapshot {
+                name,
+                snapshot,
+                message,
+                workflow,
+            } => {
+                if !self.exists() {
+                    return Err(missing(name));
+                }
+                self.decide_snapshot(snapshot, message, workflow)
+            }
+            AppCommand::SnapshotDrop {
+                name,
+                snapshot,
+                dependants,
+                missing_ok,
+            } => {
+                if !self.exists() {
+                    return Err(missing(name));
+                }
+                self.decide_snapshot_drop(snapshot, dependants, *missing_ok)
+            }
+            AppCommand::Restore { name, snapshot } => {
+                if !self.exists() {
+                    return Err(missing(name));
+                }
+                self.decide_restore(snapshot)
+            }
+            AppCommand::CloneFrom {
+                name,
+                source,
+                snapshot,
+                from,
+                overrides,
+            } => self.decide_clone(name, source, snapshot, from, overrides, volume_exists),
             AppCommand::Scale {
                 name,
                 workload,
@@ -633,7 +781,11 @@ impl AppState {
                 for v in statefulset_volumes(object, &value, ordinal)? {
                     let kept = self.volumes.contains_key(&v.pvc);
                     let volume = volume_name(name, &v.pvc);
-                    if replicas > from && !kept {
+                    if replicas > from && !kept && self.retired.contains_key(&v.pvc) {
+                        // Retired by a rollback, held by a snapshot: back in
+                        // the app with the data it had (like a kept PVC).
+                        added.push(v);
+                    } else if replicas > from && !kept {
                         if volume_exists(&volume) {
                             return Err(ApiError::new(
                                 ErrorCode::AlreadyExists,
@@ -642,7 +794,7 @@ impl AppState {
                         }
                         events.push(volume_created(&volume, &v));
                         added.push(v);
-                    } else if replicas < from && kept && delete_on_scale {
+                    } else if replicas < from && kept && delete_on_scale && !self.held_pvcs().contains(&v.pvc) {
                         events.push(Event::VolumeDeleted(VolumeDeleted { volume }));
                         removed.push(v.pvc);
                     }
@@ -662,7 +814,7 @@ impl AppState {
     }
 }
 
-fn volume_created(volume: &str, v: &AppVolume) -> Event {
+pub(crate) fn volume_created(volume: &str, v: &AppVolume) -> Event {
     Event::VolumeCreated(VolumeCreated {
         volume: volume.to_owned(),
         size_bytes: v.size_bytes,
@@ -672,7 +824,7 @@ fn volume_created(volume: &str, v: &AppVolume) -> Event {
 }
 
 /// ConfigMap keys: `[-._a-zA-Z0-9]+`, at most 253 characters.
-fn check_config_key(key: &str) -> Result<(), ApiError> {
+pub(crate) fn check_config_key(key: &str) -> Result<(), ApiError> {
     let ok = !key.is_empty()
         && key.len() <= 253
         && key

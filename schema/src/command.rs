@@ -138,6 +138,18 @@ pub enum Query {
     },
     EventsList(EventsFilter),
     EventsVerify,
+    AppSnapshots {
+        name: String,
+    },
+    WorkflowList {
+        app: Option<String>,
+        status: Option<String>,
+        limit: u32,
+    },
+    /// A workflow by id, or a built-in definition by name.
+    WorkflowShow {
+        id: String,
+    },
     Ping,
 }
 
@@ -196,10 +208,48 @@ impl EventsFilter {
     }
 }
 
+/// Where a workflow's definition comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DefinitionSource {
+    /// A built-in operation's definition, by name (`app-snapshot`).
+    Builtin(String),
+    /// A user's `kind: Workflow` YAML.
+    Text(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WorkflowCommand {
+    /// Start a workflow; with `wait`, reply when it ends.
+    Start {
+        source: DefinitionSource,
+        /// Parameter values as JSON.
+        params: Vec<(String, serde_json::Value)>,
+        wait: bool,
+        /// A workflow id the caller chose (else one is made).
+        id: Option<String>,
+    },
+    Resume {
+        id: String,
+    },
+    Cancel {
+        id: String,
+        reason: String,
+    },
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Command {
     Volume(VolumeCommand),
     App(AppCommand),
+    Workflow(WorkflowCommand),
+    /// Run one of an app's hooks (`spec.hooks.<hook>`), a workflow step.
+    Hook {
+        app: String,
+        hook: String,
+        snapshot: Option<String>,
+    },
+    /// Compact the block engine now: reclaim what deletes freed.
+    Reclaim,
     /// Mark a node failed.
     NodeFail {
         name: String,
@@ -360,6 +410,212 @@ pub struct ReplayBody {
     pub app: Option<String>,
 }
 
+/// The body of `app.snapshot`.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AppSnapshotBody {
+    /// The app.
+    pub name: String,
+    /// The new snapshot: a DNS-1123 label.
+    pub snapshot: String,
+    /// A note kept with it (`app snapshots`, `app log`).
+    #[serde(default)]
+    pub message: Option<String>,
+    /// Reply at once with the workflow's id instead of waiting for its end.
+    #[serde(default, rename = "async")]
+    pub run_async: bool,
+    /// The workflow's id (a DNS-1123 label); one is made when left out. A
+    /// second start with an id in use answers with that workflow.
+    #[serde(default)]
+    pub workflow: Option<String>,
+}
+
+/// How a command that runs as a workflow is run.
+#[derive(Debug, Clone, Default)]
+pub struct RunOptions {
+    pub run_async: bool,
+    pub workflow: Option<String>,
+}
+
+macro_rules! run_options {
+    ($($body:ident),*) => {$(
+        impl $body {
+            fn run(&self) -> RunOptions {
+                RunOptions {
+                    run_async: self.run_async,
+                    workflow: self.workflow.clone(),
+                }
+            }
+        }
+    )*};
+}
+run_options!(AppSnapshotBody, AppSnapshotRefBody, AppDeleteBody, AppCloneBody, WorkflowRunBody);
+
+/// The body of `app.snapshot-delete`, `app.rollback`.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AppSnapshotRefBody {
+    /// The app.
+    pub name: String,
+    /// One of its snapshots.
+    pub snapshot: String,
+    /// Reply at once with the workflow's id instead of waiting for its end.
+    #[serde(default, rename = "async")]
+    pub run_async: bool,
+    /// The workflow's id (a DNS-1123 label); one is made when left out. A
+    /// second start with an id in use answers with that workflow.
+    #[serde(default)]
+    pub workflow: Option<String>,
+}
+
+/// The body of `app.delete`.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AppDeleteBody {
+    /// The app.
+    pub name: String,
+    /// Reply at once with the workflow's id instead of waiting for its end.
+    #[serde(default, rename = "async")]
+    pub run_async: bool,
+    /// The workflow's id (a DNS-1123 label); one is made when left out. A
+    /// second start with an id in use answers with that workflow.
+    #[serde(default)]
+    pub workflow: Option<String>,
+}
+
+/// The body of `app.clone`.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AppCloneBody {
+    /// The source app.
+    pub name: String,
+    /// The snapshot of `name` to clone.
+    pub snapshot: String,
+    /// The new app (a DNS-1123 label).
+    pub target: String,
+    /// Overrides, `path=value`: `replicas=N`, `image=REF`,
+    /// `<configmap>.<key>=V`, `<Kind>/<name>.<dotted.path>=V`.
+    #[serde(default)]
+    pub set: Vec<String>,
+    /// Reply at once with the workflow's id instead of waiting for its end.
+    #[serde(default, rename = "async")]
+    pub run_async: bool,
+    /// The workflow's id (a DNS-1123 label); one is made when left out. A
+    /// second start with an id in use answers with that workflow.
+    #[serde(default)]
+    pub workflow: Option<String>,
+}
+
+/// The body of `app.hook` (a workflow step): run the app's hooks of one kind.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AppHookBody {
+    /// The app.
+    pub name: String,
+    /// The key under the App document's `spec.hooks` (`preSnapshot`,
+    /// `postSnapshot`, or any of the app's own, like `upgrade`).
+    pub hook: String,
+    /// Passed to the hook as `CAIRN_SNAPSHOT`.
+    #[serde(default)]
+    pub snapshot: Option<String>,
+}
+
+/// The body of `app.snapshot-take` (a step of `app-snapshot`).
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AppSnapshotTakeBody {
+    pub name: String,
+    pub snapshot: String,
+    #[serde(default)]
+    pub message: Option<String>,
+    /// The workflow taking it (so a retried step is recognised).
+    #[serde(default)]
+    pub workflow: Option<String>,
+}
+
+/// The body of `app.snapshot-drop`, `app.restore` (workflow steps).
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AppSnapshotStepBody {
+    pub name: String,
+    pub snapshot: String,
+    /// `app.snapshot-drop`: a snapshot that is not there is no error.
+    #[serde(default)]
+    pub missing_ok: bool,
+}
+
+/// The body of `app.remove` (a workflow step).
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AppRemoveBody {
+    pub name: String,
+    /// An app that is not there is no error.
+    #[serde(default)]
+    pub missing_ok: bool,
+}
+
+/// The body of `app.clone-create` (a step of `app-clone`).
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AppCloneCreateBody {
+    pub name: String,
+    pub snapshot: String,
+    pub target: String,
+    #[serde(default)]
+    pub set: Vec<String>,
+}
+
+/// The body of `workflow.run`.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct WorkflowRunBody {
+    /// A `kind: Workflow` YAML document.
+    pub definition: String,
+    /// Values for the definition's `spec.params`.
+    #[serde(default)]
+    pub params: std::collections::BTreeMap<String, serde_json::Value>,
+    /// Reply at once with the workflow's id instead of waiting for its end.
+    #[serde(default, rename = "async")]
+    pub run_async: bool,
+    /// The workflow's id (a DNS-1123 label); one is made when left out. A
+    /// second start with an id in use answers with that workflow.
+    #[serde(default)]
+    pub workflow: Option<String>,
+}
+
+/// The body of `workflow.show`, `workflow.resume`.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct WorkflowIdBody {
+    /// A workflow id (`workflow.show` also takes a built-in definition's
+    /// name, like `app-snapshot`).
+    pub id: String,
+}
+
+/// The body of `workflow.cancel`.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct WorkflowCancelBody {
+    pub id: String,
+    #[serde(default)]
+    pub reason: Option<String>,
+}
+
+/// The body of `workflow.list`.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct WorkflowListBody {
+    /// Only this app's workflows.
+    #[serde(default)]
+    pub app: Option<String>,
+    /// Only `running`, `completed`, `compensated` or `stuck` ones.
+    #[serde(default)]
+    pub status: Option<String>,
+    /// At most this many, newest first (default 100).
+    #[serde(default)]
+    pub limit: Option<u32>,
+}
+
 fn body<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     let bytes = if bytes.iter().all(u8::is_ascii_whitespace) {
         b"{}".as_slice()
@@ -368,6 +624,56 @@ fn body<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     };
     serde_json::from_slice(bytes)
         .map_err(|e| ApiError::invalid(format!("request body is not valid: {e}")))
+}
+
+/// Longest workflow id a caller may choose (it goes into snapshot names).
+pub const MAX_WORKFLOW_ID: usize = 40;
+/// Most params one workflow takes.
+pub const MAX_PARAMS: usize = 64;
+/// Most `--set` overrides one clone takes.
+pub const MAX_OVERRIDES: usize = 64;
+
+fn check_overrides(set: &[String]) -> Result<(), ApiError> {
+    if set.len() > MAX_OVERRIDES {
+        return Err(ApiError::invalid(format!("at most {MAX_OVERRIDES} overrides")));
+    }
+    if let Some(bad) = set.iter().find(|s| !s.contains('=')) {
+        return Err(ApiError::invalid(format!("override {bad:?} is not path=value")));
+    }
+    Ok(())
+}
+
+fn start(
+    source: DefinitionSource,
+    params: Vec<(String, serde_json::Value)>,
+    run: RunOptions,
+) -> Result<Command, ApiError> {
+    if let Some(id) = &run.workflow {
+        check_label("workflow", id)?;
+        if id.len() > MAX_WORKFLOW_ID {
+            return Err(ApiError::invalid(format!(
+                "a workflow id has at most {MAX_WORKFLOW_ID} characters"
+            )));
+        }
+    }
+    Ok(Command::Workflow(WorkflowCommand::Start {
+        source,
+        params,
+        wait: !run.run_async,
+        id: run.workflow,
+    }))
+}
+
+fn builtin<const N: usize>(
+    name: &str,
+    params: [(&str, serde_json::Value); N],
+    run: RunOptions,
+) -> Result<Command, ApiError> {
+    start(
+        DefinitionSource::Builtin(name.to_owned()),
+        params.into_iter().map(|(k, v)| (k.to_owned(), v)).collect(),
+        run,
+    )
 }
 
 impl Command {
@@ -468,14 +774,177 @@ impl Command {
                     b.name.as_deref(),
                 )?))
             }
-            ("app", "delete") | ("app", "get") => {
+            ("app", "get") => {
                 let b: NameBody = body(bytes)?;
                 check_label("app", &b.name)?;
-                if verb == "delete" {
-                    Command::App(AppCommand::Delete { name: b.name })
-                } else {
-                    Command::Query(Query::AppGet { name: b.name })
+                Command::Query(Query::AppGet { name: b.name })
+            }
+            ("app", "snapshot") => {
+                let b: AppSnapshotBody = body(bytes)?;
+                let run = b.run();
+                check_label("app", &b.name)?;
+                check_label("snapshot", &b.snapshot)?;
+                builtin(
+                    "app-snapshot",
+                    [
+                        ("app", b.name.into()),
+                        ("snapshot", b.snapshot.into()),
+                        ("message", b.message.unwrap_or_default().into()),
+                    ],
+                    run,
+                )?
+            }
+            ("app", "snapshot-delete") | ("app", "rollback") => {
+                let b: AppSnapshotRefBody = body(bytes)?;
+                let run = b.run();
+                check_label("app", &b.name)?;
+                check_label("snapshot", &b.snapshot)?;
+                builtin(
+                    if verb == "rollback" {
+                        "app-rollback"
+                    } else {
+                        "app-snapshot-delete"
+                    },
+                    [("app", b.name.into()), ("snapshot", b.snapshot.into())],
+                    run,
+                )?
+            }
+            ("app", "delete") => {
+                let b: AppDeleteBody = body(bytes)?;
+                let run = b.run();
+                check_label("app", &b.name)?;
+                builtin("app-delete", [("app", b.name.into())], run)?
+            }
+            ("app", "clone") => {
+                let b: AppCloneBody = body(bytes)?;
+                let run = b.run();
+                check_label("app", &b.name)?;
+                check_label("snapshot", &b.snapshot)?;
+                check_label("app", &b.target)?;
+                check_overrides(&b.set)?;
+                builtin(
+                    "app-clone",
+                    [
+                        ("app", b.name.into()),
+                        ("snapshot", b.snapshot.into()),
+                        ("target", b.target.into()),
+                        ("set", b.set.into()),
+                    ],
+                    run,
+                )?
+            }
+            ("app", "snapshots") => {
+                let b: NameBody = body(bytes)?;
+                check_label("app", &b.name)?;
+                Command::Query(Query::AppSnapshots { name: b.name })
+            }
+            ("app", "hook") => {
+                let b: AppHookBody = body(bytes)?;
+                check_label("app", &b.name)?;
+                if b.hook.is_empty() || b.hook.len() > 63 || !b.hook.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'_') {
+                    return Err(ApiError::invalid(format!("hook name {:?} is not valid", b.hook)));
                 }
+                Command::Hook {
+                    app: b.name,
+                    hook: b.hook,
+                    snapshot: b.snapshot,
+                }
+            }
+            ("app", "snapshot-take") => {
+                let b: AppSnapshotTakeBody = body(bytes)?;
+                check_label("app", &b.name)?;
+                check_label("snapshot", &b.snapshot)?;
+                Command::App(AppCommand::Snapshot {
+                    name: b.name,
+                    snapshot: b.snapshot,
+                    message: b.message.unwrap_or_default(),
+                    workflow: b.workflow.unwrap_or_default(),
+                })
+            }
+            ("app", "snapshot-drop") | ("app", "restore") => {
+                let b: AppSnapshotStepBody = body(bytes)?;
+                check_label("app", &b.name)?;
+                check_label("snapshot", &b.snapshot)?;
+                Command::App(if verb == "restore" {
+                    AppCommand::Restore {
+                        name: b.name,
+                        snapshot: b.snapshot,
+                    }
+                } else {
+                    AppCommand::SnapshotDrop {
+                        name: b.name,
+                        snapshot: b.snapshot,
+                        dependants: Vec::new(),
+                        missing_ok: b.missing_ok,
+                    }
+                })
+            }
+            ("app", "clone-create") => {
+                let b: AppCloneCreateBody = body(bytes)?;
+                check_label("app", &b.name)?;
+                check_label("snapshot", &b.snapshot)?;
+                check_label("app", &b.target)?;
+                check_overrides(&b.set)?;
+                Command::App(AppCommand::CloneFrom {
+                    name: b.target,
+                    source: b.name,
+                    snapshot: b.snapshot,
+                    from: Box::default(),
+                    overrides: b.set,
+                })
+            }
+            ("app", "remove") => {
+                let b: AppRemoveBody = body(bytes)?;
+                check_label("app", &b.name)?;
+                Command::App(AppCommand::Delete {
+                    name: b.name,
+                    missing_ok: b.missing_ok,
+                })
+            }
+            ("app", "reclaim") => {
+                body::<EmptyBody>(bytes)?;
+                Command::Reclaim
+            }
+            ("workflow", "run") => {
+                let b: WorkflowRunBody = body(bytes)?;
+                let run = b.run();
+                if b.params.len() > MAX_PARAMS {
+                    return Err(ApiError::invalid(format!("at most {MAX_PARAMS} params")));
+                }
+                start(DefinitionSource::Text(b.definition), b.params.into_iter().collect(), run)?
+            }
+            ("workflow", "list") => {
+                let b: WorkflowListBody = body(bytes)?;
+                if let Some(status) = &b.status
+                    && !matches!(status.as_str(), "running" | "completed" | "compensated" | "stuck")
+                {
+                    return Err(ApiError::invalid(format!(
+                        "status must be running, completed, compensated or stuck, not {status:?}"
+                    )));
+                }
+                Command::Query(Query::WorkflowList {
+                    app: b.app,
+                    status: b.status,
+                    limit: b.limit.unwrap_or(100).clamp(1, MAX_EVENTS_PAGE),
+                })
+            }
+            ("workflow", "show") => {
+                let b: WorkflowIdBody = body(bytes)?;
+                check_label("workflow", &b.id)?;
+                Command::Query(Query::WorkflowShow { id: b.id })
+            }
+            ("workflow", "resume") => {
+                let b: WorkflowIdBody = body(bytes)?;
+                check_label("workflow", &b.id)?;
+                Command::Workflow(WorkflowCommand::Resume { id: b.id })
+            }
+            ("workflow", "cancel") => {
+                let b: WorkflowCancelBody = body(bytes)?;
+                check_label("workflow", &b.id)?;
+                Command::Workflow(WorkflowCommand::Cancel {
+                    id: b.id,
+                    reason: b.reason.unwrap_or_else(|| "cancelled".into()),
+                })
             }
             ("app", "list") => {
                 body::<EmptyBody>(bytes)?;

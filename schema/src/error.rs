@@ -30,6 +30,15 @@ pub enum ErrorCode {
     Unavailable,
     /// A bug: the server broke one of its own invariants.
     Internal,
+    /// A limit was reached (snapshots per app, workflows running).
+    ResourceExhausted,
+    /// An app hook (`spec.hooks`) exited non-zero.
+    HookFailed,
+    /// A step or hook ran past its timeout.
+    DeadlineExceeded,
+    /// A workflow failed or was cancelled, and was compensated: what it
+    /// had done is undone. `details` name the workflow and the failed step.
+    Aborted,
 }
 
 impl ErrorCode {
@@ -45,6 +54,10 @@ impl ErrorCode {
             ErrorCode::NoSpace => "no_space",
             ErrorCode::Unavailable => "unavailable",
             ErrorCode::Internal => "internal",
+            ErrorCode::ResourceExhausted => "resource_exhausted",
+            ErrorCode::HookFailed => "hook_failed",
+            ErrorCode::DeadlineExceeded => "deadline_exceeded",
+            ErrorCode::Aborted => "aborted",
         }
     }
 }

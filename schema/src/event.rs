@@ -175,6 +175,153 @@ pub struct PlacedSlice {
     pub disk: String,
 }
 
+/// An app snapshot: every volume of the app fenced at one instant and
+/// snapshotted (their `VolumeSnapshotted` events precede this one in the
+/// same commit), with the app's objects (config and metadata) as they were.
+/// *Since v0.3.*
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct AppSnapshotted {
+    pub app: String,
+    pub snapshot: String,
+    pub message: String,
+    pub objects: Vec<Object>,
+    pub volumes: Vec<AppVolume>,
+    /// The workflow that took it.
+    pub workflow: String,
+}
+
+/// An app snapshot was removed. Its volumes' `SnapshotDeleted` events follow
+/// in the same commit, and `VolumeDeleted` for retired volumes no snapshot
+/// needs any more. *Since v0.3.*
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct AppSnapshotDeleted {
+    pub app: String,
+    pub snapshot: String,
+}
+
+/// An app was made as it was at one of its snapshots: objects (config and
+/// metadata) and volumes. The `VolumeRolledBack` events of its volumes
+/// precede this one in the same commit. `retired` volumes (replicas added
+/// since the snapshot) leave the app but are kept while a snapshot holds
+/// them; `deleted` ones were held by none. *Since v0.3.*
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct AppRolledBack {
+    pub app: String,
+    pub snapshot: String,
+    pub objects: Vec<Object>,
+    pub volumes: Vec<AppVolume>,
+    /// PVC names.
+    pub retired: Vec<String>,
+    /// PVC names.
+    pub deleted: Vec<String>,
+}
+
+/// An app was created as a thin clone of another app's snapshot; its
+/// `AppCreated` and its volumes' `VolumeCloned` events precede this one in
+/// the same commit. *Since v0.3.*
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct AppCloned {
+    pub app: String,
+    pub source: String,
+    pub snapshot: String,
+    /// The `--set` overrides applied, as given.
+    pub overrides: Vec<String>,
+}
+
+/// A workflow (saga) began. Its definition is pinned: the text as given
+/// and its blake3 hash, with the parameters it was started with. *Since
+/// v0.3.*
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct WorkflowStarted {
+    pub workflow: String,
+    /// The definition's name (`app-snapshot`, or a user workflow's).
+    pub name: String,
+    pub definition: String,
+    /// blake3 of `definition`, hex.
+    pub hash: String,
+    pub params: Vec<(String, String)>,
+    /// The app it works on, if one (for `app log` and listing).
+    pub app: Option<String>,
+    /// The workflow whose step started this one, if any.
+    pub parent: Option<String>,
+}
+
+/// A step's attempt began. *Since v0.3.*
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct WorkflowStepStarted {
+    pub workflow: String,
+    pub step: u32,
+    pub attempt: u32,
+}
+
+/// A step succeeded; `result` is its command's JSON reply. *Since v0.3.*
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct WorkflowStepCompleted {
+    pub workflow: String,
+    pub step: u32,
+    pub result: String,
+}
+
+/// A step's attempt failed. `retryable`: the error may pass on another
+/// attempt (else the workflow compensates at once). *Since v0.3.*
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct WorkflowStepFailed {
+    pub workflow: String,
+    pub step: u32,
+    pub attempt: u32,
+    pub code: String,
+    pub error: String,
+    pub retryable: bool,
+}
+
+/// A workflow was cancelled (`workflow cancel`); it compensates. *Since
+/// v0.3.*
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct WorkflowCancelled {
+    pub workflow: String,
+    pub reason: String,
+}
+
+/// The compensation of a completed step began. *Since v0.3.*
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct WorkflowCompensationStarted {
+    pub workflow: String,
+    pub step: u32,
+}
+
+/// The compensation of a step succeeded. *Since v0.3.*
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct WorkflowCompensationCompleted {
+    pub workflow: String,
+    pub step: u32,
+}
+
+/// The compensation of a step failed. *Since v0.3.*
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct WorkflowCompensationFailed {
+    pub workflow: String,
+    pub step: u32,
+    pub code: String,
+    pub error: String,
+}
+
+/// `workflow resume` asked a stuck workflow to try again. *Since v0.3.*
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct WorkflowResumed {
+    pub workflow: String,
+}
+
+/// A workflow ended: `completed`, `compensated` (a step failed or it was
+/// cancelled, and every completed step was undone) or `stuck` (a
+/// compensation kept failing; `workflow resume` tries again). *Since v0.3.*
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct WorkflowFinished {
+    pub workflow: String,
+    pub outcome: String,
+    pub failed_step: Option<u32>,
+    pub error: Option<String>,
+}
+
 /// Errors decoding a stored event.
 #[derive(Debug, thiserror::Error)]
 pub enum CodecError {
@@ -246,6 +393,20 @@ events! {
     12 => NodeRegistered,
     13 => NodeFailed,
     14 => AppPlaced,
+    15 => AppSnapshotted,
+    16 => AppSnapshotDeleted,
+    17 => AppRolledBack,
+    18 => AppCloned,
+    19 => WorkflowStarted,
+    20 => WorkflowStepStarted,
+    21 => WorkflowStepCompleted,
+    22 => WorkflowStepFailed,
+    23 => WorkflowCancelled,
+    24 => WorkflowCompensationStarted,
+    25 => WorkflowCompensationCompleted,
+    26 => WorkflowCompensationFailed,
+    27 => WorkflowResumed,
+    28 => WorkflowFinished,
 }
 
 /// Tags no longer written, still decoded through [`upcast`].
@@ -278,7 +439,26 @@ impl Event {
             | Event::AppScaled(AppScaled { app, .. })
             | Event::AppConfigSet(AppConfigSet { app, .. })
             | Event::AppDeleted(AppDeleted { app })
-            | Event::AppPlaced(AppPlaced { app, .. }) => format!("app/{app}"),
+            | Event::AppPlaced(AppPlaced { app, .. })
+            | Event::AppSnapshotted(AppSnapshotted { app, .. })
+            | Event::AppSnapshotDeleted(AppSnapshotDeleted { app, .. })
+            | Event::AppRolledBack(AppRolledBack { app, .. })
+            | Event::AppCloned(AppCloned { app, .. }) => format!("app/{app}"),
+            Event::WorkflowStarted(WorkflowStarted { workflow, .. })
+            | Event::WorkflowStepStarted(WorkflowStepStarted { workflow, .. })
+            | Event::WorkflowStepCompleted(WorkflowStepCompleted { workflow, .. })
+            | Event::WorkflowStepFailed(WorkflowStepFailed { workflow, .. })
+            | Event::WorkflowCancelled(WorkflowCancelled { workflow, .. })
+            | Event::WorkflowCompensationStarted(WorkflowCompensationStarted { workflow, .. })
+            | Event::WorkflowCompensationCompleted(WorkflowCompensationCompleted {
+                workflow,
+                ..
+            })
+            | Event::WorkflowCompensationFailed(WorkflowCompensationFailed { workflow, .. })
+            | Event::WorkflowResumed(WorkflowResumed { workflow })
+            | Event::WorkflowFinished(WorkflowFinished { workflow, .. }) => {
+                format!("workflow/{workflow}")
+            }
             Event::NodeRegistered(NodeRegistered { node, .. })
             | Event::NodeFailed(NodeFailed { node }) => format!("node/{node}"),
         }
@@ -446,6 +626,98 @@ mod tests {
                         disk: "d0".into(),
                     }],
                 }],
+            }),
+            Event::AppSnapshotted(AppSnapshotted {
+                app: "shop".into(),
+                snapshot: "s".into(),
+                message: "before upgrade".into(),
+                objects: vec![Object {
+                    api_version: "v1".into(),
+                    kind: "ConfigMap".into(),
+                    name: "c".into(),
+                    json: r#"{"kind":"ConfigMap"}"#.into(),
+                }],
+                volumes: vec![AppVolume {
+                    pvc: "wal-db-0".into(),
+                    claim: "wal".into(),
+                    workload: Some("db".into()),
+                    ordinal: Some(0),
+                    size_bytes: 1 << 30,
+                    storage_class: Some("fast".into()),
+                }],
+                workflow: "wf-1".into(),
+            }),
+            Event::AppSnapshotDeleted(AppSnapshotDeleted {
+                app: "shop".into(),
+                snapshot: "s".into(),
+            }),
+            Event::AppRolledBack(AppRolledBack {
+                app: "shop".into(),
+                snapshot: "s".into(),
+                objects: vec![],
+                volumes: vec![],
+                retired: vec!["data-db-2".into()],
+                deleted: vec!["data-db-3".into()],
+            }),
+            Event::AppCloned(AppCloned {
+                app: "shop-dev".into(),
+                source: "shop".into(),
+                snapshot: "s".into(),
+                overrides: vec!["replicas=1".into()],
+            }),
+            Event::WorkflowStarted(WorkflowStarted {
+                workflow: "wf-1".into(),
+                name: "app-snapshot".into(),
+                definition: "kind: Workflow".into(),
+                hash: "ab".into(),
+                params: vec![("app".into(), "shop".into())],
+                app: Some("shop".into()),
+                parent: None,
+            }),
+            Event::WorkflowStepStarted(WorkflowStepStarted {
+                workflow: "wf-1".into(),
+                step: 1,
+                attempt: 2,
+            }),
+            Event::WorkflowStepCompleted(WorkflowStepCompleted {
+                workflow: "wf-1".into(),
+                step: 1,
+                result: "{}".into(),
+            }),
+            Event::WorkflowStepFailed(WorkflowStepFailed {
+                workflow: "wf-1".into(),
+                step: 0,
+                attempt: 1,
+                code: "hook_failed".into(),
+                error: "exit 1".into(),
+                retryable: false,
+            }),
+            Event::WorkflowCancelled(WorkflowCancelled {
+                workflow: "wf-1".into(),
+                reason: "by admin".into(),
+            }),
+            Event::WorkflowCompensationStarted(WorkflowCompensationStarted {
+                workflow: "wf-1".into(),
+                step: 1,
+            }),
+            Event::WorkflowCompensationCompleted(WorkflowCompensationCompleted {
+                workflow: "wf-1".into(),
+                step: 1,
+            }),
+            Event::WorkflowCompensationFailed(WorkflowCompensationFailed {
+                workflow: "wf-1".into(),
+                step: 1,
+                code: "unavailable".into(),
+                error: "down".into(),
+            }),
+            Event::WorkflowResumed(WorkflowResumed {
+                workflow: "wf-1".into(),
+            }),
+            Event::WorkflowFinished(WorkflowFinished {
+                workflow: "wf-1".into(),
+                outcome: "compensated".into(),
+                failed_step: Some(0),
+                error: Some("exit 1".into()),
             }),
         ]
     }

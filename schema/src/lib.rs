@@ -10,6 +10,7 @@
 
 pub mod api;
 pub mod app;
+pub mod app_history;
 pub mod command;
 pub mod error;
 pub mod event;
@@ -19,6 +20,7 @@ pub mod reply;
 pub mod state;
 pub mod subject;
 pub mod time;
+pub mod workflow;
 
 pub use app::{AppCommand, AppState};
 pub use command::{Command, Query, VolumeCommand};

@@ -2,11 +2,12 @@
 //! ([`VolumeState::decide`]), and [`World`], the fold of the whole journal.
 //! All of it is pure and synchronous.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 
 use serde::{Deserialize, Serialize};
 
 use crate::app::AppState;
+use crate::workflow::WorkflowState;
 use crate::event::{
     NodeDisk, NodeRegistered, SnapshotDeleted, VolumeCloned, VolumeCreated, VolumeDeleted,
     VolumeRolledBack, VolumeSnapshotted,
@@ -24,7 +25,16 @@ pub struct World {
     pub apps: BTreeMap<(String, String), AppState>,
     /// Nodes by name (cluster-wide).
     pub nodes: BTreeMap<String, NodeState>,
+    /// Workflows (sagas) by (tenant, id): every running one, and the newest
+    /// [`MAX_FINISHED_WORKFLOWS`] finished ones.
+    pub workflows: BTreeMap<(String, String), WorkflowState>,
+    /// Finished workflows, oldest first (what is forgotten first).
+    pub finished_workflows: VecDeque<(String, String)>,
 }
+
+/// Finished workflows the folded state remembers; older ones are still in
+/// the journal (`events --kind WorkflowFinished`).
+pub const MAX_FINISHED_WORKFLOWS: usize = 4096;
 
 /// What the journal says about one node.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -112,6 +122,28 @@ impl World {
                 .entry(name.to_owned())
                 .or_default()
                 .apply(record.seq, record.time_ms, event);
+        } else if let Some(id) = record.aggregate.strip_prefix("workflow/") {
+            let key = (record.tenant.clone(), id.to_owned());
+            let state = self.workflows.entry(key.clone()).or_default();
+            let was_finished = state.finished_ms.is_some();
+            state.apply(record.seq, record.time_ms, event);
+            let finished = state.finished_ms.is_some();
+            if finished && !was_finished {
+                self.finished_workflows.push_back(key);
+                while self.finished_workflows.len() > MAX_FINISHED_WORKFLOWS {
+                    if let Some(old) = self.finished_workflows.pop_front()
+                        && self
+                            .workflows
+                            .get(&old)
+                            .is_some_and(|w| w.finished_ms.is_some())
+                    {
+                        self.workflows.remove(&old);
+                    }
+                }
+            } else if !finished && was_finished {
+                // Resumed: running again, no longer among the finished.
+                self.finished_workflows.retain(|k| k != &key);
+            }
         } else if let Some(name) = record.aggregate.strip_prefix("app/") {
             let key = (record.tenant.clone(), name.to_owned());
             let state = self.apps.entry(key).or_default();

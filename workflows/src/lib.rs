@@ -1,15 +1,17 @@
-//! Cairn's pure workflow core: saga definitions as data, the saga state
-//! machine that, given a definition and the progress recorded so far, says
-//! what to do next, and the placement planner ([`placement`] over a
-//! [`topology`]).
+//! Cairn's pure workflow core: saga definitions as data ([`definition`]:
+//! the `kind: Workflow` format, parameters, and the built-in operations in
+//! [`builtin`]), the saga state machine that, given a definition and the
+//! progress recorded so far, says what to do next, and the placement
+//! planner ([`placement`] over a [`topology`]).
 //!
 //! # Model
 //! A saga is a list of steps. Each step runs one API command (`kind.verb`
 //! with JSON arguments), may name a compensation, retries with exponential
 //! backoff up to `max_attempts`, and has a timeout. Progress is a list of
-//! [`Progress`] facts (journaled by the runtime in `actors/`). [`next`] folds
-//! them and returns one [`Effect`]: run a step (again), wait, compensate a
-//! completed step, or finish.
+//! [`Progress`] facts (journaled by the runtime in `actors/`, folded by
+//! `cairn_schema::workflow`). [`next`] folds them and returns one
+//! [`Effect`]: run a step (again), wait, compensate a completed step, or
+//! finish.
 //!
 //! # Invariants
 //! - Pure and deterministic: the same definition and progress always give the
@@ -18,102 +20,25 @@
 //! - A step that was started but neither completed nor failed is run again
 //!   with the same idempotency key: the runtime's request-id dedup makes the
 //!   second run return the first answer.
-//! - Once a step fails for good (or the saga is cancelled), the completed
-//!   steps are compensated in reverse order, each at most once.
-//!
-//! The runtime that executes effects is not built yet; this crate is the
-//! tested core it will drive.
+//! - Once a step fails for good (its attempts are used up, or its error is
+//!   not retryable) or the saga is cancelled, the completed steps are
+//!   compensated in reverse order, each until it succeeds once.
+//! - A compensation that keeps failing (its step's attempts, again) leaves
+//!   the saga [`Outcome::Stuck`]; [`Progress::Resumed`] gives it its
+//!   attempts back.
 
 pub mod app_placement;
+pub mod builtin;
+pub mod definition;
 pub mod placement;
 pub mod topology;
 
+pub use cairn_schema::workflow::Progress;
+pub use definition::{Action, Definition, Retry, Step};
 pub use placement::{Error as PlacementError, Plan, Request, Usage, plan};
 pub use topology::Topology;
 
 use serde::{Deserialize, Serialize};
-
-/// One API command: `kind.verb` with JSON arguments.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Action {
-    pub run: String,
-    #[serde(default)]
-    pub with: serde_json::Value,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Retry {
-    pub max_attempts: u32,
-    pub backoff_ms: u64,
-    pub max_backoff_ms: u64,
-}
-
-impl Default for Retry {
-    fn default() -> Retry {
-        Retry {
-            max_attempts: 3,
-            backoff_ms: 200,
-            max_backoff_ms: 10_000,
-        }
-    }
-}
-
-impl Retry {
-    /// The wait before attempt `attempt` (2, 3, …): doubling, capped.
-    pub fn delay_ms(&self, attempt: u32) -> u64 {
-        let doublings = attempt.saturating_sub(2).min(32);
-        self.backoff_ms
-            .saturating_mul(1u64 << doublings)
-            .min(self.max_backoff_ms)
-    }
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Step {
-    pub name: String,
-    #[serde(flatten)]
-    pub action: Action,
-    #[serde(default)]
-    pub compensate: Option<Action>,
-    #[serde(default)]
-    pub retry: Retry,
-    #[serde(default = "default_timeout_ms")]
-    pub timeout_ms: u64,
-}
-
-fn default_timeout_ms() -> u64 {
-    60_000
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Definition {
-    pub name: String,
-    pub steps: Vec<Step>,
-}
-
-/// Facts about a saga's progress, in the order they happened.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub enum Progress {
-    StepStarted {
-        step: usize,
-        attempt: u32,
-    },
-    StepCompleted {
-        step: usize,
-    },
-    StepFailed {
-        step: usize,
-        attempt: u32,
-        error: String,
-    },
-    Cancelled,
-    CompensationStarted {
-        step: usize,
-    },
-    CompensationCompleted {
-        step: usize,
-    },
-}
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Outcome {
@@ -124,6 +49,20 @@ pub enum Outcome {
         failed_step: Option<usize>,
         error: String,
     },
+    /// The compensation of `step` failed on every attempt: an operator
+    /// looks, then resumes (tries again) the saga.
+    Stuck { step: usize, error: String },
+}
+
+impl Outcome {
+    /// As `WorkflowFinished.outcome` stores it.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Outcome::Completed => "completed",
+            Outcome::Compensated { .. } => "compensated",
+            Outcome::Stuck { .. } => "stuck",
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -140,9 +79,11 @@ pub enum Effect {
         attempt: u32,
         delay_ms: u64,
     },
-    /// Compensate completed step `step`.
+    /// Compensate completed step `step` (after `delay_ms`: 0 on the first
+    /// try, backing off after failures).
     Compensate {
         step: usize,
+        delay_ms: u64,
         idempotency_key: String,
     },
     Finish(Outcome),
@@ -157,22 +98,32 @@ pub fn compensate_key(saga_id: &str, step: usize) -> String {
     format!("{saga_id}/compensate/{step}")
 }
 
+/// Error codes worth another attempt; the rest fail a step at once.
+pub fn retryable(code: &str) -> bool {
+    matches!(
+        code,
+        "unavailable" | "internal" | "deadline_exceeded" | "no_space" | "resource_exhausted"
+    )
+}
+
 /// What to do next, given everything that happened so far.
 pub fn next(definition: &Definition, saga_id: &str, progress: &[Progress]) -> Effect {
     let n = definition.steps.len();
     let mut completed = vec![false; n];
     let mut compensated = vec![false; n];
     let mut attempts = vec![0u32; n];
+    let mut compensation_failures = vec![0u32; n];
     let mut open_run: Option<(usize, u32)> = None;
     let mut open_compensation: Option<usize> = None;
     let mut failure: Option<(Option<usize>, String)> = None;
+    let mut stuck: Option<(usize, String)> = None;
     for fact in progress {
         match fact {
-            Progress::StepStarted { step, attempt } => {
+            Progress::StepStarted { step, attempt } if *step < n => {
                 attempts[*step] = attempts[*step].max(*attempt);
                 open_run = Some((*step, *attempt));
             }
-            Progress::StepCompleted { step } => {
+            Progress::StepCompleted { step } if *step < n => {
                 completed[*step] = true;
                 open_run = None;
             }
@@ -180,11 +131,11 @@ pub fn next(definition: &Definition, saga_id: &str, progress: &[Progress]) -> Ef
                 step,
                 attempt,
                 error,
-            } => {
+                retryable,
+            } if *step < n => {
                 open_run = None;
-                if *attempt >= definition.steps[*step].retry.max_attempts.max(1)
-                    && failure.is_none()
-                {
+                let used_up = *attempt >= definition.steps[*step].retry.max_attempts.max(1);
+                if (used_up || !retryable) && failure.is_none() {
                     failure = Some((Some(*step), error.clone()));
                 }
             }
@@ -193,26 +144,46 @@ pub fn next(definition: &Definition, saga_id: &str, progress: &[Progress]) -> Ef
                     failure = Some((None, "cancelled".into()));
                 }
             }
-            Progress::CompensationStarted { step } => open_compensation = Some(*step),
-            Progress::CompensationCompleted { step } => {
+            Progress::CompensationStarted { step } if *step < n => {
+                open_compensation = Some(*step)
+            }
+            Progress::CompensationCompleted { step } if *step < n => {
                 compensated[*step] = true;
                 open_compensation = None;
             }
+            Progress::CompensationFailed { step, error } if *step < n => {
+                open_compensation = None;
+                compensation_failures[*step] += 1;
+                if compensation_failures[*step] >= definition.steps[*step].retry.max_attempts.max(1)
+                {
+                    stuck = Some((*step, error.clone()));
+                }
+            }
+            Progress::Resumed => {
+                compensation_failures.iter_mut().for_each(|f| *f = 0);
+                stuck = None;
+            }
+            // Facts about steps the definition does not have: ignored (a
+            // definition is pinned, so only a damaged journal has them).
+            _ => {}
         }
     }
     if let Some((failed_step, error)) = failure {
-        if let Some(step) = open_compensation {
-            return Effect::Compensate {
-                step,
-                idempotency_key: compensate_key(saga_id, step),
-            };
+        if let Some((step, error)) = stuck {
+            return Effect::Finish(Outcome::Stuck { step, error });
         }
-        let pending = (0..n)
-            .rev()
-            .find(|&s| completed[s] && !compensated[s] && definition.steps[s].compensate.is_some());
+        let pending = open_compensation.or_else(|| {
+            (0..n).rev().find(|&s| {
+                completed[s] && !compensated[s] && definition.steps[s].compensate.is_some()
+            })
+        });
         return match pending {
             Some(step) => Effect::Compensate {
                 step,
+                delay_ms: match compensation_failures[step] {
+                    0 => 0,
+                    f => definition.steps[step].retry.delay_ms(f + 1),
+                },
                 idempotency_key: compensate_key(saga_id, step),
             },
             None => Effect::Finish(Outcome::Compensated { failed_step, error }),
@@ -251,6 +222,8 @@ mod tests {
     fn definition(n: usize, max_attempts: u32) -> Definition {
         Definition {
             name: "test".into(),
+            description: String::new(),
+            output: n.saturating_sub(1),
             steps: (0..n)
                 .map(|i| Step {
                     name: format!("s{i}"),
@@ -276,7 +249,19 @@ mod tests {
     /// Drives a saga to its end; `fails(step, attempt)` decides failures.
     /// Returns every fact and the effect that produced each one.
     fn drive(def: &Definition, fails: impl Fn(usize, u32) -> bool) -> (Vec<Progress>, Outcome) {
+        drive_with(def, fails, |_, _| false, |_, _| false)
+    }
+
+    /// As [`drive`]; also `permanent(step, attempt)` makes a failure not
+    /// retryable and `comp_fails(step, n)` fails the n-th compensation try.
+    fn drive_with(
+        def: &Definition,
+        fails: impl Fn(usize, u32) -> bool,
+        permanent: impl Fn(usize, u32) -> bool,
+        comp_fails: impl Fn(usize, u32) -> bool,
+    ) -> (Vec<Progress>, Outcome) {
         let mut progress = Vec::new();
+        let mut comp_tries = vec![0u32; def.steps.len()];
         loop {
             match next(def, "saga", &progress) {
                 Effect::Run { step, attempt, .. } | Effect::Wait { step, attempt, .. } => {
@@ -286,14 +271,23 @@ mod tests {
                             step,
                             attempt,
                             error: format!("s{step} broke"),
+                            retryable: !permanent(step, attempt),
                         }
                     } else {
                         Progress::StepCompleted { step }
                     });
                 }
                 Effect::Compensate { step, .. } => {
+                    comp_tries[step] += 1;
                     progress.push(Progress::CompensationStarted { step });
-                    progress.push(Progress::CompensationCompleted { step });
+                    progress.push(if comp_fails(step, comp_tries[step]) {
+                        Progress::CompensationFailed {
+                            step,
+                            error: "down".into(),
+                        }
+                    } else {
+                        Progress::CompensationCompleted { step }
+                    });
                 }
                 Effect::Finish(outcome) => return (progress, outcome),
             }
@@ -355,7 +349,8 @@ mod tests {
                     Progress::StepFailed {
                         step: 0,
                         attempt: 1,
-                        error: "e".into()
+                        error: "e".into(),
+                        retryable: true,
                     }
                 ]
             ),
@@ -405,8 +400,59 @@ mod tests {
             next(&def, "x", &cancelled),
             Effect::Compensate {
                 step: 0,
+                delay_ms: 0,
                 idempotency_key: "x/compensate/0".into()
             }
+        );
+    }
+
+    #[test]
+    fn a_permanent_error_fails_at_once_and_a_failing_compensation_gets_stuck_until_resumed() {
+        let def = definition(3, 3);
+        let mut progress = vec![
+            Progress::StepStarted { step: 0, attempt: 1 },
+            Progress::StepCompleted { step: 0 },
+            Progress::StepStarted { step: 1, attempt: 1 },
+            Progress::StepFailed {
+                step: 1,
+                attempt: 1,
+                error: "not_found: gone".into(),
+                retryable: false,
+            },
+        ];
+        assert!(matches!(next(&def, "x", &progress), Effect::Compensate { step: 0, delay_ms: 0, .. }));
+        for attempt in 1..=3 {
+            progress.push(Progress::CompensationStarted { step: 0 });
+            progress.push(Progress::CompensationFailed {
+                step: 0,
+                error: "unavailable: down".into(),
+            });
+            let effect = next(&def, "x", &progress);
+            if attempt < 3 {
+                assert!(
+                    matches!(effect, Effect::Compensate { step: 0, delay_ms, .. } if delay_ms > 0),
+                    "{effect:?}"
+                );
+            } else {
+                assert_eq!(
+                    effect,
+                    Effect::Finish(Outcome::Stuck {
+                        step: 0,
+                        error: "unavailable: down".into()
+                    })
+                );
+            }
+        }
+        progress.push(Progress::Resumed);
+        assert!(matches!(next(&def, "x", &progress), Effect::Compensate { step: 0, delay_ms: 0, .. }));
+        progress.push(Progress::CompensationStarted { step: 0 });
+        progress.push(Progress::CompensationCompleted { step: 0 });
+        assert_eq!(
+            next(&def, "x", &progress),
+            Effect::Finish(Outcome::Compensated {
+                failed_step: Some(1),
+                error: "not_found: gone".into()
+            })
         );
     }
 
@@ -418,7 +464,9 @@ mod tests {
         fn every_prefix_resumes_the_same_way(n in 1usize..6, max_attempts in 1u32..4, seed in any::<u64>()) {
             let def = definition(n, max_attempts);
             let fails = |step: usize, attempt: u32| (seed >> ((step * 3 + attempt as usize) % 64)) & 1 == 1;
-            let (progress, outcome) = drive(&def, fails);
+            let comp_fails = |step: usize, n: u32| (seed >> ((step * 5 + n as usize + 17) % 64)) & 3 == 3;
+            let permanent = |step: usize, attempt: u32| (seed >> ((step * 7 + attempt as usize + 31) % 64)) & 7 == 7;
+            let (progress, outcome) = drive_with(&def, fails, permanent, comp_fails);
             for cut in 0..progress.len() {
                 let effect = next(&def, "saga", &progress[..cut]);
                 let expected_fact = &progress[cut];
@@ -426,12 +474,17 @@ mod tests {
                     (Effect::Run { step, attempt, .. }, Progress::StepStarted { step: s, attempt: a })
                     | (Effect::Wait { step, attempt, .. }, Progress::StepStarted { step: s, attempt: a }) => step == s && attempt == a,
                     (Effect::Run { step, .. }, Progress::StepCompleted { step: s } | Progress::StepFailed { step: s, .. }) => step == s,
-                    (Effect::Compensate { step, .. }, Progress::CompensationStarted { step: s } | Progress::CompensationCompleted { step: s }) => step == s,
+                    (Effect::Compensate { step, .. }, Progress::CompensationStarted { step: s } | Progress::CompensationCompleted { step: s } | Progress::CompensationFailed { step: s, .. }) => step == s,
                     _ => false,
                 };
                 prop_assert!(consistent, "cut {cut}: {effect:?} vs {expected_fact:?}");
             }
             prop_assert_eq!(next(&def, "saga", &progress), Effect::Finish(outcome.clone()));
+            if let Outcome::Stuck { step, .. } = outcome {
+                // Stuck only after the step's compensation failed on every attempt.
+                let failures = progress.iter().filter(|p| matches!(p, Progress::CompensationFailed { step: s, .. } if *s == step)).count();
+                prop_assert_eq!(failures as u32, def.steps[step].retry.max_attempts);
+            }
             if let Outcome::Compensated { .. } = outcome {
                 // Every completed step with a compensation was compensated exactly once.
                 for (i, step) in def.steps.iter().enumerate() {

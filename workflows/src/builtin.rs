@@ -1,0 +1,34 @@
+//! The built-in operations as workflow definitions: the same `kind:
+//! Workflow` format users write (`workflows/definitions/*.yaml`, compiled
+//! in), readable with `cairn workflow show app-snapshot`.
+
+/// (name, definition text) of every built-in.
+pub const BUILTINS: &[(&str, &str)] = &[
+    ("app-snapshot", include_str!("../definitions/app-snapshot.yaml")),
+    ("app-rollback", include_str!("../definitions/app-rollback.yaml")),
+    ("app-clone", include_str!("../definitions/app-clone.yaml")),
+    (
+        "app-snapshot-delete",
+        include_str!("../definitions/app-snapshot-delete.yaml"),
+    ),
+    ("app-delete", include_str!("../definitions/app-delete.yaml")),
+];
+
+/// A built-in definition's text, by name.
+pub fn text(name: &str) -> Option<&'static str> {
+    BUILTINS.iter().find(|(n, _)| *n == name).map(|(_, t)| *t)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::definition::parse;
+
+    #[test]
+    fn every_builtin_parses_under_its_own_name() {
+        for (name, text) in BUILTINS {
+            let t = parse(text).unwrap_or_else(|e| panic!("{name}: {}", e.message));
+            assert_eq!(&t.name, name);
+        }
+    }
+}
