@@ -93,7 +93,7 @@ impl Handler<Get> for AppActor {
 }
 
 /// The reply a command gets; also what dedup stores.
-fn reply_for(command: &AppCommand, events: &[Event]) -> Value {
+fn reply_for(state: &AppState, command: &AppCommand, events: &[Event]) -> Value {
     let volumes = |created: bool| -> Vec<String> {
         events
             .iter()
@@ -110,10 +110,81 @@ fn reply_for(command: &AppCommand, events: &[Event]) -> Value {
             objects: m.objects.len() as u64,
             volumes: volumes(true),
         }),
-        AppCommand::Delete { name } => reply::to_value(&reply::AppDeleteReply {
+        AppCommand::Delete { name, .. } => reply::to_value(&reply::AppDeleteReply {
             name: name.clone(),
-            deleted: true,
+            deleted: !events.is_empty(),
             volumes: volumes(false),
+            workflow: None,
+        }),
+        AppCommand::Snapshot {
+            name,
+            snapshot,
+            message,
+            workflow,
+        } => reply::to_value(&reply::AppSnapshotReply {
+            name: name.clone(),
+            snapshot: snapshot.clone(),
+            message: message.clone(),
+            volumes: match events.iter().find_map(|e| match e {
+                Event::AppSnapshotted(s) => Some(s),
+                _ => None,
+            }) {
+                Some(s) => s.volumes.iter().map(|v| volume_name(name, &v.pvc)).collect(),
+                // Taken already by this workflow (a retried step).
+                None => state
+                    .snapshots
+                    .get(snapshot)
+                    .map(|s| s.volumes.iter().map(|v| volume_name(name, &v.pvc)).collect())
+                    .unwrap_or_default(),
+            },
+            workflow: (!workflow.is_empty()).then(|| workflow.clone()),
+        }),
+        AppCommand::SnapshotDrop { name, snapshot, .. } => {
+            reply::to_value(&reply::AppSnapshotDeleteReply {
+                name: name.clone(),
+                snapshot: snapshot.clone(),
+                deleted: !events.is_empty(),
+                volumes_deleted: volumes(false),
+                workflow: None,
+            })
+        }
+        AppCommand::Restore { name, snapshot } => {
+            let rolled = events.iter().find_map(|e| match e {
+                Event::AppRolledBack(r) => Some(r),
+                _ => None,
+            });
+            reply::to_value(&reply::AppRollbackReply {
+                name: name.clone(),
+                snapshot: snapshot.clone(),
+                volumes: rolled
+                    .map(|r| r.volumes.iter().map(|v| volume_name(name, &v.pvc)).collect())
+                    .unwrap_or_default(),
+                retired: rolled
+                    .map(|r| r.retired.iter().map(|p| volume_name(name, p)).collect())
+                    .unwrap_or_default(),
+                deleted: volumes(false),
+                safety_snapshot: None,
+                workflow: None,
+            })
+        }
+        AppCommand::CloneFrom {
+            name,
+            source,
+            snapshot,
+            ..
+        } => reply::to_value(&reply::AppCloneReply {
+            name: name.clone(),
+            source: source.clone(),
+            snapshot: snapshot.clone(),
+            cloned: events
+                .iter()
+                .filter_map(|e| match e {
+                    Event::VolumeCloned(c) => Some(c.volume.clone()),
+                    _ => None,
+                })
+                .collect(),
+            created: volumes(true),
+            workflow: None,
         }),
         AppCommand::Scale { name, .. } => {
             let scaled = events.iter().find_map(|e| match e {
@@ -162,6 +233,7 @@ impl Handler<Execute> for AppActor {
         let services = self.services.clone();
         let registry = self.registry.clone();
         let tenant = self.tenant.clone();
+        let state = self.state.clone();
         let work = async move {
             // A copy of a request that raced its first attempt past the
             // gateway's lookup: as in the volume actor, the first is
@@ -178,61 +250,18 @@ impl Handler<Execute> for AppActor {
                 ));
             }
             let events = decided?;
-            let reply = reply_for(&msg.command, &events);
-            // Constructive effects first: the volumes this command creates.
-            let mut created: Vec<String> = Vec::new();
-            let mut failed = None;
-            let placed: Vec<PlacedVolume> = events
-                .iter()
-                .flat_map(|e| match e {
-                    Event::AppPlaced(p) => p.volumes.clone(),
-                    _ => Vec::new(),
-                })
-                .collect();
-            for event in &events {
-                if let Event::VolumeCreated(v) = event {
-                    let slices = placed
-                        .iter()
-                        .find(|p| volume_name(&tenant_app(&v.volume), &p.pvc) == v.volume)
-                        .map(|p| services.slice_disks(p))
-                        .unwrap_or_default();
-                    let engine = engine_name(&tenant, &v.volume);
-                    let size = v.size_bytes;
-                    let opts = VolumeOptions {
-                        compression: Compression::parse(&v.compression).unwrap_or_default(),
-                        encrypt: v.encrypted,
-                    };
-                    let name = engine.clone();
-                    match services
-                        .blocking(move |pool| {
-                            pool.create_volume_with(&name, size, opts)?;
-                            // Before any write: every slice lands where planned.
-                            pool.place_slices(&name, &slices).inspect_err(|_| {
-                                let _ = pool.delete_volume(&name);
-                            })
-                        })
-                        .await
-                    {
-                        Ok(()) => created.push(engine),
-                        Err(e) => {
-                            failed = Some(e);
-                            break;
-                        }
-                    }
-                }
+            let reply = reply_for(&state, &msg.command, &events);
+            if events.is_empty() {
+                // Nothing to change (a step that already happened, an
+                // absent app or snapshot with `missing_ok`).
+                return Ok((Vec::new(), reply));
             }
-            let undo = |created: Vec<String>| {
-                let services = services.clone();
-                async move {
-                    for engine in created {
-                        let _ = services
-                            .blocking(move |pool| pool.delete_volume(&engine))
-                            .await;
-                    }
-                }
-            };
-            if let Some(e) = failed {
-                undo(created).await;
+            // Constructive effects first: volumes created or cloned,
+            // snapshots taken, rollbacks (the saga's safety snapshot covers
+            // those); undone if the commit fails.
+            let mut undo = Undo::default();
+            if let Err(e) = effects_before_commit(&services, &tenant, &events, &mut undo).await {
+                undo.run(&services).await;
                 return Err(e);
             }
             let appended = services
@@ -246,29 +275,37 @@ impl Handler<Execute> for AppActor {
             let records = match appended {
                 Ok(Appended::Records(records)) => records,
                 Ok(Appended::Duplicate(first)) => {
-                    undo(created).await;
+                    undo.run(&services).await;
                     return Ok((
                         Vec::new(),
                         serde_json::from_slice(&first).unwrap_or(Value::Null),
                     ));
                 }
                 Err(e) => {
-                    undo(created).await;
+                    undo.run(&services).await;
                     return Err(journal_error(&e));
                 }
             };
-            // Destructive effects after: the volumes this command deleted.
+            // Destructive effects after: the volumes and snapshots this
+            // command deleted. The fact stands if one fails; start-up
+            // reconciliation removes the leftovers.
             for record in &records {
-                if let Ok(Event::VolumeDeleted(v)) = record.event() {
-                    let engine = engine_name(&tenant, &v.volume);
-                    let name = engine.clone();
-                    if let Err(e) = services
-                        .blocking(move |pool| pool.delete_volume(&name))
-                        .await
-                    {
-                        // The fact stands; start-up reconciliation removes the leftovers.
-                        tracing::warn!(error = %e, volume = %engine, "space not reclaimed yet");
+                let (engine, snapshot) = match record.event() {
+                    Ok(Event::VolumeDeleted(v)) => (engine_name(&tenant, &v.volume), None),
+                    Ok(Event::SnapshotDeleted(s)) => {
+                        (engine_name(&tenant, &s.volume), Some(s.snapshot))
                     }
+                    _ => continue,
+                };
+                let name = engine.clone();
+                let done = services
+                    .blocking(move |pool| match &snapshot {
+                        Some(s) => pool.delete_snapshot(&name, s),
+                        None => pool.delete_volume(&name),
+                    })
+                    .await;
+                if let Err(e) = done {
+                    tracing::warn!(error = %e, volume = %engine, "space not reclaimed yet");
                 }
             }
             // Tell the volume actors before replying (no registry: shutting down).
@@ -363,4 +400,123 @@ pub fn view(state: &AppState) -> reply::AppView {
         configmaps,
         objects: state.objects.iter().map(|o| o.value()).collect(),
     }
+}
+
+/// What to take back if a command's commit fails.
+#[derive(Default)]
+struct Undo {
+    /// Engine names of volumes created or cloned.
+    volumes: Vec<String>,
+    /// (engine volume, snapshot) taken.
+    snapshots: Vec<(String, String)>,
+}
+
+impl Undo {
+    async fn run(self, services: &Services) {
+        let Undo { volumes, snapshots } = self;
+        let _ = services
+            .blocking(move |pool| {
+                for (v, s) in &snapshots {
+                    let _ = pool.delete_snapshot(v, s);
+                }
+                for v in &volumes {
+                    let _ = pool.delete_volume(v);
+                }
+                Ok(())
+            })
+            .await;
+    }
+}
+
+/// The block-engine effects an app command's events need before they are
+/// committed: volumes created (placed) or cloned, the snapshots of an app
+/// snapshot (one fenced group), rollbacks. Recorded in `undo` as they
+/// happen.
+async fn effects_before_commit(
+    services: &Services,
+    tenant: &str,
+    events: &[Event],
+    undo: &mut Undo,
+) -> Result<(), ApiError> {
+    let placed: Vec<PlacedVolume> = events
+        .iter()
+        .flat_map(|e| match e {
+            Event::AppPlaced(p) => p.volumes.clone(),
+            _ => Vec::new(),
+        })
+        .collect();
+    let slices_of = |volume: &str| {
+        placed
+            .iter()
+            .find(|p| volume_name(&tenant_app(volume), &p.pvc) == volume)
+            .map(|p| services.slice_disks(p))
+            .unwrap_or_default()
+    };
+    let mut group: Vec<(String, String)> = Vec::new();
+    for event in events {
+        match event {
+            Event::VolumeCreated(v) => {
+                let slices = slices_of(&v.volume);
+                let name = engine_name(tenant, &v.volume);
+                let size = v.size_bytes;
+                let opts = VolumeOptions {
+                    compression: Compression::parse(&v.compression).unwrap_or_default(),
+                    encrypt: v.encrypted,
+                };
+                let n = name.clone();
+                services
+                    .blocking(move |pool| {
+                        pool.create_volume_with(&n, size, opts)?;
+                        // Before any write: every slice lands where planned.
+                        pool.place_slices(&n, &slices).inspect_err(|_| {
+                            let _ = pool.delete_volume(&n);
+                        })
+                    })
+                    .await?;
+                undo.volumes.push(name);
+            }
+            Event::VolumeCloned(c) => {
+                let slices = slices_of(&c.volume);
+                let name = engine_name(tenant, &c.volume);
+                let source = engine_name(tenant, &c.source);
+                let snapshot = c.snapshot.clone();
+                let n = name.clone();
+                services
+                    .blocking(move |pool| {
+                        pool.clone_snapshot(&source, &snapshot, &n)?;
+                        // New writes go where planned; shared blocks stay.
+                        pool.place_slices(&n, &slices).inspect_err(|_| {
+                            let _ = pool.delete_volume(&n);
+                        })
+                    })
+                    .await?;
+                undo.volumes.push(name);
+            }
+            Event::VolumeSnapshotted(s) => {
+                group.push((engine_name(tenant, &s.volume), s.snapshot.clone()));
+            }
+            Event::VolumeRolledBack(r) => {
+                let name = engine_name(tenant, &r.volume);
+                let snapshot = r.snapshot.clone();
+                services
+                    .blocking(move |pool| pool.rollback(&name, &snapshot))
+                    .await?;
+            }
+            _ => {}
+        }
+    }
+    if !group.is_empty() {
+        crate::failpoint::hit("app.snapshot.before-fence");
+        let items = group.clone();
+        services
+            .blocking(move |pool| {
+                let refs: Vec<(&str, &str)> =
+                    items.iter().map(|(v, s)| (v.as_str(), s.as_str())).collect();
+                pool.snapshot_group(&refs)
+            })
+            .await?;
+        undo.snapshots.extend(group);
+        crate::failpoint::hit("app.snapshot.after-fence");
+    }
+    Ok(())
 }

@@ -374,6 +374,7 @@ impl Cluster {
             disk_index: Arc::new(disk_index),
         };
         let registry = Arc::new(Registry::default());
+        let world_workflows = world.workflows.clone();
         for ((tenant, name), state) in world.volumes {
             registry.start_volume(&tenant, &name, state, &services);
         }
@@ -429,10 +430,14 @@ impl Cluster {
         };
 
         let (shutdown, shutdown_rx) = watch::channel(false);
-        let gateway = Arc::new(Gateway {
+        let gateway = Arc::new_cyclic(|me| Gateway {
             services: services.clone(),
             registry: registry.clone(),
+            me: me.clone(),
         });
+        // Every workflow the journal says is running was cut short by the
+        // last stop: it goes on (or compensates) from its journaled facts.
+        gateway.resume_open_workflows(&world_workflows);
         // Subscribe before returning, so a request sent right after start is served.
         let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
         let serve_bus = bus.clone();

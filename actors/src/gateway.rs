@@ -40,9 +40,13 @@ use cairn_workflows::{Plan, Topology, app_placement};
 /// Span field names; they live in [`crate::telemetry::fields`].
 pub use crate::telemetry::fields;
 
+mod sagas;
+
 pub struct Gateway {
     pub services: Services,
     pub registry: Arc<Registry>,
+    /// This gateway, for the sagas it starts (they run its commands).
+    pub me: std::sync::Weak<Gateway>,
 }
 
 /// Who sent a request, from its headers.
@@ -50,6 +54,8 @@ pub struct Gateway {
 pub struct Caller {
     pub request_id: Option<String>,
     pub user: Option<String>,
+    /// The workflow whose step sent it, if one did.
+    pub parent: Option<String>,
 }
 
 impl Gateway {
@@ -104,6 +110,7 @@ impl Gateway {
         let caller = Caller {
             request_id: message.header(REQUEST_ID_HEADER).map(str::to_owned),
             user: message.header(USER_HEADER).map(str::to_owned),
+            parent: None,
         };
         let span = tracing::info_span!(
             crate::telemetry::spans::COMMAND,
@@ -165,6 +172,12 @@ impl Gateway {
     ) -> Result<Value, ApiError> {
         let causation = match &command {
             Command::Query(_) => None,
+            // Not journaled under the request id: a workflow start finds
+            // its workflow by id (made from the request id), a hook runs
+            // again, compaction is idempotent.
+            Command::Workflow(_) | Command::Hook { .. } | Command::Reclaim => {
+                return self.dispatch_unjournaled(tenant, command, caller).await;
+            }
             _ => {
                 let journal = &self.services.journal;
                 if let Some(id) = &caller.request_id
@@ -204,15 +217,18 @@ impl Gateway {
                     Err(e) => Err(self.rebuild_volume(tenant, &name, e).await),
                 }
             }
-            (Command::App(command), Some(causation)) => {
+            (Command::App(mut command), Some(causation)) => {
+                self.complete_app_command(tenant, &mut command).await?;
                 let taken = match &command {
-                    AppCommand::Create(_) | AppCommand::Scale { .. } => {
-                        self.volume_names(tenant).await?
-                    }
+                    AppCommand::Create(_)
+                    | AppCommand::Scale { .. }
+                    | AppCommand::CloneFrom { .. } => self.volume_names(tenant).await?,
                     _ => BTreeSet::new(),
                 };
                 let placing = match &command {
-                    AppCommand::Create(_) | AppCommand::Scale { .. } => {
+                    AppCommand::Create(_)
+                    | AppCommand::Scale { .. }
+                    | AppCommand::CloneFrom { .. } => {
                         let topology = self.topology().await?;
                         let usage = app_placement::usage_of(
                             self.all_apps().await?.iter().map(|(_, a)| a),
@@ -249,6 +265,9 @@ impl Gateway {
             }
             (Command::Query(query), _) => self.query(tenant, query).await,
             (_, None) => Err(ApiError::internal("a command without causation")),
+            (Command::Workflow(_) | Command::Hook { .. } | Command::Reclaim, _) => {
+                Err(ApiError::internal("dispatched above"))
+            }
         }
     }
 
@@ -365,7 +384,7 @@ impl Gateway {
     /// The state of every aggregate at the journal's head, to rebuild an
     /// actor from: the journal keeps it folded, so this costs a copy, not a
     /// replay of the history.
-    fn journal_state(&self) -> Result<World, ApiError> {
+    pub(crate) fn journal_state(&self) -> Result<World, ApiError> {
         self.services.journal.world().map_err(|e| journal_error(&e))
     }
 
@@ -420,7 +439,7 @@ impl Gateway {
         }
     }
 
-    async fn app_state(&self, tenant: &str, name: &str) -> Result<AppState, ApiError> {
+    pub(crate) async fn app_state(&self, tenant: &str, name: &str) -> Result<AppState, ApiError> {
         let missing = || ApiError::not_found(format!("app {name:?} does not exist"));
         let actor = self.registry.app(tenant, name).ok_or_else(missing)?;
         let state = match actor.send(app::Get).await {
@@ -511,6 +530,11 @@ impl Gateway {
                 Ok(to_value(&reply::AppPlacementReply { name, volumes }))
             }
             Query::NodeList => Ok(to_value(&self.nodes().await?)),
+            Query::AppSnapshots { name } => self.app_snapshots(tenant, &name).await,
+            Query::WorkflowList { app, status, limit } => {
+                self.workflow_list(tenant, app.as_deref(), status.as_deref(), limit)
+            }
+            Query::WorkflowShow { id } => self.workflow_show(tenant, &id),
             Query::EventsReplay { at_seq, at_ms, app } => {
                 self.replay_at(tenant, at_seq, at_ms, app.as_deref())
             }

@@ -22,6 +22,7 @@ pub struct Registry {
     volumes: DashMap<Key, Addr<VolumeActor>>,
     apps: DashMap<Key, Addr<AppActor>>,
     nodes: DashMap<String, Addr<NodeActor>>,
+    sagas: DashMap<Key, crate::saga::SagaHandle>,
 }
 
 fn key(tenant: &str, name: &str) -> Key {
@@ -40,6 +41,30 @@ fn of_tenant<A: Clone>(map: &DashMap<Key, A>, tenant: &str) -> Vec<(String, A)> 
 }
 
 impl Registry {
+    /// A running saga.
+    pub fn saga(&self, tenant: &str, id: &str) -> Option<crate::saga::SagaHandle> {
+        self.sagas.get(&key(tenant, id)).map(|h| h.clone())
+    }
+
+    /// Registers a saga unless one with its id runs: false if one does.
+    pub fn add_saga(&self, tenant: &str, id: &str, handle: crate::saga::SagaHandle) -> bool {
+        match self.sagas.entry(key(tenant, id)) {
+            dashmap::Entry::Occupied(_) => false,
+            dashmap::Entry::Vacant(v) => {
+                v.insert(handle);
+                true
+            }
+        }
+    }
+
+    pub fn remove_saga(&self, tenant: &str, id: &str) {
+        self.sagas.remove(&key(tenant, id));
+    }
+
+    pub fn running_sagas(&self) -> usize {
+        self.sagas.len()
+    }
+
     pub fn volume(&self, tenant: &str, name: &str) -> Option<Addr<VolumeActor>> {
         self.volumes.get(&key(tenant, name)).map(|a| a.clone())
     }

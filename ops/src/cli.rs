@@ -106,6 +106,9 @@ pub enum Command {
     /// Nodes and their disks.
     #[command(subcommand)]
     Node(NodeCommand),
+    /// Workflows (sagas): the built-in operations and your own.
+    #[command(subcommand)]
+    Workflow(WorkflowCommand),
     /// The event journal: list, follow, verify, replay, export.
     Events(EventsArgs),
     /// Send a raw JSON request to `cairn.v1.<tenant>.<KIND>.<VERB>`.
@@ -176,8 +179,51 @@ pub enum AppCommand {
     List,
     /// Show an app; `-o yaml` prints the stored Kubernetes objects.
     Get { name: String },
-    /// Delete an app and its volumes.
-    Delete { name: String },
+    /// Delete an app, its volumes and snapshots (a workflow; reclaims space).
+    Delete {
+        name: String,
+        #[command(flatten)]
+        run: RunArgs,
+    },
+    /// Snapshot the whole app at one instant: volumes, config, metadata.
+    Snapshot {
+        name: String,
+        snapshot: String,
+        /// A note kept with the snapshot.
+        #[arg(short = 'm', long)]
+        message: Option<String>,
+        #[command(flatten)]
+        run: RunArgs,
+    },
+    /// List an app's snapshots.
+    Snapshots { name: String },
+    /// Delete an app snapshot (refused while clones depend on it).
+    SnapshotDelete {
+        name: String,
+        snapshot: String,
+        #[command(flatten)]
+        run: RunArgs,
+    },
+    /// Roll the app back to a snapshot: data, config, metadata and replicas
+    /// (a safety snapshot is taken first).
+    Rollback {
+        name: String,
+        snapshot: String,
+        #[command(flatten)]
+        run: RunArgs,
+    },
+    /// Thin-clone APP@SNAPSHOT into a new app (no data copied).
+    Clone {
+        /// `<app>@<snapshot>`.
+        source: String,
+        target: String,
+        /// Overrides: replicas=N, image=REF, <configmap>.<key>=V,
+        /// <Kind>/<name>.<path>=V.
+        #[arg(long = "set")]
+        set: Vec<String>,
+        #[command(flatten)]
+        run: RunArgs,
+    },
     /// Set a StatefulSet's or Deployment's replicas (volumes follow).
     Scale {
         name: String,
@@ -198,6 +244,49 @@ pub enum AppCommand {
         /// At most this many entries.
         #[arg(long, default_value_t = 100)]
         limit: u32,
+    },
+}
+
+/// How a command that runs as a workflow runs.
+#[derive(Debug, Clone, clap::Args)]
+pub struct RunArgs {
+    /// Print the workflow id and return at once (follow it with
+    /// `cairn workflow show ID`).
+    #[arg(long = "async")]
+    pub run_async: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum WorkflowCommand {
+    /// Run a `kind: Workflow` file; exits non-zero if it fails (after
+    /// compensating what it had done).
+    Run {
+        file: PathBuf,
+        /// A parameter, `k=v` (v is JSON when it parses as JSON).
+        #[arg(long = "param")]
+        params: Vec<String>,
+        #[command(flatten)]
+        run: RunArgs,
+    },
+    /// List workflows, newest first, and the built-in definitions.
+    List {
+        #[arg(long)]
+        app: Option<String>,
+        /// running, completed, compensated or stuck.
+        #[arg(long)]
+        status: Option<String>,
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+    },
+    /// Show a workflow step by step (or a built-in definition, by name).
+    Show { id: String },
+    /// Continue a workflow (a stuck one tries its compensations again).
+    Resume { id: String },
+    /// Cancel a running workflow: what it did is compensated.
+    Cancel {
+        id: String,
+        #[arg(long)]
+        reason: Option<String>,
     },
 }
 
@@ -312,6 +401,7 @@ async fn run_client(args: &Cli) -> anyhow::Result<i32> {
         Command::Up(_) | Command::Demo(_) => unreachable!("handled by run"),
         Command::Volume(cmd) => volume(&client, fmt, cmd).await,
         Command::App(cmd) => app(&client, fmt, cmd).await,
+        Command::Workflow(cmd) => workflow(&client, fmt, cmd).await,
         Command::Node(NodeCommand::List) => {
             let reply = client.call("node", "list", &json!({})).await?;
             output::print(fmt, &reply, output::node_rows);
@@ -513,15 +603,124 @@ async fn app(client: &Client, fmt: Format, cmd: &AppCommand) -> anyhow::Result<i
                 output::print(fmt, &reply, output::app_detail_rows);
             }
         }
-        AppCommand::Delete { name } => {
-            let reply = client
-                .call("app", "delete", &json!({ "name": name }))
+        AppCommand::Delete { name, run } => {
+            let reply = long(client)
+                .call("app", "delete", &with_run(json!({ "name": name }), run))
                 .await?;
             output::print(fmt, &reply, |r| {
+                if run.run_async {
+                    return output::workflow_started_rows(r);
+                }
                 vec![vec![format!(
-                    "app {name} deleted with {} volumes",
-                    r["volumes"].as_array().map_or(0, Vec::len)
+                    "app {name} deleted with {} volumes (workflow {})",
+                    r["volumes"].as_array().map_or(0, Vec::len),
+                    output::cell(&r["workflow"])
                 )]]
+            });
+        }
+        AppCommand::Snapshot {
+            name,
+            snapshot,
+            message,
+            run,
+        } => {
+            let body = json!({ "name": name, "snapshot": snapshot, "message": message });
+            let reply = long(client)
+                .call("app", "snapshot", &with_run(body, run))
+                .await?;
+            output::print(fmt, &reply, |r| {
+                if run.run_async {
+                    return output::workflow_started_rows(r);
+                }
+                let mut rows = vec![vec![format!(
+                    "app {name} snapshotted as {snapshot} (workflow {})",
+                    output::cell(&r["workflow"])
+                )]];
+                for v in r["volumes"].as_array().map(Vec::as_slice).unwrap_or(&[]) {
+                    rows.push(vec![format!("  {}@{snapshot}", output::cell(v))]);
+                }
+                rows
+            });
+        }
+        AppCommand::Snapshots { name } => {
+            let reply = client
+                .call("app", "snapshots", &json!({ "name": name }))
+                .await?;
+            output::print(fmt, &reply, output::app_snapshot_rows);
+        }
+        AppCommand::SnapshotDelete {
+            name,
+            snapshot,
+            run,
+        } => {
+            let body = json!({ "name": name, "snapshot": snapshot });
+            let reply = long(client)
+                .call("app", "snapshot-delete", &with_run(body, run))
+                .await?;
+            output::print(fmt, &reply, |r| {
+                if run.run_async {
+                    return output::workflow_started_rows(r);
+                }
+                vec![vec![format!(
+                    "snapshot {snapshot} of app {name} deleted (workflow {})",
+                    output::cell(&r["workflow"])
+                )]]
+            });
+        }
+        AppCommand::Rollback {
+            name,
+            snapshot,
+            run,
+        } => {
+            let body = json!({ "name": name, "snapshot": snapshot });
+            let reply = long(client)
+                .call("app", "rollback", &with_run(body, run))
+                .await?;
+            output::print(fmt, &reply, |r| {
+                if run.run_async {
+                    return output::workflow_started_rows(r);
+                }
+                let mut rows = vec![vec![format!(
+                    "app {name} rolled back to {snapshot}: data, config and metadata (safety snapshot {}, workflow {})",
+                    output::cell(&r["safety_snapshot"]),
+                    output::cell(&r["workflow"])
+                )]];
+                for (what, key) in [("restored", "volumes"), ("retired", "retired"), ("deleted", "deleted")] {
+                    for v in r[key].as_array().map(Vec::as_slice).unwrap_or(&[]) {
+                        rows.push(vec![format!("  {what} {}", output::cell(v))]);
+                    }
+                }
+                rows
+            });
+        }
+        AppCommand::Clone {
+            source,
+            target,
+            set,
+            run,
+        } => {
+            let Some((app, snapshot)) = source.split_once('@') else {
+                anyhow::bail!("the source is <app>@<snapshot>, not {source:?}");
+            };
+            let body = json!({ "name": app, "snapshot": snapshot, "target": target, "set": set });
+            let reply = long(client)
+                .call("app", "clone", &with_run(body, run))
+                .await?;
+            output::print(fmt, &reply, |r| {
+                if run.run_async {
+                    return output::workflow_started_rows(r);
+                }
+                let mut rows = vec![vec![format!(
+                    "app {target} cloned from {source} (workflow {})",
+                    output::cell(&r["workflow"])
+                )]];
+                for v in r["cloned"].as_array().map(Vec::as_slice).unwrap_or(&[]) {
+                    rows.push(vec![format!("  {} (thin clone)", output::cell(v))]);
+                }
+                for v in r["created"].as_array().map(Vec::as_slice).unwrap_or(&[]) {
+                    rows.push(vec![format!("  {} (new, empty)", output::cell(v))]);
+                }
+                rows
             });
         }
         AppCommand::Scale {
@@ -588,6 +787,67 @@ async fn app(client: &Client, fmt: Format, cmd: &AppCommand) -> anyhow::Result<i
         }
     }
     Ok(0)
+}
+
+/// Workflows may run for as long as their hooks: wait up to an hour.
+fn long(client: &Client) -> Client {
+    let mut c = client.clone();
+    c.timeout = std::time::Duration::from_secs(3600);
+    c
+}
+
+fn with_run(mut body: Value, run: &RunArgs) -> Value {
+    body["async"] = Value::Bool(run.run_async);
+    body
+}
+
+async fn workflow(client: &Client, fmt: Format, cmd: &WorkflowCommand) -> anyhow::Result<i32> {
+    let reply = match cmd {
+        WorkflowCommand::Run { file, params, run } => {
+            let definition = std::fs::read_to_string(file)
+                .with_context(|| format!("reading {}", file.display()))?;
+            let mut map = serde_json::Map::new();
+            for p in params {
+                let (k, v) = p
+                    .split_once('=')
+                    .with_context(|| format!("--param {p:?} is not k=v"))?;
+                let value = serde_json::from_str(v).unwrap_or_else(|_| Value::String(v.to_owned()));
+                map.insert(k.to_owned(), value);
+            }
+            let body = json!({ "definition": definition, "params": map });
+            let reply = long(client)
+                .call("workflow", "run", &with_run(body, run))
+                .await?;
+            if run.run_async {
+                output::print(fmt, &reply, output::workflow_started_rows);
+                return Ok(0);
+            }
+            reply
+        }
+        WorkflowCommand::List { app, status, limit } => {
+            let body = json!({ "app": app, "status": status, "limit": limit });
+            let reply = client.call("workflow", "list", &body).await?;
+            output::print(fmt, &reply, output::workflow_list_rows);
+            return Ok(0);
+        }
+        WorkflowCommand::Show { id } => client.call("workflow", "show", &json!({ "id": id })).await?,
+        WorkflowCommand::Resume { id } => {
+            long(client)
+                .call("workflow", "resume", &json!({ "id": id }))
+                .await?
+        }
+        WorkflowCommand::Cancel { id, reason } => {
+            long(client)
+                .call("workflow", "cancel", &json!({ "id": id, "reason": reason }))
+                .await?
+        }
+    };
+    output::print(fmt, &reply, output::workflow_rows);
+    // A workflow that did not complete is a failure for scripts.
+    Ok(match reply["status"].as_str() {
+        Some("completed" | "definition" | "running") => 0,
+        _ => 1,
+    })
 }
 
 fn events_filter(args: &EventsArgs) -> anyhow::Result<Value> {

@@ -351,8 +351,159 @@ pub fn event_summary(e: &Value) -> String {
                 nodes.into_iter().collect::<Vec<_>>().join(", ")
             )
         }
+        "AppSnapshotted" => format!(
+            "snapshot {} of {} volumes{}",
+            cell(&d["snapshot"]),
+            d["volumes"].as_array().map_or(0, Vec::len),
+            match d["message"].as_str() {
+                Some(m) if !m.is_empty() => format!(": {m}"),
+                _ => String::new(),
+            }
+        ),
+        "AppSnapshotDeleted" => format!("snapshot {} deleted", cell(&d["snapshot"])),
+        "AppRolledBack" => {
+            let mut s = format!("rolled back to {}", cell(&d["snapshot"]));
+            if d["retired"].as_array().is_some_and(|a| !a.is_empty()) {
+                s += &format!(" (retired {})", list(&d["retired"]));
+            }
+            if d["deleted"].as_array().is_some_and(|a| !a.is_empty()) {
+                s += &format!(" (deleted {})", list(&d["deleted"]));
+            }
+            s
+        }
+        "AppCloned" => format!(
+            "cloned from {}@{}",
+            cell(&d["source"]),
+            cell(&d["snapshot"])
+        ),
+        "WorkflowStarted" => format!("workflow {} ({}) started", cell(&d["workflow"]), cell(&d["name"])),
+        "WorkflowFinished" => format!("workflow {} {}", cell(&d["workflow"]), cell(&d["outcome"])),
         other => other.to_owned(),
     }
+}
+
+/// `app snapshots`.
+pub fn app_snapshot_rows(reply: &Value) -> Vec<Vec<String>> {
+    let mut rows = vec![vec![
+        "SNAPSHOT".into(),
+        "CREATED".into(),
+        "VOLUMES".into(),
+        "REPLICAS".into(),
+        "CLONES".into(),
+        "MESSAGE".into(),
+    ]];
+    for s in reply["snapshots"].as_array().map(Vec::as_slice).unwrap_or(&[]) {
+        let replicas = s["workloads"]
+            .as_array()
+            .map(|w| {
+                w.iter()
+                    .map(|w| format!("{}={}", cell(&w["name"]), cell(&w["replicas"])))
+                    .collect::<Vec<_>>()
+                    .join(",")
+            })
+            .unwrap_or_default();
+        rows.push(vec![
+            cell(&s["name"]),
+            cell(&s["created"]),
+            s["volumes"].as_array().map_or(0, Vec::len).to_string(),
+            replicas,
+            s["clones"]
+                .as_array()
+                .map(|c| c.iter().map(cell).collect::<Vec<_>>().join(","))
+                .unwrap_or_default(),
+            cell(&s["message"]),
+        ]);
+    }
+    rows
+}
+
+/// A workflow started with `--async`.
+pub fn workflow_started_rows(reply: &Value) -> Vec<Vec<String>> {
+    vec![vec![format!(
+        "workflow {} ({}) {}; follow it with: cairn workflow show {}",
+        cell(&reply["workflow"]),
+        cell(&reply["name"]),
+        cell(&reply["status"]),
+        cell(&reply["workflow"])
+    )]]
+}
+
+/// `workflow list`.
+pub fn workflow_list_rows(reply: &Value) -> Vec<Vec<String>> {
+    let mut rows = vec![vec![
+        "ID".into(),
+        "NAME".into(),
+        "APP".into(),
+        "STATUS".into(),
+        "STEPS".into(),
+        "STARTED".into(),
+        "MS".into(),
+        "FAILED STEP".into(),
+    ]];
+    for w in reply["workflows"].as_array().map(Vec::as_slice).unwrap_or(&[]) {
+        rows.push(vec![
+            cell(&w["id"]),
+            cell(&w["name"]),
+            cell(&w["app"]),
+            cell(&w["status"]),
+            format!("{}/{}", cell(&w["steps_completed"]), cell(&w["steps"])),
+            cell(&w["started"]),
+            cell(&w["duration_ms"]),
+            cell(&w["failed_step"]),
+        ]);
+    }
+    rows.push(vec![format!(
+        "built-in definitions: {}",
+        reply["builtins"]
+            .as_array()
+            .map(|b| b.iter().map(cell).collect::<Vec<_>>().join(", "))
+            .unwrap_or_default()
+    )]);
+    rows
+}
+
+/// `workflow show`: a header, then one row per step.
+pub fn workflow_rows(w: &Value) -> Vec<Vec<String>> {
+    let mut rows = vec![vec![format!(
+        "workflow {} ({}) {}{}",
+        cell(&w["id"]),
+        cell(&w["name"]),
+        cell(&w["status"]),
+        match w["duration_ms"].as_u64() {
+            Some(ms) => format!(" in {ms} ms"),
+            None => String::new(),
+        }
+    )]];
+    if let Some(step) = w["failed_step"].as_str() {
+        rows.push(vec![format!("failed at step {step}: {}", cell(&w["error"]))]);
+    } else if let Some(e) = w["error"].as_str() {
+        rows.push(vec![format!("error: {e}")]);
+    }
+    rows.push(vec![
+        "#".into(),
+        "STEP".into(),
+        "RUN".into(),
+        "STATE".into(),
+        "ATTEMPTS".into(),
+        "STARTED".into(),
+        "MS".into(),
+        "COMPENSATE".into(),
+        "ERROR".into(),
+    ]);
+    for s in w["steps"].as_array().map(Vec::as_slice).unwrap_or(&[]) {
+        rows.push(vec![
+            cell(&s["index"]),
+            cell(&s["name"]),
+            cell(&s["run"]),
+            cell(&s["state"]),
+            format!("{}/{}", cell(&s["attempts"]), cell(&s["max_attempts"])),
+            cell(&s["started"]),
+            cell(&s["duration_ms"]),
+            cell(&s["compensate"]),
+            cell(&s["error"]),
+        ]);
+    }
+    rows
 }
 
 /// `app log`: newest first, one line per event, like `git log --oneline`.

@@ -222,10 +222,13 @@ pub struct AppCreateReply {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct AppDeleteReply {
     pub name: String,
-    /// Always true.
+    /// False only when `missing_ok` was given and there was no such app.
     pub deleted: bool,
     /// The volumes deleted with it.
     pub volumes: Vec<String>,
+    /// The workflow that ran it (`null` for a bare `app.remove` step).
+    #[serde(default)]
+    pub workflow: Option<String>,
 }
 
 /// `app.scale`: a workload's new replica count and the volumes that came
@@ -408,4 +411,193 @@ pub struct ReplayReply {
     pub apps: Option<Vec<AppView>>,
     /// Volumes as the journal knows them; engine figures are `null`.
     pub volumes: Vec<VolumeView>,
+}
+
+/// `app.snapshot` (and its step `app.snapshot-take`): the app snapshot.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct AppSnapshotReply {
+    pub name: String,
+    pub snapshot: String,
+    pub message: String,
+    /// Every volume, snapshotted at one instant.
+    pub volumes: Vec<String>,
+    #[serde(default)]
+    pub workflow: Option<String>,
+}
+
+/// `app.snapshot-delete` (and its step `app.snapshot-drop`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct AppSnapshotDeleteReply {
+    pub name: String,
+    pub snapshot: String,
+    /// False when there was no such snapshot (`missing_ok`).
+    pub deleted: bool,
+    /// Volumes the snapshot alone still held, deleted with it.
+    pub volumes_deleted: Vec<String>,
+    #[serde(default)]
+    pub workflow: Option<String>,
+}
+
+/// `app.rollback` (and its step `app.restore`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct AppRollbackReply {
+    pub name: String,
+    pub snapshot: String,
+    /// Volumes now reading as the snapshot.
+    pub volumes: Vec<String>,
+    /// Volumes of replicas added since the snapshot: out of the app, kept
+    /// while a snapshot (the safety snapshot) holds them.
+    pub retired: Vec<String>,
+    /// Volumes of such replicas that no snapshot held: deleted.
+    pub deleted: Vec<String>,
+    /// The snapshot taken first (`null` for a bare `app.restore` step).
+    #[serde(default)]
+    pub safety_snapshot: Option<String>,
+    #[serde(default)]
+    pub workflow: Option<String>,
+}
+
+/// `app.clone` (and its step `app.clone-create`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct AppCloneReply {
+    /// The new app.
+    pub name: String,
+    pub source: String,
+    pub snapshot: String,
+    /// Volumes sharing the snapshot's blocks.
+    pub cloned: Vec<String>,
+    /// New, empty volumes (replicas an override added).
+    pub created: Vec<String>,
+    #[serde(default)]
+    pub workflow: Option<String>,
+}
+
+/// `app.snapshots`: an app's snapshots, oldest first.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct AppSnapshotsReply {
+    pub name: String,
+    pub snapshots: Vec<AppSnapshotView>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct AppSnapshotView {
+    pub name: String,
+    /// RFC 3339.
+    pub created: String,
+    pub seq: u64,
+    pub message: String,
+    pub volumes: Vec<String>,
+    /// Replicas of each workload at the snapshot.
+    pub workloads: Vec<WorkloadView>,
+    pub workflow: String,
+    /// Apps cloned from it (it cannot be deleted while there are any).
+    pub clones: Vec<String>,
+}
+
+/// `app.hook`: the hooks that ran, in order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct HookReply {
+    pub name: String,
+    pub hook: String,
+    pub ran: Vec<HookRun>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct HookRun {
+    pub argv: Vec<String>,
+    pub exit_code: i32,
+    pub duration_ms: u64,
+    /// The end of its standard output and error.
+    pub output: String,
+}
+
+/// `app.reclaim`: what compaction gave back.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct ReclaimReply {
+    pub segments_freed: u64,
+    pub bytes_freed: u64,
+    pub bytes_moved: u64,
+}
+
+/// `workflow.show`, `workflow.run` (waited), `workflow.resume`,
+/// `workflow.cancel`: one workflow, step by step.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct WorkflowView {
+    /// The workflow's id; for a built-in definition shown by name, its name.
+    pub id: String,
+    pub name: String,
+    pub description: String,
+    /// `running`, `completed`, `compensated`, `stuck`; `definition` for a
+    /// built-in shown by name.
+    pub status: String,
+    pub app: Option<String>,
+    pub parent: Option<String>,
+    /// RFC 3339.
+    pub started: Option<String>,
+    pub finished: Option<String>,
+    pub duration_ms: Option<u64>,
+    /// blake3 of the definition text.
+    pub hash: String,
+    pub params: BTreeMap<String, serde_json::Value>,
+    /// The name of the step that failed, if one did.
+    pub failed_step: Option<String>,
+    pub error: Option<String>,
+    pub steps: Vec<WorkflowStepView>,
+    /// The output step's reply, once completed.
+    pub output: Option<serde_json::Value>,
+    /// The pinned definition text.
+    pub definition: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct WorkflowStepView {
+    pub index: u32,
+    pub name: String,
+    /// The API command, `kind.verb`.
+    pub run: String,
+    pub with: serde_json::Value,
+    /// The compensation's command, if any.
+    pub compensate: Option<String>,
+    /// `pending`, `running`, `completed`, `failed`, `compensating`,
+    /// `compensated`, `compensation failed`.
+    pub state: String,
+    pub attempts: u32,
+    pub max_attempts: u32,
+    pub timeout_ms: u64,
+    pub started: Option<String>,
+    pub finished: Option<String>,
+    pub duration_ms: Option<u64>,
+    pub error: Option<String>,
+}
+
+/// `workflow.list`: workflows, newest first.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct WorkflowListReply {
+    pub workflows: Vec<WorkflowSummary>,
+    /// The built-in definitions (`workflow show <name>` prints one).
+    pub builtins: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct WorkflowSummary {
+    pub id: String,
+    pub name: String,
+    pub app: Option<String>,
+    pub status: String,
+    pub started: String,
+    pub finished: Option<String>,
+    pub duration_ms: Option<u64>,
+    pub steps_completed: u32,
+    pub steps: u32,
+    pub failed_step: Option<String>,
+    pub error: Option<String>,
+}
+
+/// `app.snapshot`, `workflow.run` (and the other workflow starts) with
+/// `async`: the workflow's id, to follow with `workflow.show`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct WorkflowStartReply {
+    pub workflow: String,
+    pub name: String,
+    pub status: String,
 }

@@ -1,0 +1,677 @@
+//! The gateway's workflow side: starting, resuming and cancelling sagas
+//! (built-in operations and user workflows), the commands only workflow
+//! steps use (`app.hook`, `app.reclaim`), and the workflow and app-snapshot
+//! queries.
+//!
+//! # Workflow ids
+//! A start names its workflow with the caller's `workflow` id, else one
+//! made from the request id (so a retried request, or a saga step run
+//! again after a crash, finds the workflow it started), else a random one.
+//! A start whose id is taken answers with that workflow.
+
+use std::collections::BTreeMap;
+
+use cairn_schema::command::{DefinitionSource, WorkflowCommand};
+use cairn_schema::event::WorkflowStarted;
+use cairn_schema::reply::{self, to_value};
+use cairn_schema::time::format_rfc3339_ms;
+use cairn_schema::workflow::{Status, WorkflowState};
+use cairn_schema::{ApiError, AppCommand, Command, ErrorCode, Event};
+use cairn_workflows::{Definition, builtin, definition};
+use serde_json::Value;
+use tokio::sync::watch;
+
+use super::{Caller, Gateway, new_request_id};
+use crate::journal::{AppendRequest, Appended, Causation};
+use crate::saga::{CancelFlag, SagaActor, SagaHandle, SagaResult};
+use crate::services::journal_error;
+
+/// Most sagas running at once.
+pub const MAX_RUNNING_SAGAS: usize = 4096;
+/// Dead space (of a segment) above which `app.reclaim` compacts it.
+const RECLAIM_THRESHOLD: f64 = 0.25;
+
+fn workflow_id(caller: &Caller, chosen: Option<String>) -> String {
+    chosen.unwrap_or_else(|| {
+        let seed = caller.request_id.clone().unwrap_or_else(new_request_id);
+        format!("wf-{}", &blake3::hash(seed.as_bytes()).to_hex()[..12])
+    })
+}
+
+fn params_of(state: &WorkflowState) -> Vec<(String, Value)> {
+    state
+        .params
+        .iter()
+        .map(|(k, v)| (k.clone(), serde_json::from_str(v).unwrap_or(Value::Null)))
+        .collect()
+}
+
+/// The definition a journaled workflow runs: its pinned text, resolved
+/// again with its parameters (pure, so the same as when it started).
+fn definition_of(state: &WorkflowState) -> Result<Definition, ApiError> {
+    definition::parse(&state.definition)?.resolve(&state.id, &params_of(state))
+}
+
+fn rfc(ms: Option<u64>) -> Option<String> {
+    ms.map(format_rfc3339_ms)
+}
+
+fn view(state: &WorkflowState, def: Option<&Definition>) -> reply::WorkflowView {
+    let steps = def
+        .map(|d| {
+            d.steps
+                .iter()
+                .enumerate()
+                .map(|(i, s)| {
+                    let rec = state.steps.get(i).cloned().unwrap_or_default();
+                    reply::WorkflowStepView {
+                        index: i as u32,
+                        name: s.name.clone(),
+                        run: s.action.run.clone(),
+                        with: s.action.with.clone(),
+                        compensate: s.compensate.as_ref().map(|c| c.run.clone()),
+                        state: if rec.state.is_empty() {
+                            "pending".into()
+                        } else {
+                            rec.state.clone()
+                        },
+                        attempts: rec.attempts,
+                        max_attempts: s.retry.max_attempts,
+                        timeout_ms: s.timeout_ms,
+                        started: rfc(rec.started_ms),
+                        finished: rfc(rec.finished_ms),
+                        duration_ms: rec
+                            .started_ms
+                            .zip(rec.finished_ms)
+                            .map(|(a, b)| b.saturating_sub(a)),
+                        error: rec.error.clone(),
+                    }
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let step_name = |i: u32| {
+        def.and_then(|d| d.steps.get(i as usize))
+            .map(|s| s.name.clone())
+    };
+    let output = def.and_then(|d| {
+        state
+            .steps
+            .get(d.output)
+            .and_then(|s| s.result.as_deref())
+            .and_then(|r| serde_json::from_str(r).ok())
+    });
+    reply::WorkflowView {
+        id: state.id.clone(),
+        name: state.name.clone(),
+        description: def.map(|d| d.description.clone()).unwrap_or_default(),
+        status: state.status().as_str().to_owned(),
+        app: state.app.clone(),
+        parent: state.parent.clone(),
+        started: Some(format_rfc3339_ms(state.started_ms)),
+        finished: rfc(state.finished_ms),
+        duration_ms: state
+            .finished_ms
+            .map(|f| f.saturating_sub(state.started_ms)),
+        hash: state.hash.clone(),
+        params: params_of(state).into_iter().collect(),
+        failed_step: state.failed_step.and_then(step_name),
+        error: state.error.clone(),
+        steps,
+        output: if state.status() == Status::Completed {
+            output
+        } else {
+            None
+        },
+        definition: state.definition.clone(),
+    }
+}
+
+impl Gateway {
+    /// Commands that are not journaled under their request id.
+    pub(super) async fn dispatch_unjournaled(
+        &self,
+        tenant: &str,
+        command: Command,
+        caller: &Caller,
+    ) -> Result<Value, ApiError> {
+        match command {
+            Command::Workflow(WorkflowCommand::Start {
+                source,
+                params,
+                wait,
+                id,
+            }) => {
+                self.start_workflow(tenant, source, params, wait, id, caller)
+                    .await
+            }
+            Command::Workflow(WorkflowCommand::Resume { id }) => {
+                self.resume_workflow(tenant, &id, caller).await
+            }
+            Command::Workflow(WorkflowCommand::Cancel { id, reason }) => {
+                self.cancel_workflow(tenant, &id, &reason).await
+            }
+            Command::Hook {
+                app,
+                hook,
+                snapshot,
+            } => {
+                let state = self.app_state(tenant, &app).await?;
+                Ok(to_value(
+                    &crate::hooks::run(&state, &hook, snapshot.as_deref()).await?,
+                ))
+            }
+            Command::Reclaim => {
+                let stats = self
+                    .services
+                    .blocking(|pool| pool.compact(RECLAIM_THRESHOLD))
+                    .await?;
+                Ok(to_value(&reply::ReclaimReply {
+                    segments_freed: stats.segments_freed,
+                    bytes_freed: stats.bytes_freed,
+                    bytes_moved: stats.bytes_moved,
+                }))
+            }
+            _ => Err(ApiError::internal("not an unjournaled command")),
+        }
+    }
+
+    /// Fills in what an app command needs from other aggregates: a clone's
+    /// source snapshot, the clones that protect a snapshot.
+    pub(super) async fn complete_app_command(
+        &self,
+        tenant: &str,
+        command: &mut AppCommand,
+    ) -> Result<(), ApiError> {
+        match command {
+            AppCommand::CloneFrom {
+                source,
+                snapshot,
+                from,
+                ..
+            } => {
+                let state = self.app_state(tenant, source).await?;
+                let snap = state.snapshots.get(snapshot.as_str()).ok_or_else(|| {
+                    ApiError::not_found(format!("app {source} has no snapshot {snapshot:?}"))
+                })?;
+                **from = snap.clone();
+            }
+            AppCommand::SnapshotDrop {
+                name,
+                snapshot,
+                dependants,
+                ..
+            } => {
+                *dependants = self.clones_of(tenant, name, snapshot).await?;
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// Apps of the tenant cloned from `app@snapshot`.
+    async fn clones_of(
+        &self,
+        tenant: &str,
+        app: &str,
+        snapshot: &str,
+    ) -> Result<Vec<String>, ApiError> {
+        let origin = Some((app.to_owned(), snapshot.to_owned()));
+        Ok(self
+            .all_apps()
+            .await?
+            .into_iter()
+            .filter(|((t, _), s)| t == tenant && s.origin == origin)
+            .map(|((_, name), _)| name)
+            .collect())
+    }
+
+    pub(super) async fn app_snapshots(&self, tenant: &str, name: &str) -> Result<Value, ApiError> {
+        let state = self.app_state(tenant, name).await?;
+        let mut snapshots: Vec<_> = state.snapshots.values().collect();
+        snapshots.sort_by_key(|s| s.seq);
+        let mut views = Vec::new();
+        for s in snapshots {
+            let mut at = state.clone();
+            at.objects = s.objects.clone();
+            views.push(reply::AppSnapshotView {
+                name: s.name.clone(),
+                created: format_rfc3339_ms(s.created_ms),
+                seq: s.seq,
+                message: s.message.clone(),
+                volumes: s
+                    .volumes
+                    .iter()
+                    .map(|v| cairn_schema::app::volume_name(name, &v.pvc))
+                    .collect(),
+                workloads: at
+                    .workloads()
+                    .into_iter()
+                    .map(|(kind, name, replicas)| reply::WorkloadView {
+                        kind,
+                        name,
+                        replicas,
+                    })
+                    .collect(),
+                workflow: s.workflow.clone(),
+                clones: self.clones_of(tenant, name, &s.name).await?,
+            });
+        }
+        Ok(to_value(&reply::AppSnapshotsReply {
+            name: name.to_owned(),
+            snapshots: views,
+        }))
+    }
+
+    pub(super) fn workflow_list(
+        &self,
+        tenant: &str,
+        app: Option<&str>,
+        status: Option<&str>,
+        limit: u32,
+    ) -> Result<Value, ApiError> {
+        let world = self.journal_state()?;
+        let mut found: Vec<&WorkflowState> = world
+            .workflows
+            .iter()
+            .filter(|((t, _), w)| {
+                t == tenant
+                    && app.is_none_or(|a| w.app.as_deref() == Some(a))
+                    && status.is_none_or(|s| w.status().as_str() == s)
+            })
+            .map(|(_, w)| w)
+            .collect();
+        found.sort_by_key(|w| std::cmp::Reverse(w.started_seq));
+        let workflows = found
+            .into_iter()
+            .take(limit as usize)
+            .map(|w| {
+                let def = definition_of(w).ok();
+                reply::WorkflowSummary {
+                    id: w.id.clone(),
+                    name: w.name.clone(),
+                    app: w.app.clone(),
+                    status: w.status().as_str().to_owned(),
+                    started: format_rfc3339_ms(w.started_ms),
+                    finished: rfc(w.finished_ms),
+                    duration_ms: w.finished_ms.map(|f| f.saturating_sub(w.started_ms)),
+                    steps_completed: w.steps.iter().filter(|s| s.state == "completed").count()
+                        as u32,
+                    steps: def.as_ref().map_or(0, |d| d.steps.len() as u32),
+                    failed_step: w.failed_step.and_then(|i| {
+                        def.as_ref()
+                            .and_then(|d| d.steps.get(i as usize))
+                            .map(|s| s.name.clone())
+                    }),
+                    error: w.error.clone(),
+                }
+            })
+            .collect();
+        Ok(to_value(&reply::WorkflowListReply {
+            workflows,
+            builtins: builtin::BUILTINS
+                .iter()
+                .map(|(n, _)| (*n).to_owned())
+                .collect(),
+        }))
+    }
+
+    fn workflow_state(&self, tenant: &str, id: &str) -> Result<Option<WorkflowState>, ApiError> {
+        let world = self.journal_state()?;
+        Ok(world
+            .workflows
+            .get(&(tenant.to_owned(), id.to_owned()))
+            .cloned())
+    }
+
+    pub(super) fn workflow_show(&self, tenant: &str, id: &str) -> Result<Value, ApiError> {
+        if let Some(state) = self.workflow_state(tenant, id)? {
+            return Ok(to_value(&view(&state, definition_of(&state).ok().as_ref())));
+        }
+        if let Some(text) = builtin::text(id) {
+            let template = definition::parse(text)?;
+            // Shown with placeholders for its params.
+            let params: Vec<(String, Value)> = template
+                .params
+                .iter()
+                .map(|p| (p.name.clone(), Value::String(format!("<{}>", p.name))))
+                .collect();
+            let def = template.resolve("<workflow.id>", &params)?;
+            let state = WorkflowState {
+                id: id.to_owned(),
+                name: def.name.clone(),
+                definition: text.to_owned(),
+                hash: definition::hash(text),
+                params: params.iter().map(|(k, v)| (k.clone(), v.to_string())).collect(),
+                ..WorkflowState::default()
+            };
+            let mut v = view(&state, Some(&def));
+            v.status = "definition".into();
+            v.started = None;
+            return Ok(to_value(&v));
+        }
+        Err(ApiError::not_found(format!(
+            "there is no workflow {id:?} (finished ones are forgotten after {}; built-ins: {})",
+            cairn_schema::state::MAX_FINISHED_WORKFLOWS,
+            builtin::BUILTINS
+                .iter()
+                .map(|(n, _)| *n)
+                .collect::<Vec<_>>()
+                .join(", ")
+        )))
+    }
+
+    /// A finished workflow's answer, from the journal: the output step's
+    /// reply, or an error naming the step that failed.
+    pub async fn saga_result(&self, tenant: &str, id: &str) -> SagaResult {
+        let state = self
+            .workflow_state(tenant, id)?
+            .ok_or_else(|| ApiError::not_found(format!("there is no workflow {id:?}")))?;
+        let def = definition_of(&state)?;
+        let details = |step: Option<String>| {
+            serde_json::json!({"workflow": id, "status": state.status().as_str(), "step": step})
+        };
+        match state.status() {
+            Status::Completed => {
+                let mut out: Value = state
+                    .steps
+                    .get(def.output)
+                    .and_then(|s| s.result.as_deref())
+                    .and_then(|r| serde_json::from_str(r).ok())
+                    .unwrap_or(Value::Null);
+                if let Some(obj) = out.as_object_mut() {
+                    if obj.contains_key("workflow") {
+                        obj.insert("workflow".into(), Value::String(id.to_owned()));
+                    }
+                    if state.name == "app-rollback" && obj.contains_key("safety_snapshot") {
+                        obj.insert(
+                            "safety_snapshot".into(),
+                            Value::String(format!("safety-{id}")),
+                        );
+                    }
+                }
+                if state.parent.is_none() && !builtin::BUILTINS.iter().any(|(n, _)| *n == state.name)
+                {
+                    // A user workflow answers with its whole view.
+                    return Ok(to_value(&view(&state, Some(&def))));
+                }
+                Ok(out)
+            }
+            Status::Running => Err(ApiError::new(
+                ErrorCode::Unavailable,
+                format!("workflow {id} is still running; see cairn workflow show {id}"),
+            )),
+            status => {
+                let step = state
+                    .failed_step
+                    .and_then(|i| def.steps.get(i as usize))
+                    .map(|s| s.name.clone());
+                let error = state.error.clone().unwrap_or_default();
+                // "code: message" as the step reported it.
+                let code = error
+                    .split_once(": ")
+                    .and_then(|(c, _)| serde_json::from_value(Value::String(c.into())).ok())
+                    .filter(|_| status == Status::Compensated && step.is_some())
+                    .unwrap_or(ErrorCode::Aborted);
+                let what = match (&step, status) {
+                    (Some(s), Status::Compensated) => {
+                        format!("step {s} failed ({error}); what it had done was undone")
+                    }
+                    (None, Status::Compensated) => {
+                        "it was cancelled; what it had done was undone".to_owned()
+                    }
+                    (s, _) => format!(
+                        "compensating step {} keeps failing ({error}); fix the cause, then cairn workflow resume {id}",
+                        s.clone().unwrap_or_default()
+                    ),
+                };
+                Err(ApiError::new(
+                    code,
+                    format!("workflow {id} ({}) {}: {what}", state.name, status.as_str()),
+                )
+                .with_details(details(step)))
+            }
+        }
+    }
+
+    /// Starts a saga actor for a journaled workflow.
+    fn spawn_saga(&self, tenant: &str, state: &WorkflowState, user: &str) -> Option<SagaHandle> {
+        use actix::Actor;
+        let def = match definition_of(state) {
+            Ok(d) => d,
+            Err(e) => {
+                tracing::error!(workflow = %state.id, error = %e, "a journaled workflow's definition does not resolve");
+                return None;
+            }
+        };
+        let (tx, rx) = watch::channel(None);
+        let handle = SagaHandle {
+            cancel: std::sync::Arc::new(CancelFlag::default()),
+            done: rx,
+        };
+        if !self.registry.add_saga(tenant, &state.id, handle.clone()) {
+            return self.registry.saga(tenant, &state.id);
+        }
+        let registry = self.registry.clone();
+        let (t, id) = (tenant.to_owned(), state.id.clone());
+        // The registry forgets the saga when it ends.
+        let mut watch_done = handle.done.clone();
+        actix_rt::spawn(async move {
+            let _ = watch_done.changed().await;
+            registry.remove_saga(&t, &id);
+        });
+        SagaActor {
+            tenant: tenant.to_owned(),
+            id: state.id.clone(),
+            user: user.to_owned(),
+            definition: def,
+            progress: state.progress.clone(),
+            gateway: self.me.clone(),
+            cancel: handle.cancel.clone(),
+            done: Some(tx),
+        }
+        .start();
+        Some(handle)
+    }
+
+    /// At start-up: every running workflow goes on.
+    pub fn resume_open_workflows(
+        &self,
+        workflows: &BTreeMap<(String, String), WorkflowState>,
+    ) {
+        for ((tenant, _), state) in workflows {
+            if state.status() == Status::Running {
+                tracing::info!(workflow = %state.id, name = %state.name, "resuming a workflow cut short by the last stop");
+                self.spawn_saga(tenant, state, "cairn");
+            }
+        }
+    }
+
+    async fn wait_for(&self, tenant: &str, id: &str, handle: SagaHandle) -> SagaResult {
+        let mut done = handle.done;
+        loop {
+            if let Some(result) = done.borrow().clone() {
+                return result;
+            }
+            if done.changed().await.is_err() {
+                // Stopped at shutdown.
+                return Err(ApiError::new(
+                    ErrorCode::Unavailable,
+                    format!("the server stopped while workflow {id} ran; it resumes at the next start"),
+                ));
+            }
+            let _ = tenant;
+        }
+    }
+
+    async fn start_workflow(
+        &self,
+        tenant: &str,
+        source: DefinitionSource,
+        params: Vec<(String, Value)>,
+        wait: bool,
+        chosen: Option<String>,
+        caller: &Caller,
+    ) -> Result<Value, ApiError> {
+        let text = match &source {
+            DefinitionSource::Builtin(name) => builtin::text(name)
+                .ok_or_else(|| ApiError::internal(format!("no built-in workflow {name}")))?
+                .to_owned(),
+            DefinitionSource::Text(t) => t.clone(),
+        };
+        let id = workflow_id(caller, chosen);
+        let template = definition::parse(&text)?;
+        let def = template.resolve(&id, &params)?;
+        let reply_now = |status: &str| {
+            Ok(to_value(&reply::WorkflowStartReply {
+                workflow: id.clone(),
+                name: def.name.clone(),
+                status: status.to_owned(),
+            }))
+        };
+        // Taken: the same request again, or a chosen id in use.
+        if let Some(handle) = self.registry.saga(tenant, &id) {
+            return if wait {
+                self.wait_for(tenant, &id, handle).await
+            } else {
+                reply_now("running")
+            };
+        }
+        if let Some(existing) = self.workflow_state(tenant, &id)? {
+            if existing.hash != definition::hash(&text) && caller.request_id.is_none() {
+                return Err(ApiError::new(
+                    ErrorCode::AlreadyExists,
+                    format!("workflow id {id} is taken by another workflow ({})", existing.name),
+                ));
+            }
+            return match existing.status() {
+                Status::Running => match self.spawn_saga(tenant, &existing, "cairn") {
+                    Some(h) if wait => self.wait_for(tenant, &id, h).await,
+                    _ => reply_now("running"),
+                },
+                s if wait => {
+                    let _ = s;
+                    self.saga_result(tenant, &id).await
+                }
+                s => reply_now(s.as_str()),
+            };
+        }
+        if self.registry.running_sagas() >= MAX_RUNNING_SAGAS {
+            return Err(ApiError::new(
+                ErrorCode::ResourceExhausted,
+                format!("{MAX_RUNNING_SAGAS} workflows are running; try again later"),
+            ));
+        }
+        let app = params
+            .iter()
+            .find(|(k, _)| k == "app")
+            .and_then(|(_, v)| v.as_str().map(str::to_owned));
+        let user = caller.user.clone().unwrap_or_else(|| "anonymous".into());
+        let started = Event::WorkflowStarted(WorkflowStarted {
+            workflow: id.clone(),
+            name: def.name.clone(),
+            definition: text.clone(),
+            hash: definition::hash(&text),
+            params: params.iter().map(|(k, v)| (k.clone(), v.to_string())).collect(),
+            app,
+            parent: caller.parent.clone(),
+        });
+        let records = match self
+            .services
+            .journal
+            .append(AppendRequest {
+                causation: Causation {
+                    tenant: tenant.to_owned(),
+                    user: user.clone(),
+                    id: id.clone(),
+                    dedup: false,
+                },
+                events: vec![started],
+                reply: Vec::new(),
+            })
+            .await
+            .map_err(|e| journal_error(&e))?
+        {
+            Appended::Records(r) => r,
+            Appended::Duplicate(_) => Vec::new(),
+        };
+        self.services.publish(&records).await;
+        let state = self
+            .workflow_state(tenant, &id)?
+            .ok_or_else(|| ApiError::internal("a started workflow is not in the journal"))?;
+        let handle = self
+            .spawn_saga(tenant, &state, &user)
+            .ok_or_else(|| ApiError::internal("the workflow could not start"))?;
+        if wait {
+            self.wait_for(tenant, &id, handle).await
+        } else {
+            reply_now("running")
+        }
+    }
+
+    async fn resume_workflow(
+        &self,
+        tenant: &str,
+        id: &str,
+        caller: &Caller,
+    ) -> Result<Value, ApiError> {
+        let state = self
+            .workflow_state(tenant, id)?
+            .ok_or_else(|| ApiError::not_found(format!("there is no workflow {id:?}")))?;
+        let handle = match (self.registry.saga(tenant, id), state.status()) {
+            (Some(h), _) => Some(h),
+            (None, Status::Running) => self.spawn_saga(tenant, &state, "cairn"),
+            (None, Status::Stuck) => {
+                let records = self
+                    .services
+                    .journal
+                    .append(AppendRequest {
+                        causation: Causation {
+                            tenant: tenant.to_owned(),
+                            user: caller.user.clone().unwrap_or_else(|| "anonymous".into()),
+                            id: id.to_owned(),
+                            dedup: false,
+                        },
+                        events: vec![Event::WorkflowResumed(
+                            cairn_schema::event::WorkflowResumed {
+                                workflow: id.to_owned(),
+                            },
+                        )],
+                        reply: Vec::new(),
+                    })
+                    .await
+                    .map_err(|e| journal_error(&e))?;
+                if let Appended::Records(r) = records {
+                    self.services.publish(&r).await;
+                }
+                let state = self
+                    .workflow_state(tenant, id)?
+                    .ok_or_else(|| ApiError::internal("a resumed workflow is gone"))?;
+                self.spawn_saga(tenant, &state, "cairn")
+            }
+            // Completed or compensated: nothing to resume.
+            (None, _) => None,
+        };
+        if let Some(h) = handle {
+            let _ = self.wait_for(tenant, id, h).await;
+        }
+        self.workflow_show(tenant, id)
+    }
+
+    async fn cancel_workflow(&self, tenant: &str, id: &str, reason: &str) -> Result<Value, ApiError> {
+        let state = self
+            .workflow_state(tenant, id)?
+            .ok_or_else(|| ApiError::not_found(format!("there is no workflow {id:?}")))?;
+        let handle = match self.registry.saga(tenant, id) {
+            Some(h) => Some(h),
+            None if state.status() == Status::Running => self.spawn_saga(tenant, &state, "cairn"),
+            // Finished (or stuck: it compensates already): nothing to cancel.
+            None => None,
+        };
+        if let Some(h) = handle {
+            h.cancel.request(reason);
+            let _ = self.wait_for(tenant, id, h).await;
+        }
+        self.workflow_show(tenant, id)
+    }
+}
