@@ -366,7 +366,12 @@ impl Runner {
                 action.run
             ))));
         };
-        let body = serde_json::to_vec(&action.with).expect("json values serialize");
+        let with = if action.with.is_null() {
+            &serde_json::json!({})
+        } else {
+            &action.with
+        };
+        let body = serde_json::to_vec(with).expect("json values serialize");
         let command = match Command::parse(kind, verb, &body) {
             Ok(c) => c,
             Err(e) => return Ok(Err(e)),

@@ -1030,6 +1030,7 @@ spec: {endpoints: [{port: metrics}]}
             &mut seq,
             &AppCommand::Delete {
                 name: "shop".into(),
+                missing_ok: false,
             },
             &taken,
         )
