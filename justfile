@@ -44,6 +44,11 @@ bench-placement:
 bench-commands:
     ./ops/scripts/bench-commands.sh
 
+# App snapshot latency (p50/p99, 3 volumes under fio, 1 GiB and 1 TiB),
+# metadata-only saga rate, 1 TiB clone time; writes target/bench-sagas.md.
+bench-sagas:
+    ./ops/scripts/bench-sagas.sh
+
 # Fuzz the NBD request parser and whole client conversations (stable
 # toolchain, installs cargo-fuzz if missing). FUZZ_SECONDS=600 for longer.
 fuzz:

@@ -129,12 +129,21 @@ fn reply_for(state: &AppState, command: &AppCommand, events: &[Event]) -> Value 
                 Event::AppSnapshotted(s) => Some(s),
                 _ => None,
             }) {
-                Some(s) => s.volumes.iter().map(|v| volume_name(name, &v.pvc)).collect(),
+                Some(s) => s
+                    .volumes
+                    .iter()
+                    .map(|v| volume_name(name, &v.pvc))
+                    .collect(),
                 // Taken already by this workflow (a retried step).
                 None => state
                     .snapshots
                     .get(snapshot)
-                    .map(|s| s.volumes.iter().map(|v| volume_name(name, &v.pvc)).collect())
+                    .map(|s| {
+                        s.volumes
+                            .iter()
+                            .map(|v| volume_name(name, &v.pvc))
+                            .collect()
+                    })
                     .unwrap_or_default(),
             },
             workflow: (!workflow.is_empty()).then(|| workflow.clone()),
@@ -157,7 +166,12 @@ fn reply_for(state: &AppState, command: &AppCommand, events: &[Event]) -> Value 
                 name: name.clone(),
                 snapshot: snapshot.clone(),
                 volumes: rolled
-                    .map(|r| r.volumes.iter().map(|v| volume_name(name, &v.pvc)).collect())
+                    .map(|r| {
+                        r.volumes
+                            .iter()
+                            .map(|v| volume_name(name, &v.pvc))
+                            .collect()
+                    })
                     .unwrap_or_default(),
                 retired: rolled
                     .map(|r| r.retired.iter().map(|p| volume_name(name, p)).collect())
@@ -510,8 +524,10 @@ async fn effects_before_commit(
         let items = group.clone();
         services
             .blocking(move |pool| {
-                let refs: Vec<(&str, &str)> =
-                    items.iter().map(|(v, s)| (v.as_str(), s.as_str())).collect();
+                let refs: Vec<(&str, &str)> = items
+                    .iter()
+                    .map(|(v, s)| (v.as_str(), s.as_str()))
+                    .collect();
                 pool.snapshot_group(&refs)
             })
             .await?;

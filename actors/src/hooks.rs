@@ -87,7 +87,9 @@ pub fn hooks_of(state: &AppState, name: &str) -> Result<Vec<Hook>, ApiError> {
 
 fn tail(bytes: &[u8]) -> String {
     let start = bytes.len().saturating_sub(OUTPUT_TAIL);
-    String::from_utf8_lossy(&bytes[start..]).trim_end().to_owned()
+    String::from_utf8_lossy(&bytes[start..])
+        .trim_end()
+        .to_owned()
 }
 
 /// Runs the hooks of `hook` for `state`'s app, in order.
@@ -115,7 +117,10 @@ pub async fn run(
         }
         let what = format!("hook {hook} of app {} ({})", state.name, h.argv.join(" "));
         let mut child = command.spawn().map_err(|e| {
-            ApiError::new(ErrorCode::HookFailed, format!("{what} could not start: {e}"))
+            ApiError::new(
+                ErrorCode::HookFailed,
+                format!("{what} could not start: {e}"),
+            )
         })?;
         let mut stdout = child.stdout.take().expect("piped");
         let mut stderr = child.stderr.take().expect("piped");
@@ -137,12 +142,18 @@ pub async fn run(
                 let _ = child.kill().await;
                 return Err(ApiError::new(
                     ErrorCode::DeadlineExceeded,
-                    format!("{what} ran past its timeout of {:?} and was killed", h.timeout),
+                    format!(
+                        "{what} ran past its timeout of {:?} and was killed",
+                        h.timeout
+                    ),
                 ));
             }
         };
         let status = status.map_err(|e| {
-            ApiError::new(ErrorCode::HookFailed, format!("{what}: waiting failed: {e}"))
+            ApiError::new(
+                ErrorCode::HookFailed,
+                format!("{what}: waiting failed: {e}"),
+            )
         })?;
         let output = tail(&output);
         let exit_code = status.code().unwrap_or(-1);
@@ -192,18 +203,21 @@ mod tests {
 
     #[tokio::test]
     async fn hooks_run_in_order_and_fail_or_time_out_clearly() {
-        let ok = app("    preSnapshot:\n      - exec: [sh, -c, 'echo $CAIRN_APP $CAIRN_SNAPSHOT']\n");
+        let ok =
+            app("    preSnapshot:\n      - exec: [sh, -c, 'echo $CAIRN_APP $CAIRN_SNAPSHOT']\n");
         let reply = run(&ok, "preSnapshot", Some("s1")).await.unwrap();
         assert_eq!(reply.ran.len(), 1);
         assert_eq!(reply.ran[0].output, "a s1");
         assert!(run(&ok, "postSnapshot", None).await.unwrap().ran.is_empty());
 
-        let failing = app("    preSnapshot:\n      - exec: [sh, -c, 'echo frozen? no >&2; exit 3']\n");
+        let failing =
+            app("    preSnapshot:\n      - exec: [sh, -c, 'echo frozen? no >&2; exit 3']\n");
         let e = run(&failing, "preSnapshot", None).await.unwrap_err();
         assert_eq!(e.code, ErrorCode::HookFailed);
         assert!(e.message.contains("frozen? no"), "{}", e.message);
 
-        let slow = app("    preSnapshot:\n      - exec: [sleep, '5']\n        timeoutSeconds: 0.2\n");
+        let slow =
+            app("    preSnapshot:\n      - exec: [sleep, '5']\n        timeoutSeconds: 0.2\n");
         let e = run(&slow, "preSnapshot", None).await.unwrap_err();
         assert_eq!(e.code, ErrorCode::DeadlineExceeded);
 

@@ -163,8 +163,7 @@ impl Runner {
                             attempt,
                         }))
                         .await?;
-                        self.progress
-                            .push(Progress::StepStarted { step, attempt });
+                        self.progress.push(Progress::StepStarted { step, attempt });
                     }
                     let s = &self.definition.steps[step];
                     let point = format!("{}.{}", self.definition.name, s.name);
@@ -387,7 +386,10 @@ impl Runner {
                 Ok(result) => result,
                 Err(_) => Err(ApiError::new(
                     ErrorCode::DeadlineExceeded,
-                    format!("{} ran past the step's timeout of {timeout_ms} ms", action.run),
+                    format!(
+                        "{} ran past the step's timeout of {timeout_ms} ms",
+                        action.run
+                    ),
                 )),
             },
         )

@@ -40,6 +40,10 @@ pub struct Cli {
     /// Log format on stderr.
     #[arg(long, global = true, value_enum, default_value = "text")]
     pub log_format: LogFormat,
+    /// Seconds to wait for a reply: 60 for plain commands; commands that
+    /// run a workflow wait up to an hour unless this says otherwise.
+    #[arg(long, global = true, env = "CAIRN_TIMEOUT")]
+    pub timeout: Option<u64>,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -391,7 +395,12 @@ async fn connect(args: &Cli) -> anyhow::Result<Client> {
     // The error says what failed (refused, authorization, TLS) and which
     // option to fix.
     let bus = Bus::connect(&args.nats.options(url)).await?;
-    Ok(Client::new(bus, args.tenant.clone()))
+    let mut client = Client::new(bus, args.tenant.clone());
+    if let Some(secs) = args.timeout {
+        client.timeout = std::time::Duration::from_secs(secs.max(1));
+    }
+    let _ = TIMEOUT_GIVEN.set(args.timeout.is_some());
+    Ok(client)
 }
 
 async fn run_client(args: &Cli) -> anyhow::Result<i32> {
@@ -685,7 +694,11 @@ async fn app(client: &Client, fmt: Format, cmd: &AppCommand) -> anyhow::Result<i
                     output::cell(&r["safety_snapshot"]),
                     output::cell(&r["workflow"])
                 )]];
-                for (what, key) in [("restored", "volumes"), ("retired", "retired"), ("deleted", "deleted")] {
+                for (what, key) in [
+                    ("restored", "volumes"),
+                    ("retired", "retired"),
+                    ("deleted", "deleted"),
+                ] {
                     for v in r[key].as_array().map(Vec::as_slice).unwrap_or(&[]) {
                         rows.push(vec![format!("  {what} {}", output::cell(v))]);
                     }
@@ -789,12 +802,18 @@ async fn app(client: &Client, fmt: Format, cmd: &AppCommand) -> anyhow::Result<i
     Ok(0)
 }
 
-/// Workflows may run for as long as their hooks: wait up to an hour.
+/// Workflows may run for as long as their hooks: wait up to an hour
+/// (unless `--timeout` says otherwise).
 fn long(client: &Client) -> Client {
     let mut c = client.clone();
-    c.timeout = std::time::Duration::from_secs(3600);
+    if !TIMEOUT_GIVEN.get().copied().unwrap_or(false) {
+        c.timeout = std::time::Duration::from_secs(3600);
+    }
     c
 }
+
+/// Whether `--timeout` (or `CAIRN_TIMEOUT`) was given.
+static TIMEOUT_GIVEN: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
 
 fn with_run(mut body: Value, run: &RunArgs) -> Value {
     body["async"] = Value::Bool(run.run_async);
@@ -830,7 +849,11 @@ async fn workflow(client: &Client, fmt: Format, cmd: &WorkflowCommand) -> anyhow
             output::print(fmt, &reply, output::workflow_list_rows);
             return Ok(0);
         }
-        WorkflowCommand::Show { id } => client.call("workflow", "show", &json!({ "id": id })).await?,
+        WorkflowCommand::Show { id } => {
+            client
+                .call("workflow", "show", &json!({ "id": id }))
+                .await?
+        }
         WorkflowCommand::Resume { id } => {
             long(client)
                 .call("workflow", "resume", &json!({ "id": id }))
@@ -843,10 +866,13 @@ async fn workflow(client: &Client, fmt: Format, cmd: &WorkflowCommand) -> anyhow
         }
     };
     output::print(fmt, &reply, output::workflow_rows);
-    // A workflow that did not complete is a failure for scripts.
+    // A run that did not complete is a failure for scripts (show, resume
+    // and cancel did what they were asked whatever the status).
+    let run = matches!(cmd, WorkflowCommand::Run { .. });
     Ok(match reply["status"].as_str() {
-        Some("completed" | "definition" | "running") => 0,
-        _ => 1,
+        Some("completed") => 0,
+        _ if run => 1,
+        _ => 0,
     })
 }
 

@@ -376,7 +376,11 @@ pub fn event_summary(e: &Value) -> String {
             cell(&d["source"]),
             cell(&d["snapshot"])
         ),
-        "WorkflowStarted" => format!("workflow {} ({}) started", cell(&d["workflow"]), cell(&d["name"])),
+        "WorkflowStarted" => format!(
+            "workflow {} ({}) started",
+            cell(&d["workflow"]),
+            cell(&d["name"])
+        ),
         "WorkflowFinished" => format!("workflow {} {}", cell(&d["workflow"]), cell(&d["outcome"])),
         other => other.to_owned(),
     }
@@ -392,7 +396,11 @@ pub fn app_snapshot_rows(reply: &Value) -> Vec<Vec<String>> {
         "CLONES".into(),
         "MESSAGE".into(),
     ]];
-    for s in reply["snapshots"].as_array().map(Vec::as_slice).unwrap_or(&[]) {
+    for s in reply["snapshots"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or(&[])
+    {
         let replicas = s["workloads"]
             .as_array()
             .map(|w| {
@@ -440,7 +448,11 @@ pub fn workflow_list_rows(reply: &Value) -> Vec<Vec<String>> {
         "MS".into(),
         "FAILED STEP".into(),
     ]];
-    for w in reply["workflows"].as_array().map(Vec::as_slice).unwrap_or(&[]) {
+    for w in reply["workflows"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or(&[])
+    {
         rows.push(vec![
             cell(&w["id"]),
             cell(&w["name"]),
@@ -475,7 +487,10 @@ pub fn workflow_rows(w: &Value) -> Vec<Vec<String>> {
         }
     )]];
     if let Some(step) = w["failed_step"].as_str() {
-        rows.push(vec![format!("failed at step {step}: {}", cell(&w["error"]))]);
+        rows.push(vec![format!(
+            "failed at step {step}: {}",
+            cell(&w["error"])
+        )]);
     } else if let Some(e) = w["error"].as_str() {
         rows.push(vec![format!("error: {e}")]);
     }

@@ -629,14 +629,11 @@ impl AppState {
                     };
                 }
                 let mut events = vec![Event::AppDeleted(AppDeleted { app: name.clone() })];
-                events.extend(
-                    self.volumes
-                        .keys()
-                        .chain(self.retired.keys())
-                        .map(|pvc| Event::VolumeDeleted(VolumeDeleted {
-                            volume: volume_name(name, pvc),
-                        })),
-                );
+                events.extend(self.volumes.keys().chain(self.retired.keys()).map(|pvc| {
+                    Event::VolumeDeleted(VolumeDeleted {
+                        volume: volume_name(name, pvc),
+                    })
+                }));
                 Ok(events)
             }
             AppCommand::Snapshot {
@@ -794,7 +791,11 @@ impl AppState {
                         }
                         events.push(volume_created(&volume, &v));
                         added.push(v);
-                    } else if replicas < from && kept && delete_on_scale && !self.held_pvcs().contains(&v.pvc) {
+                    } else if replicas < from
+                        && kept
+                        && delete_on_scale
+                        && !self.held_pvcs().contains(&v.pvc)
+                    {
                         events.push(Event::VolumeDeleted(VolumeDeleted { volume }));
                         removed.push(v.pvc);
                     }

@@ -22,7 +22,7 @@ use serde_json::Value;
 
 use crate::app::{
     AppSnapshot, AppState, Object, check_config_key, derive_volumes, split_config_target,
-    volume_name, volume_created,
+    volume_created, volume_name,
 };
 use crate::event::{
     AppCloned, AppCreated, AppRolledBack, AppSnapshotDeleted, AppSnapshotted, SnapshotDeleted,
@@ -105,7 +105,11 @@ impl AppState {
                 format!(
                     "snapshot {snapshot} of app {} is protected: {} cloned from it ({}); delete {} first",
                     self.name,
-                    if dependants.len() == 1 { "an app was" } else { "apps were" },
+                    if dependants.len() == 1 {
+                        "an app was"
+                    } else {
+                        "apps were"
+                    },
                     dependants.join(", "),
                     if dependants.len() == 1 { "it" } else { "them" },
                 ),
@@ -425,7 +429,10 @@ pub fn apply_overrides(objects: &mut [Object], overrides: &[String]) -> Result<(
                 .collect();
             let names: Vec<&str> = configmaps.iter().map(String::as_str).collect();
             let (cm, key) = split_config_target(path, &names).ok_or_else(|| {
-                bad("use replicas=N, image=REF, <configmap>.<key>=V or <Kind>/<name>.<path>=V".into())
+                bad(
+                    "use replicas=N, image=REF, <configmap>.<key>=V or <Kind>/<name>.<path>=V"
+                        .into(),
+                )
             })?;
             check_config_key(key)?;
             let o = objects
@@ -433,7 +440,13 @@ pub fn apply_overrides(objects: &mut [Object], overrides: &[String]) -> Result<(
                 .find(|o| o.kind == "ConfigMap" && o.name == cm)
                 .expect("split_config_target found it");
             update(o, |v| {
-                set_path(v, "data", v.get("data").cloned().unwrap_or(Value::Object(Default::default())))?;
+                set_path(
+                    v,
+                    "data",
+                    v.get("data")
+                        .cloned()
+                        .unwrap_or(Value::Object(Default::default())),
+                )?;
                 if let Some(data) = v.get_mut("data").and_then(Value::as_object_mut) {
                     data.insert(key.to_owned(), Value::String(raw.to_owned()));
                 }

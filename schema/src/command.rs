@@ -449,7 +449,13 @@ macro_rules! run_options {
         }
     )*};
 }
-run_options!(AppSnapshotBody, AppSnapshotRefBody, AppDeleteBody, AppCloneBody, WorkflowRunBody);
+run_options!(
+    AppSnapshotBody,
+    AppSnapshotRefBody,
+    AppDeleteBody,
+    AppCloneBody,
+    WorkflowRunBody
+);
 
 /// The body of `app.snapshot-delete`, `app.rollback`.
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
@@ -635,10 +641,14 @@ pub const MAX_OVERRIDES: usize = 64;
 
 fn check_overrides(set: &[String]) -> Result<(), ApiError> {
     if set.len() > MAX_OVERRIDES {
-        return Err(ApiError::invalid(format!("at most {MAX_OVERRIDES} overrides")));
+        return Err(ApiError::invalid(format!(
+            "at most {MAX_OVERRIDES} overrides"
+        )));
     }
     if let Some(bad) = set.iter().find(|s| !s.contains('=')) {
-        return Err(ApiError::invalid(format!("override {bad:?} is not path=value")));
+        return Err(ApiError::invalid(format!(
+            "override {bad:?} is not path=value"
+        )));
     }
     Ok(())
 }
@@ -841,8 +851,17 @@ impl Command {
             ("app", "hook") => {
                 let b: AppHookBody = body(bytes)?;
                 check_label("app", &b.name)?;
-                if b.hook.is_empty() || b.hook.len() > 63 || !b.hook.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'_') {
-                    return Err(ApiError::invalid(format!("hook name {:?} is not valid", b.hook)));
+                if b.hook.is_empty()
+                    || b.hook.len() > 63
+                    || !b
+                        .hook
+                        .bytes()
+                        .all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'_')
+                {
+                    return Err(ApiError::invalid(format!(
+                        "hook name {:?} is not valid",
+                        b.hook
+                    )));
                 }
                 Command::Hook {
                     app: b.name,
@@ -911,12 +930,19 @@ impl Command {
                 if b.params.len() > MAX_PARAMS {
                     return Err(ApiError::invalid(format!("at most {MAX_PARAMS} params")));
                 }
-                start(DefinitionSource::Text(b.definition), b.params.into_iter().collect(), run)?
+                start(
+                    DefinitionSource::Text(b.definition),
+                    b.params.into_iter().collect(),
+                    run,
+                )?
             }
             ("workflow", "list") => {
                 let b: WorkflowListBody = body(bytes)?;
                 if let Some(status) = &b.status
-                    && !matches!(status.as_str(), "running" | "completed" | "compensated" | "stuck")
+                    && !matches!(
+                        status.as_str(),
+                        "running" | "completed" | "compensated" | "stuck"
+                    )
                 {
                     return Err(ApiError::invalid(format!(
                         "status must be running, completed, compensated or stuck, not {status:?}"

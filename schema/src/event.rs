@@ -449,7 +449,9 @@ impl Event {
             | Event::WorkflowStepCompleted(WorkflowStepCompleted { workflow, .. })
             | Event::WorkflowStepFailed(WorkflowStepFailed { workflow, .. })
             | Event::WorkflowCancelled(WorkflowCancelled { workflow, .. })
-            | Event::WorkflowCompensationStarted(WorkflowCompensationStarted { workflow, .. })
+            | Event::WorkflowCompensationStarted(WorkflowCompensationStarted {
+                workflow, ..
+            })
             | Event::WorkflowCompensationCompleted(WorkflowCompensationCompleted {
                 workflow,
                 ..

@@ -7,11 +7,11 @@ use std::collections::{BTreeMap, VecDeque};
 use serde::{Deserialize, Serialize};
 
 use crate::app::AppState;
-use crate::workflow::WorkflowState;
 use crate::event::{
     NodeDisk, NodeRegistered, SnapshotDeleted, VolumeCloned, VolumeCreated, VolumeDeleted,
     VolumeRolledBack, VolumeSnapshotted,
 };
+use crate::workflow::WorkflowState;
 use crate::{ApiError, ErrorCode, Event, EventRecord, VolumeCommand};
 
 /// The fold of the whole journal: every aggregate's state, keyed by

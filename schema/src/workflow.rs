@@ -218,7 +218,9 @@ impl WorkflowState {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::event::{WorkflowFinished, WorkflowStarted, WorkflowStepFailed, WorkflowStepStarted};
+    use crate::event::{
+        WorkflowFinished, WorkflowStarted, WorkflowStepFailed, WorkflowStepStarted,
+    };
 
     #[test]
     fn the_fold_keeps_facts_and_step_views() {

@@ -4,8 +4,14 @@
 
 /// (name, definition text) of every built-in.
 pub const BUILTINS: &[(&str, &str)] = &[
-    ("app-snapshot", include_str!("../definitions/app-snapshot.yaml")),
-    ("app-rollback", include_str!("../definitions/app-rollback.yaml")),
+    (
+        "app-snapshot",
+        include_str!("../definitions/app-snapshot.yaml"),
+    ),
+    (
+        "app-rollback",
+        include_str!("../definitions/app-rollback.yaml"),
+    ),
     ("app-clone", include_str!("../definitions/app-clone.yaml")),
     (
         "app-snapshot-delete",
@@ -30,5 +36,32 @@ mod tests {
             let t = parse(text).unwrap_or_else(|e| panic!("{name}: {}", e.message));
             assert_eq!(&t.name, name);
         }
+    }
+
+    #[test]
+    fn the_shipped_examples_parse_and_resolve() {
+        let drill = parse(include_str!(
+            "../../examples/workflows/upgrade-fire-drill.yaml"
+        ))
+        .unwrap();
+        let d = drill
+            .resolve(
+                "wf-1",
+                &[
+                    ("app".into(), serde_json::json!("pg")),
+                    ("image".into(), serde_json::json!("postgres:16")),
+                ],
+            )
+            .unwrap();
+        assert_eq!(
+            d.steps[1].action.with["set"],
+            serde_json::json!(["image=postgres:16"])
+        );
+        assert_eq!(d.steps[1].action.with["target"], "pg-drill");
+        let nightly = parse(include_str!(
+            "../../examples/workflows/nightly-snapshot.yaml"
+        ))
+        .unwrap();
+        assert_eq!(nightly.params.len(), 3);
     }
 }

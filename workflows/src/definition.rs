@@ -213,7 +213,8 @@ pub fn parse_duration_ms(value: &Value) -> Result<u64, String> {
 
 fn check_command(run: &str, step: &str) -> Result<(), ApiError> {
     let ok = run.split_once('.').is_some_and(|(k, v)| {
-        let word = |w: &str| !w.is_empty() && w.bytes().all(|b| b.is_ascii_lowercase() || b == b'-');
+        let word =
+            |w: &str| !w.is_empty() && w.bytes().all(|b| b.is_ascii_lowercase() || b == b'-');
         word(k) && word(v)
     });
     if ok {
@@ -235,12 +236,17 @@ pub fn parse(text: &str) -> Result<Template, ApiError> {
     }
     let doc: Document = serde_yaml::from_str(text).map_err(invalid)?;
     if doc.kind != "Workflow" {
-        return Err(invalid(format!("kind must be Workflow, not {:?}", doc.kind)));
+        return Err(invalid(format!(
+            "kind must be Workflow, not {:?}",
+            doc.kind
+        )));
     }
     if let Some(v) = &doc.api_version
         && !v.starts_with("cairn.dev/")
     {
-        return Err(invalid(format!("apiVersion must be cairn.dev/v1, not {v:?}")));
+        return Err(invalid(format!(
+            "apiVersion must be cairn.dev/v1, not {v:?}"
+        )));
     }
     let name = doc.metadata.name.unwrap_or_else(|| "workflow".into());
     cairn_schema::names::check_label("workflow name", &name)?;
@@ -487,7 +493,13 @@ spec:
     fn params_substitute_everywhere_and_whole_values_keep_their_type() {
         let t = parse(NIGHTLY).unwrap();
         let d = t
-            .resolve("wf-1", &[("app".into(), json!("shop")), ("set".into(), json!(["a=1"]))])
+            .resolve(
+                "wf-1",
+                &[
+                    ("app".into(), json!("shop")),
+                    ("set".into(), json!(["a=1"])),
+                ],
+            )
             .unwrap();
         let step = &d.steps[0];
         assert_eq!(

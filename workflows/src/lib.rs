@@ -51,7 +51,10 @@ pub enum Outcome {
     },
     /// The compensation of `step` failed on every attempt: an operator
     /// looks, then resumes (tries again) the saga.
-    Stuck { step: usize, error: String },
+    Stuck {
+        step: usize,
+        error: String,
+    },
 }
 
 impl Outcome {
@@ -98,11 +101,17 @@ pub fn compensate_key(saga_id: &str, step: usize) -> String {
     format!("{saga_id}/compensate/{step}")
 }
 
-/// Error codes worth another attempt; the rest fail a step at once.
+/// Error codes worth another attempt (a hook may pass once what it waits
+/// for is ready); the rest fail a step at once.
 pub fn retryable(code: &str) -> bool {
     matches!(
         code,
-        "unavailable" | "internal" | "deadline_exceeded" | "no_space" | "resource_exhausted"
+        "unavailable"
+            | "internal"
+            | "deadline_exceeded"
+            | "no_space"
+            | "resource_exhausted"
+            | "hook_failed"
     )
 }
 
@@ -144,9 +153,7 @@ pub fn next(definition: &Definition, saga_id: &str, progress: &[Progress]) -> Ef
                     failure = Some((None, "cancelled".into()));
                 }
             }
-            Progress::CompensationStarted { step } if *step < n => {
-                open_compensation = Some(*step)
-            }
+            Progress::CompensationStarted { step } if *step < n => open_compensation = Some(*step),
             Progress::CompensationCompleted { step } if *step < n => {
                 compensated[*step] = true;
                 open_compensation = None;
@@ -410,9 +417,15 @@ mod tests {
     fn a_permanent_error_fails_at_once_and_a_failing_compensation_gets_stuck_until_resumed() {
         let def = definition(3, 3);
         let mut progress = vec![
-            Progress::StepStarted { step: 0, attempt: 1 },
+            Progress::StepStarted {
+                step: 0,
+                attempt: 1,
+            },
             Progress::StepCompleted { step: 0 },
-            Progress::StepStarted { step: 1, attempt: 1 },
+            Progress::StepStarted {
+                step: 1,
+                attempt: 1,
+            },
             Progress::StepFailed {
                 step: 1,
                 attempt: 1,
@@ -420,7 +433,14 @@ mod tests {
                 retryable: false,
             },
         ];
-        assert!(matches!(next(&def, "x", &progress), Effect::Compensate { step: 0, delay_ms: 0, .. }));
+        assert!(matches!(
+            next(&def, "x", &progress),
+            Effect::Compensate {
+                step: 0,
+                delay_ms: 0,
+                ..
+            }
+        ));
         for attempt in 1..=3 {
             progress.push(Progress::CompensationStarted { step: 0 });
             progress.push(Progress::CompensationFailed {
@@ -444,7 +464,14 @@ mod tests {
             }
         }
         progress.push(Progress::Resumed);
-        assert!(matches!(next(&def, "x", &progress), Effect::Compensate { step: 0, delay_ms: 0, .. }));
+        assert!(matches!(
+            next(&def, "x", &progress),
+            Effect::Compensate {
+                step: 0,
+                delay_ms: 0,
+                ..
+            }
+        ));
         progress.push(Progress::CompensationStarted { step: 0 });
         progress.push(Progress::CompensationCompleted { step: 0 });
         assert_eq!(

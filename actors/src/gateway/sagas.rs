@@ -342,7 +342,10 @@ impl Gateway {
                 name: def.name.clone(),
                 definition: text.to_owned(),
                 hash: definition::hash(text),
-                params: params.iter().map(|(k, v)| (k.clone(), v.to_string())).collect(),
+                params: params
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.to_string()))
+                    .collect(),
                 ..WorkflowState::default()
             };
             let mut v = view(&state, Some(&def));
@@ -368,9 +371,7 @@ impl Gateway {
             .workflow_state(tenant, id)?
             .ok_or_else(|| ApiError::not_found(format!("there is no workflow {id:?}")))?;
         let def = definition_of(&state)?;
-        let details = |step: Option<String>| {
-            serde_json::json!({"workflow": id, "status": state.status().as_str(), "step": step})
-        };
+        let details = |step: Option<String>| serde_json::json!({"workflow": id, "status": state.status().as_str(), "step": step});
         match state.status() {
             Status::Completed => {
                 let mut out: Value = state
@@ -390,7 +391,8 @@ impl Gateway {
                         );
                     }
                 }
-                if state.parent.is_none() && !builtin::BUILTINS.iter().any(|(n, _)| *n == state.name)
+                if state.parent.is_none()
+                    && !builtin::BUILTINS.iter().any(|(n, _)| *n == state.name)
                 {
                     // A user workflow answers with its whole view.
                     return Ok(to_value(&view(&state, Some(&def))));
@@ -475,10 +477,7 @@ impl Gateway {
     }
 
     /// At start-up: every running workflow goes on.
-    pub fn resume_open_workflows(
-        &self,
-        workflows: &BTreeMap<(String, String), WorkflowState>,
-    ) {
+    pub fn resume_open_workflows(&self, workflows: &BTreeMap<(String, String), WorkflowState>) {
         for ((tenant, _), state) in workflows {
             if state.status() == Status::Running {
                 tracing::info!(workflow = %state.id, name = %state.name, "resuming a workflow cut short by the last stop");
@@ -497,7 +496,9 @@ impl Gateway {
                 // Stopped at shutdown.
                 return Err(ApiError::new(
                     ErrorCode::Unavailable,
-                    format!("the server stopped while workflow {id} ran; it resumes at the next start"),
+                    format!(
+                        "the server stopped while workflow {id} ran; it resumes at the next start"
+                    ),
                 ));
             }
             let _ = tenant;
@@ -541,7 +542,10 @@ impl Gateway {
             if existing.hash != definition::hash(&text) && caller.request_id.is_none() {
                 return Err(ApiError::new(
                     ErrorCode::AlreadyExists,
-                    format!("workflow id {id} is taken by another workflow ({})", existing.name),
+                    format!(
+                        "workflow id {id} is taken by another workflow ({})",
+                        existing.name
+                    ),
                 ));
             }
             return match existing.status() {
@@ -572,7 +576,10 @@ impl Gateway {
             name: def.name.clone(),
             definition: text.clone(),
             hash: definition::hash(&text),
-            params: params.iter().map(|(k, v)| (k.clone(), v.to_string())).collect(),
+            params: params
+                .iter()
+                .map(|(k, v)| (k.clone(), v.to_string()))
+                .collect(),
             app,
             parent: caller.parent.clone(),
         });
@@ -658,7 +665,12 @@ impl Gateway {
         self.workflow_show(tenant, id)
     }
 
-    async fn cancel_workflow(&self, tenant: &str, id: &str, reason: &str) -> Result<Value, ApiError> {
+    async fn cancel_workflow(
+        &self,
+        tenant: &str,
+        id: &str,
+        reason: &str,
+    ) -> Result<Value, ApiError> {
         let state = self
             .workflow_state(tenant, id)?
             .ok_or_else(|| ApiError::not_found(format!("there is no workflow {id:?}")))?;
