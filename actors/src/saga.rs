@@ -128,10 +128,7 @@ struct Stopped;
 impl Runner {
     /// Drives the saga to its end. `None`: stopped by a shutdown.
     async fn run(mut self) -> Option<SagaResult> {
-        match self.drive().await {
-            Ok(result) => Some(result),
-            Err(Stopped) => None,
-        }
+        self.drive().await.ok()
     }
 
     async fn drive(&mut self) -> Result<SagaResult, Stopped> {

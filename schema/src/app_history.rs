@@ -351,10 +351,10 @@ fn set_path(value: &mut Value, path: &str, new: Value) -> Result<(), String> {
     Ok(())
 }
 
-fn with_object<'a>(
-    objects: &'a mut [Object],
+fn with_object(
+    objects: &mut [Object],
     pred: impl Fn(&Object) -> bool,
-) -> impl Iterator<Item = &'a mut Object> {
+) -> impl Iterator<Item = &mut Object> {
     objects.iter_mut().filter(move |o| pred(o))
 }
 

@@ -148,10 +148,8 @@ pub fn next(definition: &Definition, saga_id: &str, progress: &[Progress]) -> Ef
                     failure = Some((Some(*step), error.clone()));
                 }
             }
-            Progress::Cancelled => {
-                if failure.is_none() {
-                    failure = Some((None, "cancelled".into()));
-                }
+            Progress::Cancelled if failure.is_none() => {
+                failure = Some((None, "cancelled".into()));
             }
             Progress::CompensationStarted { step } if *step < n => open_compensation = Some(*step),
             Progress::CompensationCompleted { step } if *step < n => {
