@@ -24,7 +24,15 @@ n=${BENCH_SNAPSHOTS:-50}
 meta=${BENCH_META:-400}
 dir=$(mktemp -d)
 trap 'kill $(jobs -p) 2>/dev/null; wait 2>/dev/null; rm -rf "$dir"' EXIT
-"$CAIRN_BIN" up --data-dir "$dir/data" --nbd "unix:$dir/nbd.sock" >"$dir/up.log" 2>&1 &
+# Thin provisioning: the planner counts claims against declared capacity, so
+# the 1 TiB app needs a topology whose disks say they are big enough.
+cat >"$dir/topology.yaml" <<YAML
+apiVersion: cairn.dev/v1
+kind: Topology
+nodes:
+  - {name: n1, rack: r1, datacenter: dc1, disks: [{name: d1, media: ssd, capacity: 8Ti}, {name: d2, media: ssd, capacity: 8Ti}]}
+YAML
+"$CAIRN_BIN" up --data-dir "$dir/data" --nbd "unix:$dir/nbd.sock" --topology "$dir/topology.yaml" >"$dir/up.log" 2>&1 &
 for _ in $(seq 100); do grep -q "CAIRN_NATS_URL" "$dir/up.log" 2>/dev/null && break; sleep 0.1; done
 export CAIRN_NATS_URL=$(grep -o "nats://[0-9.:]*" "$dir/up.log" | head -1)
 cairn() { "$CAIRN_BIN" "$@"; }
