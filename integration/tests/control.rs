@@ -360,6 +360,10 @@ fn duplicates_of_a_request_in_flight_get_the_first_answer() {
             "AppDeleted",
         ),
     ];
+    // app.delete runs as a workflow: its copies find the one workflow (its
+    // id comes from the request id), whose step journals the app's events
+    // under the step's idempotency key, and whose own facts go under its id.
+    let mut causation_of: BTreeMap<String, String> = BTreeMap::new();
     for (command, body, _) in &cases {
         let id = format!("dup-{command}");
         let replies = raw.request_many(
@@ -370,6 +374,11 @@ fn duplicates_of_a_request_in_flight_get_the_first_answer() {
         );
         let first: Value = serde_json::from_slice(&replies[0]).unwrap();
         assert!(first.get("error").is_none(), "{command}: {first}");
+        let causation = match first["workflow"].as_str() {
+            Some(wf) => format!("{wf}/run/0"),
+            None => id.clone(),
+        };
+        causation_of.insert(id.clone(), causation);
         for reply in &replies[1..] {
             let reply: Value = serde_json::from_slice(reply).unwrap();
             assert_eq!(reply, first, "{command}: every copy gets the first answer");
@@ -380,13 +389,26 @@ fn duplicates_of_a_request_in_flight_get_the_first_answer() {
     let journal = events_by_causation(&node);
     for (command, _, kind) in &cases {
         let id = format!("dup-{command}");
+        let causation = &causation_of[&id];
         let events = journal
-            .get(&id)
-            .unwrap_or_else(|| panic!("{id} not journaled"));
+            .get(causation)
+            .unwrap_or_else(|| panic!("{id} not journaled (under {causation})"));
         let n_of_kind = events.iter().filter(|e| e["kind"] == *kind).count();
         assert_eq!(n_of_kind, 1, "{id}: {events:?}");
     }
-    assert_eq!(journal.len(), cases.len(), "{journal:?}");
+    let workflows: Vec<&String> = journal
+        .keys()
+        .filter(|k| k.starts_with("wf-") && !k.contains('/'))
+        .collect();
+    assert_eq!(workflows.len(), 1, "one app.delete workflow: {journal:?}");
+    assert_eq!(
+        journal[workflows[0]]
+            .iter()
+            .filter(|e| e["kind"] == "WorkflowStarted")
+            .count(),
+        1
+    );
+    assert_eq!(journal.len(), cases.len() + 1, "{journal:?}");
     assert!(node.stop().success());
 }
 
