@@ -541,7 +541,9 @@ pub struct WorkflowView {
     pub params: BTreeMap<String, serde_json::Value>,
     /// The name of the step that failed, if one did.
     pub failed_step: Option<String>,
-    pub error: Option<String>,
+    /// Why it failed (`code: message`). Not named `error`: a reply with an
+    /// `error` key is an error reply.
+    pub failure: Option<String>,
     pub steps: Vec<WorkflowStepView>,
     /// The output step's reply, once completed.
     pub output: Option<serde_json::Value>,

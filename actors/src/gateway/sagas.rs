@@ -116,7 +116,7 @@ fn view(state: &WorkflowState, def: Option<&Definition>) -> reply::WorkflowView 
         hash: state.hash.clone(),
         params: params_of(state).into_iter().collect(),
         failed_step: state.failed_step.and_then(step_name),
-        error: state.error.clone(),
+        failure: state.error.clone(),
         steps,
         output: if state.status() == Status::Completed {
             output
