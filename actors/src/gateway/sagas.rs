@@ -24,6 +24,13 @@ use tokio::sync::watch;
 use super::{Caller, Gateway, new_request_id};
 use crate::journal::{AppendRequest, Appended, Causation};
 use crate::saga::{CancelFlag, SagaActor, SagaHandle, SagaResult};
+
+/// A claimed workflow id: the handle waiters get, and the sender its saga
+/// answers through.
+struct Reservation {
+    handle: SagaHandle,
+    tx: watch::Sender<Option<SagaResult>>,
+}
 use crate::services::journal_error;
 
 /// Most sagas running at once.
@@ -436,32 +443,49 @@ impl Gateway {
         }
     }
 
-    /// Starts a saga actor for a journaled workflow.
-    fn spawn_saga(&self, tenant: &str, state: &WorkflowState, user: &str) -> Option<SagaHandle> {
-        use actix::Actor;
-        let def = match definition_of(state) {
-            Ok(d) => d,
-            Err(e) => {
-                tracing::error!(workflow = %state.id, error = %e, "a journaled workflow's definition does not resolve");
-                return None;
-            }
-        };
+    /// Claims a workflow id in the registry: `Err` with the running
+    /// saga's handle if it is taken. Whoever holds the claim starts it.
+    fn reserve(&self, tenant: &str, id: &str) -> Result<Reservation, SagaHandle> {
         let (tx, rx) = watch::channel(None);
         let handle = SagaHandle {
             cancel: std::sync::Arc::new(CancelFlag::default()),
             done: rx,
         };
-        if !self.registry.add_saga(tenant, &state.id, handle.clone()) {
-            return self.registry.saga(tenant, &state.id);
+        if !self.registry.add_saga(tenant, id, handle.clone()) {
+            return match self.registry.saga(tenant, id) {
+                Some(h) => Err(h),
+                // It ended between the two looks: claim again.
+                None => self.reserve(tenant, id),
+            };
         }
         let registry = self.registry.clone();
-        let (t, id) = (tenant.to_owned(), state.id.clone());
-        // The registry forgets the saga when it ends.
+        let (t, i) = (tenant.to_owned(), id.to_owned());
+        // The registry forgets the saga when it ends (or its start fails).
         let mut watch_done = handle.done.clone();
         actix_rt::spawn(async move {
             let _ = watch_done.changed().await;
-            registry.remove_saga(&t, &id);
+            registry.remove_saga(&t, &i);
         });
+        Ok(Reservation { handle, tx })
+    }
+
+    /// Starts the saga actor of a journaled workflow under a claim.
+    fn launch(
+        &self,
+        tenant: &str,
+        state: &WorkflowState,
+        user: &str,
+        r: Reservation,
+    ) -> SagaHandle {
+        use actix::Actor;
+        let def = match definition_of(state) {
+            Ok(d) => d,
+            Err(e) => {
+                tracing::error!(workflow = %state.id, error = %e, "a journaled workflow's definition does not resolve");
+                let _ = r.tx.send(Some(Err(e)));
+                return r.handle;
+            }
+        };
         SagaActor {
             tenant: tenant.to_owned(),
             id: state.id.clone(),
@@ -469,11 +493,19 @@ impl Gateway {
             definition: def,
             progress: state.progress.clone(),
             gateway: self.me.clone(),
-            cancel: handle.cancel.clone(),
-            done: Some(tx),
+            cancel: r.handle.cancel.clone(),
+            done: Some(r.tx),
         }
         .start();
-        Some(handle)
+        r.handle
+    }
+
+    /// Starts (or finds) the saga of a journaled workflow.
+    fn spawn_saga(&self, tenant: &str, state: &WorkflowState, user: &str) -> Option<SagaHandle> {
+        match self.reserve(tenant, &state.id) {
+            Ok(r) => Some(self.launch(tenant, state, user, r)),
+            Err(running) => Some(running),
+        }
     }
 
     /// At start-up: every running workflow goes on.
@@ -566,6 +598,36 @@ impl Gateway {
                 format!("{MAX_RUNNING_SAGAS} workflows are running; try again later"),
             ));
         }
+        // Claim the id before journaling, so copies of one request racing
+        // each other start one workflow; look at the journal again under
+        // the claim (a copy may have started and finished it meanwhile).
+        let reservation = match self.reserve(tenant, &id) {
+            Ok(r) => r,
+            Err(running) => {
+                return if wait {
+                    self.wait_for(tenant, &id, running).await
+                } else {
+                    reply_now("running")
+                };
+            }
+        };
+        if let Some(existing) = self.workflow_state(tenant, &id)? {
+            if existing.status() == Status::Running {
+                let handle = self.launch(tenant, &existing, "cairn", reservation);
+                return if wait {
+                    self.wait_for(tenant, &id, handle).await
+                } else {
+                    reply_now("running")
+                };
+            }
+            let result = self.saga_result(tenant, &id).await;
+            let _ = reservation.tx.send(Some(result.clone()));
+            return if wait {
+                result
+            } else {
+                reply_now(existing.status().as_str())
+            };
+        }
         let app = params
             .iter()
             .find(|(k, _)| k == "app")
@@ -583,7 +645,7 @@ impl Gateway {
             app,
             parent: caller.parent.clone(),
         });
-        let records = match self
+        let appended = self
             .services
             .journal
             .append(AppendRequest {
@@ -597,18 +659,25 @@ impl Gateway {
                 reply: Vec::new(),
             })
             .await
-            .map_err(|e| journal_error(&e))?
-        {
-            Appended::Records(r) => r,
-            Appended::Duplicate(_) => Vec::new(),
+            .map_err(|e| journal_error(&e));
+        let records = match appended {
+            Ok(Appended::Records(r)) => r,
+            Ok(Appended::Duplicate(_)) => Vec::new(),
+            Err(e) => {
+                let _ = reservation.tx.send(Some(Err(e.clone())));
+                return Err(e);
+            }
         };
         self.services.publish(&records).await;
-        let state = self
-            .workflow_state(tenant, &id)?
-            .ok_or_else(|| ApiError::internal("a started workflow is not in the journal"))?;
-        let handle = self
-            .spawn_saga(tenant, &state, &user)
-            .ok_or_else(|| ApiError::internal("the workflow could not start"))?;
+        let state = match self.workflow_state(tenant, &id)? {
+            Some(state) => state,
+            None => {
+                let e = ApiError::internal("a started workflow is not in the journal");
+                let _ = reservation.tx.send(Some(Err(e.clone())));
+                return Err(e);
+            }
+        };
+        let handle = self.launch(tenant, &state, &user, reservation);
         if wait {
             self.wait_for(tenant, &id, handle).await
         } else {
