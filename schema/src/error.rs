@@ -30,6 +30,9 @@ pub enum ErrorCode {
     Unavailable,
     /// A bug: the server broke one of its own invariants.
     Internal,
+    /// The key given does not open the encrypted store (a backup
+    /// repository): nothing was read or changed.
+    WrongKey,
 }
 
 impl ErrorCode {
@@ -45,6 +48,7 @@ impl ErrorCode {
             ErrorCode::NoSpace => "no_space",
             ErrorCode::Unavailable => "unavailable",
             ErrorCode::Internal => "internal",
+            ErrorCode::WrongKey => "wrong_key",
         }
     }
 }

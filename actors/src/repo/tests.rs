@@ -1,0 +1,1 @@
+//! Unit and model tests of the repository against the in-memory twin.
