@@ -9,11 +9,13 @@
 //! hole becomes `write_zeroes`).
 //!
 //! Reads are coalesced: consecutive chunks stored back to back in one pack
-//! are fetched with one ranged read of up to [`MAX_READ_BYTES`]. Every chunk
+//! are fetched with one ranged read of up to [`MAX_READ_BYTES`], on a
+//! fetcher thread that also authenticates them, while the calling thread
+//! writes the previous run (memory: a few runs). Every chunk
 //! is authenticated and re-hashed before it is written; a bad one stops the
 //! pull with [`Error::Corrupted`] naming the pack and the offset.
 
-use std::sync::Arc;
+use std::sync::{Arc, mpsc};
 
 use cairn_blocks::{Device, Pool};
 
@@ -25,6 +27,8 @@ use super::push::{Progress, is_zero};
 
 /// Largest single ranged read from a pack.
 pub const MAX_READ_BYTES: u64 = 16 << 20;
+/// Runs queued between the planner, the fetcher and the writer.
+pub const RUNS_IN_FLIGHT: usize = 2;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PullMode {
@@ -143,7 +147,40 @@ impl Repo {
     }
 }
 
+/// What the planner found without fetching.
+#[derive(Default)]
+struct Planned {
+    hole_chunks: u64,
+    unchanged_chunks: u64,
+    zeroed_chunks: u64,
+}
+
+/// What the planner sends the fetcher.
+enum Item {
+    /// Consecutive blobs of one pack: fetch and open them.
+    Run(Vec<(u64, Location)>),
+    /// A chunk whose id the planner sent a moment ago (repeated data): the
+    /// writer copies it from its small cache, fetching only on a miss.
+    Repeat(u64, Location),
+}
+
+/// What the fetcher hands the writer.
+enum Decoded {
+    Data(u64, [u8; 32], Vec<u8>),
+    Repeat(u64, Location),
+}
+
+/// Decoded chunks of one item, and the pack bytes fetched for them.
+type Fetched = Result<(Vec<Decoded>, u64)>;
+
+/// Distinct recent chunk ids the planner remembers and the writer caches.
+pub const REPEAT_CACHE_CHUNKS: usize = 8;
+
 impl Ctx<'_> {
+    /// Three stages on three threads, joined by bounded channels (at most
+    /// [`RUNS_IN_FLIGHT`] runs between each): the planner walks the chunk
+    /// list (and, repairing, reads and hashes local chunks), the fetcher
+    /// reads each run and authenticates its chunks, this thread writes.
     fn pull_volume(
         &mut self,
         volume: &VolumeEntry,
@@ -153,96 +190,196 @@ impl Ctx<'_> {
         progress: &dyn Fn(&Progress),
     ) -> Result<()> {
         let chunk_bytes = volume.chunk_bytes;
-        let mut local = vec![0u8; chunk_bytes as usize];
-        // (chunk number, place) of consecutive blobs of one pack.
-        let mut run: Vec<(u64, Location)> = vec![];
-        for (i, chunk) in volume.chunks.iter().enumerate() {
-            let i = i as u64;
-            let offset = i * chunk_bytes;
-            let len = chunk_bytes.min(volume.size - offset);
-            let local_data = &mut local[..len as usize];
-            if mode == PullMode::Repair {
-                device.read_at(local_data, offset)?;
-            }
-            match chunk {
-                ChunkRef::Hole => {
-                    self.report.hole_chunks += 1;
-                    if mode == PullMode::Repair && !is_zero(local_data) {
-                        device.write_zeroes(offset, len, false)?;
-                        self.report.written_chunks += 1;
+        let (run_tx, run_rx) = mpsc::sync_channel::<Item>(RUNS_IN_FLIGHT);
+        let (data_tx, data_rx) = mpsc::sync_channel::<Fetched>(RUNS_IN_FLIGHT);
+        let (repo, index, manifest_id) = (self.repo, self.index, self.manifest_id);
+        let base = self.done_bytes;
+        std::thread::scope(|scope| {
+            let planner =
+                scope.spawn(move || plan(repo, index, manifest_id, volume, device, mode, run_tx));
+            scope.spawn(move || {
+                for item in run_rx {
+                    let fetched = match item {
+                        Item::Run(run) => fetch(repo, index, &run),
+                        Item::Repeat(i, place) => Ok((vec![Decoded::Repeat(i, place)], 0)),
+                    };
+                    let failed = fetched.is_err();
+                    if data_tx.send(fetched).is_err() || failed {
+                        return;
                     }
                 }
-                ChunkRef::Data(id) => {
-                    if mode == PullMode::Repair && self.repo.keys.chunk_id(local_data) == *id {
-                        self.report.unchanged_chunks += 1;
-                    } else {
-                        let place = self.index.get(id).ok_or_else(|| Error::MissingChunk {
-                            manifest: self.manifest_id.to_owned(),
-                            volume: volume.name.clone(),
-                            chunk: super::key::hex(id),
-                        })?;
-                        let joins = run.last().is_some_and(|(_, last)| {
-                            let start = run[0].1.entry.offset as u64;
-                            last.pack == place.pack
-                                && last.entry.offset + last.entry.len == place.entry.offset
-                                && (place.entry.offset + place.entry.len) as u64 - start
-                                    <= MAX_READ_BYTES
-                        });
-                        if !joins {
-                            self.fetch(&mut run, chunk_bytes, device)?;
-                        }
-                        run.push((i, place));
-                    }
-                }
-            }
-            self.done_bytes += len;
-            progress(&Progress {
-                volume: target.to_owned(),
-                done_bytes: self.done_bytes,
-                total_bytes: self.total_bytes,
-                transferred_bytes: self.report.fetched_bytes,
-                packs: 0,
             });
-        }
-        self.fetch(&mut run, chunk_bytes, device)
+            let mut written = Ok(());
+            let mut cache: std::collections::VecDeque<([u8; 32], Arc<Vec<u8>>)> =
+                std::collections::VecDeque::new();
+            for fetched in data_rx.iter() {
+                let result = fetched.and_then(|(chunks, bytes)| {
+                    self.report.fetched_bytes += bytes;
+                    for decoded in chunks {
+                        let (i, data) = match decoded {
+                            Decoded::Data(i, id, data) => {
+                                let data = Arc::new(data);
+                                if cache.len() == REPEAT_CACHE_CHUNKS {
+                                    cache.pop_front();
+                                }
+                                cache.push_back((id, data.clone()));
+                                (i, data)
+                            }
+                            Decoded::Repeat(i, place) => {
+                                match cache.iter().find(|(id, _)| *id == place.entry.id) {
+                                    Some((_, data)) => (i, data.clone()),
+                                    None => {
+                                        let (mut one, bytes) = fetch(repo, index, &[(i, place)])?;
+                                        self.report.fetched_bytes += bytes;
+                                        match one.pop() {
+                                            Some(Decoded::Data(i, _, data)) => (i, Arc::new(data)),
+                                            _ => unreachable!("fetch decodes data"),
+                                        }
+                                    }
+                                }
+                            }
+                        };
+                        device.write_at(&data, i * chunk_bytes, false)?;
+                        self.report.written_chunks += 1;
+                        self.done_bytes = self
+                            .done_bytes
+                            .max(base + (i * chunk_bytes + data.len() as u64));
+                        progress(&Progress {
+                            volume: target.to_owned(),
+                            done_bytes: self.done_bytes,
+                            total_bytes: self.total_bytes,
+                            transferred_bytes: self.report.fetched_bytes,
+                            packs: 0,
+                        });
+                    }
+                    Ok(())
+                });
+                if result.is_err() {
+                    // Dropping the receiver stops the fetcher, then the planner.
+                    written = result;
+                    break;
+                }
+            }
+            drop(data_rx);
+            let planned = planner.join().expect("the planner does not panic");
+            written?;
+            let planned = planned?;
+            self.report.hole_chunks += planned.hole_chunks;
+            self.report.unchanged_chunks += planned.unchanged_chunks;
+            self.report.written_chunks += planned.zeroed_chunks;
+            self.done_bytes = base + volume.size;
+            Ok(())
+        })
     }
+}
 
-    /// Reads a run of blobs with one request and writes their chunks.
-    fn fetch(
-        &mut self,
-        run: &mut Vec<(u64, Location)>,
-        chunk_bytes: u64,
-        device: &Arc<dyn Device>,
-    ) -> Result<()> {
-        let (Some((_, first)), Some((_, last))) = (run.first(), run.last()) else {
-            return Ok(());
-        };
-        let pack = self.index.pack_key(first.pack);
-        let start = first.entry.offset as u64;
-        let end = (last.entry.offset + last.entry.len) as u64;
-        let bytes = self.repo.store.get_range(pack, start, end - start)?;
-        if bytes.len() as u64 != end - start {
-            return Err(Error::corrupted(
-                pack,
-                Some(bytes.len() as u64 + start),
-                "pack is shorter than its index says",
-            ));
+/// Walks a volume's chunks and sends runs of blobs to fetch: consecutive
+/// blobs of one pack, up to [`MAX_READ_BYTES`].
+fn plan(
+    repo: &Repo,
+    index: &ChunkIndex,
+    manifest_id: &str,
+    volume: &VolumeEntry,
+    device: &Arc<dyn Device>,
+    mode: PullMode,
+    runs: mpsc::SyncSender<Item>,
+) -> Result<Planned> {
+    let chunk_bytes = volume.chunk_bytes;
+    let mut planned = Planned::default();
+    let mut local = vec![0u8; chunk_bytes as usize];
+    let mut run: Vec<(u64, Location)> = vec![];
+    // Ids recently sent to fetch (the writer caches the same few).
+    let mut recent: std::collections::VecDeque<[u8; 32]> = std::collections::VecDeque::new();
+    for (i, chunk) in volume.chunks.iter().enumerate() {
+        let i = i as u64;
+        let offset = i * chunk_bytes;
+        let len = chunk_bytes.min(volume.size - offset);
+        let local_data = &mut local[..len as usize];
+        if mode == PullMode::Repair {
+            device.read_at(local_data, offset)?;
         }
-        self.report.fetched_bytes += bytes.len() as u64;
-        for (i, place) in run.iter() {
-            let from = (place.entry.offset as u64 - start) as usize;
-            let sealed = &bytes[from..from + place.entry.len as usize];
-            let data = format::open_chunk(
-                &self.repo.keys,
-                pack,
-                place.entry.offset as u64,
-                &place.entry,
-                sealed,
-            )?;
-            device.write_at(&data, i * chunk_bytes, false)?;
-            self.report.written_chunks += 1;
+        match chunk {
+            ChunkRef::Hole => {
+                planned.hole_chunks += 1;
+                if mode == PullMode::Repair && !is_zero(local_data) {
+                    device.write_zeroes(offset, len, false)?;
+                    planned.zeroed_chunks += 1;
+                }
+            }
+            ChunkRef::Data(id) => {
+                if mode == PullMode::Repair && repo.keys.chunk_id(local_data) == *id {
+                    planned.unchanged_chunks += 1;
+                    continue;
+                }
+                let place = index.get(id).ok_or_else(|| Error::MissingChunk {
+                    manifest: manifest_id.to_owned(),
+                    volume: volume.name.clone(),
+                    chunk: super::key::hex(id),
+                })?;
+                if recent.contains(id) {
+                    if !run.is_empty() && runs.send(Item::Run(std::mem::take(&mut run))).is_err() {
+                        return Ok(planned);
+                    }
+                    if runs.send(Item::Repeat(i, place)).is_err() {
+                        return Ok(planned);
+                    }
+                    continue;
+                }
+                if recent.len() == REPEAT_CACHE_CHUNKS {
+                    recent.pop_front();
+                }
+                recent.push_back(*id);
+                let joins = run.last().is_some_and(|(_, last)| {
+                    let start = run[0].1.entry.offset as u64;
+                    last.pack == place.pack
+                        && last.entry.offset + last.entry.len == place.entry.offset
+                        && (place.entry.offset + place.entry.len) as u64 - start <= MAX_READ_BYTES
+                });
+                if !joins
+                    && !run.is_empty()
+                    && runs.send(Item::Run(std::mem::take(&mut run))).is_err()
+                {
+                    // The writer stopped; it reports why.
+                    return Ok(planned);
+                }
+                run.push((i, place));
+            }
         }
-        run.clear();
-        Ok(())
     }
+    if !run.is_empty() {
+        let _ = runs.send(Item::Run(run));
+    }
+    Ok(planned)
+}
+
+/// Reads a run of blobs with one request and opens each.
+fn fetch(repo: &Repo, index: &ChunkIndex, run: &[(u64, Location)]) -> Fetched {
+    let (Some((_, first)), Some((_, last))) = (run.first(), run.last()) else {
+        return Ok((vec![], 0));
+    };
+    let pack = index.pack_key(first.pack);
+    let start = first.entry.offset as u64;
+    let end = (last.entry.offset + last.entry.len) as u64;
+    let bytes = repo.store.get_range(pack, start, end - start)?;
+    if bytes.len() as u64 != end - start {
+        return Err(Error::corrupted(
+            pack,
+            Some(bytes.len() as u64 + start),
+            "pack is shorter than its index says",
+        ));
+    }
+    let mut chunks = Vec::with_capacity(run.len());
+    for (i, place) in run {
+        let from = (place.entry.offset as u64 - start) as usize;
+        let sealed = &bytes[from..from + place.entry.len as usize];
+        let data = format::open_chunk(
+            &repo.keys,
+            pack,
+            place.entry.offset as u64,
+            &place.entry,
+            sealed,
+        )?;
+        chunks.push(Decoded::Data(*i, place.entry.id, data));
+    }
+    Ok((chunks, bytes.len() as u64))
 }
