@@ -32,7 +32,10 @@ bench="${CARGO_TARGET_DIR:-$root/target}/release/examples/bench_push"
 work=$(mktemp -d "${TMPDIR:-/tmp}/bench-push.XXXXXX")
 s3pid=""
 cleanup() {
-  [ -n "$s3pid" ] && kill "$s3pid" 2>/dev/null && wait "$s3pid" 2>/dev/null
+  if [ -n "$s3pid" ]; then
+    kill "$s3pid" 2>/dev/null || true
+    wait "$s3pid" 2>/dev/null || true
+  fi
   rm -rf "$work"
 }
 trap cleanup EXIT

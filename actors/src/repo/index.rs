@@ -24,6 +24,8 @@ use super::store::{self, ObjectStore};
 /// Bytes read from a pack's end, hoping to get the trailer and the index in
 /// one request.
 pub const TAIL_READ: u64 = 64 << 10;
+/// Pack indexes read at once.
+pub const LOAD_THREADS: usize = 4;
 
 /// A chunk's place: pack number (into [`ChunkIndex::packs`]) and blob.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -66,9 +68,37 @@ impl ChunkIndex {
     /// Lists and reads every pack. Store errors stop it; a damaged pack is
     /// only set aside.
     pub fn load(store: &dyn ObjectStore, keys: &Keys) -> Result<ChunkIndex> {
-        let mut index = ChunkIndex::default();
+        let mut listed = vec![];
         store::for_each_object(store, PACKS, |object| -> Result<()> {
-            match read_pack_index(store, keys, &object.key, object.size) {
+            listed.push(object);
+            Ok(())
+        })?;
+        // Reads are latency-bound: LOAD_THREADS at once, each on a stripe.
+        let read: Vec<Vec<(usize, Result<Vec<IndexEntry>>)>> = std::thread::scope(|scope| {
+            let threads: Vec<_> = (0..LOAD_THREADS)
+                .map(|t| {
+                    let listed = &listed;
+                    scope.spawn(move || {
+                        (t..listed.len())
+                            .step_by(LOAD_THREADS)
+                            .map(|i| {
+                                let object = &listed[i];
+                                (i, read_pack_index(store, keys, &object.key, object.size))
+                            })
+                            .collect()
+                    })
+                })
+                .collect();
+            threads
+                .into_iter()
+                .map(|t| t.join().expect("index readers do not panic"))
+                .collect()
+        });
+        let mut read: Vec<(usize, Result<Vec<IndexEntry>>)> = read.into_iter().flatten().collect();
+        read.sort_by_key(|(i, _)| *i);
+        let mut index = ChunkIndex::default();
+        for ((_, result), object) in read.into_iter().zip(listed) {
+            match result {
                 Ok(entries) => index.add_pack(object.key, object.size, &entries),
                 Err(e @ Error::Corrupted { .. }) => {
                     tracing::warn!(pack = %object.key, error = %e, "pack index unreadable; its chunks count as missing");
@@ -77,8 +107,7 @@ impl ChunkIndex {
                 Err(Error::Store(store::Error::NotFound { .. })) => {} // deleted meanwhile
                 Err(e) => return Err(e),
             }
-            Ok(())
-        })?;
+        }
         Ok(index)
     }
 

@@ -9,9 +9,10 @@
 //! hole becomes `write_zeroes`).
 //!
 //! Reads are coalesced: consecutive chunks stored back to back in one pack
-//! are fetched with one ranged read of up to [`MAX_READ_BYTES`], on a
-//! fetcher thread that also authenticates them, while the calling thread
-//! writes the previous run (memory: a few runs). Every chunk
+//! are fetched with one ranged read of up to [`MAX_READ_BYTES`], by
+//! [`FETCH_THREADS`] fetcher threads that also authenticate them, while the
+//! calling thread writes (chunks land in any order; memory: a few runs per
+//! thread). Every chunk
 //! is authenticated and re-hashed before it is written; a bad one stops the
 //! pull with [`Error::Corrupted`] naming the pack and the offset.
 
@@ -26,7 +27,10 @@ use super::index::{ChunkIndex, Location};
 use super::push::{Progress, is_zero};
 
 /// Largest single ranged read from a pack.
-pub const MAX_READ_BYTES: u64 = 16 << 20;
+pub const MAX_READ_BYTES: u64 = 8 << 20;
+/// Fetcher threads: object stores answer each request after a fixed
+/// latency (tens of ms on S3), so reads are issued in parallel.
+pub const FETCH_THREADS: usize = 4;
 /// Runs queued between the planner, the fetcher and the writer.
 pub const RUNS_IN_FLIGHT: usize = 2;
 
@@ -177,10 +181,12 @@ type Fetched = Result<(Vec<Decoded>, u64)>;
 pub const REPEAT_CACHE_CHUNKS: usize = 8;
 
 impl Ctx<'_> {
-    /// Three stages on three threads, joined by bounded channels (at most
-    /// [`RUNS_IN_FLIGHT`] runs between each): the planner walks the chunk
-    /// list (and, repairing, reads and hashes local chunks), the fetcher
-    /// reads each run and authenticates its chunks, this thread writes.
+    /// Three stages joined by bounded channels (at most [`RUNS_IN_FLIGHT`]
+    /// items queued between each): the planner walks the chunk list (and,
+    /// repairing, reads and hashes local chunks), [`FETCH_THREADS`]
+    /// fetchers read runs and authenticate their chunks, this thread writes
+    /// them (in whatever order they come). A repeated chunk missing from the
+    /// writer's cache (its first copy still in flight) is fetched again.
     fn pull_volume(
         &mut self,
         volume: &VolumeEntry,
@@ -197,18 +203,28 @@ impl Ctx<'_> {
         std::thread::scope(|scope| {
             let planner =
                 scope.spawn(move || plan(repo, index, manifest_id, volume, device, mode, run_tx));
-            scope.spawn(move || {
-                for item in run_rx {
-                    let fetched = match item {
-                        Item::Run(run) => fetch(repo, index, &run),
-                        Item::Repeat(i, place) => Ok((vec![Decoded::Repeat(i, place)], 0)),
-                    };
-                    let failed = fetched.is_err();
-                    if data_tx.send(fetched).is_err() || failed {
-                        return;
+            // Shared by the fetchers and dropped with the last one, so the
+            // planner stops when they all have.
+            let run_rx = Arc::new(std::sync::Mutex::new(run_rx));
+            for _ in 0..FETCH_THREADS {
+                let (run_rx, data_tx) = (run_rx.clone(), data_tx.clone());
+                scope.spawn(move || {
+                    loop {
+                        let Ok(item) = run_rx.lock().unwrap().recv() else {
+                            return;
+                        };
+                        let fetched = match item {
+                            Item::Run(run) => fetch(repo, index, &run),
+                            Item::Repeat(i, place) => Ok((vec![Decoded::Repeat(i, place)], 0)),
+                        };
+                        let failed = fetched.is_err();
+                        if data_tx.send(fetched).is_err() || failed {
+                            return;
+                        }
                     }
-                }
-            });
+                });
+            }
+            drop((data_tx, run_rx));
             let mut written = Ok(());
             let mut cache: std::collections::VecDeque<([u8; 32], Arc<Vec<u8>>)> =
                 std::collections::VecDeque::new();
