@@ -249,7 +249,7 @@ fn an_incremental_push_after_changing_one_percent_uploads_under_two() {
     write(
         &pool,
         "v",
-        77 * MIB + 12 * 4096,
+        37 * MIB + 12 * 4096,
         &noise(4, changed as usize),
     );
     pool.snapshot("v", "s2").unwrap();
