@@ -322,6 +322,9 @@ fn killing_s3_mid_push_then_resuming_uploads_only_what_is_missing() {
     )
     .unwrap();
     assert!(read_all(&pool, "w") == read_all(&pool, "v@s1"));
+    // The server's puts are atomic: no torn pack was left behind.
+    let check = repo.check().unwrap();
+    assert!(check.is_ok(), "{check:?}");
 }
 
 /// The push of `v@s1` whose progress callback kills the server once three

@@ -1,8 +1,11 @@
 //! [`Repo::pull`]: one manifest from the repo into the block pool.
 //!
 //! [`PullMode::Create`] creates each target volume (`Pool::create_volume`,
-//! so a taken name fails before anything is written) and writes every data
-//! chunk; holes are skipped (a new volume reads as zeroes). If the pull
+//! default volume options, so a taken name fails before anything is
+//! written) and writes every data chunk; holes are skipped (a new volume
+//! reads as zeroes). To pull into volumes with other options (compression,
+//! encryption, placement), create them first and pull with
+//! [`PullMode::Repair`]. If the pull
 //! fails, the volumes it created are deleted again. [`PullMode::Repair`]
 //! works on existing volumes of the same size: it reads each chunk locally,
 //! hashes it, and fetches and writes only chunks whose content differs (a

@@ -83,7 +83,8 @@ pub trait ObjectStore: Send + Sync {
 /// Objects listed per page by [`for_each_object`].
 pub const LIST_PAGE: usize = 1000;
 
-/// Calls `f` on every object under `prefix`, a page at a time.
+/// Calls `f` on every object under `prefix`, a page at a time, until a
+/// page comes back empty (a server may return short pages before the end).
 pub fn for_each_object<E: From<Error>>(
     store: &dyn ObjectStore,
     prefix: &str,
@@ -92,13 +93,12 @@ pub fn for_each_object<E: From<Error>>(
     let mut after: Option<String> = None;
     loop {
         let page = store.list_page(prefix, after.as_deref(), LIST_PAGE)?;
-        let full = page.len() == LIST_PAGE;
-        after = page.last().map(|o| o.key.clone());
+        let Some(last) = page.last() else {
+            return Ok(());
+        };
+        after = Some(last.key.clone());
         for object in page {
             f(object)?;
-        }
-        if !full {
-            return Ok(());
         }
     }
 }

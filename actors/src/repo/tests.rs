@@ -337,6 +337,34 @@ fn push_then_pull_round_trips_bytes_holes_and_meta() {
 }
 
 #[test]
+fn a_file_repo_round_trips_and_reopens() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = RepoUrl::parse(&format!("file://{}/repo", dir.path().display())).unwrap();
+    let pool = pool();
+    make_volume(&pool, "v", 12);
+    pool.snapshot("v", "s1").unwrap();
+    let repo = Repo::init(url.open_store().unwrap(), &key(), small()).unwrap();
+    let report = repo
+        .push(&pool, &request("a", "s1", &["v"], None), &|_| {})
+        .unwrap();
+    let repo = Repo::open(url.open_store().unwrap(), &key()).unwrap();
+    assert_eq!(
+        repo.find("a", "s1").unwrap().unwrap().id,
+        report.manifest_id
+    );
+    repo.pull(
+        &pool,
+        &report.manifest_id,
+        &[("v".into(), "w".into())],
+        PullMode::Create,
+        &|_| {},
+    )
+    .unwrap();
+    assert!(read_all(&pool, "w") == read_all(&pool, "v@s1"));
+    assert!(repo.check().unwrap().is_ok());
+}
+
+#[test]
 fn an_incremental_push_reads_only_what_changed() {
     let pool = pool();
     make_volume(&pool, "v", 3);
