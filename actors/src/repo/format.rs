@@ -83,6 +83,10 @@ pub struct VolumeEntry {
     pub name: String,
     /// The pool snapshot it was read from (`name@snapshot`).
     pub snapshot: String,
+    /// That pool snapshot's creation time: a later push diffs against
+    /// `name@snapshot` only while the pool's snapshot of that name is still
+    /// this one (names can be reused after a delete).
+    pub snapshot_created_ms: u64,
     pub size: u64,
     pub chunk_bytes: u64,
     /// One entry per chunk, `size.div_ceil(chunk_bytes)` of them.

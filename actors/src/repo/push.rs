@@ -2,7 +2,8 @@
 //!
 //! For each volume, the chunks to read are chosen first:
 //! - with a parent manifest whose volume has the same size and chunk size
-//!   and whose pool snapshot (`volume@parent_snapshot`) still exists, only
+//!   and whose pool snapshot (`volume@parent_snapshot`) still exists, with
+//!   the creation time the parent recorded (not a later one of that name), only
 //!   chunks overlapping `Pool::diff(parent, this)` are read; every other
 //!   chunk reuses the parent's reference (when that chunk is still stored);
 //! - otherwise every chunk is read.
@@ -268,10 +269,22 @@ impl Repo {
             let n_chunks = size.div_ceil(chunk_bytes);
             let export = format!("{name}@{snapshot}");
             // Chunks that may differ from the parent's; None = all of them.
-            let base = parent.and_then(|(_, m)| {
-                m.volumes
+            let created = |snapshot: &str| -> Option<u64> {
+                let info = pool.volume_info(name).ok()?;
+                info.snapshots
                     .iter()
-                    .find(|v| &v.name == name && v.size == size && v.chunk_bytes == chunk_bytes)
+                    .find(|s| s.name == snapshot)
+                    .map(|s| s.created_ms)
+            };
+            let snapshot_created_ms = created(snapshot).unwrap_or(0);
+            // The parent's entry, if its pool snapshot is still the same one.
+            let base = parent.and_then(|(_, m)| {
+                m.volumes.iter().find(|v| {
+                    &v.name == name
+                        && v.size == size
+                        && v.chunk_bytes == chunk_bytes
+                        && created(&v.snapshot) == Some(v.snapshot_created_ms)
+                })
             });
             let dirty: Option<Vec<bool>> = base.and_then(|base| {
                 let extents = pool
@@ -341,6 +354,7 @@ impl Repo {
             volumes.push(VolumeEntry {
                 name: name.clone(),
                 snapshot: snapshot.clone(),
+                snapshot_created_ms,
                 size,
                 chunk_bytes,
                 chunks,
