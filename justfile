@@ -49,6 +49,12 @@ bench-commands:
 bench-sagas:
     ./ops/scripts/bench-sagas.sh
 
+# Backup repository: push (full and after a 1% change) and pull of a 2 GiB
+# volume, Cairn vs restic backup/restore to the same s3s-fs server; writes
+# target/bench-push.md. BENCH_SIZE_MIB=256 for a quick look.
+bench-push:
+    ./ops/scripts/bench-push.sh
+
 # Fuzz the NBD request parser and whole client conversations (stable
 # toolchain, installs cargo-fuzz if missing). FUZZ_SECONDS=600 for longer.
 fuzz:

@@ -8,6 +8,8 @@
 //! - [`node`]: the node actor; registers the node and its disks.
 //! - [`failpoint`]: test-only failure injection (`CAIRN_FAILPOINTS`).
 //! - [`registry`]: finds actors by name (dashmap).
+//! - [`repo`]: the backup repository (push and pull app snapshots to S3 or
+//!   a directory).
 //! - [`gateway`]: decodes requests from the bus, routes them, replies.
 //! - [`cluster`]: wires everything for `cairn up` and `cairn demo`, rebuilds
 //!   state from the journal at start-up and reconciles the block engine.
@@ -29,6 +31,7 @@ pub mod journal;
 pub mod nats_server;
 pub mod node;
 pub mod registry;
+pub mod repo;
 pub mod saga;
 pub mod services;
 pub mod telemetry;

@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # Installs the system packages Cairn's tests and benchmarks use, only where
 # missing: nats-server, fio, qemu-utils, libnbd-bin, fuse3, e2fsprogs,
-# util-linux and mount (loop devices and ext4 over FUSE), python3 with venv.
+# util-linux and mount (loop devices and ext4 over FUSE), python3 with venv,
+# restic (the peer of `just bench-push`), and s3s-fs from crates.io (the S3
+# server of integration/tests/repo.rs and the benchmark; pinned to 0.14.1
+# as DESIGN.md says, for rustc 1.95).
 # Then the Python client test's packages (integration/py/requirements.txt:
 # nats-py, jsonschema, PyYAML from PyPI) into a venv at target/py-venv
 # (CAIRN_PY_VENV overrides; integration/tests/nats_py.rs looks there).
@@ -23,6 +26,7 @@ declare -A packages=(
   [fsfreeze]=util-linux
   [mount]=mount
   [python3]=python3
+  [restic]=restic
 )
 missing=()
 for tool in "${!packages[@]}"; do
@@ -48,6 +52,11 @@ for component in rustfmt clippy; do
   fi
 done
 
+if ! command -v s3s-fs >/dev/null 2>&1; then
+  echo "==> cargo install s3s-fs@0.14.1"
+  cargo install --quiet --locked s3s-fs@0.14.1 --features binary
+fi
+
 venv=${CAIRN_PY_VENV:-$root/target/py-venv}
 requirements=$root/integration/py/requirements.txt
 if ! cmp -s "$requirements" "$venv/cairn-requirements.txt" ||
@@ -57,4 +66,4 @@ if ! cmp -s "$requirements" "$venv/cairn-requirements.txt" ||
   "$venv/bin/pip" install --quiet --disable-pip-version-check -r "$requirements"
   cp "$requirements" "$venv/cairn-requirements.txt"
 fi
-echo "==> dependencies present: nats-server fio qemu-utils libnbd-bin fuse3 e2fsprogs util-linux mount python3 ($venv)"
+echo "==> dependencies present: nats-server fio qemu-utils libnbd-bin fuse3 e2fsprogs util-linux mount python3 restic s3s-fs ($venv)"

@@ -39,6 +39,9 @@ pub enum ErrorCode {
     /// A workflow failed or was cancelled, and was compensated: what it
     /// had done is undone. `details` name the workflow and the failed step.
     Aborted,
+    /// The key given does not open the encrypted store (a backup
+    /// repository): nothing was read or changed.
+    WrongKey,
 }
 
 impl ErrorCode {
@@ -58,6 +61,7 @@ impl ErrorCode {
             ErrorCode::HookFailed => "hook_failed",
             ErrorCode::DeadlineExceeded => "deadline_exceeded",
             ErrorCode::Aborted => "aborted",
+            ErrorCode::WrongKey => "wrong_key",
         }
     }
 }

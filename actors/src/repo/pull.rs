@@ -1,0 +1,404 @@
+//! [`Repo::pull`]: one manifest from the repo into the block pool.
+//!
+//! [`PullMode::Create`] creates each target volume (`Pool::create_volume`,
+//! default volume options, so a taken name fails before anything is
+//! written) and writes every data chunk; holes are skipped (a new volume
+//! reads as zeroes). To pull into volumes with other options (compression,
+//! encryption, placement), create them first and pull with
+//! [`PullMode::Repair`]. If the pull
+//! fails, the volumes it created are deleted again. [`PullMode::Repair`]
+//! works on existing volumes of the same size: it reads each chunk locally,
+//! hashes it, and fetches and writes only chunks whose content differs (a
+//! hole becomes `write_zeroes`).
+//!
+//! Reads are coalesced: consecutive chunks stored back to back in one pack
+//! are fetched with one ranged read of up to [`MAX_READ_BYTES`], by
+//! [`FETCH_THREADS`] fetcher threads that also authenticate them, while the
+//! calling thread writes (chunks land in any order; memory: a few runs per
+//! thread). Every chunk
+//! is authenticated and re-hashed before it is written; a bad one stops the
+//! pull with [`Error::Corrupted`] naming the pack and the offset.
+
+use std::sync::{Arc, mpsc};
+
+use cairn_blocks::{Device, Pool};
+
+use super::Repo;
+use super::error::{Error, Result};
+use super::format::{self, ChunkRef, VolumeEntry};
+use super::index::{ChunkIndex, Location};
+use super::push::{Progress, is_zero};
+
+/// Largest single ranged read from a pack.
+pub const MAX_READ_BYTES: u64 = 8 << 20;
+/// Fetcher threads: object stores answer each request after a fixed
+/// latency (tens of ms on S3), so reads are issued in parallel.
+pub const FETCH_THREADS: usize = 4;
+/// Runs queued between the planner, the fetcher and the writer.
+pub const RUNS_IN_FLIGHT: usize = 2;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PullMode {
+    /// Create the target volumes; they must not exist.
+    Create,
+    /// Rewrite only the chunks of existing volumes that differ.
+    Repair,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct PullReport {
+    /// (manifest volume, pool volume) pairs written.
+    pub volumes: Vec<(String, String)>,
+    pub logical_bytes: u64,
+    pub written_chunks: u64,
+    pub hole_chunks: u64,
+    /// Repair: chunks that already matched.
+    pub unchanged_chunks: u64,
+    /// Pack bytes fetched.
+    pub fetched_bytes: u64,
+}
+
+struct Ctx<'a> {
+    repo: &'a Repo,
+    index: &'a ChunkIndex,
+    manifest_id: &'a str,
+    report: PullReport,
+    done_bytes: u64,
+    total_bytes: u64,
+}
+
+impl Repo {
+    /// Pulls manifest `manifest_id`. `targets` maps manifest volume names to
+    /// pool volume names; empty means every volume under its own name.
+    pub fn pull(
+        &self,
+        pool: &Pool,
+        manifest_id: &str,
+        targets: &[(String, String)],
+        mode: PullMode,
+        progress: &dyn Fn(&Progress),
+    ) -> Result<PullReport> {
+        let manifest = self.manifest(manifest_id)?;
+        let plan: Vec<(&VolumeEntry, String)> = if targets.is_empty() {
+            manifest
+                .volumes
+                .iter()
+                .map(|v| (v, v.name.clone()))
+                .collect()
+        } else {
+            targets
+                .iter()
+                .map(|(source, target)| {
+                    manifest
+                        .volumes
+                        .iter()
+                        .find(|v| &v.name == source)
+                        .map(|v| (v, target.clone()))
+                        .ok_or_else(|| {
+                            Error::InvalidArgument(format!(
+                                "manifest {manifest_id} has no volume {source:?}"
+                            ))
+                        })
+                })
+                .collect::<Result<_>>()?
+        };
+        let index = self.chunk_index()?;
+        let mut ctx = Ctx {
+            repo: self,
+            index: &index,
+            manifest_id,
+            report: PullReport::default(),
+            done_bytes: 0,
+            total_bytes: plan.iter().map(|(v, _)| v.size).sum(),
+        };
+        let mut created: Vec<String> = vec![];
+        let result = (|| {
+            for (volume, target) in &plan {
+                let device = match mode {
+                    PullMode::Create => {
+                        pool.create_volume(target, volume.size)?;
+                        created.push(target.clone());
+                        pool.open_export(target)?
+                    }
+                    PullMode::Repair => {
+                        let device = pool.open_export(target)?;
+                        if device.size() != volume.size {
+                            return Err(Error::InvalidArgument(format!(
+                                "repair: volume {target:?} has {} bytes, the manifest's {:?} has {}",
+                                device.size(),
+                                volume.name,
+                                volume.size
+                            )));
+                        }
+                        device
+                    }
+                };
+                ctx.pull_volume(volume, target, &device, mode, progress)?;
+                device.flush()?;
+                ctx.report
+                    .volumes
+                    .push((volume.name.clone(), target.clone()));
+                ctx.report.logical_bytes += volume.size;
+            }
+            Ok(())
+        })();
+        if let Err(e) = result {
+            for target in created {
+                if let Err(cleanup) = pool.delete_volume(&target) {
+                    tracing::warn!(volume = %target, error = %cleanup, "could not delete a partly pulled volume");
+                }
+            }
+            return Err(e);
+        }
+        Ok(ctx.report)
+    }
+}
+
+/// What the planner found without fetching.
+#[derive(Default)]
+struct Planned {
+    hole_chunks: u64,
+    unchanged_chunks: u64,
+    zeroed_chunks: u64,
+}
+
+/// What the planner sends the fetcher.
+enum Item {
+    /// Consecutive blobs of one pack: fetch and open them.
+    Run(Vec<(u64, Location)>),
+    /// A chunk whose id the planner sent a moment ago (repeated data): the
+    /// writer copies it from its small cache, fetching only on a miss.
+    Repeat(u64, Location),
+}
+
+/// What the fetcher hands the writer.
+enum Decoded {
+    Data(u64, [u8; 32], Vec<u8>),
+    Repeat(u64, Location),
+}
+
+/// Decoded chunks of one item, and the pack bytes fetched for them.
+type Fetched = Result<(Vec<Decoded>, u64)>;
+
+/// Distinct recent chunk ids the planner remembers and the writer caches.
+pub const REPEAT_CACHE_CHUNKS: usize = 8;
+
+impl Ctx<'_> {
+    /// Three stages joined by bounded channels (at most [`RUNS_IN_FLIGHT`]
+    /// items queued between each): the planner walks the chunk list (and,
+    /// repairing, reads and hashes local chunks), [`FETCH_THREADS`]
+    /// fetchers read runs and authenticate their chunks, this thread writes
+    /// them (in whatever order they come). A repeated chunk missing from the
+    /// writer's cache (its first copy still in flight) is fetched again.
+    fn pull_volume(
+        &mut self,
+        volume: &VolumeEntry,
+        target: &str,
+        device: &Arc<dyn Device>,
+        mode: PullMode,
+        progress: &dyn Fn(&Progress),
+    ) -> Result<()> {
+        let chunk_bytes = volume.chunk_bytes;
+        let (run_tx, run_rx) = mpsc::sync_channel::<Item>(RUNS_IN_FLIGHT);
+        let (data_tx, data_rx) = mpsc::sync_channel::<Fetched>(RUNS_IN_FLIGHT);
+        let (repo, index, manifest_id) = (self.repo, self.index, self.manifest_id);
+        let base = self.done_bytes;
+        std::thread::scope(|scope| {
+            let planner =
+                scope.spawn(move || plan(repo, index, manifest_id, volume, device, mode, run_tx));
+            // Shared by the fetchers and dropped with the last one, so the
+            // planner stops when they all have.
+            let run_rx = Arc::new(std::sync::Mutex::new(run_rx));
+            for _ in 0..FETCH_THREADS {
+                let (run_rx, data_tx) = (run_rx.clone(), data_tx.clone());
+                scope.spawn(move || {
+                    loop {
+                        let Ok(item) = run_rx.lock().unwrap().recv() else {
+                            return;
+                        };
+                        let fetched = match item {
+                            Item::Run(run) => fetch(repo, index, &run),
+                            Item::Repeat(i, place) => Ok((vec![Decoded::Repeat(i, place)], 0)),
+                        };
+                        let failed = fetched.is_err();
+                        if data_tx.send(fetched).is_err() || failed {
+                            return;
+                        }
+                    }
+                });
+            }
+            drop((data_tx, run_rx));
+            let mut written = Ok(());
+            let mut cache: std::collections::VecDeque<([u8; 32], Arc<Vec<u8>>)> =
+                std::collections::VecDeque::new();
+            for fetched in data_rx.iter() {
+                let result = fetched.and_then(|(chunks, bytes)| {
+                    self.report.fetched_bytes += bytes;
+                    for decoded in chunks {
+                        let (i, data) = match decoded {
+                            Decoded::Data(i, id, data) => {
+                                let data = Arc::new(data);
+                                if cache.len() == REPEAT_CACHE_CHUNKS {
+                                    cache.pop_front();
+                                }
+                                cache.push_back((id, data.clone()));
+                                (i, data)
+                            }
+                            Decoded::Repeat(i, place) => {
+                                match cache.iter().find(|(id, _)| *id == place.entry.id) {
+                                    Some((_, data)) => (i, data.clone()),
+                                    None => {
+                                        let (mut one, bytes) = fetch(repo, index, &[(i, place)])?;
+                                        self.report.fetched_bytes += bytes;
+                                        match one.pop() {
+                                            Some(Decoded::Data(i, _, data)) => (i, Arc::new(data)),
+                                            _ => unreachable!("fetch decodes data"),
+                                        }
+                                    }
+                                }
+                            }
+                        };
+                        device.write_at(&data, i * chunk_bytes, false)?;
+                        self.report.written_chunks += 1;
+                        self.done_bytes = self
+                            .done_bytes
+                            .max(base + (i * chunk_bytes + data.len() as u64));
+                        progress(&Progress {
+                            volume: target.to_owned(),
+                            done_bytes: self.done_bytes,
+                            total_bytes: self.total_bytes,
+                            transferred_bytes: self.report.fetched_bytes,
+                            packs: 0,
+                        });
+                    }
+                    Ok(())
+                });
+                if result.is_err() {
+                    // Dropping the receiver stops the fetcher, then the planner.
+                    written = result;
+                    break;
+                }
+            }
+            drop(data_rx);
+            let planned = planner.join().expect("the planner does not panic");
+            written?;
+            let planned = planned?;
+            self.report.hole_chunks += planned.hole_chunks;
+            self.report.unchanged_chunks += planned.unchanged_chunks;
+            self.report.written_chunks += planned.zeroed_chunks;
+            self.done_bytes = base + volume.size;
+            Ok(())
+        })
+    }
+}
+
+/// Walks a volume's chunks and sends runs of blobs to fetch: consecutive
+/// blobs of one pack, up to [`MAX_READ_BYTES`].
+fn plan(
+    repo: &Repo,
+    index: &ChunkIndex,
+    manifest_id: &str,
+    volume: &VolumeEntry,
+    device: &Arc<dyn Device>,
+    mode: PullMode,
+    runs: mpsc::SyncSender<Item>,
+) -> Result<Planned> {
+    let chunk_bytes = volume.chunk_bytes;
+    let mut planned = Planned::default();
+    let mut local = vec![0u8; chunk_bytes as usize];
+    let mut run: Vec<(u64, Location)> = vec![];
+    // Ids recently sent to fetch (the writer caches the same few).
+    let mut recent: std::collections::VecDeque<[u8; 32]> = std::collections::VecDeque::new();
+    for (i, chunk) in volume.chunks.iter().enumerate() {
+        let i = i as u64;
+        let offset = i * chunk_bytes;
+        let len = chunk_bytes.min(volume.size - offset);
+        let local_data = &mut local[..len as usize];
+        if mode == PullMode::Repair {
+            device.read_at(local_data, offset)?;
+        }
+        match chunk {
+            ChunkRef::Hole => {
+                planned.hole_chunks += 1;
+                if mode == PullMode::Repair && !is_zero(local_data) {
+                    device.write_zeroes(offset, len, false)?;
+                    planned.zeroed_chunks += 1;
+                }
+            }
+            ChunkRef::Data(id) => {
+                if mode == PullMode::Repair && repo.keys.chunk_id(local_data) == *id {
+                    planned.unchanged_chunks += 1;
+                    continue;
+                }
+                let place = index.get(id).ok_or_else(|| Error::MissingChunk {
+                    manifest: manifest_id.to_owned(),
+                    volume: volume.name.clone(),
+                    chunk: super::key::hex(id),
+                })?;
+                if recent.contains(id) {
+                    if !run.is_empty() && runs.send(Item::Run(std::mem::take(&mut run))).is_err() {
+                        return Ok(planned);
+                    }
+                    if runs.send(Item::Repeat(i, place)).is_err() {
+                        return Ok(planned);
+                    }
+                    continue;
+                }
+                if recent.len() == REPEAT_CACHE_CHUNKS {
+                    recent.pop_front();
+                }
+                recent.push_back(*id);
+                let joins = run.last().is_some_and(|(_, last)| {
+                    let start = run[0].1.entry.offset as u64;
+                    last.pack == place.pack
+                        && last.entry.offset + last.entry.len == place.entry.offset
+                        && (place.entry.offset + place.entry.len) as u64 - start <= MAX_READ_BYTES
+                });
+                if !joins
+                    && !run.is_empty()
+                    && runs.send(Item::Run(std::mem::take(&mut run))).is_err()
+                {
+                    // The writer stopped; it reports why.
+                    return Ok(planned);
+                }
+                run.push((i, place));
+            }
+        }
+    }
+    if !run.is_empty() {
+        let _ = runs.send(Item::Run(run));
+    }
+    Ok(planned)
+}
+
+/// Reads a run of blobs with one request and opens each.
+fn fetch(repo: &Repo, index: &ChunkIndex, run: &[(u64, Location)]) -> Fetched {
+    let (Some((_, first)), Some((_, last))) = (run.first(), run.last()) else {
+        return Ok((vec![], 0));
+    };
+    let pack = index.pack_key(first.pack);
+    let start = first.entry.offset as u64;
+    let end = (last.entry.offset + last.entry.len) as u64;
+    let bytes = repo.store.get_range(pack, start, end - start)?;
+    if bytes.len() as u64 != end - start {
+        return Err(Error::corrupted(
+            pack,
+            Some(bytes.len() as u64 + start),
+            "pack is shorter than its index says",
+        ));
+    }
+    let mut chunks = Vec::with_capacity(run.len());
+    for (i, place) in run {
+        let from = (place.entry.offset as u64 - start) as usize;
+        let sealed = &bytes[from..from + place.entry.len as usize];
+        let data = format::open_chunk(
+            &repo.keys,
+            pack,
+            place.entry.offset as u64,
+            &place.entry,
+            sealed,
+        )?;
+        chunks.push(Decoded::Data(*i, place.entry.id, data));
+    }
+    Ok((chunks, bytes.len() as u64))
+}

@@ -1,0 +1,197 @@
+//! [`RepoUrl`]: where a repository lives, parsed from the URL a person
+//! gives `cairn repo add NAME URL`.
+//!
+//! - `file:///abs/dir`: a [`super::FileStore`] in that directory.
+//! - `s3://bucket[/prefix]?endpoint=http://127.0.0.1:9000&region=us-east-1&path_style=true`:
+//!   a [`super::S3Store`]. Query parameters: `endpoint` (default: AWS),
+//!   `region` (default `AWS_REGION`, else `us-east-1`), `path_style`
+//!   (default true with an endpoint, else false), `access_key` and
+//!   `secret_key` (default `AWS_ACCESS_KEY_ID` / `AWS_SECRET_ACCESS_KEY`, and
+//!   `AWS_SESSION_TOKEN`), `max_attempts` (retries per request, default 5,
+//!   1..=20). Values may be percent-encoded.
+//!
+//! `Display` never shows the secret key, so a URL can go in logs and
+//! replies.
+
+use std::fmt;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use super::error::{Error, Result};
+use super::store::ObjectStore;
+
+/// A parsed repository URL.
+#[derive(Clone, PartialEq, Eq)]
+pub enum RepoUrl {
+    File { path: PathBuf },
+    S3(S3Location),
+}
+
+/// An S3 bucket and key prefix, with how to reach it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct S3Location {
+    pub bucket: String,
+    /// Key prefix inside the bucket, without leading or trailing `/`;
+    /// empty for the whole bucket.
+    pub prefix: String,
+    /// `http://host:port` of an S3-compatible server; `None` for AWS.
+    pub endpoint: Option<String>,
+    pub region: String,
+    pub path_style: bool,
+    pub access_key: Option<String>,
+    pub secret_key: Option<String>,
+    /// Attempts per request (the first try included), with backoff.
+    pub max_attempts: u32,
+}
+
+impl fmt::Debug for S3Location {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", RepoUrl::S3(self.clone()))
+    }
+}
+
+impl fmt::Debug for RepoUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "RepoUrl({self})")
+    }
+}
+
+impl fmt::Display for RepoUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            RepoUrl::File { path } => write!(f, "file://{}", path.display()),
+            RepoUrl::S3(s3) => {
+                write!(f, "s3://{}", s3.bucket)?;
+                if !s3.prefix.is_empty() {
+                    write!(f, "/{}", s3.prefix)?;
+                }
+                write!(f, "?region={}", s3.region)?;
+                if let Some(endpoint) = &s3.endpoint {
+                    write!(f, "&endpoint={endpoint}")?;
+                }
+                write!(f, "&path_style={}", s3.path_style)
+            }
+        }
+    }
+}
+
+fn percent_decode(url: &str, value: &str) -> Result<String> {
+    let bad = || Error::InvalidUrl {
+        url: url.to_owned(),
+        reason: format!("bad percent-encoding in {value:?}"),
+    };
+    let bytes = value.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = value.get(i + 1..i + 3).ok_or_else(bad)?;
+            out.push(u8::from_str_radix(hex, 16).map_err(|_| bad())?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).map_err(|_| bad())
+}
+
+impl RepoUrl {
+    pub fn parse(url: &str) -> Result<RepoUrl> {
+        let bad = |reason: &str| Error::InvalidUrl {
+            url: url.to_owned(),
+            reason: reason.to_owned(),
+        };
+        if let Some(path) = url.strip_prefix("file://") {
+            if !path.starts_with('/') {
+                return Err(bad("a file URL needs an absolute path: file:///abs/dir"));
+            }
+            if path.contains('?') {
+                return Err(bad("a file URL takes no query"));
+            }
+            let path = percent_decode(url, path)?;
+            return Ok(RepoUrl::File {
+                path: PathBuf::from(path),
+            });
+        }
+        let Some(rest) = url.strip_prefix("s3://") else {
+            return Err(bad(
+                "expected file:///abs/dir or s3://bucket/prefix?endpoint=…",
+            ));
+        };
+        let (location, query) = rest.split_once('?').unwrap_or((rest, ""));
+        let (bucket, prefix) = location.split_once('/').unwrap_or((location, ""));
+        let bucket_ok = (3..=63).contains(&bucket.len())
+            && bucket
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.');
+        if !bucket_ok {
+            return Err(bad(
+                "the bucket name must be 3 to 63 characters of a-z, 0-9, '-' and '.'",
+            ));
+        }
+        let prefix = prefix.trim_matches('/').to_owned();
+        if prefix.split('/').any(|p| p == "." || p == "..") {
+            return Err(bad("the prefix may not contain . or .. parts"));
+        }
+        let mut s3 = S3Location {
+            bucket: bucket.to_owned(),
+            prefix,
+            endpoint: None,
+            region: std::env::var("AWS_REGION")
+                .or_else(|_| std::env::var("AWS_DEFAULT_REGION"))
+                .unwrap_or_else(|_| "us-east-1".into()),
+            path_style: false,
+            access_key: None,
+            secret_key: None,
+            max_attempts: 5,
+        };
+        let mut path_style = None;
+        for pair in query.split('&').filter(|p| !p.is_empty()) {
+            let (name, value) = pair
+                .split_once('=')
+                .ok_or_else(|| bad(&format!("query parameter {pair:?} has no value")))?;
+            let value = percent_decode(url, value)?;
+            match name {
+                "endpoint" => {
+                    if !(value.starts_with("http://") || value.starts_with("https://")) {
+                        return Err(bad("endpoint must start with http:// or https://"));
+                    }
+                    s3.endpoint = Some(value.trim_end_matches('/').to_owned());
+                }
+                "region" => s3.region = value,
+                "path_style" => {
+                    path_style = Some(match value.as_str() {
+                        "true" | "1" => true,
+                        "false" | "0" => false,
+                        _ => return Err(bad("path_style must be true or false")),
+                    })
+                }
+                "access_key" => s3.access_key = Some(value),
+                "secret_key" => s3.secret_key = Some(value),
+                "max_attempts" => {
+                    s3.max_attempts = value
+                        .parse()
+                        .ok()
+                        .filter(|n| (1..=20).contains(n))
+                        .ok_or_else(|| bad("max_attempts must be 1 to 20"))?
+                }
+                other => return Err(bad(&format!("unknown query parameter {other:?}"))),
+            }
+        }
+        s3.path_style = path_style.unwrap_or(s3.endpoint.is_some());
+        if s3.access_key.is_some() != s3.secret_key.is_some() {
+            return Err(bad("give both access_key and secret_key, or neither"));
+        }
+        Ok(RepoUrl::S3(s3))
+    }
+
+    /// Opens the store the URL names (a file repo's directory is created
+    /// when missing; S3 is not contacted until the first request).
+    pub fn open_store(&self) -> Result<Arc<dyn ObjectStore>> {
+        Ok(match self {
+            RepoUrl::File { path } => Arc::new(super::FileStore::open(path.clone())?),
+            RepoUrl::S3(s3) => Arc::new(super::S3Store::new(s3.clone())?),
+        })
+    }
+}
