@@ -200,6 +200,13 @@ fn reply_for(state: &AppState, command: &AppCommand, events: &[Event]) -> Value 
             created: volumes(true),
             workflow: None,
         }),
+        AppCommand::Pull { name, manifest, .. } => reply::to_value(&reply::PullImportReply {
+            app: name.clone(),
+            manifest: manifest.clone(),
+            created: events.iter().any(|e| matches!(e, Event::AppCreated(_))),
+            volumes_created: volumes(true),
+            volumes_deleted: volumes(false),
+        }),
         AppCommand::Scale { name, .. } => {
             let scaled = events.iter().find_map(|e| match e {
                 Event::AppScaled(s) => Some(s),

@@ -372,6 +372,7 @@ impl Cluster {
             limits,
             node: local,
             disk_index: Arc::new(disk_index),
+            data_dir: Arc::new(std::path::absolute(dir).unwrap_or_else(|_| dir.clone())),
         };
         let registry = Arc::new(Registry::default());
         let world_workflows = world.workflows.clone();
@@ -434,6 +435,7 @@ impl Cluster {
             services: services.clone(),
             registry: registry.clone(),
             me: me.clone(),
+            repos: Default::default(),
         });
         // Every workflow the journal says is running was cut short by the
         // last stop: it goes on (or compensates) from its journaled facts.

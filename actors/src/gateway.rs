@@ -40,13 +40,18 @@ use cairn_workflows::{Plan, Topology, app_placement};
 /// Span field names; they live in [`crate::telemetry::fields`].
 pub use crate::telemetry::fields;
 
+mod repos;
 mod sagas;
+
+pub use repos::Repos;
 
 pub struct Gateway {
     pub services: Services,
     pub registry: Arc<Registry>,
     /// This gateway, for the sagas it starts (they run its commands).
     pub me: std::sync::Weak<Gateway>,
+    /// Open backup repositories and their locks.
+    pub repos: Repos,
 }
 
 /// Who sent a request, from its headers.
@@ -217,41 +222,11 @@ impl Gateway {
                     Err(e) => Err(self.rebuild_volume(tenant, &name, e).await),
                 }
             }
-            (Command::App(mut command), Some(causation)) => {
-                self.complete_app_command(tenant, &mut command).await?;
-                let taken = match &command {
-                    AppCommand::Create(_)
-                    | AppCommand::Scale { .. }
-                    | AppCommand::CloneFrom { .. } => self.volume_names(tenant).await?,
-                    _ => BTreeSet::new(),
-                };
-                let placing = match &command {
-                    AppCommand::Create(_)
-                    | AppCommand::Scale { .. }
-                    | AppCommand::CloneFrom { .. } => {
-                        let topology = self.topology().await?;
-                        let usage = app_placement::usage_of(
-                            self.all_apps().await?.iter().map(|(_, a)| a),
-                            &topology,
-                        );
-                        Some((topology, usage))
-                    }
-                    _ => None,
-                };
-                let name = command.app().to_owned();
-                let actor = self.registry.app_or_start(tenant, &name, &self.services);
-                let sent = actor
-                    .send(app::Execute {
-                        command,
-                        causation,
-                        taken,
-                        placing,
-                    })
-                    .await;
-                match sent {
-                    Ok(result) => result,
-                    Err(e) => Err(self.rebuild_app(tenant, &name, e).await),
-                }
+            (Command::App(command), Some(causation)) => {
+                self.dispatch_app(tenant, command, causation).await
+            }
+            (Command::Repo(command), Some(causation)) => {
+                self.dispatch_repo(tenant, command, causation).await
             }
             (Command::NodeFail { name }, Some(causation)) => {
                 let actor = self
@@ -268,6 +243,51 @@ impl Gateway {
             (Command::Workflow(_) | Command::Hook { .. } | Command::Reclaim, _) => {
                 Err(ApiError::internal("dispatched above"))
             }
+        }
+    }
+
+    /// Runs one app command through the app's actor.
+    async fn dispatch_app(
+        &self,
+        tenant: &str,
+        mut command: AppCommand,
+        causation: Causation,
+    ) -> Result<Value, ApiError> {
+        self.complete_app_command(tenant, &mut command).await?;
+        let taken = match &command {
+            AppCommand::Create(_)
+            | AppCommand::Scale { .. }
+            | AppCommand::CloneFrom { .. }
+            | AppCommand::Pull { .. } => self.volume_names(tenant).await?,
+            _ => BTreeSet::new(),
+        };
+        let placing = match &command {
+            AppCommand::Create(_)
+            | AppCommand::Scale { .. }
+            | AppCommand::CloneFrom { .. }
+            | AppCommand::Pull { .. } => {
+                let topology = self.topology().await?;
+                let usage = app_placement::usage_of(
+                    self.all_apps().await?.iter().map(|(_, a)| a),
+                    &topology,
+                );
+                Some((topology, usage))
+            }
+            _ => None,
+        };
+        let name = command.app().to_owned();
+        let actor = self.registry.app_or_start(tenant, &name, &self.services);
+        let sent = actor
+            .send(app::Execute {
+                command,
+                causation,
+                taken,
+                placing,
+            })
+            .await;
+        match sent {
+            Ok(result) => result,
+            Err(e) => Err(self.rebuild_app(tenant, &name, e).await),
         }
     }
 
@@ -609,6 +629,7 @@ impl Gateway {
             }
             Query::EventsList(filter) => self.events(tenant, &filter),
             Query::EventsVerify => self.verify().await,
+            Query::RepoList => self.repo_list(tenant).await,
         }
     }
 
@@ -906,6 +927,7 @@ fn first_difference(live: &World, replayed: &World) -> Option<String> {
     }
     diff("volume", &live.volumes, &replayed.volumes)
         .or_else(|| diff("app", &live.apps, &replayed.apps))
+        .or_else(|| diff("repo", &live.repos, &replayed.repos))
 }
 
 /// What a command gets when its actor died handling it.

@@ -93,7 +93,8 @@ pub use s3_store::S3Store;
 pub use store::{ObjectInfo, ObjectStore};
 pub use url::{RepoUrl, S3Location};
 
-use key::{Keys, hex, random_bytes, unhex};
+pub use key::random_bytes;
+use key::{Keys, hex, unhex};
 
 /// How [`Repo::init`] lays out a new repository (fixed afterwards).
 #[derive(Debug, Clone, Copy)]
@@ -198,7 +199,7 @@ pub struct Repo {
     keys: Keys,
 }
 
-pub(crate) fn now_ms() -> u64 {
+pub fn now_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)

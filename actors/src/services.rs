@@ -23,6 +23,8 @@ pub struct Services {
     pub node: String,
     /// (node, disk) → index of that disk in the block pool.
     pub disk_index: Arc<BTreeMap<(String, String), u16>>,
+    /// The data dir (absolute): repositories and keys `repo add` makes.
+    pub data_dir: Arc<std::path::PathBuf>,
 }
 
 impl Services {

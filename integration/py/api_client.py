@@ -216,7 +216,18 @@ async def run(args):
         _, channel = api.resolve(op["channel"])
         event_channels[address(channel)] = api.message_pointer(op["messages"][0])
     published_seqs = []
+    progress_prefix = f"cairn.v1.{args.tenant}.evt.progress."
+    progress_seen = 0
     for msg in events:
+        if msg.subject.startswith(progress_prefix):
+            # Push/pull progress: not journaled (no seq), its own channel.
+            progress_seen += 1
+            pointer = event_channels.get(progress_prefix + "{workflow}")
+            if pointer is None:
+                check.fail("events", f"published on {msg.subject}, which no channel documents")
+            else:
+                check.validate(f"progress on {msg.subject}", api.validator(pointer), json.loads(msg.data), "the progress")
+            continue
         pointer = event_channels.get(msg.subject)
         if pointer is None:
             check.fail("events", f"published on {msg.subject}, which no channel documents")
@@ -241,6 +252,7 @@ async def run(args):
     cluster_records = cluster.get("events", [])
     if not any(r.get("kind") == "NodeRegistered" for r in cluster_records):
         check.fail("events.list (cluster)", "no NodeRegistered record")
+    kind_pointer.pop("TransferProgress", None)
     for record in records + cluster_records:
         kind = record.get("kind")
         where = f"listed event {record.get('seq')} ({kind})"
@@ -248,6 +260,8 @@ async def run(args):
             check.fail(where, "no event channel documents this kind")
         else:
             check.validate(where, api.validator(kind_pointer[kind]), record, "the record")
+    if progress_seen == 0:
+        check.fail("events", "app.push and app.pull published no progress")
     created = [r for r in records if r.get("data", {}).get("volume") == "retried"]
     if len(created) != 1:
         check.fail("retry with Cairn-Request-Id", f"journaled {len(created)} events, expected 1")

@@ -113,6 +113,10 @@ pub enum Command {
     /// Workflows (sagas): the built-in operations and your own.
     #[command(subcommand)]
     Workflow(WorkflowCommand),
+    /// Backup repositories (file:// or s3://) that apps are pushed to and
+    /// pulled from.
+    #[command(subcommand)]
+    Repo(crate::transfer::RepoCommand),
     /// The event journal: list, follow, verify, replay, export.
     Events(EventsArgs),
     /// Send a raw JSON request to `cairn.v1.<tenant>.<KIND>.<VERB>`.
@@ -225,6 +229,29 @@ pub enum AppCommand {
         /// <Kind>/<name>.<path>=V.
         #[arg(long = "set")]
         set: Vec<String>,
+        #[command(flatten)]
+        run: RunArgs,
+    },
+    /// Push APP@SNAPSHOT to a repository: incremental, deduplicated,
+    /// compressed, encrypted (a workflow; progress on stderr).
+    Push {
+        /// `<app>@<snapshot>`.
+        source: String,
+        /// A registered repository (`cairn repo add`).
+        repo: String,
+        #[command(flatten)]
+        run: RunArgs,
+    },
+    /// Pull APP@SNAPSHOT from a repository: creates the app (data, config,
+    /// metadata), or repairs it when it exists (a rollback to the pulled
+    /// state, after a safety snapshot).
+    Pull {
+        repo: String,
+        /// `<app>@<snapshot>` as pushed.
+        source: String,
+        /// Pull as this app instead.
+        #[arg(long = "as")]
+        target: Option<String>,
         #[command(flatten)]
         run: RunArgs,
     },
@@ -411,6 +438,7 @@ async fn run_client(args: &Cli) -> anyhow::Result<i32> {
         Command::Volume(cmd) => volume(&client, fmt, cmd).await,
         Command::App(cmd) => app(&client, fmt, cmd).await,
         Command::Workflow(cmd) => workflow(&client, fmt, cmd).await,
+        Command::Repo(cmd) => crate::transfer::repo(&client, fmt, cmd).await,
         Command::Node(NodeCommand::List) => {
             let reply = client.call("node", "list", &json!({})).await?;
             output::print(fmt, &reply, output::node_rows);
@@ -736,6 +764,17 @@ async fn app(client: &Client, fmt: Format, cmd: &AppCommand) -> anyhow::Result<i
                 rows
             });
         }
+        AppCommand::Push { source, repo, run } => {
+            return crate::transfer::push(client, fmt, source, repo, run).await;
+        }
+        AppCommand::Pull {
+            repo,
+            source,
+            target,
+            run,
+        } => {
+            return crate::transfer::pull(client, fmt, repo, source, target.as_deref(), run).await;
+        }
         AppCommand::Scale {
             name,
             replicas,
@@ -804,7 +843,7 @@ async fn app(client: &Client, fmt: Format, cmd: &AppCommand) -> anyhow::Result<i
 
 /// Workflows may run for as long as their hooks: wait up to an hour
 /// (unless `--timeout` says otherwise).
-fn long(client: &Client) -> Client {
+pub(crate) fn long(client: &Client) -> Client {
     let mut c = client.clone();
     if !TIMEOUT_GIVEN.get().copied().unwrap_or(false) {
         c.timeout = std::time::Duration::from_secs(3600);
@@ -815,7 +854,7 @@ fn long(client: &Client) -> Client {
 /// Whether `--timeout` (or `CAIRN_TIMEOUT`) was given.
 static TIMEOUT_GIVEN: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
 
-fn with_run(mut body: Value, run: &RunArgs) -> Value {
+pub(crate) fn with_run(mut body: Value, run: &RunArgs) -> Value {
     body["async"] = Value::Bool(run.run_async);
     body
 }

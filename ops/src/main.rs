@@ -8,6 +8,7 @@ mod cli;
 mod demo;
 mod output;
 mod telemetry;
+mod transfer;
 mod up;
 
 use clap::Parser;

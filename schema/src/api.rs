@@ -39,23 +39,26 @@ use serde_yaml::{Mapping, Value as Yaml};
 
 use crate::command::{
     AppCloneBody, AppCloneCreateBody, AppConfigSetBody, AppCreateBody, AppDeleteBody, AppHookBody,
-    AppLogBody, AppRemoveBody, AppScaleBody, AppSnapshotBody, AppSnapshotRefBody,
-    AppSnapshotStepBody, AppSnapshotTakeBody, EmptyBody, EventsFilter, NameBody, ReplayBody,
-    SnapshotBody, VolumeCloneBody, VolumeCreateBody, VolumeDiffBody, WorkflowCancelBody,
-    WorkflowIdBody, WorkflowListBody, WorkflowRunBody,
+    AppLogBody, AppPullBody, AppPullDataBody, AppPullImportBody, AppPushBody, AppPushUploadBody,
+    AppRemoveBody, AppScaleBody, AppSnapshotBody, AppSnapshotRefBody, AppSnapshotStepBody,
+    AppSnapshotTakeBody, EmptyBody, EventsFilter, NameBody, ReplayBody, RepoAddBody, RepoLsBody,
+    RepoNameBody, RepoPruneBody, SnapshotBody, VolumeCloneBody, VolumeCreateBody, VolumeDiffBody,
+    WorkflowCancelBody, WorkflowIdBody, WorkflowListBody, WorkflowRunBody,
 };
 use crate::event::{
-    AppCloned, AppConfigSet, AppCreated, AppDeleted, AppPlaced, AppRolledBack, AppScaled,
-    AppSnapshotDeleted, AppSnapshotted, NodeFailed, NodeRegistered, SnapshotDeleted, VolumeCloned,
-    VolumeCreated, VolumeDeleted, VolumeRolledBack, VolumeSnapshotted, WorkflowCancelled,
-    WorkflowCompensationCompleted, WorkflowCompensationFailed, WorkflowCompensationStarted,
-    WorkflowFinished, WorkflowResumed, WorkflowStarted, WorkflowStepCompleted, WorkflowStepFailed,
-    WorkflowStepStarted,
+    AppCloned, AppConfigSet, AppCreated, AppDeleted, AppPlaced, AppPulled, AppPushed,
+    AppRolledBack, AppScaled, AppSnapshotDeleted, AppSnapshotted, NodeFailed, NodeRegistered,
+    RepoAdded, RepoRemoved, SnapshotDeleted, VolumeCloned, VolumeCreated, VolumeDeleted,
+    VolumeRolledBack, VolumeSnapshotted, WorkflowCancelled, WorkflowCompensationCompleted,
+    WorkflowCompensationFailed, WorkflowCompensationStarted, WorkflowFinished, WorkflowResumed,
+    WorkflowStarted, WorkflowStepCompleted, WorkflowStepFailed, WorkflowStepStarted,
 };
 use crate::record::{EventRecord, GENESIS_HASH};
 use crate::reply::{
     AppCloneReply, AppRollbackReply, AppSnapshotDeleteReply, AppSnapshotReply, AppSnapshotsReply,
-    HookReply, ReclaimReply, WorkflowListReply, WorkflowView,
+    HookReply, PullImportReply, PullReply, PushReply, ReclaimReply, RepoAddReply, RepoCheckReply,
+    RepoListReply, RepoLsReply, RepoPruneReply, RepoRemoveReply, TransferProgress,
+    WorkflowListReply, WorkflowView,
 };
 use crate::reply::{
     AppConfigSetReply, AppCreateReply, AppDeleteReply, AppListReply, AppLogReply,
@@ -391,6 +394,94 @@ pub const OPERATIONS: &[Operation] = &[
         example: "{}",
     },
     Operation {
+        kind: "repo",
+        verb: "add",
+        summary: "Register a backup repository (file:// or s3://) with its key; an empty store is initialised. A wrong key is refused (`wrong_key`) and nothing is written.",
+        request: schema::<RepoAddBody>,
+        reply: schema::<RepoAddReply>,
+        example: r#"{"name":"local"}"#,
+    },
+    Operation {
+        kind: "repo",
+        verb: "list",
+        summary: "The registered repositories (secrets redacted).",
+        request: schema::<EmptyBody>,
+        reply: schema::<RepoListReply>,
+        example: "{}",
+    },
+    Operation {
+        kind: "app",
+        verb: "push",
+        summary: "Push an app snapshot to a repository (a workflow): incremental to the app's last push, deduplicated, compressed, encrypted; the manifest goes last. Progress on `evt.progress.<workflow>`.",
+        request: schema::<AppPushBody>,
+        reply: schema::<PushReply>,
+        example: r#"{"name":"shop","snapshot":"before-upgrade","repo":"local","workflow":"push-shop-1"}"#,
+    },
+    Operation {
+        kind: "app",
+        verb: "push-upload",
+        summary: "Workflow step of `app-push`: upload the snapshot's changed chunks, then its manifest.",
+        request: schema::<AppPushUploadBody>,
+        reply: schema::<PushReply>,
+        example: r#"{"name":"shop","snapshot":"before-upgrade","repo":"local"}"#,
+    },
+    Operation {
+        kind: "repo",
+        verb: "ls",
+        summary: "The app snapshots a repository holds, oldest first.",
+        request: schema::<RepoLsBody>,
+        reply: schema::<RepoLsReply>,
+        example: r#"{"name":"local","app":"shop"}"#,
+    },
+    Operation {
+        kind: "repo",
+        verb: "check",
+        summary: "Read and verify every pack, chunk and manifest; damaged objects are named (with the chunk).",
+        request: schema::<RepoNameBody>,
+        reply: schema::<RepoCheckReply>,
+        example: r#"{"name":"local"}"#,
+    },
+    Operation {
+        kind: "app",
+        verb: "pull",
+        summary: "Pull an app snapshot from a repository (a workflow): a new app is created with its data, config and metadata; an existing one is repaired (safety snapshot, then rolled to the pulled state). Every chunk is verified.",
+        request: schema::<AppPullBody>,
+        reply: schema::<PullReply>,
+        example: r#"{"repo":"local","name":"shop","snapshot":"before-upgrade","target":"shop-restored"}"#,
+    },
+    Operation {
+        kind: "app",
+        verb: "pull-import",
+        summary: "Workflow step of `app-pull`: create (or reconcile) the app's objects and volumes from the manifest.",
+        request: schema::<AppPullImportBody>,
+        reply: schema::<PullImportReply>,
+        example: r#"{"repo":"local","name":"shop","snapshot":"before-upgrade","target":"shop-copy"}"#,
+    },
+    Operation {
+        kind: "app",
+        verb: "pull-data",
+        summary: "Workflow step of `app-pull`: write the pulled manifest's chunks into the app's volumes (only those that differ).",
+        request: schema::<AppPullDataBody>,
+        reply: schema::<PullReply>,
+        example: r#"{"name":"shop-copy"}"#,
+    },
+    Operation {
+        kind: "repo",
+        verb: "prune",
+        summary: "Keep the newest N snapshots of every app; delete or repack the packs nobody needs (bounded memory).",
+        request: schema::<RepoPruneBody>,
+        reply: schema::<RepoPruneReply>,
+        example: r#"{"name":"local","keep_last":1}"#,
+    },
+    Operation {
+        kind: "repo",
+        verb: "remove",
+        summary: "Forget a repository's registration; its contents stay.",
+        request: schema::<RepoNameBody>,
+        reply: schema::<RepoRemoveReply>,
+        example: r#"{"name":"local"}"#,
+    },
+    Operation {
         kind: "workflow",
         verb: "run",
         summary: "Run a `kind: Workflow` definition with params. Waits for the end (the workflow's view; a failure is an error naming the step, after compensation) unless `async`.",
@@ -645,6 +736,26 @@ pub const EVENTS: &[EventDoc] = &[
         cluster_wide: false,
         example: r#"{"kind":"WorkflowFinished","workflow":"wf-1","outcome":"completed","failed_step":null,"error":null}"#,
     },
+    EventDoc {
+        payload: schema::<RepoAdded>,
+        cluster_wide: false,
+        example: r#"{"kind":"RepoAdded","repo":"offsite","url":"s3://backups/cairn?endpoint=http://127.0.0.1:9000","key_kind":"key-file","key_path":"/etc/cairn/offsite.key","initialized":true}"#,
+    },
+    EventDoc {
+        payload: schema::<RepoRemoved>,
+        cluster_wide: false,
+        example: r#"{"kind":"RepoRemoved","repo":"offsite"}"#,
+    },
+    EventDoc {
+        payload: schema::<AppPushed>,
+        cluster_wide: false,
+        example: r#"{"kind":"AppPushed","app":"shop","snapshot":"nightly","repo":"offsite","manifest":"8d3f0c1e2b4a59687d6e5f4a3b2c1d0e","parent":null,"logical_bytes":1073741824,"uploaded_bytes":52428800,"workflow":"push-1"}"#,
+    },
+    EventDoc {
+        payload: schema::<AppPulled>,
+        cluster_wide: false,
+        example: r#"{"kind":"AppPulled","app":"shop","repo":"offsite","manifest":"8d3f0c1e2b4a59687d6e5f4a3b2c1d0e","source":"shop","snapshot":"nightly","objects":[],"volumes":[],"retired":[],"deleted":[],"workflow":"pull-1"}"#,
+    },
 ];
 
 /// The time the event examples carry: 2026-01-01T00:00:00Z.
@@ -777,6 +888,76 @@ fn schema_ref(name: &str) -> Value {
     json!({ "$ref": format!("#{SCHEMAS_PATH}/{name}") })
 }
 
+/// `evt.progress.<workflow>`: push and pull progress, not journaled.
+fn progress_channel(
+    replies: &mut Schemas,
+    channels: &mut Mapping,
+    operations: &mut Mapping,
+    messages: &mut Mapping,
+) {
+    let payload = replies.add(schema::<TransferProgress>);
+    let example = json!({
+        "kind": "TransferProgress", "workflow": "push-shop-1", "op": "push", "app": "shop",
+        "repo": "local", "volume": "shop/data-db-0@before-upgrade", "done_bytes": 1048576,
+        "total_bytes": 4194304, "transferred_bytes": 524288, "elapsed_ms": 120, "finished": false
+    });
+    messages.insert(
+        text("evt.progress"),
+        map([
+            ("name", text("TransferProgress")),
+            ("title", text("Push or pull progress")),
+            ("payload", yaml(&payload)),
+            (
+                "examples",
+                Yaml::Sequence(vec![map([
+                    ("name", text("example")),
+                    ("payload", yaml(&example)),
+                ])]),
+            ),
+        ]),
+    );
+    channels.insert(
+        text("evt.progress"),
+        map([
+            ("address", text(&subject::progress("{tenant}", "{workflow}"))),
+            (
+                "description",
+                text("Progress of a running push or pull, a few messages a second; not journaled, so no `seq`."),
+            ),
+            (
+                "parameters",
+                map([
+                    ("tenant", reference("#/components/parameters/tenant")),
+                    (
+                        "workflow",
+                        map([("description", text("The push or pull workflow's id."))]),
+                    ),
+                ]),
+            ),
+            (
+                "messages",
+                map([("progress", reference("#/components/messages/evt.progress"))]),
+            ),
+        ]),
+    );
+    operations.insert(
+        text("evt.progress"),
+        map([
+            ("action", text("send")),
+            ("summary", text("Push and pull progress.")),
+            ("channel", reference("#/channels/evt.progress")),
+            (
+                "messages",
+                Yaml::Sequence(vec![reference("#/channels/evt.progress/messages/progress")]),
+            ),
+            (
+                "tags",
+                Yaml::Sequence(vec![map([("name", text("events"))])]),
+            ),
+        ]),
+    );
+}
+
 /// The AsyncAPI 3.0.0 document of the whole API.
 pub fn asyncapi() -> Yaml {
     let mut requests = Schemas::new(Contract::Deserialize);
@@ -900,6 +1081,8 @@ pub fn asyncapi() -> Yaml {
             ]),
         );
     }
+
+    progress_channel(&mut replies, &mut channels, &mut operations, &mut messages);
 
     for doc in EVENTS {
         let event = doc.event();

@@ -322,6 +322,18 @@ pub struct AppState {
     pub retired: BTreeMap<String, AppVolume>,
     /// `(app, snapshot)` this app was cloned from.
     pub origin: Option<(String, String)>,
+    /// The manifest the app was last pulled from (created or repaired).
+    pub pulled: Option<Pulled>,
+}
+
+/// Where an app was pulled from (`AppPulled`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Pulled {
+    pub repo: String,
+    pub manifest: String,
+    pub source: String,
+    pub snapshot: String,
+    pub workflow: String,
 }
 
 /// One app snapshot: the volumes' snapshots plus the objects (config and
@@ -379,6 +391,17 @@ pub enum AppCommand {
         from: Box<AppSnapshot>,
         overrides: Vec<String>,
     },
+    /// Creates app `name`, or repairs it, from a manifest pulled from a
+    /// repository (`app.pull-import`, a step of `app-pull`). `from` is the
+    /// manifest's app snapshot, as the gateway read it.
+    Pull {
+        name: String,
+        repo: String,
+        manifest: String,
+        source: String,
+        from: Box<AppSnapshot>,
+        workflow: String,
+    },
     Scale {
         name: String,
         workload: Option<String>,
@@ -402,6 +425,7 @@ impl AppCommand {
             AppCommand::SnapshotDrop { .. } => "snapshot-drop",
             AppCommand::Restore { .. } => "restore",
             AppCommand::CloneFrom { .. } => "clone-create",
+            AppCommand::Pull { .. } => "pull-import",
             AppCommand::Scale { .. } => "scale",
             AppCommand::ConfigSet { .. } => "config-set",
         }
@@ -415,6 +439,7 @@ impl AppCommand {
             | AppCommand::SnapshotDrop { name, .. }
             | AppCommand::Restore { name, .. }
             | AppCommand::CloneFrom { name, .. }
+            | AppCommand::Pull { name, .. }
             | AppCommand::Scale { name, .. }
             | AppCommand::ConfigSet { name, .. } => name,
         }
@@ -560,20 +585,18 @@ impl AppState {
                 self.updated_seq = seq;
             }
             Event::AppRolledBack(e) => {
-                self.objects = e.objects.clone();
-                let before = std::mem::take(&mut self.volumes);
-                for v in &e.volumes {
-                    self.retired.remove(&v.pvc);
-                    self.volumes.insert(v.pvc.clone(), v.clone());
-                }
-                for pvc in &e.retired {
-                    if let Some(v) = before.get(pvc) {
-                        self.retired.insert(pvc.clone(), v.clone());
-                    }
-                }
-                for pvc in &e.deleted {
-                    self.placement.remove(pvc);
-                }
+                self.reset_to(&e.objects, &e.volumes, &e.retired, &e.deleted);
+                self.updated_seq = seq;
+            }
+            Event::AppPulled(e) => {
+                self.reset_to(&e.objects, &e.volumes, &e.retired, &e.deleted);
+                self.pulled = Some(Pulled {
+                    repo: e.repo.clone(),
+                    manifest: e.manifest.clone(),
+                    source: e.source.clone(),
+                    snapshot: e.snapshot.clone(),
+                    workflow: e.workflow.clone(),
+                });
                 self.updated_seq = seq;
             }
             Event::AppCloned(e) => {
@@ -581,6 +604,31 @@ impl AppState {
                 self.updated_seq = seq;
             }
             _ => {}
+        }
+    }
+
+    /// Objects and volumes become the given ones (a rollback, a pull);
+    /// volumes that leave are `retired` (kept) or `deleted`.
+    fn reset_to(
+        &mut self,
+        objects: &[Object],
+        volumes: &[AppVolume],
+        retired: &[String],
+        deleted: &[String],
+    ) {
+        self.objects = objects.to_vec();
+        let before = std::mem::take(&mut self.volumes);
+        for v in volumes {
+            self.retired.remove(&v.pvc);
+            self.volumes.insert(v.pvc.clone(), v.clone());
+        }
+        for pvc in retired {
+            if let Some(v) = before.get(pvc) {
+                self.retired.insert(pvc.clone(), v.clone());
+            }
+        }
+        for pvc in deleted {
+            self.placement.remove(pvc);
         }
     }
 
@@ -671,6 +719,14 @@ impl AppState {
                 from,
                 overrides,
             } => self.decide_clone(name, source, snapshot, from, overrides, volume_exists),
+            AppCommand::Pull {
+                name,
+                repo,
+                manifest,
+                source,
+                from,
+                workflow,
+            } => self.decide_pull(name, repo, manifest, source, from, workflow, volume_exists),
             AppCommand::Scale {
                 name,
                 workload,

@@ -25,8 +25,8 @@ use crate::app::{
     volume_created, volume_name,
 };
 use crate::event::{
-    AppCloned, AppCreated, AppRolledBack, AppSnapshotDeleted, AppSnapshotted, SnapshotDeleted,
-    VolumeCloned, VolumeDeleted, VolumeRolledBack, VolumeSnapshotted,
+    AppCloned, AppCreated, AppPulled, AppRolledBack, AppSnapshotDeleted, AppSnapshotted,
+    SnapshotDeleted, VolumeCloned, VolumeDeleted, VolumeRolledBack, VolumeSnapshotted,
 };
 use crate::{ApiError, ErrorCode, Event};
 
@@ -40,6 +40,17 @@ impl AppState {
             .values()
             .flat_map(|s| s.volumes.iter().map(|v| v.pvc.clone()))
             .collect()
+    }
+
+    /// The app's volumes not in `wanted`: (retired: some snapshot holds
+    /// them, deleted: none does).
+    fn leaving(&self, wanted: &BTreeSet<&str>) -> (Vec<String>, Vec<String>) {
+        let held = self.held_pvcs();
+        self.volumes
+            .keys()
+            .filter(|p| !wanted.contains(p.as_str()))
+            .cloned()
+            .partition(|pvc| held.contains(pvc))
     }
 
     pub(crate) fn decide_snapshot(
@@ -175,15 +186,7 @@ impl AppState {
             }));
         }
         let wanted: BTreeSet<&str> = snap.volumes.iter().map(|v| v.pvc.as_str()).collect();
-        let held = self.held_pvcs();
-        let (mut retired, mut deleted) = (Vec::new(), Vec::new());
-        for pvc in self.volumes.keys().filter(|p| !wanted.contains(p.as_str())) {
-            if held.contains(pvc) {
-                retired.push(pvc.clone());
-            } else {
-                deleted.push(pvc.clone());
-            }
-        }
+        let (retired, deleted) = self.leaving(&wanted);
         events.push(Event::AppRolledBack(AppRolledBack {
             app: self.name.clone(),
             snapshot: snapshot.to_owned(),
@@ -219,7 +222,12 @@ impl AppState {
                 format!("app {name:?} already exists"),
             ));
         }
-        let mut objects = rename_objects(&from.objects, source, name, snapshot);
+        let mut objects = rename_objects(
+            &from.objects,
+            source,
+            name,
+            ("cairn.dev/clone-of", format!("{source}@{snapshot}")),
+        );
         apply_overrides(&mut objects, overrides)?;
         let volumes = derive_volumes(&objects)?;
         let had: BTreeSet<&str> = from.volumes.iter().map(|v| v.pvc.as_str()).collect();
@@ -258,6 +266,117 @@ impl AppState {
     }
 }
 
+impl AppState {
+    /// A pull: app `name` becomes the manifest's app snapshot `from`
+    /// (objects renamed when `name` is not `source`). A new app is created
+    /// with empty volumes; an existing one is reconciled like a restore
+    /// (volumes it lacks are created, extra ones retired or deleted). The
+    /// data is written by the next step.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn decide_pull(
+        &self,
+        name: &str,
+        repo: &str,
+        manifest: &str,
+        source: &str,
+        from: &AppSnapshot,
+        workflow: &str,
+        volume_exists: &dyn Fn(&str) -> bool,
+    ) -> Result<Vec<Event>, ApiError> {
+        if from.volumes.is_empty() && from.objects.is_empty() {
+            return Err(ApiError::internal("the manifest was not read"));
+        }
+        let objects = if name == source {
+            from.objects.clone()
+        } else {
+            rename_objects(
+                &from.objects,
+                source,
+                name,
+                (
+                    "cairn.dev/pulled-from",
+                    format!("{repo}:{source}@{}", from.name),
+                ),
+            )
+        };
+        let volumes = from.volumes.clone();
+        let mut events = Vec::new();
+        let pulled = |retired: Vec<String>, deleted: Vec<String>| {
+            Event::AppPulled(AppPulled {
+                app: name.to_owned(),
+                repo: repo.to_owned(),
+                manifest: manifest.to_owned(),
+                source: source.to_owned(),
+                snapshot: from.name.clone(),
+                objects: objects.clone(),
+                volumes: volumes.clone(),
+                retired,
+                deleted,
+                workflow: workflow.to_owned(),
+            })
+        };
+        if !self.exists() {
+            for v in &volumes {
+                let volume = volume_name(name, &v.pvc);
+                if volume_exists(&volume) {
+                    return Err(ApiError::new(
+                        ErrorCode::AlreadyExists,
+                        format!("volume {volume:?} already exists; pull under another name (--as)"),
+                    ));
+                }
+                events.push(volume_created(&volume, v));
+            }
+            events.push(Event::AppCreated(AppCreated {
+                app: name.to_owned(),
+                objects: objects.clone(),
+                volumes: volumes.clone(),
+            }));
+            events.push(pulled(Vec::new(), Vec::new()));
+            return Ok(events);
+        }
+        for v in &volumes {
+            let have = self
+                .volumes
+                .get(&v.pvc)
+                .or_else(|| self.retired.get(&v.pvc));
+            match have {
+                Some(have) if have.size_bytes != v.size_bytes => {
+                    return Err(ApiError::new(
+                        ErrorCode::FailedPrecondition,
+                        format!(
+                            "volume {} is {} bytes here and {} bytes in the repo; volumes are \
+                             not resized: pull under another name (--as)",
+                            volume_name(name, &v.pvc),
+                            have.size_bytes,
+                            v.size_bytes
+                        ),
+                    ));
+                }
+                Some(_) => {}
+                None => {
+                    let volume = volume_name(name, &v.pvc);
+                    if volume_exists(&volume) {
+                        return Err(ApiError::new(
+                            ErrorCode::AlreadyExists,
+                            format!("volume {volume:?} exists outside app {name}"),
+                        ));
+                    }
+                    events.push(volume_created(&volume, v));
+                }
+            }
+        }
+        let wanted: BTreeSet<&str> = volumes.iter().map(|v| v.pvc.as_str()).collect();
+        let (retired, deleted) = self.leaving(&wanted);
+        events.push(pulled(retired, deleted.clone()));
+        events.extend(deleted.into_iter().map(|pvc| {
+            Event::VolumeDeleted(VolumeDeleted {
+                volume: volume_name(name, &pvc),
+            })
+        }));
+        Ok(events)
+    }
+}
+
 /// Label maps whose values name the app.
 const LABEL_PATHS: &[&str] = &[
     "/metadata/labels",
@@ -268,8 +387,13 @@ const LABEL_PATHS: &[&str] = &[
 
 /// The source app's objects for a clone: label values equal to the source
 /// app's name become the clone's, the `kind: App` document is renamed, and
-/// every object is annotated `cairn.dev/clone-of: <source>@<snapshot>`.
-fn rename_objects(objects: &[Object], source: &str, name: &str, snapshot: &str) -> Vec<Object> {
+/// every object is annotated (`cairn.dev/clone-of: <source>@<snapshot>`).
+fn rename_objects(
+    objects: &[Object],
+    source: &str,
+    name: &str,
+    annotation: (&str, String),
+) -> Vec<Object> {
     objects
         .iter()
         .map(|o| {
@@ -295,10 +419,7 @@ fn rename_objects(objects: &[Object], source: &str, name: &str, snapshot: &str) 
                     .entry("annotations")
                     .or_insert_with(|| Value::Object(Default::default()));
                 if let Some(a) = annotations.as_object_mut() {
-                    a.insert(
-                        "cairn.dev/clone-of".into(),
-                        Value::String(format!("{source}@{snapshot}")),
-                    );
+                    a.insert(annotation.0.into(), Value::String(annotation.1.clone()));
                 }
             }
             Object {

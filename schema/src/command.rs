@@ -27,6 +27,10 @@
 //! | `events.replay` | `{"at_seq"?,"at_ms"?,"app"?}` | the state as of a seq or time |
 //! | `events.list` | `{"since_seq"?,"limit"?,"subject"?,"kind"?}` | journal records |
 //! | `events.verify` | `{}` | check the hash chain and replayed state |
+//! | `app.push` | `{"name","snapshot","repo"}` | push an app snapshot to a repository (a workflow) |
+//! | `app.pull` | `{"repo","name","snapshot","target"?}` | create or repair an app from a repository (a workflow) |
+//! | `repo.add` | `{"name","url","key_file"?,"passphrase_file"?}` | register (and create) a repository |
+//! | `repo.list`, `repo.ls`, `repo.check`, `repo.prune`, `repo.remove` | `{"name",…}` | what a repository holds; verify it; drop old snapshots |
 //! | `system.ping` | `{}` | liveness |
 //!
 //! The request bodies below are public and derive `JsonSchema`. Every
@@ -41,6 +45,7 @@ use serde::{Deserialize, Serialize};
 use crate::ApiError;
 use crate::app::{AppCommand, parse_manifest};
 use crate::names::{check_label, check_volume_name, parse_size};
+use crate::repo::{RepoCommand, RepoKey, check_repo_url};
 
 /// Largest number of records one `events.list` returns.
 pub const MAX_EVENTS_PAGE: u32 = 10_000;
@@ -138,6 +143,7 @@ pub enum Query {
     },
     EventsList(EventsFilter),
     EventsVerify,
+    RepoList,
     AppSnapshots {
         name: String,
     },
@@ -250,6 +256,8 @@ pub enum Command {
     },
     /// Compact the block engine now: reclaim what deletes freed.
     Reclaim,
+    /// Backup repositories, and the steps of push and pull.
+    Repo(RepoCommand),
     /// Mark a node failed.
     NodeFail {
         name: String,
@@ -450,6 +458,8 @@ macro_rules! run_options {
     )*};
 }
 run_options!(
+    AppPushBody,
+    AppPullBody,
     AppSnapshotBody,
     AppSnapshotRefBody,
     AppDeleteBody,
@@ -589,6 +599,131 @@ pub struct WorkflowRunBody {
     pub workflow: Option<String>,
 }
 
+/// The body of `repo.add`.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RepoAddBody {
+    /// The repository's name here (a DNS-1123 label).
+    pub name: String,
+    /// `file:///abs/dir` or `s3://bucket[/prefix][?endpoint=…&region=…&path_style=true]`.
+    /// A `secret_key` in the URL is kept out of the journal. Left out: a
+    /// repository in the server's data dir (`<data-dir>/repos/<name>`).
+    #[serde(default)]
+    pub url: Option<String>,
+    /// A file (on the server) holding the repository key: 32 raw bytes or
+    /// 64 hex digits. Without it and without `passphrase_file`, a new
+    /// repository gets a new key file in the data dir.
+    #[serde(default)]
+    pub key_file: Option<String>,
+    /// A file (on the server) whose first line is the passphrase (argon2id).
+    #[serde(default)]
+    pub passphrase_file: Option<String>,
+}
+
+/// The body of `repo.remove`, `repo.check`.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RepoNameBody {
+    /// A registered repository.
+    pub name: String,
+}
+
+/// The body of `repo.ls`.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RepoLsBody {
+    pub name: String,
+    /// Only this app's snapshots.
+    #[serde(default)]
+    pub app: Option<String>,
+}
+
+/// The body of `repo.prune`.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RepoPruneBody {
+    pub name: String,
+    /// Keep the newest N snapshots of every app (at least 1).
+    pub keep_last: u32,
+}
+
+/// The body of `app.push`.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AppPushBody {
+    /// The app.
+    pub name: String,
+    /// The app snapshot to push.
+    pub snapshot: String,
+    /// A registered repository.
+    pub repo: String,
+    /// Reply at once with the workflow's id instead of waiting for its end.
+    #[serde(default, rename = "async")]
+    pub run_async: bool,
+    /// The workflow's id (a DNS-1123 label); one is made when left out.
+    /// Progress events name it.
+    #[serde(default)]
+    pub workflow: Option<String>,
+}
+
+/// The body of `app.pull`.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AppPullBody {
+    /// A registered repository.
+    pub repo: String,
+    /// The app as it was pushed.
+    pub name: String,
+    /// Its snapshot to pull.
+    pub snapshot: String,
+    /// Pull as this app (default: `name`). An app that exists is repaired:
+    /// rolled back to the pulled snapshot, after a safety snapshot.
+    #[serde(default)]
+    pub target: Option<String>,
+    /// Reply at once with the workflow's id instead of waiting for its end.
+    #[serde(default, rename = "async")]
+    pub run_async: bool,
+    /// The workflow's id (a DNS-1123 label); one is made when left out.
+    #[serde(default)]
+    pub workflow: Option<String>,
+}
+
+/// The body of `app.push-upload` (the step of `app-push`).
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AppPushUploadBody {
+    pub name: String,
+    pub snapshot: String,
+    pub repo: String,
+    /// The workflow pushing (progress events name it).
+    #[serde(default)]
+    pub workflow: Option<String>,
+}
+
+/// The body of `app.pull-import` (a step of `app-pull`).
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AppPullImportBody {
+    pub repo: String,
+    /// The app as pushed.
+    pub name: String,
+    pub snapshot: String,
+    /// The app created or repaired.
+    pub target: String,
+    #[serde(default)]
+    pub workflow: Option<String>,
+}
+
+/// The body of `app.pull-data` (a step of `app-pull`).
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AppPullDataBody {
+    /// The app `app.pull-import` made; its volumes get the manifest's data.
+    pub name: String,
+    #[serde(default)]
+    pub workflow: Option<String>,
+}
+
 /// The body of `workflow.show`, `workflow.resume`.
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -672,6 +807,16 @@ fn start(
         wait: !run.run_async,
         id: run.workflow,
     }))
+}
+
+/// A server-side file path from a request: absolute, bounded.
+fn check_path(field: &str, path: String) -> Result<String, ApiError> {
+    if !path.starts_with('/') || path.len() > 1024 || path.contains('\0') {
+        return Err(ApiError::invalid(format!(
+            "{field} must be an absolute path on the server (at most 1024 bytes), not {path:?}"
+        )));
+    }
+    Ok(path)
 }
 
 fn builtin<const N: usize>(
@@ -918,6 +1063,134 @@ impl Command {
                 Command::App(AppCommand::Delete {
                     name: b.name,
                     missing_ok: b.missing_ok,
+                })
+            }
+            ("repo", "add") => {
+                let b: RepoAddBody = body(bytes)?;
+                check_label("repo", &b.name)?;
+                if let Some(url) = &b.url {
+                    check_repo_url(url)?;
+                }
+                let key = match (b.key_file, b.passphrase_file) {
+                    (Some(_), Some(_)) => {
+                        return Err(ApiError::invalid(
+                            "give key_file or passphrase_file, not both",
+                        ));
+                    }
+                    (Some(f), None) => RepoKey::File(check_path("key_file", f)?),
+                    (None, Some(f)) => RepoKey::PassphraseFile(check_path("passphrase_file", f)?),
+                    (None, None) => RepoKey::Generate,
+                };
+                Command::Repo(RepoCommand::Add {
+                    name: b.name,
+                    url: b.url,
+                    key,
+                })
+            }
+            ("repo", "remove") | ("repo", "check") => {
+                let b: RepoNameBody = body(bytes)?;
+                check_label("repo", &b.name)?;
+                Command::Repo(if verb == "remove" {
+                    RepoCommand::Remove { name: b.name }
+                } else {
+                    RepoCommand::Check { name: b.name }
+                })
+            }
+            ("repo", "list") => {
+                body::<EmptyBody>(bytes)?;
+                Command::Query(Query::RepoList)
+            }
+            ("repo", "ls") => {
+                let b: RepoLsBody = body(bytes)?;
+                check_label("repo", &b.name)?;
+                if let Some(app) = &b.app {
+                    check_label("app", app)?;
+                }
+                Command::Repo(RepoCommand::Ls {
+                    name: b.name,
+                    app: b.app,
+                })
+            }
+            ("repo", "prune") => {
+                let b: RepoPruneBody = body(bytes)?;
+                check_label("repo", &b.name)?;
+                if b.keep_last == 0 {
+                    return Err(ApiError::invalid(
+                        "keep_last must be at least 1 (prune never deletes every snapshot)",
+                    ));
+                }
+                Command::Repo(RepoCommand::Prune {
+                    name: b.name,
+                    keep_last: b.keep_last,
+                })
+            }
+            ("app", "push") => {
+                let b: AppPushBody = body(bytes)?;
+                let run = b.run();
+                check_label("app", &b.name)?;
+                check_label("snapshot", &b.snapshot)?;
+                check_label("repo", &b.repo)?;
+                builtin(
+                    "app-push",
+                    [
+                        ("app", b.name.into()),
+                        ("snapshot", b.snapshot.into()),
+                        ("repo", b.repo.into()),
+                    ],
+                    run,
+                )?
+            }
+            ("app", "pull") => {
+                let b: AppPullBody = body(bytes)?;
+                let run = b.run();
+                check_label("repo", &b.repo)?;
+                check_label("app", &b.name)?;
+                check_label("snapshot", &b.snapshot)?;
+                let target = b.target.unwrap_or_else(|| b.name.clone());
+                check_label("app", &target)?;
+                builtin(
+                    "app-pull",
+                    [
+                        ("repo", b.repo.into()),
+                        ("app", b.name.into()),
+                        ("snapshot", b.snapshot.into()),
+                        ("target", target.into()),
+                    ],
+                    run,
+                )?
+            }
+            ("app", "push-upload") => {
+                let b: AppPushUploadBody = body(bytes)?;
+                check_label("app", &b.name)?;
+                check_label("snapshot", &b.snapshot)?;
+                check_label("repo", &b.repo)?;
+                Command::Repo(RepoCommand::Upload {
+                    repo: b.repo,
+                    app: b.name,
+                    snapshot: b.snapshot,
+                    workflow: b.workflow.unwrap_or_default(),
+                })
+            }
+            ("app", "pull-import") => {
+                let b: AppPullImportBody = body(bytes)?;
+                check_label("repo", &b.repo)?;
+                check_label("app", &b.name)?;
+                check_label("snapshot", &b.snapshot)?;
+                check_label("app", &b.target)?;
+                Command::Repo(RepoCommand::Import {
+                    repo: b.repo,
+                    source: b.name,
+                    snapshot: b.snapshot,
+                    target: b.target,
+                    workflow: b.workflow.unwrap_or_default(),
+                })
+            }
+            ("app", "pull-data") => {
+                let b: AppPullDataBody = body(bytes)?;
+                check_label("app", &b.name)?;
+                Command::Repo(RepoCommand::Download {
+                    app: b.name,
+                    workflow: b.workflow.unwrap_or_default(),
                 })
             }
             ("app", "reclaim") => {

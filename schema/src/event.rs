@@ -228,6 +228,67 @@ pub struct AppCloned {
     pub overrides: Vec<String>,
 }
 
+/// A backup repository was registered under a name (`repo add`): its
+/// location and where its key comes from. The store was opened (or
+/// initialised) with that key before this was written. *Since v0.4.*
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct RepoAdded {
+    pub repo: String,
+    /// `file:///dir` or `s3://bucket/prefix?…`, secrets removed.
+    pub url: String,
+    /// `key-file` or `passphrase-file`.
+    pub key_kind: String,
+    /// The file holding the key or passphrase, on the server.
+    pub key_path: String,
+    /// True when `repo add` created the repository (and, without a key
+    /// file, its key).
+    pub initialized: bool,
+}
+
+/// A repository's registration was removed (its contents stay). *Since
+/// v0.4.*
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct RepoRemoved {
+    pub repo: String,
+}
+
+/// An app snapshot was pushed: its manifest is stored in the repository.
+/// *Since v0.4.*
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct AppPushed {
+    pub app: String,
+    pub snapshot: String,
+    pub repo: String,
+    pub manifest: String,
+    /// The manifest this push was incremental to.
+    pub parent: Option<String>,
+    pub logical_bytes: u64,
+    pub uploaded_bytes: u64,
+    pub workflow: String,
+}
+
+/// An app was made from a pulled manifest: created (its `AppCreated` and
+/// `VolumeCreated` events precede this one) or repaired (`VolumeCreated`
+/// for volumes it lacked precede it, `VolumeDeleted` for `deleted` ones
+/// follow). Objects and volumes become the manifest's; the data is written
+/// by the workflow's next step. *Since v0.4.*
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct AppPulled {
+    pub app: String,
+    pub repo: String,
+    pub manifest: String,
+    /// The app and snapshot as pushed.
+    pub source: String,
+    pub snapshot: String,
+    pub objects: Vec<Object>,
+    pub volumes: Vec<AppVolume>,
+    /// PVC names that left the app but that snapshots hold.
+    pub retired: Vec<String>,
+    /// PVC names that left the app and were deleted.
+    pub deleted: Vec<String>,
+    pub workflow: String,
+}
+
 /// A workflow (saga) began. Its definition is pinned: the text as given
 /// and its blake3 hash, with the parameters it was started with. *Since
 /// v0.3.*
@@ -407,6 +468,10 @@ events! {
     26 => WorkflowCompensationFailed,
     27 => WorkflowResumed,
     28 => WorkflowFinished,
+    29 => RepoAdded,
+    30 => RepoRemoved,
+    31 => AppPushed,
+    32 => AppPulled,
 }
 
 /// Tags no longer written, still decoded through [`upcast`].
@@ -443,7 +508,12 @@ impl Event {
             | Event::AppSnapshotted(AppSnapshotted { app, .. })
             | Event::AppSnapshotDeleted(AppSnapshotDeleted { app, .. })
             | Event::AppRolledBack(AppRolledBack { app, .. })
-            | Event::AppCloned(AppCloned { app, .. }) => format!("app/{app}"),
+            | Event::AppCloned(AppCloned { app, .. })
+            | Event::AppPushed(AppPushed { app, .. })
+            | Event::AppPulled(AppPulled { app, .. }) => format!("app/{app}"),
+            Event::RepoAdded(RepoAdded { repo, .. }) | Event::RepoRemoved(RepoRemoved { repo }) => {
+                format!("repo/{repo}")
+            }
             Event::WorkflowStarted(WorkflowStarted { workflow, .. })
             | Event::WorkflowStepStarted(WorkflowStepStarted { workflow, .. })
             | Event::WorkflowStepCompleted(WorkflowStepCompleted { workflow, .. })
@@ -720,6 +790,38 @@ mod tests {
                 outcome: "compensated".into(),
                 failed_step: Some(0),
                 error: Some("exit 1".into()),
+            }),
+            Event::RepoAdded(RepoAdded {
+                repo: "offsite".into(),
+                url: "s3://b/p?endpoint=http://h:9000".into(),
+                key_kind: "key-file".into(),
+                key_path: "/k".into(),
+                initialized: true,
+            }),
+            Event::RepoRemoved(RepoRemoved {
+                repo: "offsite".into(),
+            }),
+            Event::AppPushed(AppPushed {
+                app: "shop".into(),
+                snapshot: "s".into(),
+                repo: "offsite".into(),
+                manifest: "00ff".into(),
+                parent: Some("00fe".into()),
+                logical_bytes: 1 << 30,
+                uploaded_bytes: 1 << 20,
+                workflow: "wf-1".into(),
+            }),
+            Event::AppPulled(AppPulled {
+                app: "shop2".into(),
+                repo: "offsite".into(),
+                manifest: "00ff".into(),
+                source: "shop".into(),
+                snapshot: "s".into(),
+                objects: vec![],
+                volumes: vec![],
+                retired: vec!["data-db-2".into()],
+                deleted: vec![],
+                workflow: "wf-2".into(),
             }),
         ]
     }

@@ -17,6 +17,7 @@ pub mod event;
 pub mod names;
 pub mod record;
 pub mod reply;
+pub mod repo;
 pub mod state;
 pub mod subject;
 pub mod time;

@@ -519,6 +519,191 @@ pub struct ReclaimReply {
     pub bytes_moved: u64,
 }
 
+/// One registered repository.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct RepoView {
+    pub name: String,
+    /// Secrets redacted.
+    pub url: String,
+    /// `key-file` or `passphrase-file`.
+    pub key_kind: String,
+    /// The key's (or passphrase's) file on the server.
+    pub key_path: String,
+    pub added: String,
+}
+
+/// `repo.add`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct RepoAddReply {
+    pub repo: RepoView,
+    /// True when this created the repository.
+    pub initialized: bool,
+    /// True when this created the key file too: keep a copy, the data
+    /// cannot be read without it.
+    pub key_generated: bool,
+    pub chunk_bytes: u64,
+    pub pack_bytes: u64,
+}
+
+/// `repo.list`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct RepoListReply {
+    pub repos: Vec<RepoView>,
+}
+
+/// `repo.remove`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct RepoRemoveReply {
+    pub name: String,
+    /// Always true: the repository's contents are never deleted by this.
+    pub contents_kept: bool,
+}
+
+/// One volume of a pushed app snapshot.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct RepoVolumeView {
+    pub name: String,
+    pub size_bytes: u64,
+    /// Chunks that are not holes, in bytes.
+    pub data_bytes: u64,
+}
+
+/// One pushed app snapshot (a manifest).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct RepoSnapshotView {
+    pub manifest: String,
+    pub app: String,
+    pub snapshot: String,
+    pub created: String,
+    pub parent: Option<String>,
+    pub volumes: Vec<RepoVolumeView>,
+    pub logical_bytes: u64,
+    /// Pack bytes its push added to the repository.
+    pub added_bytes: u64,
+}
+
+/// `repo.ls`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct RepoLsReply {
+    pub name: String,
+    pub snapshots: Vec<RepoSnapshotView>,
+    /// Pack bytes stored.
+    pub stored_bytes: u64,
+}
+
+/// One damaged object found by `repo.check`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct RepoProblem {
+    /// Store key (`packs/…`, `manifests/…`).
+    pub object: String,
+    pub offset: Option<u64>,
+    /// Names the chunk, when one is to blame.
+    pub reason: String,
+}
+
+/// `repo.check`: `ok` is false when any object is damaged.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct RepoCheckReply {
+    pub name: String,
+    pub ok: bool,
+    pub packs: u64,
+    pub chunks: u64,
+    pub manifests: u64,
+    pub bytes_read: u64,
+    pub problems: Vec<RepoProblem>,
+}
+
+/// `repo.prune`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct RepoPruneReply {
+    pub name: String,
+    pub manifests_kept: u64,
+    pub manifests_deleted: Vec<String>,
+    pub packs_kept: u64,
+    pub packs_deleted: u64,
+    pub packs_repacked: u64,
+    /// Store bytes before minus after.
+    pub freed_bytes: i64,
+}
+
+/// `app.push-upload` (and a waited `app.push`'s `result`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct PushReply {
+    pub app: String,
+    pub snapshot: String,
+    pub repo: String,
+    pub manifest: String,
+    /// The manifest this push was incremental to.
+    pub parent: Option<String>,
+    /// Volumes read only where they changed since the parent.
+    pub incremental_volumes: Vec<String>,
+    pub logical_bytes: u64,
+    /// Bytes read from the volumes.
+    pub read_bytes: u64,
+    /// Pack bytes uploaded.
+    pub uploaded_bytes: u64,
+    pub new_chunks: u64,
+    /// Chunks read that the repository held already.
+    pub dedup_chunks: u64,
+    /// Chunks taken from the parent without reading.
+    pub reused_chunks: u64,
+    pub packs_uploaded: u64,
+    pub elapsed_ms: u64,
+    /// The workflow, when `app.push` ran it.
+    pub workflow: Option<String>,
+}
+
+/// `app.pull-data` (and a waited `app.pull`'s `result`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct PullReply {
+    pub app: String,
+    pub repo: String,
+    pub manifest: String,
+    pub volumes: Vec<String>,
+    pub logical_bytes: u64,
+    pub written_chunks: u64,
+    /// Chunks that already matched (a repair).
+    pub unchanged_chunks: u64,
+    /// Pack bytes fetched (each chunk verified).
+    pub fetched_bytes: u64,
+    pub elapsed_ms: u64,
+    /// The workflow, when `app.pull` ran it.
+    pub workflow: Option<String>,
+}
+
+/// `app.pull-import`: the app as created or repaired.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct PullImportReply {
+    pub app: String,
+    pub manifest: String,
+    /// True when the app was created, false when repaired.
+    pub created: bool,
+    pub volumes_created: Vec<String>,
+    pub volumes_deleted: Vec<String>,
+}
+
+/// Published on `cairn.v1.<tenant>.evt.progress.<workflow>` while a push or
+/// pull moves data (not journaled, no `seq`; a few per second).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct TransferProgress {
+    /// Always `TransferProgress`.
+    pub kind: String,
+    pub workflow: String,
+    /// `push` or `pull`.
+    pub op: String,
+    pub app: String,
+    pub repo: String,
+    /// The volume being read or written.
+    pub volume: String,
+    pub done_bytes: u64,
+    pub total_bytes: u64,
+    /// Pack bytes stored (push) or fetched (pull).
+    pub transferred_bytes: u64,
+    pub elapsed_ms: u64,
+    /// True on the last one.
+    pub finished: bool,
+}
+
 /// `workflow.show`, `workflow.run` (waited), `workflow.resume`,
 /// `workflow.cancel`: one workflow, step by step.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]

@@ -11,6 +11,7 @@ use crate::event::{
     NodeDisk, NodeRegistered, SnapshotDeleted, VolumeCloned, VolumeCreated, VolumeDeleted,
     VolumeRolledBack, VolumeSnapshotted,
 };
+use crate::repo::RepoState;
 use crate::workflow::WorkflowState;
 use crate::{ApiError, ErrorCode, Event, EventRecord, VolumeCommand};
 
@@ -30,6 +31,8 @@ pub struct World {
     pub workflows: BTreeMap<(String, String), WorkflowState>,
     /// Finished workflows, oldest first (what is forgotten first).
     pub finished_workflows: VecDeque<(String, String)>,
+    /// Registered backup repositories by (tenant, name).
+    pub repos: BTreeMap<(String, String), RepoState>,
 }
 
 /// Finished workflows the folded state remembers; older ones are still in
@@ -143,6 +146,13 @@ impl World {
             } else if !finished && was_finished {
                 // Resumed: running again, no longer among the finished.
                 self.finished_workflows.retain(|k| k != &key);
+            }
+        } else if let Some(name) = record.aggregate.strip_prefix("repo/") {
+            let key = (record.tenant.clone(), name.to_owned());
+            let state = self.repos.entry(key.clone()).or_default();
+            state.apply(record.seq, record.time_ms, event);
+            if !state.exists() {
+                self.repos.remove(&key);
             }
         } else if let Some(name) = record.aggregate.strip_prefix("app/") {
             let key = (record.tenant.clone(), name.to_owned());

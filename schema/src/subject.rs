@@ -24,6 +24,11 @@ pub fn event(tenant: &str, aggregate: &str, kind: &str) -> String {
     format!("{PREFIX}.{tenant}.evt.{aggregate_kind}.{kind}")
 }
 
+/// Where a push's or pull's progress is published (not journaled).
+pub fn progress(tenant: &str, workflow: &str) -> String {
+    format!("{PREFIX}.{tenant}.evt.progress.{workflow}")
+}
+
 /// The subject that matches every event of a tenant.
 pub fn events_wildcard(tenant: &str) -> String {
     format!("{PREFIX}.{tenant}.evt.>")

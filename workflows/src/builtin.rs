@@ -18,6 +18,12 @@ pub const BUILTINS: &[(&str, &str)] = &[
         include_str!("../definitions/app-snapshot-delete.yaml"),
     ),
     ("app-delete", include_str!("../definitions/app-delete.yaml")),
+    ("app-push", include_str!("../definitions/app-push.yaml")),
+    ("app-pull", include_str!("../definitions/app-pull.yaml")),
+    (
+        "app-pull-repair",
+        include_str!("../definitions/app-pull-repair.yaml"),
+    ),
 ];
 
 /// A built-in definition's text, by name.

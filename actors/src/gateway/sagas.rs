@@ -546,6 +546,27 @@ impl Gateway {
         chosen: Option<String>,
         caller: &Caller,
     ) -> Result<Value, ApiError> {
+        // A pull into an app that exists is a repair (a rollback to the
+        // pulled state, after a safety snapshot).
+        let source = match source {
+            DefinitionSource::Builtin(name) if name == "app-pull" => {
+                let target = params
+                    .iter()
+                    .find(|(k, _)| k == "target")
+                    .and_then(|(_, v)| v.as_str())
+                    .unwrap_or_default();
+                let exists = self.app_state(tenant, target).await.is_ok();
+                DefinitionSource::Builtin(
+                    if exists {
+                        "app-pull-repair"
+                    } else {
+                        "app-pull"
+                    }
+                    .into(),
+                )
+            }
+            other => other,
+        };
         let text = match &source {
             DefinitionSource::Builtin(name) => builtin::text(name)
                 .ok_or_else(|| ApiError::internal(format!("no built-in workflow {name}")))?
