@@ -884,6 +884,9 @@ impl Gateway {
                 live.nodes.insert(name, state);
             }
         }
+        // Registrations have no actor: the journal's incrementally folded
+        // head is their live state.
+        live.repos = self.journal_state()?.repos;
         if let Some(reason) = first_difference(&live, &replayed) {
             return Ok(to_value(&reply::VerifyReply {
                 ok: false,

@@ -513,3 +513,70 @@ impl Drop for NatsProcess {
         self.kill();
     }
 }
+
+pub const S3_ACCESS: &str = "cairn-test";
+pub const S3_SECRET: &str = "cairn-test-secret";
+pub const S3_BUCKET: &str = "backups";
+/// A private s3s-fs (S3-compatible server, from crates.io) on a loopback
+/// port of its own, serving `root`; killed when dropped.
+pub struct S3sFs {
+    pub root: PathBuf,
+    pub port: u16,
+    child: Option<Child>,
+}
+
+impl S3sFs {
+    pub fn start(root: &Path) -> S3sFs {
+        std::fs::create_dir_all(root.join(S3_BUCKET)).unwrap();
+        let port = cairn_actors::nats_server::free_port().unwrap();
+        let mut server = S3sFs {
+            root: root.to_owned(),
+            port,
+            child: None,
+        };
+        server.start_again();
+        server
+    }
+
+    pub fn start_again(&mut self) {
+        let child = Command::new("s3s-fs")
+            .args(["--host", "127.0.0.1", "--port", &self.port.to_string()])
+            .args(["--access-key", S3_ACCESS, "--secret-key", S3_SECRET])
+            .arg(&self.root)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("s3s-fs starts");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(Instant::now() < deadline, "s3s-fs listens on {}", self.port);
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!(
+            "s3://{S3_BUCKET}/cairn?endpoint=http://127.0.0.1:{}&access_key={S3_ACCESS}&secret_key={S3_SECRET}&max_attempts=2",
+            self.port
+        )
+    }
+
+    /// Where s3s-fs keeps an object's bytes.
+    pub fn object_path(&self, key: &str) -> PathBuf {
+        self.root.join(S3_BUCKET).join("cairn").join(key)
+    }
+}
+
+impl Drop for S3sFs {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}

@@ -6,87 +6,18 @@
 //! mid-push and restarted, a corrupted pack byte, a wrong key, a dead
 //! endpoint. Skips when s3s-fs is missing, unless `CAIRN_REQUIRE_TOOLS=1`.
 
-use std::net::TcpStream;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
 
 use cairn_actors::repo::{InitOptions, Key, ObjectStore, PullMode, PushRequest, Repo, RepoUrl};
 use cairn_blocks::{Pool, PoolOptions};
-use cairn_integration::have_tool;
+use cairn_integration::{S3_SECRET, S3sFs, have_tool};
 use cairn_schema::ErrorCode;
 
-const ACCESS: &str = "cairn-test";
-const SECRET: &str = "cairn-test-secret";
-const BUCKET: &str = "backups";
 const MIB: u64 = 1 << 20;
 
-/// A private s3s-fs process; killed when dropped.
-struct S3sFs {
-    root: PathBuf,
-    port: u16,
-    child: Option<Child>,
-}
-
-impl S3sFs {
-    fn start(root: &Path) -> S3sFs {
-        std::fs::create_dir_all(root.join(BUCKET)).unwrap();
-        let port = cairn_actors::nats_server::free_port().unwrap();
-        let mut server = S3sFs {
-            root: root.to_owned(),
-            port,
-            child: None,
-        };
-        server.start_again();
-        server
-    }
-
-    fn start_again(&mut self) {
-        let child = Command::new("s3s-fs")
-            .args(["--host", "127.0.0.1", "--port", &self.port.to_string()])
-            .args(["--access-key", ACCESS, "--secret-key", SECRET])
-            .arg(&self.root)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("s3s-fs starts");
-        self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            assert!(Instant::now() < deadline, "s3s-fs listens on {}", self.port);
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-
-    fn url(&self) -> String {
-        format!(
-            "s3://{BUCKET}/cairn?endpoint=http://127.0.0.1:{}&access_key={ACCESS}&secret_key={SECRET}&max_attempts=2",
-            self.port
-        )
-    }
-
-    fn store(&self) -> Arc<dyn ObjectStore> {
-        RepoUrl::parse(&self.url()).unwrap().open_store().unwrap()
-    }
-
-    /// Where s3s-fs keeps an object's bytes.
-    fn object_path(&self, key: &str) -> PathBuf {
-        self.root.join(BUCKET).join("cairn").join(key)
-    }
-}
-
-impl Drop for S3sFs {
-    fn drop(&mut self) {
-        self.kill();
-    }
+fn store(server: &S3sFs) -> Arc<dyn ObjectStore> {
+    RepoUrl::parse(&server.url()).unwrap().open_store().unwrap()
 }
 
 fn setup() -> Option<(tempfile::TempDir, S3sFs, Pool)> {
@@ -177,7 +108,7 @@ fn a_volume_round_trips_through_s3() {
     }
     pool.snapshot("shop/data-db-0", "s1").unwrap();
     // 20 MiB packs: the first goes up as a multipart upload.
-    let repo = Repo::init(server.store(), &key(), options(MIB, 20 * MIB)).unwrap();
+    let repo = Repo::init(store(&server), &key(), options(MIB, 20 * MIB)).unwrap();
     let report = push(&repo, &pool, "shop", "shop/data-db-0", "s1", None).unwrap();
     assert_eq!(report.hole_chunks, 16, "{report:?}");
     assert_eq!(report.new_chunks, 25, "{report:?}");
@@ -186,7 +117,7 @@ fn a_volume_round_trips_through_s3() {
     assert!(report.packs_uploaded >= 2, "{report:?}");
 
     // Another process's view: open afresh, list, pull under a new name.
-    let repo = Repo::open(server.store(), &key()).unwrap();
+    let repo = Repo::open(store(&server), &key()).unwrap();
     let listed = repo.list().unwrap();
     assert_eq!(listed.len(), 1);
     assert_eq!(
@@ -242,7 +173,7 @@ fn an_incremental_push_after_changing_one_percent_uploads_under_two() {
     pool.create_volume("v", size).unwrap();
     write(&pool, "v", 0, &noise(3, size as usize));
     pool.snapshot("v", "s1").unwrap();
-    let repo = Repo::init(server.store(), &key(), options(256 << 10, 32 * MIB)).unwrap();
+    let repo = Repo::init(store(&server), &key(), options(256 << 10, 32 * MIB)).unwrap();
     let first = push(&repo, &pool, "a", "v", "s1", None).unwrap();
     // 1% of the volume, one extent at an unaligned (4 KiB) offset.
     let changed = size / 100;
@@ -280,7 +211,7 @@ fn killing_s3_mid_push_then_resuming_uploads_only_what_is_missing() {
     pool.create_volume("v", 48 * MIB).unwrap();
     write(&pool, "v", 0, &noise(5, 48 * MIB as usize));
     pool.snapshot("v", "s1").unwrap();
-    let repo = Repo::init(server.store(), &key(), options(MIB, 4 * MIB)).unwrap();
+    let repo = Repo::init(store(&server), &key(), options(MIB, 4 * MIB)).unwrap();
     let server = Mutex::new(server);
     let failed = repo
         .repo_push_with_kill(&pool, &server)
@@ -291,7 +222,7 @@ fn killing_s3_mid_push_then_resuming_uploads_only_what_is_missing() {
 
     let mut server = server.into_inner().unwrap();
     server.start_again();
-    let repo = Repo::open(server.store(), &key()).unwrap();
+    let repo = Repo::open(store(&server), &key()).unwrap();
     assert!(repo.list().unwrap().is_empty(), "no manifest was written");
     let stored = repo.chunk_index().unwrap();
     assert!(
@@ -369,7 +300,7 @@ fn a_corrupted_pack_byte_is_named_by_check_and_by_pull() {
     pool.create_volume("v", 8 * MIB).unwrap();
     write(&pool, "v", 0, &noise(6, 8 * MIB as usize));
     pool.snapshot("v", "s1").unwrap();
-    let repo = Repo::init(server.store(), &key(), options(MIB, 32 * MIB)).unwrap();
+    let repo = Repo::init(store(&server), &key(), options(MIB, 32 * MIB)).unwrap();
     let report = push(&repo, &pool, "a", "v", "s1", None).unwrap();
     let index = repo.chunk_index().unwrap();
     assert_eq!(index.packs.len(), 1);
@@ -408,8 +339,8 @@ fn a_wrong_key_and_a_dead_endpoint_are_clear_errors() {
     let Some((_dir, mut server, _pool)) = setup() else {
         return;
     };
-    Repo::init(server.store(), &key(), InitOptions::default()).unwrap();
-    let e = Repo::open(server.store(), &Key::from_bytes([8u8; 32]))
+    Repo::init(store(&server), &key(), InitOptions::default()).unwrap();
+    let e = Repo::open(store(&server), &Key::from_bytes([8u8; 32]))
         .err()
         .unwrap();
     assert_eq!(e.code(), ErrorCode::WrongKey);
@@ -419,13 +350,13 @@ fn a_wrong_key_and_a_dead_endpoint_are_clear_errors() {
         .err()
         .unwrap();
     assert_eq!(e.code(), ErrorCode::NotFound, "{e}");
-    let bad_secret = RepoUrl::parse(&server.url().replace(SECRET, "nope")).unwrap();
+    let bad_secret = RepoUrl::parse(&server.url().replace(S3_SECRET, "nope")).unwrap();
     let e = Repo::open(bad_secret.open_store().unwrap(), &key())
         .err()
         .unwrap();
     assert_eq!(e.code(), ErrorCode::FailedPrecondition, "{e}");
     server.kill();
-    let e = Repo::open(server.store(), &key()).err().unwrap();
+    let e = Repo::open(store(&server), &key()).err().unwrap();
     assert_eq!(e.code(), ErrorCode::Unavailable, "{e}");
     assert!(
         e.to_string()
