@@ -558,20 +558,15 @@ impl Pool {
     pub fn diff(&self, from: &str, to: &str) -> Result<Vec<Extent>> {
         let (a, size_a) = self.inner.image_tree(from)?;
         let (b, size_b) = self.inner.image_tree(to)?;
-        let size = size_a.max(size_b);
-        let mut extents: Vec<Extent> = vec![];
-        a.diff(&b, &mut |block| {
-            let offset = block * BLOCK as u64;
-            if offset >= size {
-                return;
-            }
-            let len = (BLOCK as u64).min(size - offset);
-            match extents.last_mut() {
-                Some(last) if last.offset + last.len == offset => last.len += len,
-                _ => extents.push(Extent { offset, len }),
-            }
-        });
-        Ok(extents)
+        Ok(extents_between(&a, &b, size_a.max(size_b)))
+    }
+
+    /// Byte ranges of an image (`v`, `v@s`) that were ever written (and not
+    /// trimmed): everything else reads as zeros. Costs O(written extents).
+    pub fn allocated(&self, image: &str) -> Result<Vec<Extent>> {
+        let (tree, size) = self.inner.image_tree(image)?;
+        let empty = crate::tree::Tree::new(size.div_ceil(BLOCK as u64));
+        Ok(extents_between(&empty, &tree, size))
     }
 
     /// Reads and verifies every block the volume and its snapshots hold.
@@ -1369,4 +1364,21 @@ impl Device for VolumeDevice {
     fn flush(&self) -> Result<()> {
         self.inner.flush_segments()
     }
+}
+
+/// The byte ranges where two trees map different blocks, merged.
+fn extents_between(a: &crate::tree::Tree, b: &crate::tree::Tree, size: u64) -> Vec<Extent> {
+    let mut extents: Vec<Extent> = vec![];
+    a.diff(b, &mut |block| {
+        let offset = block * BLOCK as u64;
+        if offset >= size {
+            return;
+        }
+        let len = (BLOCK as u64).min(size - offset);
+        match extents.last_mut() {
+            Some(last) if last.offset + last.len == offset => last.len += len,
+            _ => extents.push(Extent { offset, len }),
+        }
+    });
+    extents
 }

@@ -133,7 +133,24 @@ impl Repo {
                         device
                     }
                 };
-                ctx.pull_volume(volume, target, &device, mode, progress)?;
+                // Chunks the target never wrote read as zeros: not read.
+                let written: Option<Vec<bool>> = match mode {
+                    PullMode::Create => None,
+                    PullMode::Repair => pool.allocated(target).ok().map(|extents| {
+                        let n = volume.chunks.len();
+                        let mut written = vec![false; n];
+                        for e in extents {
+                            let first = (e.offset / volume.chunk_bytes) as usize;
+                            let last =
+                                ((e.offset + e.len).div_ceil(volume.chunk_bytes) as usize).min(n);
+                            for w in &mut written[first.min(last)..last] {
+                                *w = true;
+                            }
+                        }
+                        written
+                    }),
+                };
+                ctx.pull_volume(volume, target, &device, mode, written.as_deref(), progress)?;
                 device.flush()?;
                 ctx.report
                     .volumes
@@ -196,6 +213,7 @@ impl Ctx<'_> {
         target: &str,
         device: &Arc<dyn Device>,
         mode: PullMode,
+        written: Option<&[bool]>,
         progress: &dyn Fn(&Progress),
     ) -> Result<()> {
         let chunk_bytes = volume.chunk_bytes;
@@ -204,8 +222,16 @@ impl Ctx<'_> {
         let (repo, index, manifest_id) = (self.repo, self.index, self.manifest_id);
         let base = self.done_bytes;
         std::thread::scope(|scope| {
-            let planner =
-                scope.spawn(move || plan(repo, index, manifest_id, volume, device, mode, run_tx));
+            let planner = scope.spawn(move || {
+                plan(
+                    repo,
+                    index,
+                    manifest_id,
+                    volume,
+                    (device, mode, written),
+                    run_tx,
+                )
+            });
             // Shared by the fetchers and dropped with the last one, so the
             // planner stops when they all have.
             let run_rx = Arc::new(std::sync::Mutex::new(run_rx));
@@ -299,8 +325,7 @@ fn plan(
     index: &ChunkIndex,
     manifest_id: &str,
     volume: &VolumeEntry,
-    device: &Arc<dyn Device>,
-    mode: PullMode,
+    (device, mode, written): (&Arc<dyn Device>, PullMode, Option<&[bool]>),
     runs: mpsc::SyncSender<Item>,
 ) -> Result<Planned> {
     let chunk_bytes = volume.chunk_bytes;
@@ -314,19 +339,22 @@ fn plan(
         let offset = i * chunk_bytes;
         let len = chunk_bytes.min(volume.size - offset);
         let local_data = &mut local[..len as usize];
-        if mode == PullMode::Repair {
+        // A chunk the target never wrote is zeros: nothing to read, and no
+        // data chunk can match it (zero chunks are holes in a manifest).
+        let local_written = mode == PullMode::Repair && written.is_none_or(|w| w[i as usize]);
+        if local_written {
             device.read_at(local_data, offset)?;
         }
         match chunk {
             ChunkRef::Hole => {
                 planned.hole_chunks += 1;
-                if mode == PullMode::Repair && !is_zero(local_data) {
+                if local_written && !is_zero(local_data) {
                     device.write_zeroes(offset, len, false)?;
                     planned.zeroed_chunks += 1;
                 }
             }
             ChunkRef::Data(id) => {
-                if mode == PullMode::Repair && repo.keys.chunk_id(local_data) == *id {
+                if local_written && repo.keys.chunk_id(local_data) == *id {
                     planned.unchanged_chunks += 1;
                     continue;
                 }

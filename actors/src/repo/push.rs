@@ -286,10 +286,7 @@ impl Repo {
                         && created(&v.snapshot) == Some(v.snapshot_created_ms)
                 })
             });
-            let dirty: Option<Vec<bool>> = base.and_then(|base| {
-                let extents = pool
-                    .diff(&format!("{name}@{}", base.snapshot), &export)
-                    .ok()?;
+            let to_dirty = |extents: Vec<cairn_blocks::Extent>| {
                 let mut dirty = vec![false; n_chunks as usize];
                 for e in extents {
                     let first = e.offset / chunk_bytes;
@@ -298,26 +295,40 @@ impl Repo {
                         *d = true;
                     }
                 }
-                Some(dirty)
+                dirty
+            };
+            // Incremental: chunks that changed since the parent's snapshot.
+            let changed: Option<Vec<bool>> = base.and_then(|base| {
+                pool.diff(&format!("{name}@{}", base.snapshot), &export)
+                    .ok()
+                    .map(to_dirty)
             });
-            if dirty.is_some() {
+            let incremental = changed.is_some();
+            if incremental {
                 packer.report.incremental_volumes.push(name.clone());
             }
+            // Full: chunks never written are holes, read from nowhere.
+            let dirty = changed.or_else(|| pool.allocated(&export).ok().map(to_dirty));
             let mut chunks = Vec::with_capacity(n_chunks as usize);
             for i in 0..n_chunks {
                 let offset = i * chunk_bytes;
                 let len = chunk_bytes.min(size - offset) as usize;
                 let reuse = match (&dirty, base) {
-                    (Some(dirty), Some(base)) if !dirty[i as usize] => {
+                    (Some(dirty), Some(base)) if incremental && !dirty[i as usize] => {
                         match base.chunks[i as usize] {
                             ChunkRef::Hole => Some(ChunkRef::Hole),
                             ChunkRef::Data(id) if packer.known(&id) => Some(ChunkRef::Data(id)),
                             ChunkRef::Data(_) => None,
                         }
                     }
+                    (Some(dirty), _) if !incremental && !dirty[i as usize] => Some(ChunkRef::Hole),
                     _ => None,
                 };
                 let chunk = match reuse {
+                    Some(ChunkRef::Hole) if !incremental => {
+                        packer.report.hole_chunks += 1;
+                        ChunkRef::Hole
+                    }
                     Some(chunk) => {
                         packer.report.reused_chunks += 1;
                         chunk
