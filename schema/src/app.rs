@@ -1122,6 +1122,98 @@ spec: {endpoints: [{port: metrics}]}
         assert!(!s.volumes.contains_key("data-db-1"));
     }
 
+    /// A pull creates an app on an empty cluster (renamed with `--as`), and
+    /// repairs an existing one: config back, extra replicas retired when a
+    /// snapshot holds them; a volume of another size is refused.
+    #[test]
+    fn pull_creates_or_repairs_from_a_manifest() {
+        let manifest = parse_manifest(SHOP, None).unwrap();
+        let (mut source, mut seq) = (AppState::default(), 0);
+        let none = BTreeSet::new();
+        run(&mut source, &mut seq, &AppCommand::Create(manifest), &none).unwrap();
+        let snap = |name: &str| AppCommand::Snapshot {
+            name: "shop".into(),
+            snapshot: name.into(),
+            message: String::new(),
+            workflow: "wf".into(),
+        };
+        run(&mut source, &mut seq, &snap("nightly"), &none).unwrap();
+        let from = source.snapshots["nightly"].clone();
+        let pull = |name: &str| AppCommand::Pull {
+            name: name.into(),
+            repo: "offsite".into(),
+            manifest: "m1".into(),
+            source: "shop".into(),
+            from: Box::new(from.clone()),
+            workflow: "wf-pull".into(),
+        };
+
+        // An empty cluster: the app is created, renamed, with empty volumes.
+        let (mut copy, mut seq2) = (AppState::default(), 0);
+        let events = run(&mut copy, &mut seq2, &pull("shop-dr"), &none).unwrap();
+        let created = events
+            .iter()
+            .filter(|e| matches!(e, Event::VolumeCreated(_)))
+            .count();
+        assert_eq!(created, from.volumes.len());
+        assert!(copy.exists());
+        assert_eq!(copy.volumes.len(), from.volumes.len());
+        assert_eq!(copy.pulled.as_ref().unwrap().manifest, "m1");
+        let app_doc = copy.objects.iter().find(|o| o.kind == "App").unwrap();
+        assert_eq!(app_doc.name, "shop-dr");
+        assert!(app_doc.json.contains("cairn.dev/pulled-from"));
+        // A name in use by another app's volume is refused.
+        let taken: BTreeSet<String> = ["shop-x/data-db-0".to_owned()].into();
+        let e = AppState::default().decide(&pull("shop-x"), &|v| taken.contains(v));
+        assert_eq!(e.unwrap_err().code, ErrorCode::AlreadyExists);
+
+        // Drift on the source, then a repair from its own push.
+        let set = AppCommand::ConfigSet {
+            name: "shop".into(),
+            configmap: "db-config".into(),
+            key: "max_connections".into(),
+            value: "7".into(),
+        };
+        run(&mut source, &mut seq, &set, &none).unwrap();
+        let scale = AppCommand::Scale {
+            name: "shop".into(),
+            workload: None,
+            replicas: 3,
+        };
+        run(&mut source, &mut seq, &scale, &none).unwrap();
+        run(&mut source, &mut seq, &snap("safety"), &none).unwrap();
+        let events = run(&mut source, &mut seq, &pull("shop"), &none).unwrap();
+        let pulled = events
+            .iter()
+            .find_map(|e| match e {
+                Event::AppPulled(p) => Some(p),
+                _ => None,
+            })
+            .unwrap();
+        // db-2's volumes are held by the safety snapshot: retired, not deleted.
+        assert_eq!(pulled.retired, vec!["data-db-2", "wal-db-2"]);
+        assert!(pulled.deleted.is_empty());
+        assert_eq!(source.objects, from.objects);
+        assert_eq!(source.volumes.len(), from.volumes.len());
+        assert!(source.retired.contains_key("data-db-2"));
+
+        // A volume that is another size here: refused, nothing changes.
+        let mut other = from.clone();
+        other.volumes[0].size_bytes *= 2;
+        let before = source.clone();
+        let resized = AppCommand::Pull {
+            name: "shop".into(),
+            repo: "offsite".into(),
+            manifest: "m2".into(),
+            source: "shop".into(),
+            from: Box::new(other),
+            workflow: "wf-2".into(),
+        };
+        let e = source.decide(&resized, &|_| false).unwrap_err();
+        assert_eq!(e.code, ErrorCode::FailedPrecondition);
+        assert_eq!(source, before);
+    }
+
     #[test]
     fn config_targets_split_on_the_longest_configmap() {
         let cms = ["db", "db.conf"];

@@ -177,7 +177,12 @@ fn manifest_aad(id: &str) -> Vec<u8> {
 /// Seals a chunk: `codec ‖ payload`, zstd when that is smaller.
 pub fn seal_chunk(keys: &Keys, id: &[u8; 32], data: &[u8], zstd_level: i32) -> Vec<u8> {
     let mut plain = Vec::with_capacity(data.len() + 1);
-    match zstd::bulk::compress(data, zstd_level) {
+    let attempt = if incompressible(data) {
+        Err(std::io::Error::other("sampled as incompressible"))
+    } else {
+        zstd::bulk::compress(data, zstd_level)
+    };
+    match attempt {
         Ok(packed) if packed.len() < data.len() => {
             plain.push(CODEC_ZSTD);
             plain.extend_from_slice(&packed);
@@ -188,6 +193,26 @@ pub fn seal_chunk(keys: &Keys, id: &[u8; 32], data: &[u8], zstd_level: i32) -> V
         }
     }
     keys.seal(&plain, id)
+}
+
+/// Bytes of each of the three samples [`incompressible`] compresses.
+const SAMPLE_BYTES: usize = 8 << 10;
+
+/// Whether samples of the chunk (start, middle, end) do not shrink by 3%
+/// under fast zstd: then compressing the whole chunk is skipped. Chunks
+/// under 64 KiB are always tried.
+fn incompressible(data: &[u8]) -> bool {
+    if data.len() < 64 << 10 {
+        return false;
+    }
+    let mut sample = Vec::with_capacity(3 * SAMPLE_BYTES);
+    for start in [0, data.len() / 2, data.len() - SAMPLE_BYTES] {
+        sample.extend_from_slice(&data[start..start + SAMPLE_BYTES]);
+    }
+    match zstd::bulk::compress(&sample, 1) {
+        Ok(packed) => packed.len() * 100 > sample.len() * 97,
+        Err(_) => false,
+    }
 }
 
 /// Opens a sealed chunk read from `object` at `offset` and checks that its

@@ -6,14 +6,16 @@
 //!   the creation time the parent recorded (not a later one of that name), only
 //!   chunks overlapping `Pool::diff(parent, this)` are read; every other
 //!   chunk reuses the parent's reference (when that chunk is still stored);
-//! - otherwise every chunk is read.
+//! - otherwise only chunks the snapshot ever wrote (`Pool::allocated`) are
+//!   read; the others are holes.
 //!
 //! A chunk read is a hole when all zero (not stored), known when its id is
 //! in the [`ChunkIndex`] or in a pack not yet confirmed (deduplicated), and
-//! new otherwise: compressed, sealed and appended to the pack being built.
-//! A full pack goes to an uploader thread (one pack in flight: reading and
-//! sealing overlap the upload); its chunks enter the index when its put
-//! returns. After the last pack is confirmed, the manifest is written: a
+//! new otherwise. Three threads overlap: this one reads, hashes and
+//! deduplicates; a sealer compresses (skipping data a sample shows to be
+//! incompressible), seals and packs new chunks ([`SEAL_QUEUE`] chunks
+//! queued); an uploader stores full packs (one in flight). A pack's chunks
+//! enter the index when its put returns. After the last pack is confirmed, the manifest is written: a
 //! push that fails leaves packs, never a manifest that references missing
 //! data, and the next push lists those packs and uploads only the rest.
 
@@ -80,18 +82,43 @@ pub struct PushReport {
 
 type Upload = (String, Bytes, Vec<IndexEntry>);
 
-struct Packer<'a> {
-    repo: &'a Repo,
-    writer: PackWriter,
-    /// Ids in the writer and in packs sent but not confirmed.
+/// New chunks queued for the sealer (each up to `chunk_bytes`).
+pub const SEAL_QUEUE: usize = 8;
+
+struct Packer {
+    /// Ids queued, in the sealer's pack, or in packs not yet confirmed.
     pending: HashSet<[u8; 32]>,
-    to_uploader: Option<mpsc::SyncSender<Upload>>,
+    to_sealer: Option<mpsc::SyncSender<([u8; 32], Vec<u8>)>>,
     confirmed: mpsc::Receiver<Result<(String, u64, Vec<IndexEntry>)>>,
     index: super::ChunkIndex,
     report: PushReport,
 }
 
-impl Packer<'_> {
+/// The sealer thread: compresses and seals chunks into packs, hands full
+/// packs (and the last one) to the uploader. Stops when the uploader does.
+fn seal_packs(
+    repo: &Repo,
+    chunks: mpsc::Receiver<([u8; 32], Vec<u8>)>,
+    to_uploader: mpsc::SyncSender<Upload>,
+) {
+    let mut writer = PackWriter::new();
+    for (id, data) in chunks {
+        let sealed = format::seal_chunk(&repo.keys, &id, &data, repo.config.zstd_level);
+        writer.add(id, &sealed, data.len());
+        if writer.len_bytes() as u64 >= repo.config.pack_bytes {
+            let (key, bytes, entries) = std::mem::take(&mut writer).finish(&repo.keys);
+            if to_uploader.send((key, Bytes::from(bytes), entries)).is_err() {
+                return;
+            }
+        }
+    }
+    if !writer.is_empty() {
+        let (key, bytes, entries) = writer.finish(&repo.keys);
+        let _ = to_uploader.send((key, Bytes::from(bytes), entries));
+    }
+}
+
+impl Packer {
     fn known(&self, id: &[u8; 32]) -> bool {
         self.index.contains(id) || self.pending.contains(id)
     }
@@ -116,44 +143,25 @@ impl Packer<'_> {
     }
 
     fn add(&mut self, id: [u8; 32], data: &[u8]) -> Result<()> {
-        let sealed = format::seal_chunk(&self.repo.keys, &id, data, self.repo.config.zstd_level);
-        self.writer.add(id, &sealed, data.len());
         self.pending.insert(id);
         self.report.new_chunks += 1;
         self.report.new_chunk_bytes += data.len() as u64;
-        if self.writer.len_bytes() as u64 >= self.repo.config.pack_bytes {
-            self.send()?;
-        }
-        Ok(())
-    }
-
-    /// Seals the current pack and hands it to the uploader.
-    fn send(&mut self) -> Result<()> {
-        if self.writer.is_empty() {
-            return Ok(());
-        }
-        let writer = std::mem::take(&mut self.writer);
-        let (key, bytes, entries) = writer.finish(&self.repo.keys);
-        let sender = self
-            .to_uploader
-            .as_ref()
-            .expect("sender lives until finish");
-        if sender.send((key, Bytes::from(bytes), entries)).is_err() {
-            // The uploader stopped on an error: report it.
-            let done = self
-                .confirmed
-                .recv()
-                .expect("the uploader reports why it stopped");
-            self.confirm(done)?;
-            return self.poll();
+        let sender = self.to_sealer.as_ref().expect("sender lives until finish");
+        if sender.send((id, data.to_vec())).is_err() {
+            // The sealer stopped because the uploader did: report why.
+            while let Ok(done) = self.confirmed.recv() {
+                self.confirm(done)?;
+            }
+            return Err(Error::InvalidArgument(
+                "push: the uploader stopped without an error".into(),
+            ));
         }
         self.poll()
     }
 
-    /// Sends the last pack and waits for every confirmation.
+    /// Flushes the sealer's last pack and waits for every confirmation.
     fn finish(&mut self) -> Result<()> {
-        self.send()?;
-        self.to_uploader = None;
+        self.to_sealer = None;
         while let Ok(done) = self.confirmed.recv() {
             self.confirm(done)?;
         }
@@ -192,9 +200,11 @@ impl Repo {
         let total_bytes: u64 = devices.iter().map(|d| d.size()).sum();
         let index = self.chunk_index()?;
         let (to_uploader, from_pusher) = mpsc::sync_channel::<Upload>(1);
+        let (to_sealer, from_packer) = mpsc::sync_channel(SEAL_QUEUE);
         let (to_pusher, confirmed) = mpsc::channel();
         let store = self.store.clone();
         std::thread::scope(|scope| {
+            scope.spawn(move || seal_packs(self, from_packer, to_uploader));
             scope.spawn(move || {
                 for (key, bytes, entries) in from_pusher {
                     let size = bytes.len() as u64;
@@ -207,10 +217,8 @@ impl Repo {
                 }
             });
             let mut packer = Packer {
-                repo: self,
-                writer: PackWriter::new(),
                 pending: HashSet::new(),
-                to_uploader: Some(to_uploader),
+                to_sealer: Some(to_sealer),
                 confirmed,
                 index,
                 report: PushReport {
@@ -228,8 +236,9 @@ impl Repo {
                 &mut packer,
                 progress,
             );
-            // Stop the uploader (dropping the sender) whatever happened.
-            packer.to_uploader = None;
+            // Stop the sealer, then the uploader (dropping the senders),
+            // whatever happened.
+            packer.to_sealer = None;
             let (volumes, mut report) = result.map(|v| (v, std::mem::take(&mut packer.report)))?;
             let manifest = Manifest {
                 version: format::FORMAT_VERSION,
@@ -257,7 +266,7 @@ impl Repo {
         devices: &[std::sync::Arc<dyn cairn_blocks::Device>],
         parent: Option<&(String, Manifest)>,
         total_bytes: u64,
-        packer: &mut Packer<'_>,
+        packer: &mut Packer,
         progress: &dyn Fn(&Progress),
     ) -> Result<Vec<VolumeEntry>> {
         let chunk_bytes = self.config.chunk_bytes;
