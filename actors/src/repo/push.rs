@@ -107,7 +107,10 @@ fn seal_packs(
         writer.add(id, &sealed, data.len());
         if writer.len_bytes() as u64 >= repo.config.pack_bytes {
             let (key, bytes, entries) = std::mem::take(&mut writer).finish(&repo.keys);
-            if to_uploader.send((key, Bytes::from(bytes), entries)).is_err() {
+            if to_uploader
+                .send((key, Bytes::from(bytes), entries))
+                .is_err()
+            {
                 return;
             }
         }
