@@ -164,6 +164,8 @@ fn real_clients_snapshots_clones_rollback_and_diff() {
             "--verify=crc32c",
             "--verify_fatal=1",
             "--do_verify=1",
+            // Else fio leaves verify state files in the working directory.
+            "--verify_state_save=0",
         ],
     );
     let text = String::from_utf8_lossy(&fio.stdout);
