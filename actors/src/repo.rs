@@ -40,9 +40,9 @@
 //! - Every chunk read back is authenticated (AEAD, bound to its id) and
 //!   re-hashed to its id; a failure is [`Error::Corrupted`] naming the
 //!   object and the offset, never data.
-//! - Memory: one pack being built plus one in flight, one chunk, one
-//!   manifest's chunk list, and the [`ChunkIndex`] (≈48 bytes per stored
-//!   chunk). Never a whole volume.
+//! - Memory: at most three packs (built, queued, uploading), a few chunks,
+//!   one manifest's chunk list, and the [`ChunkIndex`] (≈100 bytes per
+//!   stored chunk). Never a whole volume.
 //! - Pushes and prune of one repository must not overlap (prune could
 //!   delete a pack a concurrent push just deduplicated against); the caller
 //!   (the saga layer) serialises them per repository.
@@ -192,6 +192,9 @@ impl ManifestSummary {
     }
 }
 
+/// [`Repo::list_all`]: readable manifests, and (key, why) of unreadable ones.
+pub type Listing = (Vec<ManifestSummary>, Vec<(String, Error)>);
+
 /// An open repository: its store, config and subkeys.
 pub struct Repo {
     store: Arc<dyn ObjectStore>,
@@ -265,11 +268,13 @@ impl Repo {
             .ok_or_else(|| Error::corrupted(CONFIG_KEY, None, "repo_id is not hex"))?;
         let chunk_ok = config.chunk_bytes.is_power_of_two()
             && (64 << 10..=16 << 20).contains(&config.chunk_bytes);
-        if !chunk_ok || config.pack_bytes == 0 {
+        let pack_ok = (256 << 10..=1 << 30).contains(&config.pack_bytes);
+        let zstd_ok = (1..=19).contains(&config.zstd_level);
+        if !chunk_ok || !pack_ok || !zstd_ok {
             return Err(Error::corrupted(
                 CONFIG_KEY,
                 None,
-                "chunk or pack size out of range",
+                "chunk size, pack size or zstd level out of range",
             ));
         }
         let keys = Keys::derive(&name, key, config.kdf.as_ref(), &repo_id)?;
@@ -320,21 +325,40 @@ impl Repo {
         }
     }
 
-    /// Every manifest, oldest first (by creation time, then id).
+    /// Every readable manifest, oldest first (by creation time, then id).
+    /// A manifest that cannot be read (damaged, a foreign key under
+    /// `manifests/`, a newer format) is skipped with a warning, so one bad
+    /// object does not stop every push and pull; [`Repo::check`] reports it.
     pub fn list(&self) -> Result<Vec<ManifestSummary>> {
+        let (manifests, unreadable) = self.list_all()?;
+        for (key, e) in unreadable {
+            tracing::warn!(object = %key, error = %e, "repo: manifest skipped");
+        }
+        Ok(manifests)
+    }
+
+    /// Readable manifests, oldest first, and the keys of unreadable ones
+    /// with why. A store failure is an error.
+    pub fn list_all(&self) -> Result<Listing> {
         let mut out = vec![];
+        let mut unreadable = vec![];
         store::for_each_object(&*self.store, MANIFESTS, |object| -> Result<()> {
             let id = &object.key[MANIFESTS.len()..];
             match self.manifest(id) {
                 Ok(m) => out.push(ManifestSummary::of(id, &m)),
                 // Deleted by a prune meanwhile.
                 Err(Error::ManifestNotFound { .. }) => {}
+                Err(
+                    e @ (Error::Corrupted { .. }
+                    | Error::InvalidArgument(_)
+                    | Error::UnsupportedVersion { .. }),
+                ) => unreadable.push((object.key.clone(), e)),
                 Err(e) => return Err(e),
             }
             Ok(())
         })?;
         out.sort_by(|a, b| (a.created_ms, &a.id).cmp(&(b.created_ms, &b.id)));
-        Ok(out)
+        Ok((out, unreadable))
     }
 
     /// The manifest of `app@snapshot` (the newest, if pushed twice).

@@ -358,9 +358,12 @@ pub async fn push(
                 bytes(&r["read_bytes"]),
                 bytes(&r["uploaded_bytes"]),
                 output::cell(&r["packs_uploaded"]),
-                match r["parent"].as_str() {
-                    Some(p) => format!(" (incremental to {p})"),
-                    None => " (full)".into(),
+                match (r["parent"].as_str(), r["incremental_volumes"].as_array()) {
+                    (Some(p), Some(diffed)) if !diffed.is_empty() => {
+                        format!(" (incremental to {p}: {} volumes diffed)", diffed.len())
+                    }
+                    (Some(p), _) => format!(" (read whole, deduplicated against {p})"),
+                    (None, _) => " (full)".into(),
                 }
             )],
         ]

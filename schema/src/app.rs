@@ -400,6 +400,8 @@ pub enum AppCommand {
         manifest: String,
         source: String,
         from: Box<AppSnapshot>,
+        /// The app must not exist yet (else `already_exists`).
+        create: bool,
         workflow: String,
     },
     Scale {
@@ -725,8 +727,20 @@ impl AppState {
                 manifest,
                 source,
                 from,
+                create,
                 workflow,
-            } => self.decide_pull(name, repo, manifest, source, from, workflow, volume_exists),
+            } => {
+                if *create && self.exists() {
+                    return Err(ApiError::new(
+                        ErrorCode::AlreadyExists,
+                        format!(
+                            "app {name:?} was created while this pull started; pull again to \
+                             repair it, or pull under another name (--as)"
+                        ),
+                    ));
+                }
+                self.decide_pull(name, repo, manifest, source, from, workflow, volume_exists)
+            }
             AppCommand::Scale {
                 name,
                 workload,
@@ -1145,6 +1159,7 @@ spec: {endpoints: [{port: metrics}]}
             manifest: "m1".into(),
             source: "shop".into(),
             from: Box::new(from.clone()),
+            create: false,
             workflow: "wf-pull".into(),
         };
 
@@ -1207,10 +1222,25 @@ spec: {endpoints: [{port: metrics}]}
             manifest: "m2".into(),
             source: "shop".into(),
             from: Box::new(other),
+            create: false,
             workflow: "wf-2".into(),
         };
         let e = source.decide(&resized, &|_| false).unwrap_err();
         assert_eq!(e.code, ErrorCode::FailedPrecondition);
+        assert_eq!(source, before);
+
+        // `app-pull` (create) never repairs an app that appeared meanwhile.
+        let racing = AppCommand::Pull {
+            name: "shop".into(),
+            repo: "offsite".into(),
+            manifest: "m2".into(),
+            source: "shop".into(),
+            from: Box::new(from.clone()),
+            create: true,
+            workflow: "wf-3".into(),
+        };
+        let e = source.decide(&racing, &|_| false).unwrap_err();
+        assert_eq!(e.code, ErrorCode::AlreadyExists);
         assert_eq!(source, before);
     }
 

@@ -607,7 +607,7 @@ pub struct RepoAddBody {
     pub name: String,
     /// `file:///abs/dir` or `s3://bucket[/prefix][?endpoint=…&region=…&path_style=true]`.
     /// A `secret_key` in the URL is kept out of the journal. Left out: a
-    /// repository in the server's data dir (`<data-dir>/repos/<name>`).
+    /// repository in the server's data dir (`<data-dir>/repos/<tenant>/<name>`).
     #[serde(default)]
     pub url: Option<String>,
     /// A file (on the server) holding the repository key: 32 raw bytes or
@@ -710,6 +710,10 @@ pub struct AppPullImportBody {
     pub snapshot: String,
     /// The app created or repaired.
     pub target: String,
+    /// The target must not exist (`app-pull`): an app that appeared since
+    /// the workflow started is refused, not silently repaired.
+    #[serde(default)]
+    pub create: bool,
     #[serde(default)]
     pub workflow: Option<String>,
 }
@@ -1182,6 +1186,7 @@ impl Command {
                     source: b.name,
                     snapshot: b.snapshot,
                     target: b.target,
+                    create: b.create,
                     workflow: b.workflow.unwrap_or_default(),
                 })
             }

@@ -116,6 +116,8 @@ pub enum RepoCommand {
         source: String,
         snapshot: String,
         target: String,
+        /// Refuse an existing target (see `AppPullImportBody::create`).
+        create: bool,
         workflow: String,
     },
     /// `app.pull-data` (a step of `app-pull`): write the pulled manifest's
@@ -150,7 +152,8 @@ pub fn check_repo_url(url: &str) -> Result<(), ApiError> {
     let ok = url.starts_with("file:///") || url.starts_with("s3://");
     if !ok {
         return Err(ApiError::invalid(format!(
-            "repo URL {url:?} is neither file:///<absolute dir> nor s3://<bucket>[/<prefix>]"
+            "repo URL {:?} is neither file:///<absolute dir> nor s3://<bucket>[/<prefix>]",
+            redact_url(url)
         )));
     }
     Ok(())

@@ -10,6 +10,10 @@
 //! - One operation at a time per repository ([`Repos::lock`]): pushes and
 //!   prunes never overlap (a prune could delete a pack a push just
 //!   deduplicated against).
+//! - A tenant registers no repository directory or key file inside the
+//!   data dir outside its own `repos/<tenant>/` and `repo-keys/<tenant>/`
+//!   ([`confine`], symlinks resolved): another tenant's backups and the
+//!   engine's files stay out of reach.
 //! - The journaled URL has no secret (`redact_url`); the whole URL, when it
 //!   carries one, is kept in `<data-dir>/repo-keys/<tenant>/<name>.url`
 //!   (mode 0600) beside generated keys.
@@ -63,7 +67,9 @@ fn repo_error(e: repo::Error) -> ApiError {
     e.to_api()
 }
 
-/// Runs blocking repository work off the async threads.
+/// Runs blocking repository work off the async threads. Work that holds a
+/// repository's turn moves the guard into `work`: if the caller's future is
+/// dropped (a step's timeout), the turn is kept until the work ends.
 async fn blocking<T: Send + 'static>(
     work: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
 ) -> Result<T, ApiError> {
@@ -95,6 +101,55 @@ fn write_private(path: &Path, bytes: &[u8]) -> Result<(), ApiError> {
     f.write_all(bytes).map_err(fail)?;
     f.sync_all().map_err(fail)?;
     std::fs::rename(&tmp, path).map_err(fail)
+}
+
+/// `path` with its longest existing ancestor resolved (symlinks followed),
+/// so a comparison of prefixes cannot be fooled by a link or a `..`.
+fn resolved(path: &Path) -> PathBuf {
+    let mut existing = path;
+    let mut rest = vec![];
+    loop {
+        if let Ok(real) = existing.canonicalize() {
+            return rest.iter().rev().fold(real, |p, part| p.join(part));
+        }
+        match (existing.parent(), existing.file_name()) {
+            (Some(parent), Some(name)) => {
+                rest.push(name.to_owned());
+                existing = parent;
+            }
+            _ => return path.to_owned(),
+        }
+    }
+}
+
+/// Refuses a path inside the data dir but outside this tenant's own area
+/// (`repos/<tenant>/`, `repo-keys/<tenant>/`): a tenant must not register
+/// another tenant's repository or key, nor the engine's files. Paths
+/// outside the data dir are the operator's to grant.
+fn confine(data_dir: &Path, tenant: &str, path: &Path, what: &str) -> Result<(), ApiError> {
+    let refuse = |why: &str| {
+        Err(ApiError::invalid(format!(
+            "{what} {}: {why}",
+            path.display()
+        )))
+    };
+    if !path.is_absolute() {
+        return refuse("must be an absolute path");
+    }
+    if path
+        .components()
+        .any(|c| c == std::path::Component::ParentDir)
+    {
+        return refuse("must not contain '..'");
+    }
+    let (data, path) = (resolved(data_dir), resolved(path));
+    let own = [data.join("repos").join(tenant), private_dir(&data, tenant)];
+    if path.starts_with(&data) && !own.iter().any(|dir| path.starts_with(dir)) {
+        return refuse(&format!(
+            "is inside the server's data dir, outside tenant {tenant:?}'s repos/ and repo-keys/"
+        ));
+    }
+    Ok(())
 }
 
 /// The key a registration names, read from its file.
@@ -308,6 +363,8 @@ impl Gateway {
                 self.repo_add(tenant, &name, url, key, causation).await
             }
             RepoCommand::Remove { name } => {
+                // No lock is made for a name that is not registered.
+                self.repo_state(tenant, &name)?;
                 let _turn = self.repos.lock(tenant, &name).await;
                 let world = self.journal_state()?;
                 let existing = world.repos.get(&(tenant.to_owned(), name.clone()));
@@ -363,8 +420,12 @@ impl Gateway {
             RepoCommand::Check { name } => {
                 let state = self.repo_state(tenant, &name)?;
                 let repo = self.open_repo(tenant, &state).await?;
-                let _turn = self.repos.lock(tenant, &name).await;
-                let report = blocking(move || repo.check().map_err(repo_error)).await?;
+                let turn = self.repos.lock(tenant, &name).await;
+                let report = blocking(move || {
+                    let _turn = turn;
+                    repo.check().map_err(repo_error)
+                })
+                .await?;
                 Ok(to_value(&reply::RepoCheckReply {
                     name,
                     ok: report.is_ok(),
@@ -386,9 +447,12 @@ impl Gateway {
             RepoCommand::Prune { name, keep_last } => {
                 let state = self.repo_state(tenant, &name)?;
                 let repo = self.open_repo(tenant, &state).await?;
-                let _turn = self.repos.lock(tenant, &name).await;
-                let report =
-                    blocking(move || repo.prune(keep_last as usize).map_err(repo_error)).await?;
+                let turn = self.repos.lock(tenant, &name).await;
+                let report = blocking(move || {
+                    let _turn = turn;
+                    repo.prune(keep_last as usize).map_err(repo_error)
+                })
+                .await?;
                 Ok(to_value(&reply::RepoPruneReply {
                     name,
                     manifests_kept: report.manifests_kept,
@@ -413,6 +477,7 @@ impl Gateway {
                 source,
                 snapshot,
                 target,
+                create,
                 workflow,
             } => {
                 let state = self.repo_state(tenant, &repo)?;
@@ -435,6 +500,7 @@ impl Gateway {
                     manifest: id,
                     source,
                     from: Box::new(pushed.snapshot()),
+                    create,
                     workflow,
                 };
                 self.dispatch_app(tenant, command, causation).await
@@ -482,10 +548,21 @@ impl Gateway {
             matches!(key, RepoKey::Generate),
         );
         let kk = key_kind.to_owned();
+        let (dd, t) = (data_dir.clone(), tenant.to_owned());
         let (opened, initialized, key_generated) = blocking(move || {
-            let store = RepoUrl::parse(&u)
-                .and_then(|u| u.open_store())
-                .map_err(repo_error)?;
+            let parsed = RepoUrl::parse(&u).map_err(repo_error)?;
+            if let RepoUrl::File { path } = &parsed {
+                confine(&dd, &t, path, "repository directory")?;
+            }
+            if !generate {
+                let what = if kk == "passphrase-file" {
+                    "passphrase file"
+                } else {
+                    "key file"
+                };
+                confine(&dd, &t, Path::new(&kp), what)?;
+            }
+            let store = parsed.open_store().map_err(repo_error)?;
             let exists = store
                 .head(repo::CONFIG_KEY)
                 .map_err(|e| repo_error(e.into()))?
@@ -572,7 +649,7 @@ impl Gateway {
         })?;
         let registration = self.repo_state(tenant, repo_name)?;
         let opened = self.open_repo(tenant, &registration).await?;
-        let _turn = self.repos.lock(tenant, repo_name).await;
+        let turn = self.repos.lock(tenant, repo_name).await;
         let mut manifest_volumes = BTreeMap::new();
         let mut volumes = Vec::new();
         for v in &snap.volumes {
@@ -587,6 +664,7 @@ impl Gateway {
         let (a, s) = (app.to_owned(), snapshot.to_owned());
         let started = Instant::now();
         let report = blocking(move || {
+            let _turn = turn;
             let parent = opened.latest(&a).map_err(repo_error)?.map(|m| m.id);
             let request = PushRequest {
                 app: a,
@@ -646,13 +724,14 @@ impl Gateway {
         })?;
         let registration = self.repo_state(tenant, &pulled.repo)?;
         let opened = self.open_repo(tenant, &registration).await?;
-        let _turn = self.repos.lock(tenant, &pulled.repo).await;
+        let turn = self.repos.lock(tenant, &pulled.repo).await;
         let sink = self.progress_sink(tenant, workflow, "pull", app, &pulled.repo);
         let pool = self.services.pool.clone();
         let (t, a, id) = (tenant.to_owned(), app.to_owned(), pulled.manifest.clone());
         let present: Vec<String> = state.volumes.keys().cloned().collect();
         let started = Instant::now();
         let (report, volumes) = blocking(move || {
+            let _turn = turn;
             let manifest = opened.manifest(&id).map_err(repo_error)?;
             let pushed = PushedApp::from_meta(&manifest.meta)?;
             let mut targets = Vec::new();
@@ -694,5 +773,33 @@ impl Gateway {
             elapsed_ms: started.elapsed().as_millis() as u64,
             workflow: None,
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_tenant_is_confined_to_its_own_area_of_the_data_dir() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        std::fs::create_dir_all(data.join("repo-keys/b")).unwrap();
+        std::fs::write(data.join("repo-keys/b/offsite.key"), "k").unwrap();
+        let ok = |p: &Path| confine(&data, "a", p, "key file").is_ok();
+        assert!(ok(&data.join("repos/a/local")));
+        assert!(ok(&data.join("repo-keys/a/local.key")));
+        assert!(ok(&dir.path().join("elsewhere/backups")));
+        assert!(!ok(&data.join("repos/b/local")));
+        assert!(!ok(&data.join("repo-keys/b/offsite.key")));
+        assert!(!ok(&data.join("journal.redb")));
+        assert!(!ok(&data.join("repos/a/../b/local")));
+        assert!(!ok(Path::new("relative/key")));
+        // A link from outside into another tenant's keys is followed.
+        let link = dir.path().join("link");
+        std::os::unix::fs::symlink(data.join("repo-keys/b"), &link).unwrap();
+        assert!(!ok(&link.join("offsite.key")));
+        let e = confine(&data, "a", &data.join("repos/b/x"), "repository directory");
+        assert!(e.unwrap_err().message.contains("outside tenant"));
     }
 }

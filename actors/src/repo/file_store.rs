@@ -5,7 +5,7 @@
 //! fsyncs it, renames it over the target and fsyncs the target's directory,
 //! so after a crash the object is either the old one or the new one. Files
 //! left in `.tmp` by a crash are never listed; [`FileStore::open`] removes
-//! them. Listing reads the directories under the prefix and sorts the keys
+//! those older than an hour. Listing reads the directories under the prefix and sorts the keys
 //! (one page holds at most `max` keys; the directory walk itself is
 //! O(objects under the prefix), which the repo keeps small: few, large
 //! packs).
@@ -19,6 +19,8 @@ use bytes::Bytes;
 use super::store::{Error, ObjectInfo, ObjectStore};
 
 const TMP_DIR: &str = ".tmp";
+/// Age after which a file in `.tmp` is taken for a crash's leftover.
+const STALE_TMP: std::time::Duration = std::time::Duration::from_secs(3600);
 
 pub struct FileStore {
     root: PathBuf,
@@ -30,9 +32,19 @@ impl FileStore {
         let store = FileStore { root: root.into() };
         let tmp = store.root.join(TMP_DIR);
         fs::create_dir_all(&tmp).map_err(|e| store.io("open", "", e))?;
+        // Another process (or this one) may be writing into `.tmp` right
+        // now: only files untouched for an hour are crash leftovers.
         if let Ok(entries) = fs::read_dir(&tmp) {
             for entry in entries.flatten() {
-                let _ = fs::remove_file(entry.path());
+                let stale = entry
+                    .metadata()
+                    .and_then(|m| m.modified())
+                    .ok()
+                    .and_then(|t| t.elapsed().ok())
+                    .is_some_and(|age| age > STALE_TMP);
+                if stale {
+                    let _ = fs::remove_file(entry.path());
+                }
             }
         }
         Ok(store)
@@ -78,11 +90,23 @@ impl FileStore {
         }
     }
 
-    fn walk(&self, dir: &Path, rel: &str, prefix: &str, out: &mut Vec<ObjectInfo>) {
-        let Ok(entries) = fs::read_dir(dir) else {
-            return;
+    /// Lists files under `dir`. A directory or file that vanished meanwhile
+    /// is skipped; any other read error fails the listing (a listing that
+    /// silently missed objects would make prune delete live data).
+    fn walk(
+        &self,
+        dir: &Path,
+        rel: &str,
+        prefix: &str,
+        out: &mut Vec<ObjectInfo>,
+    ) -> Result<(), Error> {
+        let entries = match fs::read_dir(dir) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(self.list_error(rel, e)),
         };
-        for entry in entries.flatten() {
+        for entry in entries {
+            let entry = entry.map_err(|e| self.list_error(rel, e))?;
             let name = entry.file_name().to_string_lossy().into_owned();
             if name.starts_with('.') {
                 continue;
@@ -97,15 +121,29 @@ impl FileStore {
             if key.as_bytes()[..shared] != prefix.as_bytes()[..shared] {
                 continue;
             }
-            let Ok(meta) = entry.metadata() else { continue };
+            let meta = match entry.metadata() {
+                Ok(meta) => meta,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(self.list_error(&key, e)),
+            };
             if meta.is_dir() {
-                self.walk(&entry.path(), &key, prefix, out);
+                self.walk(&entry.path(), &key, prefix, out)?;
             } else if key.starts_with(prefix) {
                 out.push(ObjectInfo {
                     key,
                     size: meta.len(),
                 });
             }
+        }
+        Ok(())
+    }
+
+    fn list_error(&self, key: &str, e: std::io::Error) -> Error {
+        Error::Io {
+            store: self.describe(),
+            op: "list",
+            key: key.to_owned(),
+            reason: e.to_string(),
         }
     }
 }
@@ -139,7 +177,13 @@ impl ObjectStore for FileStore {
         if result.is_err() {
             let _ = fs::remove_file(&tmp);
         }
-        result.map_err(|e| self.io("put", key, e))
+        // Never `NotFound`: the object's absence is not what failed.
+        result.map_err(|e| Error::Io {
+            store: self.describe(),
+            op: "put",
+            key: key.to_owned(),
+            reason: e.to_string(),
+        })
     }
 
     fn get(&self, key: &str) -> Result<Vec<u8>, Error> {
@@ -175,7 +219,7 @@ impl ObjectStore for FileStore {
         max: usize,
     ) -> Result<Vec<ObjectInfo>, Error> {
         let mut all = vec![];
-        self.walk(&self.root, "", prefix, &mut all);
+        self.walk(&self.root, "", prefix, &mut all)?;
         all.retain(|o| after.is_none_or(|a| o.key.as_str() > a));
         all.sort_by(|a, b| a.key.cmp(&b.key));
         all.truncate(max);

@@ -323,7 +323,9 @@ pub fn parse_trailer(object: &str, size: u64, tail: &[u8]) -> Result<(u64, u64)>
     }
     let offset = u64::from_le_bytes(t[0..8].try_into().expect("8 bytes"));
     let len = u32::from_le_bytes(t[8..12].try_into().expect("4 bytes")) as u64;
-    if offset < PACK_MAGIC.len() as u64 || offset + len + PACK_TRAILER as u64 != size {
+    // Unauthenticated: checked arithmetic, a crafted offset must not wrap.
+    let end = offset.checked_add(len + PACK_TRAILER as u64);
+    if offset < PACK_MAGIC.len() as u64 || end != Some(size) {
         return Err(bad("pack trailer points outside the pack"));
     }
     Ok((offset, len))

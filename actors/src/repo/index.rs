@@ -3,7 +3,8 @@
 //! read per pack, two when the index is larger than [`TAIL_READ`]).
 //!
 //! This is the one structure whose size grows with the repository: about
-//! 48 bytes per stored chunk (32 MiB per TiB at 1 MiB chunks). Everything
+//! 100 bytes per stored chunk (a 32-byte id, a 48-byte location, hash-map
+//! overhead: ~100 MiB per TiB at 1 MiB chunks). Everything
 //! else a push, pull, check or prune holds is bounded by a pack or a
 //! manifest.
 //!

@@ -128,6 +128,18 @@ impl KdfParams {
         if self.algorithm != "argon2id" {
             return Err(bad(format!("unknown algorithm {:?}", self.algorithm)));
         }
+        // The config is not authenticated: costs outside what `init` writes
+        // (InitOptions::sanitize) could exhaust memory or time.
+        let in_range = (8..=4 << 20).contains(&self.m_cost_kib)
+            && (1..=16).contains(&self.t_cost)
+            && self.p_cost == 1;
+        if !in_range {
+            return Err(Error::corrupted(
+                "config",
+                None,
+                "kdf costs out of range (m_cost_kib 8..=4194304, t_cost 1..=16, p_cost 1)",
+            ));
+        }
         let salt = unhex(&self.salt).ok_or_else(|| bad("salt is not hex".into()))?;
         let params = argon2::Params::new(self.m_cost_kib, self.t_cost, self.p_cost, Some(32))
             .map_err(|e| bad(e.to_string()))?;

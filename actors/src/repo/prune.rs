@@ -45,7 +45,19 @@ impl Repo {
         }
         let mut report = PruneReport::default();
         // Newest first per app; everything past keep_last goes.
-        let mut all = self.list()?;
+        let (mut all, unreadable) = self.list_all()?;
+        // A manifest it cannot read may reference any pack: deleting
+        // "unreferenced" data could destroy that snapshot.
+        if let Some((key, e)) = unreadable.into_iter().next() {
+            return Err(Error::corrupted(
+                key,
+                None,
+                format!(
+                    "prune refused: this manifest cannot be read ({e}); run repo check, then \
+                     delete the object by hand if it is not wanted"
+                ),
+            ));
+        }
         all.sort_by(|a, b| (&a.app, b.created_ms, &b.id).cmp(&(&b.app, a.created_ms, &a.id)));
         let mut kept: Vec<String> = vec![];
         let mut seen_app: Option<String> = None;

@@ -13,9 +13,8 @@
 //!
 //! Reads are coalesced: consecutive chunks stored back to back in one pack
 //! are fetched with one ranged read of up to [`MAX_READ_BYTES`], by
-//! [`FETCH_THREADS`] fetcher threads that also authenticate them, while the
-//! calling thread writes (chunks land in any order; memory: a few runs per
-//! thread). Every chunk
+//! [`FETCH_THREADS`] worker threads that also authenticate and write them
+//! (chunks land in any order; memory: a few runs per thread). Every chunk
 //! is authenticated and re-hashed before it is written; a bad one stops the
 //! pull with [`Error::Corrupted`] naming the pack and the offset.
 
@@ -34,7 +33,7 @@ pub const MAX_READ_BYTES: u64 = 8 << 20;
 /// Fetcher threads: object stores answer each request after a fixed
 /// latency (tens of ms on S3), so reads are issued in parallel.
 pub const FETCH_THREADS: usize = 4;
-/// Runs queued between the planner, the fetcher and the writer.
+/// Runs queued between the planner and the workers.
 pub const RUNS_IN_FLIGHT: usize = 2;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -179,34 +178,30 @@ struct Planned {
     zeroed_chunks: u64,
 }
 
-/// What the planner sends the fetcher.
+/// What the planner sends the workers.
 enum Item {
     /// Consecutive blobs of one pack: fetch and open them.
     Run(Vec<(u64, Location)>),
-    /// A chunk whose id the planner sent a moment ago (repeated data): the
-    /// writer copies it from its small cache, fetching only on a miss.
+    /// A chunk whose id the planner sent a moment ago (repeated data): a
+    /// worker copies it from the shared cache, fetching only on a miss.
     Repeat(u64, Location),
 }
 
-/// What the fetcher hands the writer.
-enum Decoded {
-    Data(u64, [u8; 32], Vec<u8>),
-    Repeat(u64, Location),
-}
+/// Decoded chunks of one item (chunk index, id, data), and the pack bytes
+/// fetched for them.
+type Fetched = Result<(Vec<(u64, [u8; 32], Arc<Vec<u8>>)>, u64)>;
 
-/// Decoded chunks of one item, and the pack bytes fetched for them.
-type Fetched = Result<(Vec<Decoded>, u64)>;
-
-/// Distinct recent chunk ids the planner remembers and the writer caches.
+/// Distinct recent chunk ids the planner remembers and the workers cache.
 pub const REPEAT_CACHE_CHUNKS: usize = 8;
 
 impl Ctx<'_> {
-    /// Three stages joined by bounded channels (at most [`RUNS_IN_FLIGHT`]
-    /// items queued between each): the planner walks the chunk list (and,
-    /// repairing, reads and hashes local chunks), [`FETCH_THREADS`]
-    /// fetchers read runs and authenticate their chunks, this thread writes
-    /// them (in whatever order they come). A repeated chunk missing from the
-    /// writer's cache (its first copy still in flight) is fetched again.
+    /// Two stages joined by a bounded channel (at most [`RUNS_IN_FLIGHT`]
+    /// runs queued): the planner walks the chunk list (and, repairing,
+    /// reads and hashes local chunks); [`FETCH_THREADS`] workers read runs,
+    /// authenticate their chunks and write them (each chunk lands once, in
+    /// whatever order). This thread only tallies and reports progress. A
+    /// repeated chunk missing from the shared cache of recent chunks (its
+    /// first copy still in flight) is fetched again.
     fn pull_volume(
         &mut self,
         volume: &VolumeEntry,
@@ -218,9 +213,10 @@ impl Ctx<'_> {
     ) -> Result<()> {
         let chunk_bytes = volume.chunk_bytes;
         let (run_tx, run_rx) = mpsc::sync_channel::<Item>(RUNS_IN_FLIGHT);
-        let (data_tx, data_rx) = mpsc::sync_channel::<Fetched>(RUNS_IN_FLIGHT);
+        let (done_tx, done_rx) = mpsc::sync_channel::<Result<Done>>(RUNS_IN_FLIGHT * FETCH_THREADS);
         let (repo, index, manifest_id) = (self.repo, self.index, self.manifest_id);
         let base = self.done_bytes;
+        let cache = RecentChunks::default();
         std::thread::scope(|scope| {
             let planner = scope.spawn(move || {
                 plan(
@@ -232,63 +228,32 @@ impl Ctx<'_> {
                     run_tx,
                 )
             });
-            // Shared by the fetchers and dropped with the last one, so the
+            // Shared by the workers and dropped with the last one, so the
             // planner stops when they all have.
             let run_rx = Arc::new(std::sync::Mutex::new(run_rx));
             for _ in 0..FETCH_THREADS {
-                let (run_rx, data_tx) = (run_rx.clone(), data_tx.clone());
+                let (run_rx, done_tx, cache) = (run_rx.clone(), done_tx.clone(), &cache);
                 scope.spawn(move || {
                     loop {
                         let Ok(item) = run_rx.lock().unwrap().recv() else {
                             return;
                         };
-                        let fetched = match item {
-                            Item::Run(run) => fetch(repo, index, &run),
-                            Item::Repeat(i, place) => Ok((vec![Decoded::Repeat(i, place)], 0)),
-                        };
-                        let failed = fetched.is_err();
-                        if data_tx.send(fetched).is_err() || failed {
+                        let done = write_item(repo, index, device, chunk_bytes, cache, item);
+                        let failed = done.is_err();
+                        if done_tx.send(done).is_err() || failed {
                             return;
                         }
                     }
                 });
             }
-            drop((data_tx, run_rx));
+            drop((done_tx, run_rx));
             let mut written = Ok(());
-            let mut cache: std::collections::VecDeque<([u8; 32], Arc<Vec<u8>>)> =
-                std::collections::VecDeque::new();
-            for fetched in data_rx.iter() {
-                let result = fetched.and_then(|(chunks, bytes)| {
-                    self.report.fetched_bytes += bytes;
-                    for decoded in chunks {
-                        let (i, data) = match decoded {
-                            Decoded::Data(i, id, data) => {
-                                let data = Arc::new(data);
-                                if cache.len() == REPEAT_CACHE_CHUNKS {
-                                    cache.pop_front();
-                                }
-                                cache.push_back((id, data.clone()));
-                                (i, data)
-                            }
-                            Decoded::Repeat(i, place) => {
-                                match cache.iter().find(|(id, _)| *id == place.entry.id) {
-                                    Some((_, data)) => (i, data.clone()),
-                                    None => {
-                                        let (mut one, bytes) = fetch(repo, index, &[(i, place)])?;
-                                        self.report.fetched_bytes += bytes;
-                                        match one.pop() {
-                                            Some(Decoded::Data(i, _, data)) => (i, Arc::new(data)),
-                                            _ => unreachable!("fetch decodes data"),
-                                        }
-                                    }
-                                }
-                            }
-                        };
-                        device.write_at(&data, i * chunk_bytes, false)?;
-                        self.report.written_chunks += 1;
-                        self.done_bytes = self
-                            .done_bytes
-                            .max(base + (i * chunk_bytes + data.len() as u64));
+            for done in done_rx.iter() {
+                match done {
+                    Ok(done) => {
+                        self.report.fetched_bytes += done.fetched_bytes;
+                        self.report.written_chunks += done.chunks;
+                        self.done_bytes = self.done_bytes.max(base + done.end);
                         progress(&Progress {
                             volume: target.to_owned(),
                             done_bytes: self.done_bytes,
@@ -297,15 +262,15 @@ impl Ctx<'_> {
                             packs: 0,
                         });
                     }
-                    Ok(())
-                });
-                if result.is_err() {
-                    // Dropping the receiver stops the fetcher, then the planner.
-                    written = result;
-                    break;
+                    Err(e) => {
+                        // Dropping the receiver stops the workers, then the
+                        // planner.
+                        written = Err(e);
+                        break;
+                    }
                 }
             }
-            drop(data_rx);
+            drop(done_rx);
             let planned = planner.join().expect("the planner does not panic");
             written?;
             let planned = planned?;
@@ -316,6 +281,70 @@ impl Ctx<'_> {
             Ok(())
         })
     }
+}
+
+/// The last [`REPEAT_CACHE_CHUNKS`] chunks the workers decoded, shared so
+/// that repeated data is fetched and opened once.
+#[derive(Default)]
+struct RecentChunks(std::sync::Mutex<std::collections::VecDeque<Chunk>>);
+
+/// A chunk's id and its plaintext.
+type Chunk = ([u8; 32], Arc<Vec<u8>>);
+
+impl RecentChunks {
+    fn get(&self, id: &[u8; 32]) -> Option<Arc<Vec<u8>>> {
+        let recent = self.0.lock().unwrap();
+        recent
+            .iter()
+            .find(|(have, _)| have == id)
+            .map(|(_, data)| data.clone())
+    }
+
+    fn put(&self, id: [u8; 32], data: Arc<Vec<u8>>) {
+        let mut recent = self.0.lock().unwrap();
+        if recent.len() == REPEAT_CACHE_CHUNKS {
+            recent.pop_front();
+        }
+        recent.push_back((id, data));
+    }
+}
+
+/// What a worker reports for one item.
+struct Done {
+    chunks: u64,
+    fetched_bytes: u64,
+    /// End offset of the highest chunk written.
+    end: u64,
+}
+
+/// Fetches (or takes from the cache), opens and writes one item's chunks.
+fn write_item(
+    repo: &Repo,
+    index: &ChunkIndex,
+    device: &Arc<dyn Device>,
+    chunk_bytes: u64,
+    cache: &RecentChunks,
+    item: Item,
+) -> Result<Done> {
+    let (chunks, fetched_bytes) = match item {
+        Item::Run(run) => fetch(repo, index, &run)?,
+        Item::Repeat(i, place) => match cache.get(&place.entry.id) {
+            Some(data) => (vec![(i, place.entry.id, data)], 0),
+            None => fetch(repo, index, &[(i, place)])?,
+        },
+    };
+    let mut done = Done {
+        chunks: 0,
+        fetched_bytes,
+        end: 0,
+    };
+    for (i, id, data) in chunks {
+        device.write_at(&data, i * chunk_bytes, false)?;
+        done.chunks += 1;
+        done.end = done.end.max(i * chunk_bytes + data.len() as u64);
+        cache.put(id, data);
+    }
+    Ok(done)
 }
 
 /// Walks a volume's chunks and sends runs of blobs to fetch: consecutive
@@ -332,7 +361,7 @@ fn plan(
     let mut planned = Planned::default();
     let mut local = vec![0u8; chunk_bytes as usize];
     let mut run: Vec<(u64, Location)> = vec![];
-    // Ids recently sent to fetch (the writer caches the same few).
+    // Ids recently sent to fetch (the workers cache the same few).
     let mut recent: std::collections::VecDeque<[u8; 32]> = std::collections::VecDeque::new();
     for (i, chunk) in volume.chunks.iter().enumerate() {
         let i = i as u64;
@@ -386,7 +415,7 @@ fn plan(
                     && !run.is_empty()
                     && runs.send(Item::Run(std::mem::take(&mut run))).is_err()
                 {
-                    // The writer stopped; it reports why.
+                    // The workers stopped; the caller reports why.
                     return Ok(planned);
                 }
                 run.push((i, place));
@@ -426,7 +455,7 @@ fn fetch(repo: &Repo, index: &ChunkIndex, run: &[(u64, Location)]) -> Fetched {
             &place.entry,
             sealed,
         )?;
-        chunks.push(Decoded::Data(*i, place.entry.id, data));
+        chunks.push((*i, place.entry.id, Arc::new(data)));
     }
     Ok((chunks, bytes.len() as u64))
 }

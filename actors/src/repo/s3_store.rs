@@ -65,6 +65,47 @@ fn env(name: &str) -> Option<String> {
     std::env::var(name).ok().filter(|v| !v.is_empty())
 }
 
+/// Keys of the `AWS_PROFILE` (else `default`) profile in the shared
+/// credentials file (`AWS_SHARED_CREDENTIALS_FILE`, else
+/// `~/.aws/credentials`), as the AWS CLI reads them.
+fn profile_credentials() -> Option<(String, String, Option<String>)> {
+    let path = env("AWS_SHARED_CREDENTIALS_FILE")
+        .map(std::path::PathBuf::from)
+        .or_else(|| env("HOME").map(|home| std::path::Path::new(&home).join(".aws/credentials")))?;
+    let text = std::fs::read_to_string(path).ok()?;
+    let profile = env("AWS_PROFILE").unwrap_or_else(|| "default".into());
+    parse_credentials(&text, &profile)
+}
+
+/// The access key, secret key and optional session token of `profile` in
+/// an INI-style credentials file.
+fn parse_credentials(text: &str, profile: &str) -> Option<(String, String, Option<String>)> {
+    let (mut section, mut access, mut secret, mut token) = (String::new(), None, None, None);
+    for line in text.lines().map(str::trim) {
+        if line.starts_with('#') || line.starts_with(';') || line.is_empty() {
+            continue;
+        }
+        if let Some(name) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
+            section = name.trim().to_owned();
+            continue;
+        }
+        let Some((key, value)) = line.split_once('=') else {
+            continue;
+        };
+        if section != profile {
+            continue;
+        }
+        let value = Some(value.trim().to_owned()).filter(|v| !v.is_empty());
+        match key.trim() {
+            "aws_access_key_id" => access = value,
+            "aws_secret_access_key" => secret = value,
+            "aws_session_token" => token = value,
+            _ => {}
+        }
+    }
+    Some((access?, secret?, token))
+}
+
 impl S3Store {
     /// Builds the client; no request is sent yet.
     pub fn new(location: S3Location) -> Result<S3Store, RepoError> {
@@ -73,12 +114,15 @@ impl S3Store {
             (Some(a), Some(s)) => (a.clone(), s.clone(), None),
             _ => match (env("AWS_ACCESS_KEY_ID"), env("AWS_SECRET_ACCESS_KEY")) {
                 (Some(a), Some(s)) => (a, s, env("AWS_SESSION_TOKEN")),
-                _ => {
-                    return Err(RepoError::InvalidUrl {
-                        url: described,
-                        reason: "no S3 credentials: give access_key and secret_key in the URL or set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY".into(),
-                    });
-                }
+                _ => match profile_credentials() {
+                    Some(found) => found,
+                    None => {
+                        return Err(RepoError::InvalidUrl {
+                            url: described,
+                            reason: "no S3 credentials: give access_key and secret_key in the URL, set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or put them in the AWS_PROFILE (else default) profile of ~/.aws/credentials".into(),
+                        });
+                    }
+                },
             },
         };
         let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -451,5 +495,26 @@ impl S3Store {
                 reason: format!("reading the body: {body}"),
             },
         })
+    }
+}
+
+#[cfg(test)]
+mod profile_tests {
+    use super::parse_credentials;
+
+    #[test]
+    fn a_profile_is_read_from_the_shared_credentials_file() {
+        let text = "# comment\n[default]\naws_access_key_id = AK1\naws_secret_access_key=SK1\n\n\
+                    [backup]\naws_access_key_id=AK2\naws_secret_access_key = SK2\naws_session_token = T2\n";
+        assert_eq!(
+            parse_credentials(text, "default"),
+            Some(("AK1".into(), "SK1".into(), None))
+        );
+        assert_eq!(
+            parse_credentials(text, "backup"),
+            Some(("AK2".into(), "SK2".into(), Some("T2".into())))
+        );
+        assert_eq!(parse_credentials(text, "other"), None);
+        assert_eq!(parse_credentials("[x]\naws_access_key_id=A\n", "x"), None);
     }
 }

@@ -609,6 +609,37 @@ fn repair_rewrites_only_the_chunks_that_differ() {
 }
 
 #[test]
+fn an_unreadable_manifest_is_skipped_by_list_and_stops_prune() {
+    let pool = pool();
+    make_volume(&pool, "v", 5);
+    pool.snapshot("v", "s").unwrap();
+    let store = Arc::new(MemStore::new());
+    let repo = new_repo(&store);
+    let pushed = repo
+        .push(&pool, &request("a", "s", &["v"], None), &|_| {})
+        .unwrap();
+    let good = format!("{MANIFESTS}{}", pushed.manifest_id);
+    let mut sealed = store.get(&good).unwrap();
+    let last = sealed.len() - 1;
+    sealed[last] ^= 1;
+    let bad = format!("{MANIFESTS}{}", "0".repeat(32));
+    store.put(&bad, Bytes::from(sealed)).unwrap();
+    // Push, pull and ls still see the good manifest.
+    let listed: Vec<String> = repo.list().unwrap().into_iter().map(|m| m.id).collect();
+    assert_eq!(listed, vec![pushed.manifest_id.clone()]);
+    let (_, unreadable) = repo.list_all().unwrap();
+    assert_eq!(unreadable.len(), 1);
+    assert_eq!(unreadable[0].0, bad);
+    // Prune refuses: the bad manifest might reference any pack.
+    let packs = store.list_page(PACKS, None, 100).unwrap().len();
+    let e = repo.prune(1).unwrap_err();
+    assert_eq!(e.code(), ErrorCode::Corrupted);
+    assert!(e.to_string().contains(&bad), "{e}");
+    assert_eq!(store.list_page(PACKS, None, 100).unwrap().len(), packs);
+    assert!(!repo.check().unwrap().is_ok());
+}
+
+#[test]
 fn prune_keeps_the_newest_and_frees_the_rest() {
     let pool = pool();
     pool.create_volume("v", 1 << 20).unwrap();

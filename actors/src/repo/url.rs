@@ -17,6 +17,8 @@ use std::fmt;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use cairn_schema::repo::redact_url;
+
 use super::error::{Error, Result};
 use super::store::ObjectStore;
 
@@ -76,9 +78,10 @@ impl fmt::Display for RepoUrl {
 }
 
 fn percent_decode(url: &str, value: &str) -> Result<String> {
+    // The value is not echoed: it may be a secret.
     let bad = || Error::InvalidUrl {
-        url: url.to_owned(),
-        reason: format!("bad percent-encoding in {value:?}"),
+        url: redact_url(url),
+        reason: "bad percent-encoding (a % not followed by two hex digits, or not UTF-8)".into(),
     };
     let bytes = value.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
@@ -99,7 +102,7 @@ fn percent_decode(url: &str, value: &str) -> Result<String> {
 impl RepoUrl {
     pub fn parse(url: &str) -> Result<RepoUrl> {
         let bad = |reason: &str| Error::InvalidUrl {
-            url: url.to_owned(),
+            url: redact_url(url),
             reason: reason.to_owned(),
         };
         if let Some(path) = url.strip_prefix("file://") {
