@@ -9,7 +9,7 @@
 use std::path::Path;
 use std::process::Command;
 
-use cairn_integration::{Node, S3_SECRET, S3sFs, have_tool, nats, qemu_io};
+use cairn_integration::{Node, S3_SECRET, S3sFs, have_tool, nats, noise, qemu_io};
 use serde_json::Value;
 
 const MIB: usize = 1 << 20;
@@ -66,20 +66,6 @@ fn refused(node: &Node, args: &[&str]) -> String {
         String::from_utf8_lossy(&out.stdout)
     );
     String::from_utf8_lossy(&out.stderr).into_owned()
-}
-
-/// Random bytes from a seed.
-fn noise(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-    let mut out = Vec::with_capacity(len + 8);
-    while out.len() < len {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        out.extend_from_slice(&x.to_le_bytes());
-    }
-    out.truncate(len);
-    out
 }
 
 /// Writes a volume whole: random, zero and repeated regions.

@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 
 use cairn_actors::repo::{InitOptions, Key, ObjectStore, PullMode, PushRequest, Repo, RepoUrl};
 use cairn_blocks::{Pool, PoolOptions};
-use cairn_integration::{S3_SECRET, S3sFs, have_tool};
+use cairn_integration::{S3_SECRET, S3sFs, have_tool, noise};
 use cairn_schema::ErrorCode;
 
 const MIB: u64 = 1 << 20;
@@ -43,20 +43,6 @@ fn options(chunk_bytes: u64, pack_bytes: u64) -> InitOptions {
     }
 }
 
-/// Random bytes, fast enough in a debug build.
-fn noise(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-    let mut out = Vec::with_capacity(len + 8);
-    while out.len() < len {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        out.extend_from_slice(&x.to_le_bytes());
-    }
-    out.truncate(len);
-    out
-}
-
 fn write(pool: &Pool, volume: &str, offset: u64, data: &[u8]) {
     let device = pool.open_export(volume).unwrap();
     for (i, piece) in data.chunks(4 << 20).enumerate() {
@@ -71,6 +57,22 @@ fn read_all(pool: &Pool, export: &str) -> Vec<u8> {
     let mut buf = vec![0u8; device.size() as usize];
     device.read_at(&mut buf, 0).unwrap();
     buf
+}
+
+/// Pulls `id`'s volume `v` into a new volume `w`; it must read as `export`.
+fn assert_pulls_back(repo: &Repo, pool: &Pool, id: &str, export: &str) {
+    repo.pull(
+        pool,
+        id,
+        &[("v".into(), "w".into())],
+        PullMode::Create,
+        &|_| {},
+    )
+    .unwrap();
+    assert!(
+        read_all(pool, "w") == read_all(pool, export),
+        "w differs from {export}"
+    );
 }
 
 fn push(
@@ -192,15 +194,7 @@ fn an_incremental_push_after_changing_one_percent_uploads_under_two() {
         "uploaded {} of {size}: {second:?}",
         second.uploaded_bytes
     );
-    repo.pull(
-        &pool,
-        &second.manifest_id,
-        &[("v".into(), "w".into())],
-        PullMode::Create,
-        &|_| {},
-    )
-    .unwrap();
-    assert!(read_all(&pool, "w") == read_all(&pool, "v@s2"));
+    assert_pulls_back(&repo, &pool, &second.manifest_id, "v@s2");
 }
 
 #[test]
@@ -244,15 +238,7 @@ fn killing_s3_mid_push_then_resuming_uploads_only_what_is_missing() {
         resumed.uploaded_bytes < (48 - stored.n_chunks() as u64 + 1) * MIB,
         "{resumed:?}"
     );
-    repo.pull(
-        &pool,
-        &resumed.manifest_id,
-        &[("v".into(), "w".into())],
-        PullMode::Create,
-        &|_| {},
-    )
-    .unwrap();
-    assert!(read_all(&pool, "w") == read_all(&pool, "v@s1"));
+    assert_pulls_back(&repo, &pool, &resumed.manifest_id, "v@s1");
     // The server's puts are atomic: no torn pack was left behind.
     let check = repo.check().unwrap();
     assert!(check.is_ok(), "{check:?}");

@@ -323,6 +323,26 @@ async fn follow_progress(
     Ok(Progress { task })
 }
 
+/// Calls `app.<verb>` (workflow `id`), showing the workflow's progress
+/// until the reply comes, unless the run is `--async`.
+async fn call_following(
+    client: &Client,
+    verb: &str,
+    id: &str,
+    label: String,
+    body: Value,
+    run: &RunArgs,
+) -> anyhow::Result<Value> {
+    let progress = if run.run_async {
+        None
+    } else {
+        Some(follow_progress(client, id, label).await?)
+    };
+    let reply = long(client).call("app", verb, &with_run(body, run)).await;
+    drop(progress);
+    Ok(reply?)
+}
+
 pub async fn push(
     client: &Client,
     fmt: Format,
@@ -333,14 +353,7 @@ pub async fn push(
     let (app, snapshot) = split_source(source)?;
     let id = workflow_id("push", app);
     let body = json!({ "name": app, "snapshot": snapshot, "repo": repo, "workflow": id });
-    let progress = if run.run_async {
-        None
-    } else {
-        Some(follow_progress(client, &id, format!("push {source}")).await?)
-    };
-    let reply = long(client).call("app", "push", &with_run(body, run)).await;
-    drop(progress);
-    let reply = reply?;
+    let reply = call_following(client, "push", &id, format!("push {source}"), body, run).await?;
     output::print(fmt, &reply, |r| {
         if run.run_async {
             return output::workflow_started_rows(r);
@@ -385,14 +398,7 @@ pub async fn pull(
     let body = json!({
         "repo": repo, "name": app, "snapshot": snapshot, "target": target, "workflow": id
     });
-    let progress = if run.run_async {
-        None
-    } else {
-        Some(follow_progress(client, &id, format!("pull {source}")).await?)
-    };
-    let reply = long(client).call("app", "pull", &with_run(body, run)).await;
-    drop(progress);
-    let reply = reply?;
+    let reply = call_following(client, "pull", &id, format!("pull {source}"), body, run).await?;
     output::print(fmt, &reply, |r| {
         if run.run_async {
             return output::workflow_started_rows(r);

@@ -62,7 +62,6 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 impl Error {
     /// The stable code at the API edge.
     pub fn code(&self) -> ErrorCode {
-        use cairn_blocks::Error as B;
         match self {
             Error::InvalidUrl { .. } | Error::KeyFile { .. } | Error::InvalidArgument(_) => {
                 ErrorCode::InvalidArgument
@@ -78,19 +77,7 @@ impl Error {
                 store::Error::Denied { .. } => ErrorCode::FailedPrecondition,
                 store::Error::Io { .. } => ErrorCode::Internal,
             },
-            Error::Blocks(e) => match e {
-                B::VolumeNotFound { .. } | B::SnapshotNotFound { .. } => ErrorCode::NotFound,
-                B::VolumeExists { .. } | B::SnapshotExists { .. } => ErrorCode::AlreadyExists,
-                B::InvalidName { .. } | B::OutOfRange { .. } | B::InvalidArgument(_) => {
-                    ErrorCode::InvalidArgument
-                }
-                B::ReadOnly { .. } | B::KeyRequired { .. } | B::KeyMismatch { .. } => {
-                    ErrorCode::FailedPrecondition
-                }
-                B::NoSpace { .. } => ErrorCode::NoSpace,
-                B::Corrupted { .. } => ErrorCode::Corrupted,
-                B::Io { .. } => ErrorCode::Internal,
-            },
+            Error::Blocks(e) => crate::services::blocks_error(e).code,
         }
     }
 

@@ -66,6 +66,22 @@ fn read_all(pool: &Pool, export: &str) -> Vec<u8> {
     buf
 }
 
+/// Pulls `id`'s volume `v` into a new volume `w`; it must read as `export`.
+fn assert_pulls_back(repo: &Repo, pool: &Pool, id: &str, export: &str) {
+    repo.pull(
+        pool,
+        id,
+        &[("v".into(), "w".into())],
+        PullMode::Create,
+        &|_| {},
+    )
+    .unwrap();
+    assert!(
+        read_all(pool, "w") == read_all(pool, export),
+        "w differs from {export}"
+    );
+}
+
 fn write(pool: &Pool, volume: &str, offset: u64, data: &[u8]) {
     pool.open_export(volume)
         .unwrap()
@@ -105,6 +121,20 @@ fn key() -> Key {
 
 fn new_repo(store: &Arc<MemStore>) -> Repo {
     Repo::init(store.clone(), &key(), small()).unwrap()
+}
+
+/// Volume `v` (from `seed`) snapshotted as `s1` and pushed to a new
+/// in-memory repo.
+fn pushed_volume(seed: u64) -> (Pool, Arc<MemStore>, Repo, PushReport) {
+    let pool = pool();
+    make_volume(&pool, "v", seed);
+    pool.snapshot("v", "s1").unwrap();
+    let store = Arc::new(MemStore::new());
+    let repo = new_repo(&store);
+    let report = repo
+        .push(&pool, &request("a", "s1", &["v"], None), &|_| {})
+        .unwrap();
+    (pool, store, repo, report)
 }
 
 // ---- the store contract, one suite for each implementation ----
@@ -352,28 +382,13 @@ fn a_file_repo_round_trips_and_reopens() {
         repo.find("a", "s1").unwrap().unwrap().id,
         report.manifest_id
     );
-    repo.pull(
-        &pool,
-        &report.manifest_id,
-        &[("v".into(), "w".into())],
-        PullMode::Create,
-        &|_| {},
-    )
-    .unwrap();
-    assert!(read_all(&pool, "w") == read_all(&pool, "v@s1"));
+    assert_pulls_back(&repo, &pool, &report.manifest_id, "v@s1");
     assert!(repo.check().unwrap().is_ok());
 }
 
 #[test]
 fn an_incremental_push_reads_only_what_changed() {
-    let pool = pool();
-    make_volume(&pool, "v", 3);
-    pool.snapshot("v", "s1").unwrap();
-    let store = Arc::new(MemStore::new());
-    let repo = new_repo(&store);
-    let first = repo
-        .push(&pool, &request("a", "s1", &["v"], None), &|_| {})
-        .unwrap();
+    let (pool, _store, repo, first) = pushed_volume(3);
     // Change 8 KiB in one chunk.
     write(&pool, "v", 300 << 10, &Rng(9).bytes(8 << 10));
     pool.snapshot("v", "s2").unwrap();
@@ -465,15 +480,7 @@ fn a_push_that_dies_midway_resumes_with_only_what_is_missing() {
     // Packs plus one manifest: nothing went up twice.
     let random_bytes = 4u64 << 20;
     assert!(stored_before + (stored_after - stored_before) < random_bytes + random_bytes / 20);
-    repo.pull(
-        &pool,
-        &resumed.manifest_id,
-        &[("v".into(), "w".into())],
-        PullMode::Create,
-        &|_| {},
-    )
-    .unwrap();
-    assert!(read_all(&pool, "w") == read_all(&pool, "v@s1"));
+    assert_pulls_back(&repo, &pool, &resumed.manifest_id, "v@s1");
 }
 
 #[test]
@@ -508,14 +515,7 @@ fn first_pack(store: &MemStore) -> String {
 
 #[test]
 fn a_corrupt_pack_byte_is_named_by_check_and_by_pull() {
-    let pool = pool();
-    make_volume(&pool, "v", 6);
-    pool.snapshot("v", "s1").unwrap();
-    let store = Arc::new(MemStore::new());
-    let repo = new_repo(&store);
-    let report = repo
-        .push(&pool, &request("a", "s1", &["v"], None), &|_| {})
-        .unwrap();
+    let (pool, store, repo, report) = pushed_volume(6);
     let pack = first_pack(&store);
     // Inside the first blob (after the 8-byte header and the nonce).
     store.corrupt(&pack, 100);
@@ -563,27 +563,12 @@ fn a_corrupt_pack_byte_is_named_by_check_and_by_pull() {
         again.new_chunks > 0,
         "the damaged pack's chunks go up again: {again:?}"
     );
-    repo.pull(
-        &pool,
-        &again.manifest_id,
-        &[("v".into(), "w".into())],
-        PullMode::Create,
-        &|_| {},
-    )
-    .unwrap();
-    assert!(read_all(&pool, "w") == read_all(&pool, "v@s1"));
+    assert_pulls_back(&repo, &pool, &again.manifest_id, "v@s1");
 }
 
 #[test]
 fn repair_rewrites_only_the_chunks_that_differ() {
-    let pool = pool();
-    make_volume(&pool, "v", 7);
-    pool.snapshot("v", "s1").unwrap();
-    let store = Arc::new(MemStore::new());
-    let repo = new_repo(&store);
-    let report = repo
-        .push(&pool, &request("a", "s1", &["v"], None), &|_| {})
-        .unwrap();
+    let (pool, _store, repo, report) = pushed_volume(7);
     repo.pull(
         &pool,
         &report.manifest_id,
@@ -610,14 +595,7 @@ fn repair_rewrites_only_the_chunks_that_differ() {
 
 #[test]
 fn an_unreadable_manifest_is_skipped_by_list_and_stops_prune() {
-    let pool = pool();
-    make_volume(&pool, "v", 5);
-    pool.snapshot("v", "s").unwrap();
-    let store = Arc::new(MemStore::new());
-    let repo = new_repo(&store);
-    let pushed = repo
-        .push(&pool, &request("a", "s", &["v"], None), &|_| {})
-        .unwrap();
+    let (_pool, store, repo, pushed) = pushed_volume(5);
     let good = format!("{MANIFESTS}{}", pushed.manifest_id);
     let mut sealed = store.get(&good).unwrap();
     let last = sealed.len() - 1;
@@ -679,15 +657,7 @@ fn prune_keeps_the_newest_and_frees_the_rest() {
     let left: Vec<String> = repo.list().unwrap().into_iter().map(|m| m.id).collect();
     assert!(left.contains(&ids[3]), "{left:?}");
     assert!(repo.check().unwrap().is_ok());
-    repo.pull(
-        &pool,
-        &ids[3],
-        &[("v".into(), "w".into())],
-        PullMode::Create,
-        &|_| {},
-    )
-    .unwrap();
-    assert!(read_all(&pool, "w") == read_all(&pool, "v@s3"));
+    assert_pulls_back(&repo, &pool, &ids[3], "v@s3");
     // Pruning again changes nothing.
     let again = repo.prune(1).unwrap();
     assert!(
