@@ -49,6 +49,10 @@ use crate::volume::engine_name;
 pub struct Repos {
     open: DashMap<(String, String), Arc<Repo>>,
     locks: DashMap<(String, String), Arc<tokio::sync::Mutex<()>>>,
+    /// One `repo add` at a time on this server: two names added for the
+    /// same empty URL at once would both initialise it (check, then put),
+    /// and the second config would lock the first key out.
+    adding: tokio::sync::Mutex<()>,
 }
 
 impl Repos {
@@ -521,6 +525,7 @@ impl Gateway {
     ) -> Result<Value, ApiError> {
         cairn_schema::names::check_label("repo", name)?;
         let _turn = self.repos.lock(tenant, name).await;
+        let _adding = self.repos.adding.lock().await;
         let data_dir = self.services.data_dir.clone();
         let url = url.unwrap_or_else(|| {
             format!(

@@ -181,9 +181,6 @@ impl Repo {
         request: &PushRequest,
         progress: &dyn Fn(&Progress),
     ) -> Result<PushReport> {
-        if request.volumes.is_empty() {
-            return Err(Error::InvalidArgument("push: no volumes".into()));
-        }
         let parent = match &request.parent {
             None => None,
             Some(id) => match self.manifest(id) {

@@ -594,6 +594,25 @@ fn repair_rewrites_only_the_chunks_that_differ() {
 }
 
 #[test]
+fn an_app_without_volumes_pushes_and_pulls_its_metadata() {
+    let pool = pool();
+    let store = Arc::new(MemStore::new());
+    let repo = new_repo(&store);
+    let mut req = request("config-only", "s1", &[], None);
+    req.meta = serde_json::json!({"objects": ["ConfigMap/app-config"]});
+    let pushed = repo.push(&pool, &req, &|_| {}).unwrap();
+    assert_eq!((pushed.logical_bytes, pushed.new_chunks), (0, 0));
+    let manifest = repo.manifest(&pushed.manifest_id).unwrap();
+    assert_eq!(manifest.meta, req.meta);
+    assert!(manifest.volumes.is_empty());
+    let pulled = repo
+        .pull(&pool, &pushed.manifest_id, &[], PullMode::Create, &|_| {})
+        .unwrap();
+    assert!(pulled.volumes.is_empty());
+    assert!(repo.check().unwrap().is_ok());
+}
+
+#[test]
 fn an_unreadable_manifest_is_skipped_by_list_and_stops_prune() {
     let (_pool, store, repo, pushed) = pushed_volume(5);
     let good = format!("{MANIFESTS}{}", pushed.manifest_id);
