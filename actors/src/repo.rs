@@ -96,6 +96,15 @@ pub use url::{RepoUrl, S3Location};
 pub use key::random_bytes;
 use key::{Keys, hex, unhex};
 
+/// What the format supports; [`InitOptions::sanitize`] clamps into these
+/// and [`Repo::open`] refuses a config outside them (it is not
+/// authenticated, so an edited one must not exhaust memory or time).
+pub const CHUNK_BYTES: std::ops::RangeInclusive<u64> = 64 << 10..=16 << 20;
+pub const PACK_BYTES: std::ops::RangeInclusive<u64> = 256 << 10..=1 << 30;
+pub const ZSTD_LEVELS: std::ops::RangeInclusive<i32> = 1..=19;
+pub const KDF_M_COST_KIB: std::ops::RangeInclusive<u32> = 8..=4 << 20;
+pub const KDF_T_COST: std::ops::RangeInclusive<u32> = 1..=16;
+
 /// How [`Repo::init`] lays out a new repository (fixed afterwards).
 #[derive(Debug, Clone, Copy)]
 pub struct InitOptions {
@@ -126,15 +135,20 @@ impl Default for InitOptions {
 impl InitOptions {
     /// Clamps every field into the range the format supports.
     pub fn sanitize(mut self) -> InitOptions {
-        self.chunk_bytes = self
-            .chunk_bytes
-            .clamp(64 << 10, 16 << 20)
+        let clamp = |v: u64, r: &std::ops::RangeInclusive<u64>| v.clamp(*r.start(), *r.end());
+        self.chunk_bytes = clamp(self.chunk_bytes, &CHUNK_BYTES)
             .next_power_of_two()
-            .min(16 << 20);
-        self.pack_bytes = self.pack_bytes.clamp(256 << 10, 1 << 30);
-        self.zstd_level = self.zstd_level.clamp(1, 19);
-        self.kdf_m_cost_kib = self.kdf_m_cost_kib.clamp(8, 4 << 20);
-        self.kdf_t_cost = self.kdf_t_cost.clamp(1, 16);
+            .min(*CHUNK_BYTES.end());
+        self.pack_bytes = clamp(self.pack_bytes, &PACK_BYTES);
+        self.zstd_level = self
+            .zstd_level
+            .clamp(*ZSTD_LEVELS.start(), *ZSTD_LEVELS.end());
+        self.kdf_m_cost_kib = self
+            .kdf_m_cost_kib
+            .clamp(*KDF_M_COST_KIB.start(), *KDF_M_COST_KIB.end());
+        self.kdf_t_cost = self
+            .kdf_t_cost
+            .clamp(*KDF_T_COST.start(), *KDF_T_COST.end());
         self
     }
 }
@@ -266,10 +280,10 @@ impl Repo {
         }
         let repo_id = unhex(&config.repo_id)
             .ok_or_else(|| Error::corrupted(CONFIG_KEY, None, "repo_id is not hex"))?;
-        let chunk_ok = config.chunk_bytes.is_power_of_two()
-            && (64 << 10..=16 << 20).contains(&config.chunk_bytes);
-        let pack_ok = (256 << 10..=1 << 30).contains(&config.pack_bytes);
-        let zstd_ok = (1..=19).contains(&config.zstd_level);
+        let chunk_ok =
+            config.chunk_bytes.is_power_of_two() && CHUNK_BYTES.contains(&config.chunk_bytes);
+        let pack_ok = PACK_BYTES.contains(&config.pack_bytes);
+        let zstd_ok = ZSTD_LEVELS.contains(&config.zstd_level);
         if !chunk_ok || !pack_ok || !zstd_ok {
             return Err(Error::corrupted(
                 CONFIG_KEY,

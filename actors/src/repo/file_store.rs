@@ -5,10 +5,10 @@
 //! fsyncs it, renames it over the target and fsyncs the target's directory,
 //! so after a crash the object is either the old one or the new one. Files
 //! left in `.tmp` by a crash are never listed; [`FileStore::open`] removes
-//! those older than an hour. Listing reads the directories under the prefix and sorts the keys
-//! (one page holds at most `max` keys; the directory walk itself is
-//! O(objects under the prefix), which the repo keeps small: few, large
-//! packs).
+//! those older than an hour. Listing reads the directories under the prefix
+//! and sorts the keys (one page holds at most `max` keys; the directory
+//! walk itself is O(objects under the prefix), which the repo keeps small:
+//! few, large packs).
 
 use std::fs;
 use std::io::{Read, Seek, SeekFrom, Write};
@@ -74,6 +74,7 @@ impl FileStore {
         Ok(self.root.join(key))
     }
 
+    /// A failure of `op` on `key`; a missing file is [`Error::NotFound`].
     fn io(&self, op: &'static str, key: &str, e: std::io::Error) -> Error {
         if e.kind() == std::io::ErrorKind::NotFound {
             Error::NotFound {
@@ -81,12 +82,18 @@ impl FileStore {
                 key: key.to_owned(),
             }
         } else {
-            Error::Io {
-                store: self.describe(),
-                op,
-                key: key.to_owned(),
-                reason: e.to_string(),
-            }
+            self.failed(op, key, e)
+        }
+    }
+
+    /// A failure of `op` on `key`, whatever the cause (for operations where
+    /// a missing file does not mean a missing object).
+    fn failed(&self, op: &'static str, key: &str, e: std::io::Error) -> Error {
+        Error::Io {
+            store: self.describe(),
+            op,
+            key: key.to_owned(),
+            reason: e.to_string(),
         }
     }
 
@@ -103,10 +110,10 @@ impl FileStore {
         let entries = match fs::read_dir(dir) {
             Ok(entries) => entries,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-            Err(e) => return Err(self.list_error(rel, e)),
+            Err(e) => return Err(self.failed("list", rel, e)),
         };
         for entry in entries {
-            let entry = entry.map_err(|e| self.list_error(rel, e))?;
+            let entry = entry.map_err(|e| self.failed("list", rel, e))?;
             let name = entry.file_name().to_string_lossy().into_owned();
             if name.starts_with('.') {
                 continue;
@@ -124,7 +131,7 @@ impl FileStore {
             let meta = match entry.metadata() {
                 Ok(meta) => meta,
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-                Err(e) => return Err(self.list_error(&key, e)),
+                Err(e) => return Err(self.failed("list", &key, e)),
             };
             if meta.is_dir() {
                 self.walk(&entry.path(), &key, prefix, out)?;
@@ -136,15 +143,6 @@ impl FileStore {
             }
         }
         Ok(())
-    }
-
-    fn list_error(&self, key: &str, e: std::io::Error) -> Error {
-        Error::Io {
-            store: self.describe(),
-            op: "list",
-            key: key.to_owned(),
-            reason: e.to_string(),
-        }
     }
 }
 
@@ -178,12 +176,7 @@ impl ObjectStore for FileStore {
             let _ = fs::remove_file(&tmp);
         }
         // Never `NotFound`: the object's absence is not what failed.
-        result.map_err(|e| Error::Io {
-            store: self.describe(),
-            op: "put",
-            key: key.to_owned(),
-            reason: e.to_string(),
-        })
+        result.map_err(|e| self.failed("put", key, e))
     }
 
     fn get(&self, key: &str) -> Result<Vec<u8>, Error> {

@@ -129,15 +129,19 @@ impl KdfParams {
             return Err(bad(format!("unknown algorithm {:?}", self.algorithm)));
         }
         // The config is not authenticated: costs outside what `init` writes
-        // (InitOptions::sanitize) could exhaust memory or time.
-        let in_range = (8..=4 << 20).contains(&self.m_cost_kib)
-            && (1..=16).contains(&self.t_cost)
+        // could exhaust memory or time.
+        let in_range = super::KDF_M_COST_KIB.contains(&self.m_cost_kib)
+            && super::KDF_T_COST.contains(&self.t_cost)
             && self.p_cost == 1;
         if !in_range {
             return Err(Error::corrupted(
-                "config",
+                super::CONFIG_KEY,
                 None,
-                "kdf costs out of range (m_cost_kib 8..=4194304, t_cost 1..=16, p_cost 1)",
+                format!(
+                    "kdf costs out of range (m_cost_kib {:?}, t_cost {:?}, p_cost 1)",
+                    super::KDF_M_COST_KIB,
+                    super::KDF_T_COST
+                ),
             ));
         }
         let salt = unhex(&self.salt).ok_or_else(|| bad("salt is not hex".into()))?;
