@@ -142,6 +142,15 @@ impl Bus {
         Bus::Local(LocalBus::default())
     }
 
+    /// Whether the server authenticates its clients (`auth_required` in
+    /// its INFO). The in-process bus does not.
+    pub fn auth_required(&self) -> bool {
+        match self {
+            Bus::Nats { client, .. } => client.server_info().auth_required,
+            Bus::Local(_) => false,
+        }
+    }
+
     /// A short description for people: the URL, or "in-process".
     pub fn describe(&self) -> String {
         match self {

@@ -113,6 +113,8 @@ pub struct Config {
     /// first created.
     pub topology: Option<Topology>,
     pub limits: Limits,
+    /// The operator's security settings; `mode` is set at start-up from the bus.
+    pub security: crate::security::Security,
 }
 
 /// Reads a volume key file: 32 raw bytes, or 64 hex digits (whitespace
@@ -277,6 +279,7 @@ fn reconcile(pool: &Pool, world: &World) -> Result<(), Error> {
 impl Cluster {
     pub async fn start(config: Config) -> Result<Cluster, Error> {
         let limits = config.limits.sanitize();
+        let mut security = config.security.clone().sanitize();
         let dir = &config.data_dir;
         std::fs::create_dir_all(dir).map_err(|source| Error::DataDir {
             path: dir.clone(),
@@ -307,6 +310,14 @@ impl Cluster {
                     Bus::local()
                 }
             },
+        };
+        security.mode = if bus.auth_required() {
+            crate::security::Mode::Authenticated
+        } else {
+            tracing::warn!(
+                "the bus asks for no authentication: a single-user deployment, every request is taken as the operator's (see SECURITY.md)"
+            );
+            crate::security::Mode::Open
         };
 
         // Opening rebuilds the state (newest snapshot + the records after
@@ -373,6 +384,7 @@ impl Cluster {
             node: local,
             disk_index: Arc::new(disk_index),
             data_dir: Arc::new(std::path::absolute(dir).unwrap_or_else(|_| dir.clone())),
+            security: Arc::new(security),
         };
         let registry = Arc::new(Registry::default());
         let world_workflows = world.workflows.clone();

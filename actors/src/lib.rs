@@ -33,6 +33,7 @@ pub mod node;
 pub mod registry;
 pub mod repo;
 pub mod saga;
+pub mod security;
 pub mod services;
 pub mod telemetry;
 pub mod volume;

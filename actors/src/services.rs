@@ -25,6 +25,8 @@ pub struct Services {
     pub disk_index: Arc<BTreeMap<(String, String), u16>>,
     /// The data dir (absolute): repositories and keys `repo add` makes.
     pub data_dir: Arc<std::path::PathBuf>,
+    /// The operator's security settings (`crate::security`).
+    pub security: Arc<crate::security::Security>,
 }
 
 impl Services {

@@ -7,6 +7,7 @@
 mod cli;
 mod demo;
 mod output;
+mod security_args;
 mod telemetry;
 mod transfer;
 mod up;

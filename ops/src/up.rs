@@ -42,6 +42,8 @@ pub struct UpArgs {
     /// Simulate N nodes in 3 racks, each with two ssd disks and one hdd.
     #[arg(long, value_name = "N", conflicts_with = "disks")]
     pub nodes: Option<usize>,
+    #[command(flatten)]
+    pub security: crate::security_args::SecurityArgs,
 }
 
 pub fn cluster_config(data_dir: PathBuf, bus: BusChoice, nbd: Option<ListenAddr>) -> Config {
@@ -54,6 +56,7 @@ pub fn cluster_config(data_dir: PathBuf, bus: BusChoice, nbd: Option<ListenAddr>
         fuse: None,
         topology: None,
         limits: cairn_actors::Limits::default(),
+        security: cairn_actors::security::Security::default(),
     }
 }
 
@@ -77,6 +80,7 @@ pub async fn run(cli: &Cli, args: &UpArgs) -> anyhow::Result<i32> {
         .map(std::path::absolute)
         .collect::<Result<_, _>>()?;
     config.fuse = args.fuse.clone();
+    config.security = args.security.to_security()?;
     config.topology = match (&args.topology, args.nodes) {
         (Some(file), _) => {
             let text = std::fs::read_to_string(file)

@@ -1,0 +1,132 @@
+//! The operator's security flags of `cairn up` (and later `cairn control`),
+//! turned into [`cairn_actors::security::Security`]. Thin: it parses and
+//! checks shapes; the actors enforce.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use cairn_actors::security::{HookGrant, NbdSecurity, Security, split_grant};
+use clap::Args;
+
+#[derive(Debug, Args, Default)]
+pub struct SecurityArgs {
+    /// Let TENANT's App documents run hooks (any argv); repeat per tenant.
+    /// Without this (or --hooks-config), hooks are off for everyone.
+    #[arg(long = "hooks", value_name = "TENANT")]
+    pub hooks: Vec<String>,
+    /// Hooks per tenant with argv allowlists: YAML `tenants: {acme:
+    /// [[/usr/bin/psql], [sh, -c]]}`; a hook runs only when its argv starts
+    /// with one of its tenant's prefixes.
+    #[arg(long, value_name = "FILE")]
+    pub hooks_config: Option<PathBuf>,
+    /// Run hooks as this unprivileged user (name or uid).
+    #[arg(long, value_name = "USER")]
+    pub hooks_user: Option<String>,
+    /// Grant TENANT a directory for file repositories and key files, beyond
+    /// DATA_DIR/repos/TENANT and DATA_DIR/repo-keys/TENANT; repeatable.
+    #[arg(long = "repo-root", value_name = "TENANT=DIR")]
+    pub repo_roots: Vec<String>,
+    /// An S3 URL prefix (`s3://bucket[/prefix]?endpoint=URL`) any tenant may
+    /// use with its own credentials; repeatable. Without one, no s3:// repo.
+    #[arg(long = "s3-allow", value_name = "URL_PREFIX")]
+    pub s3_allow: Vec<String>,
+    /// Let TENANT use the server's own S3 credentials for repos under
+    /// URL_PREFIX; repeatable.
+    #[arg(long = "s3-grant", value_name = "TENANT=URL_PREFIX")]
+    pub s3_grants: Vec<String>,
+    /// Group of the NBD unix socket (mode 0660).
+    #[arg(long, value_name = "GROUP")]
+    pub nbd_socket_group: Option<String>,
+    /// Server certificate (PEM) for NBD over TCP, which requires TLS.
+    #[arg(long, value_name = "FILE", requires = "nbd_tls_key")]
+    pub nbd_tls_cert: Option<PathBuf>,
+    /// The server certificate's private key (PEM).
+    #[arg(long, value_name = "FILE", requires = "nbd_tls_cert")]
+    pub nbd_tls_key: Option<PathBuf>,
+    /// CA (PEM) of client certificates; a client certificate's common name
+    /// is the tenant whose exports it sees.
+    #[arg(long, value_name = "FILE")]
+    pub nbd_tls_client_ca: Option<PathBuf>,
+    /// Serve NBD over TCP without TLS (loopback benchmarks only).
+    #[arg(long)]
+    pub nbd_insecure_tcp: bool,
+    /// Requests of one tenant worked on at once.
+    #[arg(long, value_name = "N", default_value_t = 64)]
+    pub tenant_requests: usize,
+    /// Workflows of one tenant running at once.
+    #[arg(long, value_name = "N", default_value_t = 256)]
+    pub tenant_sagas: usize,
+    /// Hooks of one tenant running at once.
+    #[arg(long, value_name = "N", default_value_t = 4)]
+    pub tenant_hooks: usize,
+}
+
+/// The `--hooks-config` file.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HooksConfig {
+    tenants: std::collections::BTreeMap<String, Vec<Vec<String>>>,
+}
+
+impl SecurityArgs {
+    pub fn to_security(&self) -> anyhow::Result<Security> {
+        let mut security = Security::default();
+        for tenant in &self.hooks {
+            cairn_schema::names::check_label("tenant", tenant)
+                .map_err(|e| anyhow::anyhow!("--hooks {tenant:?}: {}", e.message))?;
+            security.hooks.insert(tenant.clone(), HookGrant::Any);
+        }
+        if let Some(file) = &self.hooks_config {
+            let text = std::fs::read_to_string(file)
+                .with_context(|| format!("--hooks-config {}", file.display()))?;
+            let config: HooksConfig = serde_yaml::from_str(&text)
+                .with_context(|| format!("--hooks-config {}", file.display()))?;
+            for (tenant, prefixes) in config.tenants {
+                cairn_schema::names::check_label("tenant", &tenant).map_err(|e| {
+                    anyhow::anyhow!("--hooks-config {}: {}", file.display(), e.message)
+                })?;
+                if prefixes.iter().any(Vec::is_empty) {
+                    anyhow::bail!(
+                        "--hooks-config {}: tenant {tenant} has an empty argv prefix (use --hooks {tenant} to allow any)",
+                        file.display()
+                    );
+                }
+                match security.hooks.get_mut(&tenant) {
+                    Some(HookGrant::Any) => {}
+                    Some(HookGrant::Prefixes(list)) => list.extend(prefixes),
+                    None => {
+                        security.hooks.insert(tenant, HookGrant::Prefixes(prefixes));
+                    }
+                }
+            }
+        }
+        security.hooks_user = self.hooks_user.clone();
+        for grant in &self.repo_roots {
+            let (tenant, dir) =
+                split_grant(grant).map_err(|e| anyhow::anyhow!("--repo-root {e}"))?;
+            let dir = std::path::absolute(&dir).with_context(|| format!("--repo-root {grant}"))?;
+            security.repo_roots.entry(tenant).or_default().push(dir);
+        }
+        security.s3_allow = self.s3_allow.clone();
+        for grant in &self.s3_grants {
+            let (tenant, prefix) =
+                split_grant(grant).map_err(|e| anyhow::anyhow!("--s3-grant {e}"))?;
+            security
+                .s3_server_credentials
+                .entry(tenant)
+                .or_default()
+                .push(prefix);
+        }
+        security.nbd = NbdSecurity {
+            socket_group: self.nbd_socket_group.clone(),
+            tls_cert: self.nbd_tls_cert.clone(),
+            tls_key: self.nbd_tls_key.clone(),
+            tls_client_ca: self.nbd_tls_client_ca.clone(),
+            insecure_tcp: self.nbd_insecure_tcp,
+        };
+        security.caps.requests_in_flight = self.tenant_requests;
+        security.caps.sagas_running = self.tenant_sagas;
+        security.caps.hooks_running = self.tenant_hooks;
+        Ok(security)
+    }
+}
