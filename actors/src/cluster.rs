@@ -448,6 +448,9 @@ impl Cluster {
             registry: registry.clone(),
             me: me.clone(),
             repos: Default::default(),
+            tenant_slots: crate::gateway::TenantSlots::new(
+                services.security.caps.requests_in_flight,
+            ),
         });
         // Every workflow the journal says is running was cut short by the
         // last stop: it goes on (or compensates) from its journaled facts.

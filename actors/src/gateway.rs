@@ -40,8 +40,11 @@ use cairn_workflows::{Plan, Topology, app_placement};
 /// Span field names; they live in [`crate::telemetry::fields`].
 pub use crate::telemetry::fields;
 
+mod admission;
 mod repos;
 mod sagas;
+
+pub use admission::TenantSlots;
 
 pub use repos::Repos;
 
@@ -52,6 +55,8 @@ pub struct Gateway {
     pub me: std::sync::Weak<Gateway>,
     /// Open backup repositories and their locks.
     pub repos: Repos,
+    /// Each tenant's share of the requests in flight.
+    pub tenant_slots: TenantSlots,
 }
 
 /// Who sent a request, from its headers.
@@ -93,6 +98,28 @@ impl Gateway {
                 m = requests.next() => match m { Some(m) => m, None => break },
                 _ = shutdown.changed() => break,
             };
+            // A reply may only go to an inbox: never into a subject under
+            // `cairn.` (another tenant's event stream). Such a request is
+            // not run at all.
+            if let Some(reply) = &message.reply
+                && !subject::reply_allowed(reply, &self.services.security.inbox_prefix)
+            {
+                tracing::warn!(subject = %message.subject, reply = %reply, "request dropped: its reply subject is not an inbox");
+                continue;
+            }
+            // One tenant's requests are bounded on their own, so a tenant
+            // that fills its share gets `resource_exhausted` at once and
+            // the shared pool stays open for the others.
+            let tenant_permit = match self.tenant_slots.acquire(&message.subject) {
+                Ok(permit) => permit,
+                Err(refusal) => {
+                    let bus = bus.clone();
+                    actix_rt::spawn(async move {
+                        reply_with(&bus, message.reply.as_deref(), &refusal.to_reply()).await;
+                    });
+                    continue;
+                }
+            };
             let permit = in_flight
                 .clone()
                 .acquire_owned()
@@ -103,6 +130,7 @@ impl Gateway {
             actix_rt::spawn(async move {
                 gateway.answer(&bus, message).await;
                 drop(permit);
+                drop(tenant_permit);
             });
         }
         drop(requests);
@@ -114,7 +142,8 @@ impl Gateway {
     async fn answer(&self, bus: &Bus, message: BusMessage) {
         let caller = Caller {
             request_id: message.header(REQUEST_ID_HEADER).map(str::to_owned),
-            user: message.header(USER_HEADER).map(str::to_owned),
+            // Recorded as claimed, not as proven: any client can set it.
+            user: message.header(USER_HEADER).map(claimed_user),
             parent: None,
         };
         let span = tracing::info_span!(
@@ -135,18 +164,13 @@ impl Gateway {
                 e.to_reply()
             }
         };
-        if let Some(reply) = message.reply {
-            let bytes = Bytes::from(serde_json::to_vec(&body).expect("json values serialize"));
-            if let Err(e) = bus.publish(&reply, bytes).await {
-                tracing::warn!(error = %e, "reply not sent");
-            }
-        }
+        reply_with(bus, message.reply.as_deref(), &body).await;
     }
 
     async fn dispatch_raw(
         &self,
         subject_text: &str,
-        payload: &[u8],
+        payload: &Bytes,
         caller: &Caller,
     ) -> Result<Value, ApiError> {
         let limit = self.services.limits.max_request_bytes;
@@ -159,13 +183,56 @@ impl Gateway {
                 ),
             ));
         }
+        if let Some(id) = &caller.request_id
+            && (id.is_empty() || id.len() > MAX_REQUEST_ID_BYTES)
+        {
+            return Err(ApiError::invalid(format!(
+                "the {REQUEST_ID_HEADER} header must be 1 to {MAX_REQUEST_ID_BYTES} bytes"
+            )));
+        }
         let parsed = subject::parse_request(subject_text)?;
         let span = tracing::Span::current();
         span.record(fields::TENANT, parsed.tenant.as_str());
         span.record(fields::KIND, parsed.kind.as_str());
         span.record(fields::VERB, parsed.verb.as_str());
-        let command = Command::parse(&parsed.kind, &parsed.verb, payload)?;
+        // A large body (YAML above all) is decoded off the gateway's
+        // thread, so one tenant's slow parse never stalls the others.
+        let command = if payload.len() > INLINE_PARSE_BYTES {
+            let (kind, verb, body) = (parsed.kind.clone(), parsed.verb.clone(), payload.clone());
+            tokio::task::spawn_blocking(move || Command::parse(&kind, &verb, &body))
+                .await
+                .map_err(|e| ApiError::internal(format!("request decoding failed: {e}")))??
+        } else {
+            Command::parse(&parsed.kind, &parsed.verb, payload)?
+        };
+        self.authorize(&parsed, &command)?;
         self.dispatch(&parsed.tenant, command, caller).await
+    }
+
+    /// The operator's commands are served only on the admin subject space
+    /// (when the bus proves who is a tenant), and the admin space serves
+    /// nothing else.
+    fn authorize(
+        &self,
+        parsed: &subject::RequestSubject,
+        command: &Command,
+    ) -> Result<(), ApiError> {
+        let (kind, verb) = (&parsed.kind, &parsed.verb);
+        let operator_only = command.operator_only();
+        if parsed.is_admin() {
+            if !operator_only && !matches!(command, Command::Query(Query::Ping)) {
+                return Err(ApiError::invalid(format!(
+                    "{kind}.{verb} is a tenant's command: send it on {}",
+                    subject::request("<tenant>", kind, verb)
+                )));
+            }
+        } else if operator_only && self.services.security.confined() {
+            return Err(ApiError::denied(format!(
+                "{kind}.{verb} is the operator's command: it is served only on {} (`cairn` sends it there with the operator's credentials)",
+                subject::admin_request(kind, verb)
+            )));
+        }
+        Ok(())
     }
 
     /// Runs one decoded command for a tenant.
@@ -186,8 +253,9 @@ impl Gateway {
             _ => {
                 let journal = &self.services.journal;
                 if let Some(id) = &caller.request_id
-                    && let Some(first) =
-                        journal.lookup_request(id).map_err(|e| journal_error(&e))?
+                    && let Some(first) = journal
+                        .lookup_request(tenant, id)
+                        .map_err(|e| journal_error(&e))?
                 {
                     return Ok(serde_json::from_slice(&first).unwrap_or(Value::Null));
                 }
@@ -330,7 +398,7 @@ impl Gateway {
         let plans: Vec<(String, Plan)> = apps
             .iter()
             .map(|((t, name), state)| {
-                let shown = if t == tenant {
+                let shown = if t == tenant || tenant == subject::ADMIN_SPACE {
                     name.clone()
                 } else {
                     format!("(tenant {t})")
@@ -939,6 +1007,33 @@ fn actor_failed(kind: &str, name: &str) -> ApiError {
         "the actor of {kind} {name} failed while handling this command and was rebuilt from the \
          journal; nothing was committed unless `cairn events` shows it; retry with the same request id"
     ))
+}
+
+/// Request bodies above this many bytes are decoded on a blocking thread.
+const INLINE_PARSE_BYTES: usize = 16 << 10;
+/// The longest `Cairn-Request-Id` accepted.
+pub const MAX_REQUEST_ID_BYTES: usize = 128;
+/// The longest claimed user name kept (the `Cairn-User` header).
+const MAX_CLAIMED_USER_BYTES: usize = 64;
+
+/// How a client-set user name is recorded: as claimed, not as proven (any
+/// client can set the header), and bounded.
+fn claimed_user(user: &str) -> String {
+    let mut end = user.len().min(MAX_CLAIMED_USER_BYTES);
+    while !user.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("claimed:{}", &user[..end])
+}
+
+/// Publishes a reply, when the request asked for one.
+async fn reply_with(bus: &Bus, reply: Option<&str>, body: &Value) {
+    if let Some(reply) = reply {
+        let bytes = Bytes::from(serde_json::to_vec(body).expect("json values serialize"));
+        if let Err(e) = bus.publish(reply, bytes).await {
+            tracing::warn!(error = %e, "reply not sent");
+        }
+    }
 }
 
 /// A fresh request id for commands sent without one.

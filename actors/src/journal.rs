@@ -135,6 +135,13 @@ impl Default for Limits {
     }
 }
 
+/// The key of a request id in the `requests` table: scoped by tenant, so
+/// one tenant's id never finds another's reply. (A tenant label has no
+/// `/`; the reserved tenants start with `_`.)
+pub fn dedup_key(tenant: &str, id: &str) -> String {
+    format!("{tenant}/{id}")
+}
+
 /// Who and what caused an append.
 #[derive(Debug, Clone, Default)]
 pub struct Causation {
@@ -565,12 +572,13 @@ impl Journal {
         }
     }
 
-    /// The reply stored for a request id, if any.
-    pub fn lookup_request(&self, id: &str) -> Result<Option<Vec<u8>>, Error> {
+    /// The reply stored for a tenant's request id, if any. Request ids are
+    /// scoped by tenant: one tenant reusing another's id finds nothing.
+    pub fn lookup_request(&self, tenant: &str, id: &str) -> Result<Option<Vec<u8>>, Error> {
         let path = &self.inner.path;
         let table = self.table(REQUESTS)?;
         Ok(table
-            .get(id)
+            .get(dedup_key(tenant, id).as_str())
             .map_err(|e| Error::storage(path, e))?
             .map(|v| v.value().to_vec()))
     }
@@ -1113,7 +1121,7 @@ impl Writer {
         txn.set_durability(redb::Durability::None)
             .map_err(|e| storage(&e))?;
         let mut encoded: Vec<Vec<u8>> = Vec::new();
-        let mut replies: Vec<(&str, &[u8])> = Vec::new();
+        let mut replies: Vec<(String, &[u8])> = Vec::new();
         let mut results = Vec::with_capacity(batch.len());
         let snapshot = world.seq > self.snapshot_seq
             && world.seq - self.snapshot_seq >= self.limits.snapshot_every;
@@ -1128,14 +1136,15 @@ impl Writer {
             for request in batch {
                 let c = &request.causation;
                 if c.dedup {
-                    if let Some(first) = requests.get(c.id.as_str()).map_err(|e| storage(&e))? {
+                    let key = dedup_key(&c.tenant, &c.id);
+                    if let Some(first) = requests.get(key.as_str()).map_err(|e| storage(&e))? {
                         results.push(Appended::Duplicate(first.value().to_vec()));
                         continue;
                     }
                     requests
-                        .insert(c.id.as_str(), request.reply.as_slice())
+                        .insert(key.as_str(), request.reply.as_slice())
                         .map_err(|e| storage(&e))?;
-                    replies.push((c.id.as_str(), request.reply.as_slice()));
+                    replies.push((key, request.reply.as_slice()));
                 }
                 let mut records = Vec::with_capacity(request.events.len());
                 for event in &request.events {
@@ -1160,7 +1169,7 @@ impl Writer {
             let frame = Frame {
                 after: self.head.0,
                 records: encoded.iter().map(Vec::as_slice).collect(),
-                requests: replies,
+                requests: replies.iter().map(|(k, r)| (k.as_str(), *r)).collect(),
             }
             .encode();
             // Dropping `txn` on an error aborts it.
@@ -1213,6 +1222,41 @@ mod tests {
         }
     }
 
+    /// Finding 3 of issue 13: one tenant reused another's request id and
+    /// got its reply.
+    #[tokio::test]
+    async fn request_ids_are_scoped_by_tenant() {
+        let dir = tempfile::tempdir().unwrap();
+        let journal = Journal::open(&dir.path().join("journal.redb"), Limits::default()).unwrap();
+        journal
+            .append(create("v1", "shared-id", true))
+            .await
+            .unwrap();
+        let mut evil = create("v2", "shared-id", true);
+        evil.causation.tenant = "evil".into();
+        evil.reply = b"evil's own reply".to_vec();
+        let appended = journal.append(evil).await.unwrap();
+        assert!(
+            matches!(appended, Appended::Records(ref r) if r.len() == 1),
+            "another tenant's id is not a duplicate: {appended:?}"
+        );
+        assert_eq!(
+            journal
+                .lookup_request("evil", "shared-id")
+                .unwrap()
+                .as_deref(),
+            Some(&b"evil's own reply"[..])
+        );
+        assert_eq!(
+            journal
+                .lookup_request("default", "shared-id")
+                .unwrap()
+                .as_deref(),
+            Some(&b"reply-v1"[..])
+        );
+        assert_eq!(journal.lookup_request("acme", "shared-id").unwrap(), None);
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn concurrent_appends_chain_dedup_and_survive_reopen() {
         let dir = tempfile::tempdir().unwrap();
@@ -1245,7 +1289,7 @@ mod tests {
 
         let journal = Journal::open(&path, Limits::default()).unwrap();
         assert_eq!(
-            journal.lookup_request("r7").unwrap().as_deref(),
+            journal.lookup_request("default", "r7").unwrap().as_deref(),
             Some(&b"reply-v7"[..])
         );
         journal.append(create("v64", "r64", false)).await.unwrap();
@@ -1667,7 +1711,7 @@ mod tests {
         assert_eq!(journal.world().unwrap(), expected);
         assert_eq!(journal.verify_chain().unwrap(), Ok(50));
         assert_eq!(
-            journal.lookup_request("r49").unwrap().as_deref(),
+            journal.lookup_request("default", "r49").unwrap().as_deref(),
             Some(&b"reply-v49"[..])
         );
         let again = journal.append(create("x", "r7", true)).await.unwrap();
@@ -1676,7 +1720,7 @@ mod tests {
 
         let journal = Journal::open(&torn_path, limits).unwrap();
         assert_eq!(journal.recovery().wal_records, 49, "the torn batch is lost");
-        assert_eq!(journal.lookup_request("r49").unwrap(), None);
+        assert_eq!(journal.lookup_request("default", "r49").unwrap(), None);
         journal.append(create("v49", "r49", true)).await.unwrap();
         assert_eq!(journal.verify_chain().unwrap(), Ok(50));
         // A clean close checkpoints: the next start replays no log.

@@ -167,7 +167,7 @@ impl Handler<Execute> for VolumeActor {
             if msg.causation.dedup
                 && let Some(first) = services
                     .journal
-                    .lookup_request(&msg.causation.id)
+                    .lookup_request(&msg.causation.tenant, &msg.causation.id)
                     .map_err(|e| journal_error(&e))?
             {
                 return Ok((

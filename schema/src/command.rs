@@ -836,6 +836,18 @@ fn builtin<const N: usize>(
 }
 
 impl Command {
+    /// The operator's commands: they touch the whole cluster (nodes) or
+    /// read what is no one tenant's (cluster-wide events). Served on the
+    /// admin subject space when the bus authenticates its users.
+    pub fn operator_only(&self) -> bool {
+        matches!(
+            self,
+            Command::NodeFail { .. }
+                | Command::Query(Query::NodeList)
+                | Command::Query(Query::EventsList(EventsFilter { cluster: true, .. }))
+        )
+    }
+
     /// Decodes and validates a request. Never panics on any input.
     pub fn parse(kind: &str, verb: &str, bytes: &[u8]) -> Result<Command, ApiError> {
         let cmd = match (kind, verb) {

@@ -42,6 +42,10 @@ pub enum ErrorCode {
     /// The key given does not open the encrypted store (a backup
     /// repository): nothing was read or changed.
     WrongKey,
+    /// The caller may not do this: an operator's command from a tenant, a
+    /// hook the operator has not enabled, a path or endpoint outside the
+    /// tenant's grants. Nothing was changed.
+    PermissionDenied,
 }
 
 impl ErrorCode {
@@ -62,6 +66,7 @@ impl ErrorCode {
             ErrorCode::DeadlineExceeded => "deadline_exceeded",
             ErrorCode::Aborted => "aborted",
             ErrorCode::WrongKey => "wrong_key",
+            ErrorCode::PermissionDenied => "permission_denied",
         }
     }
 }
@@ -101,6 +106,10 @@ impl ApiError {
 
     pub fn invalid(message: impl Into<String>) -> ApiError {
         ApiError::new(ErrorCode::InvalidArgument, message)
+    }
+
+    pub fn denied(message: impl Into<String>) -> ApiError {
+        ApiError::new(ErrorCode::PermissionDenied, message)
     }
 
     pub fn not_found(message: impl Into<String>) -> ApiError {

@@ -1,7 +1,12 @@
 //! NATS subject names and wildcard matching.
 //!
 //! - Requests: `cairn.v1.<tenant>.<kind>.<verb>`.
+//! - The operator's requests (nodes, tenant credentials, cluster events):
+//!   `cairn.v1._admin.<kind>.<verb>`. `_admin` is not a valid tenant label,
+//!   so no tenant's `cairn.v1.<tenant>.>` permission reaches it.
 //! - Events: `cairn.v1.<tenant>.evt.<aggregate kind>.<EventKind>`.
+//! - Replies go only to inbox subjects (`_INBOX.` by default), never under
+//!   `cairn.`.
 
 use crate::ApiError;
 use crate::names::check_label;
@@ -11,11 +16,29 @@ pub const DEFAULT_TENANT: &str = "default";
 /// The tenant of cluster-wide facts (nodes). Not a valid tenant label, so no
 /// request subject can name it; every tenant sees its events.
 pub const CLUSTER_TENANT: &str = "_cluster";
+/// The operator's subject space: the third token of admin requests. Not a
+/// valid tenant label.
+pub const ADMIN_SPACE: &str = "_admin";
 /// What the gateway subscribes to: exactly tenant, kind and verb.
 pub const REQUEST_WILDCARD: &str = "cairn.v1.*.*.*";
 
 pub fn request(tenant: &str, kind: &str, verb: &str) -> String {
     format!("{PREFIX}.{tenant}.{kind}.{verb}")
+}
+
+/// An operator's request subject: `cairn.v1._admin.<kind>.<verb>`.
+pub fn admin_request(kind: &str, verb: &str) -> String {
+    format!("{PREFIX}.{ADMIN_SPACE}.{kind}.{verb}")
+}
+
+/// Whether a reply subject is one the gateway may publish to: it starts
+/// with the inbox prefix and lies nowhere under `cairn.` (so no caller can
+/// aim a reply into another tenant's event stream).
+pub fn reply_allowed(reply: &str, inbox_prefix: &str) -> bool {
+    reply.starts_with(inbox_prefix)
+        && !reply.starts_with("cairn.")
+        && reply.len() <= 256
+        && !reply.contains(['*', '>', ' ', '\t', '\r', '\n'])
 }
 
 /// `volume/v1` + `VolumeCreated` → `cairn.v1.default.evt.volume.VolumeCreated`.
@@ -37,6 +60,7 @@ pub fn events_wildcard(tenant: &str) -> String {
 /// A parsed request subject.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RequestSubject {
+    /// The tenant, or [`ADMIN_SPACE`] for the operator's requests.
     pub tenant: String,
     pub kind: String,
     pub verb: String,
@@ -53,12 +77,21 @@ pub fn parse_request(subject: &str) -> Result<RequestSubject, ApiError> {
             "subject {subject:?} is not {PREFIX}.<tenant>.<kind>.<verb>"
         )));
     };
-    check_label("tenant", tenant)?;
+    if *tenant != ADMIN_SPACE {
+        check_label("tenant", tenant)?;
+    }
     Ok(RequestSubject {
         tenant: tenant.to_string(),
         kind: kind.to_string(),
         verb: verb.to_string(),
     })
+}
+
+impl RequestSubject {
+    /// Whether this is the operator's subject space.
+    pub fn is_admin(&self) -> bool {
+        self.tenant == ADMIN_SPACE
+    }
 }
 
 /// NATS wildcard matching: `*` matches one token, a final `>` one or more.
@@ -91,6 +124,26 @@ mod tests {
         assert!(parse_request("cairn.v1.default.volume").is_err());
         assert!(parse_request("other.v1.default.volume.create").is_err());
         assert!(parse_request("cairn.v1.BAD.volume.create").is_err());
+        assert!(parse_request("cairn.v1._cluster.node.fail").is_err());
+        let admin = parse_request(&admin_request("node", "fail")).unwrap();
+        assert!(admin.is_admin());
+        assert!(!s.is_admin());
+    }
+
+    #[test]
+    fn replies_go_only_to_inboxes() {
+        assert!(reply_allowed("_INBOX.abc.def", "_INBOX."));
+        assert!(!reply_allowed(
+            "cairn.v1.acme.evt.volume.VolumeCreated",
+            "_INBOX."
+        ));
+        assert!(!reply_allowed("cairn.v1.acme.evt.x", "cairn."));
+        assert!(!reply_allowed("other.subject", "_INBOX."));
+        assert!(!reply_allowed("_INBOX.>", "_INBOX."));
+        assert!(!reply_allowed(
+            &format!("_INBOX.{}", "x".repeat(300)),
+            "_INBOX."
+        ));
     }
 
     #[test]
