@@ -65,6 +65,11 @@ impl Registry {
         self.sagas.len()
     }
 
+    /// Sagas of one tenant running now (a scan: at most the global cap).
+    pub fn running_sagas_of(&self, tenant: &str) -> usize {
+        self.sagas.iter().filter(|e| e.key().0 == tenant).count()
+    }
+
     pub fn volume(&self, tenant: &str, name: &str) -> Option<Addr<VolumeActor>> {
         self.volumes.get(&key(tenant, name)).map(|a| a.clone())
     }

@@ -101,6 +101,7 @@ pub struct Manifest {
 /// `kind: App` document's name; one of them must be given.
 pub fn parse_manifest(text: &str, name: Option<&str>) -> Result<Manifest, ApiError> {
     use serde::Deserialize as _;
+    crate::yaml::check_nesting("the manifest", text)?;
     let mut objects = Vec::new();
     for (idx, document) in serde_yaml::Deserializer::from_str(text).enumerate() {
         let value = Value::deserialize(document).map_err(|e| {

@@ -22,6 +22,7 @@ pub mod state;
 pub mod subject;
 pub mod time;
 pub mod workflow;
+pub mod yaml;
 
 pub use app::{AppCommand, AppState};
 pub use command::{Command, Query, VolumeCommand};

@@ -37,6 +37,11 @@ pub const MAX_STEPS: usize = 64;
 pub const MAX_DEFINITION_BYTES: usize = 64 << 10;
 /// The longest timeout a step may ask for (a day).
 pub const MAX_TIMEOUT_MS: u64 = 24 * 3600 * 1000;
+/// The longest wait between two attempts of a step (an hour): a definition
+/// cannot park a workflow, and its tenant's saga slot, for years.
+pub const MAX_BACKOFF_MS: u64 = 3600 * 1000;
+/// Most attempts of one step.
+pub const MAX_ATTEMPTS: u32 = 100;
 
 /// One API command: `kind.verb` with JSON arguments.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -234,6 +239,7 @@ pub fn parse(text: &str) -> Result<Template, ApiError> {
             text.len()
         )));
     }
+    cairn_schema::yaml::check_nesting("the workflow definition", text)?;
     let doc: Document = serde_yaml::from_str(text).map_err(invalid)?;
     if doc.kind != "Workflow" {
         return Err(invalid(format!(
@@ -363,12 +369,24 @@ impl Template {
                     Some(r) => {
                         let d = Retry::default();
                         let ms = |v: &Option<Value>, default: u64| -> Result<u64, ApiError> {
-                            v.as_ref().map_or(Ok(default), |v| {
+                            let ms = v.as_ref().map_or(Ok(default), |v| {
                                 parse_duration_ms(v).map_err(|e| invalid(at(&e)))
-                            })
+                            })?;
+                            if ms > MAX_BACKOFF_MS {
+                                return Err(invalid(at(
+                                    "retry backoff and maxBackoff must be at most 1h",
+                                )));
+                            }
+                            Ok(ms)
                         };
+                        let attempts = r.attempts.unwrap_or(d.max_attempts);
+                        if !(1..=MAX_ATTEMPTS).contains(&attempts) {
+                            return Err(invalid(at(&format!(
+                                "retry attempts must be 1 to {MAX_ATTEMPTS}"
+                            ))));
+                        }
                         Retry {
-                            max_attempts: r.attempts.unwrap_or(d.max_attempts).clamp(1, 100),
+                            max_attempts: attempts,
                             backoff_ms: ms(&r.backoff, d.backoff_ms)?,
                             max_backoff_ms: ms(&r.max_backoff, d.max_backoff_ms)?,
                         }
@@ -533,6 +551,31 @@ spec:
         assert!(parse("{not yaml").is_err());
         let e = parse(&NIGHTLY.replace("timeout: 5m", "timeout: 5 weeks")).unwrap_err();
         assert!(e.message.contains("unit"), "{}", e.message);
+    }
+
+    /// Finding 5 of issue 13: `backoff: 87600h` parked a workflow (and a
+    /// saga slot) for ten years.
+    #[test]
+    fn retry_is_bounded_before_anything_runs() {
+        let params = [("app".to_owned(), json!("shop"))];
+        let resolve = |text: &str| parse(text).and_then(|t| t.resolve("wf-1", &params));
+        let long = NIGHTLY.replace("backoff: 1s", "backoff: 87600h");
+        assert!(
+            long.contains("87600h"),
+            "the fixture has a backoff to replace"
+        );
+        let e = resolve(&long).unwrap_err();
+        assert!(e.message.contains("at most 1h"), "{}", e.message);
+        let e =
+            resolve(&NIGHTLY.replace("backoff: 1s", "backoff: 1s, maxBackoff: 2h")).unwrap_err();
+        assert!(e.message.contains("at most 1h"), "{}", e.message);
+        let e = resolve(&NIGHTLY.replace("attempts: 2", "attempts: 100000")).unwrap_err();
+        assert!(
+            e.message.contains("attempts must be 1 to 100"),
+            "{}",
+            e.message
+        );
+        assert!(resolve(&NIGHTLY.replace("backoff: 1s", "backoff: 1h")).is_ok());
     }
 
     #[test]

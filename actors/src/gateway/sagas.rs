@@ -619,6 +619,18 @@ impl Gateway {
                 format!("{MAX_RUNNING_SAGAS} workflows are running; try again later"),
             ));
         }
+        // One tenant's share, so it cannot take every slot. A nested
+        // workflow (a step of a running one) is not refused: its parent
+        // holds a slot already and would otherwise fail half done.
+        let per_tenant = self.services.security.caps.sagas_running;
+        if caller.parent.is_none() && self.registry.running_sagas_of(tenant) >= per_tenant {
+            return Err(ApiError::new(
+                ErrorCode::ResourceExhausted,
+                format!(
+                    "tenant {tenant} has {per_tenant} workflows running, its limit; try again when some have finished"
+                ),
+            ));
+        }
         // Claim the id before journaling, so copies of one request racing
         // each other start one workflow; look at the journal again under
         // the claim (a copy may have started and finished it meanwhile).
