@@ -62,6 +62,52 @@ pub struct NatsOptions {
     pub tls_cert_file: Option<std::path::PathBuf>,
     pub tls_key_file: Option<std::path::PathBuf>,
     pub name: Option<String>,
+    /// Reply subjects this client listens on (`_INBOX` by default); the CLI
+    /// uses `_INBOX.<tenant>`, which a tenant's NATS user may subscribe to.
+    pub inbox_prefix: Option<String>,
+}
+
+/// Credentials given in a NATS URL (`nats://user:password@host:port`, or
+/// `nats://token@host:port`), and the URL without them. A comma-separated
+/// list of URLs is taken whole; the first with credentials gives them.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct UrlCredentials {
+    pub url: String,
+    pub user: Option<String>,
+    pub password: Option<String>,
+    pub token: Option<String>,
+}
+
+pub fn split_url_credentials(urls: &str) -> UrlCredentials {
+    let decode = |text: &str| {
+        percent_encoding::percent_decode_str(text)
+            .decode_utf8_lossy()
+            .into_owned()
+    };
+    let mut out = UrlCredentials::default();
+    let mut stripped = Vec::new();
+    for part in urls.split(',') {
+        let part = part.trim();
+        match url::Url::parse(part) {
+            Ok(mut parsed) if !parsed.username().is_empty() || parsed.password().is_some() => {
+                if out.user.is_none() && out.token.is_none() {
+                    match parsed.password() {
+                        Some(password) => {
+                            out.user = Some(decode(parsed.username()));
+                            out.password = Some(decode(password));
+                        }
+                        None => out.token = Some(decode(parsed.username())),
+                    }
+                }
+                let _ = parsed.set_username("");
+                let _ = parsed.set_password(None);
+                stripped.push(parsed.to_string().trim_end_matches('/').to_owned());
+            }
+            _ => stripped.push(part.to_owned()),
+        }
+    }
+    out.url = stripped.join(",");
+    out
 }
 
 #[derive(Clone)]
@@ -81,6 +127,17 @@ impl Bus {
     /// every subscription, so the gateway keeps serving across a nats-server
     /// restart (`integration/tests/control.rs` checks it).
     pub async fn connect(options: &NatsOptions) -> Result<Bus, Error> {
+        // Credentials in the URL count like the options (which win), and
+        // never appear in a message.
+        let in_url = split_url_credentials(&options.url);
+        let mut options = options.clone();
+        if options.user.is_none() && options.token.is_none() {
+            options.user = in_url.user;
+            options.password = in_url.password;
+            options.token = in_url.token;
+        }
+        options.url = in_url.url;
+        let options = &options;
         let url = options.url.clone();
         let fail = |message: String| Error::Connect {
             url: url.clone(),
@@ -128,6 +185,9 @@ impl Bus {
             opts = opts
                 .add_client_certificate(cert.clone(), key.clone())
                 .require_tls(true);
+        }
+        if let Some(prefix) = &options.inbox_prefix {
+            opts = opts.custom_inbox_prefix(prefix);
         }
         let client = opts
             .name(options.name.clone().unwrap_or_else(|| "cairn".into()))
@@ -366,6 +426,25 @@ impl LocalBus {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Finding 11 of issue 13: credentials in the URL were ignored.
+    #[test]
+    fn url_credentials_are_taken_and_stripped() {
+        let c = split_url_credentials("nats://acme:s%40cret@127.0.0.1:4222");
+        assert_eq!(c.user.as_deref(), Some("acme"));
+        assert_eq!(c.password.as_deref(), Some("s@cret"));
+        assert_eq!(c.url, "nats://127.0.0.1:4222");
+        let t = split_url_credentials("nats://tok3n@h1:4222, nats://h2:4222");
+        assert_eq!(t.token.as_deref(), Some("tok3n"));
+        assert_eq!(t.url, "nats://h1:4222,nats://h2:4222");
+        let plain = split_url_credentials("nats://127.0.0.1:4222");
+        assert_eq!(plain.user, None);
+        assert_eq!(plain.url, "nats://127.0.0.1:4222");
+        assert_eq!(
+            split_url_credentials("127.0.0.1:4222").url,
+            "127.0.0.1:4222"
+        );
+    }
 
     #[tokio::test]
     async fn local_bus_does_request_reply_with_wildcards() {

@@ -62,6 +62,15 @@ impl Client {
         .await
     }
 
+    /// Sends one of the operator's commands on the admin subject space
+    /// (`cairn.v1._admin.<kind>.<verb>`), with a fresh request id.
+    pub async fn call_admin(&self, kind: &str, verb: &str, body: &Value) -> Result<Value, Error> {
+        let id = crate::gateway::new_request_id();
+        let payload = Bytes::from(serde_json::to_vec(body).expect("json values serialize"));
+        self.call_raw(&subject::admin_request(kind, verb), payload, Some(&id))
+            .await
+    }
+
     /// Sends raw bytes to a subject; for tests and `cairn request`.
     pub async fn call_raw(
         &self,

@@ -293,10 +293,18 @@ impl Cluster {
             BusChoice::Local => Bus::local(),
             BusChoice::Auto => match nats_server::find_binary() {
                 Some(binary) => {
-                    let server = NatsServer::start(&binary, Some(&dir.join("nats-server.log")))
-                        .map_err(Error::NatsServer)?;
+                    // With credentials: a tenant's user reaches only its
+                    // own subjects, and no local user is every tenant.
+                    let (server, users) = NatsServer::start_authenticated(
+                        &binary,
+                        dir,
+                        Some(&dir.join("nats-server.log")),
+                    )
+                    .map_err(Error::NatsServer)?;
                     let bus = Bus::connect(&NatsOptions {
                         url: server.url.clone(),
+                        user: Some(crate::nats_auth::SERVER_USER.to_owned()),
+                        password: Some(users.server_password.clone()),
                         ..Default::default()
                     })
                     .await?;

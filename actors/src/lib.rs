@@ -28,6 +28,7 @@ pub mod failpoint;
 pub mod gateway;
 pub mod hooks;
 pub mod journal;
+pub mod nats_auth;
 pub mod nats_server;
 pub mod node;
 pub mod registry;

@@ -28,13 +28,42 @@ pub fn free_port() -> std::io::Result<u16> {
 }
 
 impl NatsServer {
-    /// Starts `binary` on a free port and waits until it accepts connections.
+    /// Starts `binary` on a free port, without authentication (tests and
+    /// benchmarks that bring their own), and waits until it accepts
+    /// connections.
     pub fn start(binary: &Path, log_file: Option<&Path>) -> std::io::Result<NatsServer> {
         let port = free_port()?;
         let mut command = Command::new(binary);
+        command.args(["-a", "127.0.0.1", "-p", &port.to_string()]);
+        NatsServer::spawn(command, port, log_file)
+    }
+
+    /// Starts `binary` on a free port with generated credentials in
+    /// `<data>/nats` (see [`crate::nats_auth`]): the embedded default of
+    /// `cairn up`. Returns the server and the users.
+    pub fn start_authenticated(
+        binary: &Path,
+        data_dir: &Path,
+        log_file: Option<&Path>,
+    ) -> std::io::Result<(NatsServer, crate::nats_auth::Users)> {
+        let port = free_port()?;
+        let auth = crate::nats_auth::AuthDir::new(data_dir);
+        let users = auth.prepare(port)?;
+        let mut command = Command::new(binary);
         command
-            .args(["-a", "127.0.0.1", "-p", &port.to_string()])
-            .stdin(Stdio::null());
+            .arg("-c")
+            .arg(auth.config_path())
+            .arg("-P")
+            .arg(auth.pid_path());
+        Ok((NatsServer::spawn(command, port, log_file)?, users))
+    }
+
+    fn spawn(
+        mut command: Command,
+        port: u16,
+        log_file: Option<&Path>,
+    ) -> std::io::Result<NatsServer> {
+        command.stdin(Stdio::null());
         match log_file {
             Some(path) => {
                 let log = std::fs::File::create(path)?;

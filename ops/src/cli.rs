@@ -91,6 +91,7 @@ impl NatsArgs {
             tls_cert_file: self.nats_tls_cert.clone(),
             tls_key_file: self.nats_tls_key.clone(),
             name: Some("cairn-cli".into()),
+            inbox_prefix: None,
         }
     }
 }
@@ -119,13 +120,32 @@ pub enum Command {
     Repo(crate::transfer::RepoCommand),
     /// The event journal: list, follow, verify, replay, export.
     Events(EventsArgs),
+    /// Tenants' NATS users on the nats-server `cairn up` spawned (run on the
+    /// cluster's host, as the operator).
+    #[command(subcommand)]
+    Tenant(TenantCommand),
     /// Send a raw JSON request to `cairn.v1.<tenant>.<KIND>.<VERB>`.
     Request {
+        /// Send it on the operator's subject space `cairn.v1._admin.…`.
+        #[arg(long)]
+        admin: bool,
         /// `<kind>.<verb>`, e.g. `volume.list`.
         command: String,
         /// JSON body.
         #[arg(default_value = "{}")]
         body: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TenantCommand {
+    /// Give a tenant its own NATS user (or print the one it has): it may
+    /// send requests for that tenant only, and read only its own events.
+    Add {
+        name: String,
+        /// The data dir of the `cairn up` whose nats-server to change.
+        #[arg(long, env = "CAIRN_DATA_DIR", default_value = "./cairn-data")]
+        data_dir: PathBuf,
     },
 }
 
@@ -399,6 +419,7 @@ pub async fn run(args: Cli) -> i32 {
             }),
             ..
         }) => verify_offline(args.output, dir),
+        Command::Tenant(TenantCommand::Add { name, data_dir }) => tenant_add(name, data_dir),
         _ => run_client(&args).await,
     };
     match result {
@@ -413,15 +434,54 @@ pub async fn run(args: Cli) -> i32 {
     }
 }
 
+/// The data dir the CLI looks in for the cluster's URL and, when this user
+/// may read them, the embedded nats-server's credentials.
+fn local_data_dir() -> PathBuf {
+    std::env::var_os("CAIRN_DATA_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("./cairn-data"))
+}
+
 async fn connect(args: &Cli) -> anyhow::Result<Client> {
+    cairn_schema::names::check_label("tenant", &args.tenant)
+        .map_err(|e| anyhow::anyhow!("--tenant: {}", e.message))?;
+    let data_dir = local_data_dir();
     let url = args
         .nats
         .url
         .clone()
+        .or_else(|| {
+            // `cairn up` records where it listens.
+            let info = std::fs::read(data_dir.join("cluster.json")).ok()?;
+            let info: Value = serde_json::from_slice(&info).ok()?;
+            info["nats_url"].as_str().map(str::to_owned)
+        })
         .unwrap_or_else(|| "nats://127.0.0.1:4222".into());
+    let mut options = args.nats.options(url.clone());
+    // Replies come to the tenant's own inboxes, which its NATS user may read.
+    options.inbox_prefix = Some(format!("_INBOX.{}", args.tenant));
+    let no_credentials = options.user.is_none()
+        && options.token.is_none()
+        && options.nkey_seed.is_none()
+        && options.creds_file.is_none()
+        && cairn_actors::bus::split_url_credentials(&url)
+            == cairn_actors::bus::UrlCredentials {
+                url: url.clone(),
+                ..Default::default()
+            };
+    if no_credentials
+        && let Ok(users) = cairn_actors::nats_auth::AuthDir::new(&data_dir).load()
+        && url.ends_with(&format!(":{}", users.port))
+    {
+        // The embedded nats-server of this host's `cairn up`, and we may
+        // read its users: act as the tenant's user, else the operator.
+        let (user, password) = users.for_tenant(&args.tenant);
+        options.user = Some(user);
+        options.password = Some(password);
+    }
     // The error says what failed (refused, authorization, TLS) and which
     // option to fix.
-    let bus = Bus::connect(&args.nats.options(url)).await?;
+    let bus = Bus::connect(&options).await?;
     let mut client = Client::new(bus, args.tenant.clone());
     if let Some(secs) = args.timeout {
         client.timeout = std::time::Duration::from_secs(secs.max(1));
@@ -430,23 +490,48 @@ async fn connect(args: &Cli) -> anyhow::Result<Client> {
     Ok(client)
 }
 
+/// `cairn tenant add NAME`: a NATS user for a tenant on the embedded
+/// nats-server, which is told to reload.
+fn tenant_add(name: &str, data_dir: &std::path::Path) -> anyhow::Result<i32> {
+    let auth = cairn_actors::nats_auth::AuthDir::new(data_dir);
+    let users = auth.load().with_context(|| {
+        format!(
+            "reading the embedded nats-server's users in {} (is this the data dir of a `cairn up` that spawned its own nats-server, and are you its operator?)",
+            data_dir.display()
+        )
+    })?;
+    let password = auth
+        .add_tenant(name)
+        .with_context(|| format!("adding tenant {name}"))?;
+    println!(
+        "tenant {name}: NATS user {name} (publishes cairn.v1.{name}.<kind>.<verb>, reads its own inboxes and events)"
+    );
+    println!(
+        "  cairn --tenant {name} --nats nats://{name}:{password}@127.0.0.1:{} volume list",
+        users.port
+    );
+    Ok(0)
+}
+
 async fn run_client(args: &Cli) -> anyhow::Result<i32> {
     let client = connect(args).await?;
     let fmt = args.output;
     match &args.command {
-        Command::Up(_) | Command::Demo(_) => unreachable!("handled by run"),
+        Command::Up(_) | Command::Demo(_) | Command::Tenant(_) => {
+            unreachable!("handled by run")
+        }
         Command::Volume(cmd) => volume(&client, fmt, cmd).await,
         Command::App(cmd) => app(&client, fmt, cmd).await,
         Command::Workflow(cmd) => workflow(&client, fmt, cmd).await,
         Command::Repo(cmd) => crate::transfer::repo(&client, fmt, cmd).await,
         Command::Node(NodeCommand::List) => {
-            let reply = client.call("node", "list", &json!({})).await?;
+            let reply = client.call_admin("node", "list", &json!({})).await?;
             output::print(fmt, &reply, output::node_rows);
             Ok(0)
         }
         Command::Node(NodeCommand::Fail { name }) => {
             let reply = client
-                .call("node", "fail", &json!({ "name": name }))
+                .call_admin("node", "fail", &json!({ "name": name }))
                 .await?;
             output::print(fmt, &reply, |r| {
                 output::cell(&r["report"])
@@ -462,11 +547,19 @@ async fn run_client(args: &Cli) -> anyhow::Result<i32> {
             })
         }
         Command::Events(events) => self::events(&client, fmt, events).await,
-        Command::Request { command, body } => {
+        Command::Request {
+            admin,
+            command,
+            body,
+        } => {
             let (kind, verb) = command
                 .split_once('.')
                 .context("the command is <kind>.<verb>")?;
-            let subject = subject::request(&client.tenant, kind, verb);
+            let subject = if *admin {
+                subject::admin_request(kind, verb)
+            } else {
+                subject::request(&client.tenant, kind, verb)
+            };
             let reply = client
                 .call_raw(&subject, Bytes::from(body.clone().into_bytes()), None)
                 .await?;
@@ -983,7 +1076,11 @@ async fn events(client: &Client, fmt: Format, args: &EventsArgs) -> anyhow::Resu
     let mut last_seq = 0u64;
     let mut rows_printed = false;
     loop {
-        let reply = client.call("events", "list", &filter).await?;
+        let reply = if args.cluster {
+            client.call_admin("events", "list", &filter).await?
+        } else {
+            client.call("events", "list", &filter).await?
+        };
         let events = reply["events"].as_array().cloned().unwrap_or_default();
         print_events(fmt, args.json, &events, !rows_printed);
         rows_printed |= !events.is_empty();

@@ -111,6 +111,17 @@ pub async fn run(cli: &Cli, args: &UpArgs) -> anyhow::Result<i32> {
         Some(url) => {
             println!("  nats:     {url}");
             println!("  export CAIRN_NATS_URL={url}");
+            if cli.nats.url.is_none() {
+                let data_dir = std::path::absolute(&args.data_dir)?;
+                println!(
+                    "  auth:     generated NATS users in {}/nats (0600); the CLI uses them with",
+                    data_dir.display()
+                );
+                println!(
+                    "            export CAIRN_DATA_DIR={}   (cairn tenant add NAME: a tenant's own user)",
+                    data_dir.display()
+                );
+            }
         }
         None => println!(
             "  bus:      in-process (nats-server not installed; only this process can send commands)"
