@@ -24,7 +24,9 @@ pub enum Error {
     Connect { url: String, message: String },
     #[error("no one is serving {subject} (is `cairn up` running?)")]
     NoResponders { subject: String },
-    #[error("request on {subject} timed out after {timeout_ms} ms")]
+    #[error(
+        "request on {subject} timed out after {timeout_ms} ms (no reply: the server is busy or stopped, or your NATS user may not publish on that subject)"
+    )]
     Timeout { subject: String, timeout_ms: u64 },
     #[error("bus error: {0}")]
     Other(String),

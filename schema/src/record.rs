@@ -177,7 +177,9 @@ pub struct EventView {
     pub subject: String,
     /// What caused it: a request id or a saga id.
     pub causation: String,
-    /// Who asked (the `Cairn-User` header), `anonymous` if nobody said.
+    /// Who asked, as claimed in the `Cairn-User` header (`claimed:<name>`:
+    /// any client can set it), `anonymous` if nobody said; `cairn` for the
+    /// steps of a workflow Cairn runs itself.
     pub user: String,
     /// blake3 of this record (hex), chained through `prev_hash`.
     pub hash: String,
