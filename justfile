@@ -55,8 +55,9 @@ bench-sagas:
 bench-push:
     ./ops/scripts/bench-push.sh
 
-# Fuzz the NBD request parser and whole client conversations (stable
-# toolchain, installs cargo-fuzz if missing). FUZZ_SECONDS=600 for longer.
+# Fuzz the NBD request parser, whole NBD client conversations and the API's
+# request decoder on structured requests (stable toolchain, installs
+# cargo-fuzz if missing). FUZZ_SECONDS=600 for longer; FUZZ_TARGETS picks.
 fuzz:
     ./ops/scripts/fuzz.sh
 

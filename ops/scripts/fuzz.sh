@@ -1,14 +1,16 @@
 #!/usr/bin/env bash
-# Fuzzes the NBD front-end for a short, bounded time on the stable toolchain:
-# the request parser (nbd_request) and whole client conversations, option
-# negotiation included (nbd_connection). Installs cargo-fuzz when missing.
+# Fuzzes for a short, bounded time on the stable toolchain: the NBD request
+# parser (blocks:nbd_request), whole NBD client conversations, option
+# negotiation included (blocks:nbd_connection), and the API's request
+# decoder on structured, mutated requests of every operation
+# (schema:command_parse). Installs cargo-fuzz when missing.
 # Exits non-zero when a target crashes; the input is left under
-# blocks/fuzz/artifacts/<target>/ (replay from blocks/:
+# <crate>/fuzz/artifacts/<target>/ (replay from <crate>/:
 # cargo fuzz run -s none TARGET fuzz/artifacts/TARGET/crash-...).
 #
 # Knobs: FUZZ_SECONDS (per target; default 10 for the tiny parser, 30 for
-# nbd_connection), FUZZ_RUNS (per-target cap, default 5000000), FUZZ_TARGETS
-# (default "nbd_request nbd_connection").
+# the others), FUZZ_RUNS (per-target cap, default 5000000), FUZZ_TARGETS
+# (default "blocks:nbd_request blocks:nbd_connection schema:command_parse").
 #
 # Stable toolchain: libFuzzer's coverage instrumentation (-Cpasses=sancov-module,
 # -Cllvm-args=...) is stable; only the sanitizers (-Zsanitizer) are not, so we
@@ -18,7 +20,7 @@ cd "$(dirname "$0")/../.."
 
 declare -A default_seconds=([nbd_request]=10 [nbd_connection]=30)
 FUZZ_RUNS=${FUZZ_RUNS:-5000000}
-FUZZ_TARGETS=${FUZZ_TARGETS:-"nbd_request nbd_connection"}
+FUZZ_TARGETS=${FUZZ_TARGETS:-"blocks:nbd_request blocks:nbd_connection schema:command_parse"}
 # The newest cargo-fuzz that builds with rustc 1.95 and our lock file.
 CARGO_FUZZ_VERSION=0.13.2
 
@@ -27,12 +29,16 @@ if ! cargo fuzz --version >/dev/null 2>&1; then
   cargo install cargo-fuzz --version "$CARGO_FUZZ_VERSION" --locked
 fi
 
-# cargo-fuzz finds blocks/fuzz as the `fuzz` directory of blocks/.
-cd blocks
-for target in $FUZZ_TARGETS; do
+root=$(pwd)
+for entry in $FUZZ_TARGETS; do
+  # cargo-fuzz finds <crate>/fuzz as the `fuzz` directory of <crate>/.
+  crate=${entry%%:*}
+  target=${entry#*:}
+  [ "$crate" != "$entry" ] || crate=blocks
+  cd "$root/$crate"
   seconds=${FUZZ_SECONDS:-${default_seconds[$target]:-30}}
-  echo "==> fuzzing $target for ${seconds}s (at most $FUZZ_RUNS runs)"
-  mkdir -p "fuzz/corpus/$target"
+  echo "==> fuzzing $crate:$target for ${seconds}s (at most $FUZZ_RUNS runs)"
+  mkdir -p "fuzz/corpus/$target" "fuzz/seeds/$target"
   # -a: debug assertions and overflow checks on. New inputs go to the first
   # corpus directory (git-ignored); the committed seeds are read only.
   cargo fuzz run -s none -a "$target" "fuzz/corpus/$target" "fuzz/seeds/$target" -- \

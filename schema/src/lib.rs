@@ -14,6 +14,8 @@ pub mod app_history;
 pub mod command;
 pub mod error;
 pub mod event;
+#[cfg(any(test, feature = "fuzzing"))]
+pub mod fuzzing;
 pub mod names;
 pub mod record;
 pub mod reply;
