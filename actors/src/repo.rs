@@ -72,6 +72,8 @@ pub mod store;
 mod url;
 
 #[cfg(test)]
+mod security_tests;
+#[cfg(test)]
 mod tests;
 
 use std::sync::Arc;
@@ -89,7 +91,7 @@ pub use format::{
     PackWriter, VolumeEntry,
 };
 pub use index::ChunkIndex;
-pub use key::{KdfParams, Key};
+pub use key::{KdfParams, Key, Keys, SEAL_OVERHEAD};
 pub use mem_store::{Faults, MemStore};
 pub use prune::PruneReport;
 pub use pull::{PullMode, PullReport};
@@ -99,7 +101,7 @@ pub use store::{ObjectInfo, ObjectStore};
 pub use url::{Endpoint, RepoUrl, S3Location};
 
 pub use key::random_bytes;
-use key::{Keys, hex, unhex};
+use key::{hex, unhex};
 
 /// What the format supports; [`InitOptions::sanitize`] clamps into these
 /// and [`Repo::open`] refuses a config outside them (it is not
@@ -325,6 +327,12 @@ impl Repo {
 
     pub fn config(&self) -> &Config {
         &self.config
+    }
+
+    /// The subkeys: whoever holds the repository's key can seal any object
+    /// (tests craft hostile repositories with them).
+    pub fn keys(&self) -> &Keys {
+        &self.keys
     }
 
     pub fn store(&self) -> &Arc<dyn ObjectStore> {

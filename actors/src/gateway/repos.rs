@@ -512,7 +512,12 @@ impl Gateway {
         .await?;
         // Then one add at a time for this store location.
         let location = store.describe();
-        let adding = self.repos.adding.entry(location.clone()).or_default().clone();
+        let adding = self
+            .repos
+            .adding
+            .entry(location.clone())
+            .or_default()
+            .clone();
         let adding_turn = adding.lock_owned().await;
         let (u, kp) = (url.clone(), key_path.clone());
         let result = blocking(move || {

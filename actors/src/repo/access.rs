@@ -108,7 +108,14 @@ impl Access {
         let data_dir = std::path::absolute(data_dir).unwrap_or_else(|_| data_dir.to_owned());
         let grant = if security.confined() {
             let mut roots = own_dirs(&data_dir, tenant).to_vec();
-            roots.extend(security.repo_roots.get(tenant).into_iter().flatten().cloned());
+            roots.extend(
+                security
+                    .repo_roots
+                    .get(tenant)
+                    .into_iter()
+                    .flatten()
+                    .cloned(),
+            );
             let s3_server = s3_prefixes(
                 security
                     .s3_server_credentials
@@ -160,9 +167,18 @@ impl Access {
         })
     }
 
-    fn check_with(&self, path: &Path, what: &str, resolve: impl Fn(&Path) -> PathBuf) -> Result<PathBuf> {
-        let refuse =
-            |why: String| Err(Error::NotPermitted(format!("{what} {}: {why}", path.display())));
+    fn check_with(
+        &self,
+        path: &Path,
+        what: &str,
+        resolve: impl Fn(&Path) -> PathBuf,
+    ) -> Result<PathBuf> {
+        let refuse = |why: String| {
+            Err(Error::NotPermitted(format!(
+                "{what} {}: {why}",
+                path.display()
+            )))
+        };
         if !path.is_absolute() {
             return Err(Error::InvalidArgument(format!(
                 "{what} {}: must be an absolute path",

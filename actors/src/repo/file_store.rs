@@ -89,12 +89,16 @@ impl FileStore {
                 continue;
             }
             // `DirEntry::metadata` does not follow links.
-            let stale = entry.metadata().ok().filter(|m| m.is_file()).is_some_and(|m| {
-                m.modified()
-                    .ok()
-                    .and_then(|t| t.elapsed().ok())
-                    .is_some_and(|age| age > STALE_TMP)
-            });
+            let stale = entry
+                .metadata()
+                .ok()
+                .filter(|m| m.is_file())
+                .is_some_and(|m| {
+                    m.modified()
+                        .ok()
+                        .and_then(|t| t.elapsed().ok())
+                        .is_some_and(|age| age > STALE_TMP)
+                });
             if stale {
                 let _ = fs::remove_file(entry.path());
             }
@@ -124,13 +128,15 @@ impl FileStore {
             let fd = unsafe { libc::openat(dir.as_raw_fd(), name.as_ptr(), flags) };
             if fd < 0 {
                 let e = std::io::Error::last_os_error();
-                return Err(if e.raw_os_error() == Some(libc::ELOOP)
-                    || e.raw_os_error() == Some(libc::ENOTDIR)
-                {
-                    self.failed(op, key, std::io::Error::other("a link or not a directory"))
-                } else {
-                    self.io(op, key, e)
-                });
+                return Err(
+                    if e.raw_os_error() == Some(libc::ELOOP)
+                        || e.raw_os_error() == Some(libc::ENOTDIR)
+                    {
+                        self.failed(op, key, std::io::Error::other("a link or not a directory"))
+                    } else {
+                        self.io(op, key, e)
+                    },
+                );
             }
             // SAFETY: `fd` was just opened and is owned by nobody else.
             dir = unsafe { fs::File::from_raw_fd(fd) };

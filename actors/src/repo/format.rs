@@ -252,8 +252,8 @@ fn decompress_manifest(packed: &[u8]) -> std::result::Result<Vec<u8>, String> {
             "declares {declared} bytes, above the {MAX_MANIFEST_BYTES} a manifest may hold"
         ));
     }
-    let plain = zstd::bulk::decompress(packed, declared as usize)
-        .map_err(|e| format!("zstd: {e}"))?;
+    let plain =
+        zstd::bulk::decompress(packed, declared as usize).map_err(|e| format!("zstd: {e}"))?;
     if plain.len() as u64 != declared {
         return Err("zstd frame is shorter than it declares".into());
     }
@@ -470,10 +470,11 @@ pub fn open_index(
         {
             return Err(bad("pack index entry points outside the pack's blobs"));
         }
-        if entry.raw_len as u64 > bounds.chunk_bytes
-            || entry.len as u64 > bounds.max_sealed_chunk()
+        if entry.raw_len as u64 > bounds.chunk_bytes || entry.len as u64 > bounds.max_sealed_chunk()
         {
-            return Err(bad("pack index entry is larger than the repository's chunks"));
+            return Err(bad(
+                "pack index entry is larger than the repository's chunks",
+            ));
         }
     }
     debug_assert!(offset <= size);

@@ -103,7 +103,10 @@ impl ChunkIndex {
                             .step_by(LOAD_THREADS)
                             .map(|i| {
                                 let object = &listed[i];
-                                (i, read_pack_index(store, keys, bounds, &object.key, object.size))
+                                (
+                                    i,
+                                    read_pack_index(store, keys, bounds, &object.key, object.size),
+                                )
                             })
                             .collect()
                     })

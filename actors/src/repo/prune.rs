@@ -99,7 +99,13 @@ impl Repo {
         })?;
         for pack in packs {
             before += pack.size;
-            let entries = match read_pack_index(&*self.store, &self.keys, &format::Bounds::of(&self.config), &pack.key, pack.size) {
+            let entries = match read_pack_index(
+                &*self.store,
+                &self.keys,
+                &format::Bounds::of(&self.config),
+                &pack.key,
+                pack.size,
+            ) {
                 Ok(entries) => entries,
                 Err(Error::Corrupted { .. }) => {
                     // Left for `check` to report and a person to decide.
@@ -142,7 +148,11 @@ impl Repo {
                     // Sealed at the entry cap even mid-pack; this pack is
                     // deleted only once all its live blobs are stored.
                     if writer.n_entries() >= format::MAX_PACK_ENTRIES {
-                        after += self.store_pack(std::mem::take(&mut writer), &mut superseded, &mut report)?;
+                        after += self.store_pack(
+                            std::mem::take(&mut writer),
+                            &mut superseded,
+                            &mut report,
+                        )?;
                     }
                 }
                 superseded.push(pack.key.clone());

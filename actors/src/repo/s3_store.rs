@@ -569,7 +569,8 @@ fn short_reason(text: &str) -> String {
 /// An S3 error code as the remote sent it, kept only when it looks like
 /// one (`NoSuchKey`, `AccessDenied`): letters and digits, at most 64.
 fn safe_code(code: &str) -> Option<&str> {
-    let ok = !code.is_empty() && code.len() <= 64 && code.bytes().all(|b| b.is_ascii_alphanumeric());
+    let ok =
+        !code.is_empty() && code.len() <= 64 && code.bytes().all(|b| b.is_ascii_alphanumeric());
     ok.then_some(code)
 }
 

@@ -96,7 +96,9 @@ impl Endpoint {
             }
             _ => {
                 let digits = port.strip_prefix(':')?;
-                if digits.is_empty() || digits.len() > 5 || !digits.bytes().all(|b| b.is_ascii_digit())
+                if digits.is_empty()
+                    || digits.len() > 5
+                    || !digits.bytes().all(|b| b.is_ascii_digit())
                 {
                     return None;
                 }
@@ -122,7 +124,9 @@ impl S3Location {
     pub fn is_under(&self, allowed: &S3Location) -> bool {
         let same_endpoint = match (&self.endpoint, &allowed.endpoint) {
             (None, None) => true,
-            (Some(_), Some(_)) => self.endpoint().is_some() && self.endpoint() == allowed.endpoint(),
+            (Some(_), Some(_)) => {
+                self.endpoint().is_some() && self.endpoint() == allowed.endpoint()
+            }
             _ => false,
         };
         let prefix_ok = allowed.prefix.is_empty()
