@@ -276,9 +276,8 @@ fn serve(stream: TcpStream, answer: &Answer, log: &Mutex<Vec<String>>) {
                 let key = path.split('?').next().unwrap_or("");
                 let key = key
                     .trim_start_matches('/')
-                    .splitn(2, '/')
-                    .nth(1)
-                    .unwrap_or("");
+                    .split_once('/')
+                    .map_or("", |(_bucket, key)| key);
                 match objects.get(key) {
                     Some(object) if method == "HEAD" => write!(
                         out,
