@@ -48,12 +48,15 @@
 //!   (the saga layer) serialises them per repository.
 //!
 //! # Files
-//! `repo/error.rs` (errors and codes), `repo/url.rs`, `repo/store.rs` (the
+//! `repo/access.rs` (who may use which paths, key files and S3
+//! locations; the safe open of key files), `repo/error.rs` (errors and
+//! codes), `repo/url.rs`, `repo/store.rs` (the
 //! trait), `repo/file_store.rs`, `repo/s3_store.rs`, `repo/mem_store.rs`,
 //! `repo/key.rs` (keys, KDF, sealing), `repo/format.rs` (config, packs,
 //! manifests; pure), `repo/index.rs` (chunk → pack), `repo/push.rs`,
 //! `repo/pull.rs`, `repo/check.rs`, `repo/prune.rs`, `repo/tests.rs`.
 
+mod access;
 mod check;
 mod error;
 mod file_store;
@@ -69,6 +72,8 @@ pub mod store;
 mod url;
 
 #[cfg(test)]
+mod security_tests;
+#[cfg(test)]
 mod tests;
 
 use std::sync::Arc;
@@ -76,25 +81,27 @@ use std::sync::Arc;
 use bytes::Bytes;
 use serde::Serialize;
 
+pub use access::{Access, MAX_KEY_FILE_BYTES};
 pub use check::{CheckReport, Problem};
 pub use error::{Error, Result};
 pub use file_store::FileStore;
 pub use format::{
-    CONFIG_KEY, ChunkRef, Config, FORMAT_VERSION, IndexEntry, MANIFESTS, Manifest, PACKS,
-    VolumeEntry,
+    Bounds, CONFIG_KEY, ChunkRef, Config, FORMAT_VERSION, IndexEntry, MANIFESTS, MAX_CONFIG_BYTES,
+    MAX_INDEX_BYTES, MAX_MANIFEST_BYTES, MAX_MANIFEST_OBJECT, MAX_PACK_ENTRIES, Manifest, PACKS,
+    PackWriter, VolumeEntry,
 };
 pub use index::ChunkIndex;
-pub use key::{KdfParams, Key};
+pub use key::{KdfParams, Key, Keys, SEAL_OVERHEAD};
 pub use mem_store::{Faults, MemStore};
 pub use prune::PruneReport;
 pub use pull::{PullMode, PullReport};
 pub use push::{Progress, PushReport, PushRequest};
 pub use s3_store::S3Store;
 pub use store::{ObjectInfo, ObjectStore};
-pub use url::{RepoUrl, S3Location};
+pub use url::{Endpoint, RepoUrl, S3Location};
 
 pub use key::random_bytes;
-use key::{Keys, hex, unhex};
+use key::{hex, unhex};
 
 /// What the format supports; [`InitOptions::sanitize`] clamps into these
 /// and [`Repo::open`] refuses a config outside them (it is not
@@ -102,8 +109,12 @@ use key::{Keys, hex, unhex};
 pub const CHUNK_BYTES: std::ops::RangeInclusive<u64> = 64 << 10..=16 << 20;
 pub const PACK_BYTES: std::ops::RangeInclusive<u64> = 256 << 10..=1 << 30;
 pub const ZSTD_LEVELS: std::ops::RangeInclusive<i32> = 1..=19;
-pub const KDF_M_COST_KIB: std::ops::RangeInclusive<u32> = 8..=4 << 20;
+/// Argon2id memory, KiB: at most 256 MiB, whatever an (unauthenticated)
+/// config asks for.
+pub const KDF_M_COST_KIB: std::ops::RangeInclusive<u32> = 8..=256 << 10;
 pub const KDF_T_COST: std::ops::RangeInclusive<u32> = 1..=16;
+/// Argon2id lanes: one (the only value `init` writes).
+pub const KDF_P_COST: std::ops::RangeInclusive<u32> = 1..=1;
 
 /// How [`Repo::init`] lays out a new repository (fixed afterwards).
 #[derive(Debug, Clone, Copy)]
@@ -261,9 +272,12 @@ impl Repo {
     /// Opens an existing repository; the key must pass the key check.
     pub fn open(store: Arc<dyn ObjectStore>, key: &Key) -> Result<Repo> {
         let name = store.describe();
-        let text = match store.get(CONFIG_KEY) {
+        let text = match store.get(CONFIG_KEY, MAX_CONFIG_BYTES) {
             Ok(text) => text,
             Err(store::Error::NotFound { .. }) => return Err(Error::NotARepo { repo: name }),
+            Err(store::Error::Oversized { reason, .. }) => {
+                return Err(Error::corrupted(CONFIG_KEY, None, reason));
+            }
             Err(e) => return Err(e.into()),
         };
         let config: Config = serde_json::from_slice(&text)
@@ -291,6 +305,9 @@ impl Repo {
                 "chunk size, pack size or zstd level out of range",
             ));
         }
+        if let Some(kdf) = &config.kdf {
+            kdf.check()?;
+        }
         let keys = Keys::derive(&name, key, config.kdf.as_ref(), &repo_id)?;
         if keys.key_check(&repo_id) != config.key_check {
             return Err(Error::WrongKey {
@@ -312,13 +329,19 @@ impl Repo {
         &self.config
     }
 
+    /// The subkeys: whoever holds the repository's key can seal any object
+    /// (tests craft hostile repositories with them).
+    pub fn keys(&self) -> &Keys {
+        &self.keys
+    }
+
     pub fn store(&self) -> &Arc<dyn ObjectStore> {
         &self.store
     }
 
     /// Reads every pack's index (see [`ChunkIndex`]).
     pub fn chunk_index(&self) -> Result<ChunkIndex> {
-        ChunkIndex::load(&*self.store, &self.keys)
+        ChunkIndex::load(&*self.store, &self.keys, &Bounds::of(&self.config))
     }
 
     /// Reads and opens one manifest.
@@ -329,12 +352,16 @@ impl Repo {
                 "manifest id {id:?} is not 32 hex digits"
             )));
         }
-        match self.store.get(&format!("{MANIFESTS}{id}")) {
-            Ok(sealed) => Manifest::open(&self.keys, id, &sealed),
+        let object = format!("{MANIFESTS}{id}");
+        match self.store.get(&object, MAX_MANIFEST_OBJECT) {
+            Ok(sealed) => Manifest::open(&self.keys, &Bounds::of(&self.config), id, &sealed),
             Err(store::Error::NotFound { .. }) => Err(Error::ManifestNotFound {
                 repo: self.store.describe(),
                 id: id.to_owned(),
             }),
+            Err(store::Error::Oversized { reason, .. }) => {
+                Err(Error::corrupted(object, None, reason))
+            }
             Err(e) => Err(e.into()),
         }
     }

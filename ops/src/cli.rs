@@ -96,6 +96,9 @@ impl NatsArgs {
     }
 }
 
+// Parsed once per process: `up`'s many flags (security settings included)
+// make its variant large, which costs nothing here.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run every role in one process: bus, journal, actors, block engine, NBD (and FUSE with --fuse).

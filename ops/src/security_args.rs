@@ -68,6 +68,23 @@ struct HooksConfig {
     tenants: std::collections::BTreeMap<String, Vec<Vec<String>>>,
 }
 
+/// An S3 prefix of `--s3-allow`/`--s3-grant`: an `s3://` URL without
+/// credentials (it is compared on endpoint, bucket and key prefix).
+fn check_s3_prefix(text: &str) -> anyhow::Result<()> {
+    match cairn_actors::repo::RepoUrl::parse(text)? {
+        cairn_actors::repo::RepoUrl::S3(location) => {
+            anyhow::ensure!(
+                location.access_key.is_none(),
+                "an allowed prefix carries no credentials"
+            );
+            Ok(())
+        }
+        cairn_actors::repo::RepoUrl::File { .. } => {
+            anyhow::bail!("not an s3:// URL (file repositories are granted with --repo-root)")
+        }
+    }
+}
+
 impl SecurityArgs {
     pub fn to_security(&self) -> anyhow::Result<Security> {
         let mut security = Security::default();
@@ -107,10 +124,14 @@ impl SecurityArgs {
             let dir = std::path::absolute(&dir).with_context(|| format!("--repo-root {grant}"))?;
             security.repo_roots.entry(tenant).or_default().push(dir);
         }
+        for prefix in &self.s3_allow {
+            check_s3_prefix(prefix).with_context(|| format!("--s3-allow {prefix}"))?;
+        }
         security.s3_allow = self.s3_allow.clone();
         for grant in &self.s3_grants {
             let (tenant, prefix) =
                 split_grant(grant).map_err(|e| anyhow::anyhow!("--s3-grant {e}"))?;
+            check_s3_prefix(&prefix).with_context(|| format!("--s3-grant {grant}"))?;
             security
                 .s3_server_credentials
                 .entry(tenant)

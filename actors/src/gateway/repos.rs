@@ -10,10 +10,15 @@
 //! - One operation at a time per repository ([`Repos::lock`]): pushes and
 //!   prunes never overlap (a prune could delete a pack a push just
 //!   deduplicated against).
-//! - A tenant registers no repository directory or key file inside the
-//!   data dir outside its own `repos/<tenant>/` and `repo-keys/<tenant>/`
-//!   ([`confine`], symlinks resolved): another tenant's backups and the
-//!   engine's files stay out of reach.
+//! - Every path, key file and S3 location a request names goes through
+//!   [`repo::Access`] for its tenant: confined to the tenant's roots and the
+//!   operator's S3 allowlist when the bus authenticates tenants, and never
+//!   into another tenant's part of the data dir; key files are opened
+//!   without following links, regular and small. Checked again each time
+//!   a registration is opened (a restart, a grant withdrawn).
+//! - No server-wide lock is held while a file or a store is read: `repo
+//!   add`s are serialised per store location (two names for one empty URL
+//!   cannot both initialise it), and the key is read before that turn.
 //! - The journaled URL has no secret (`redact_url`); the whole URL, when it
 //!   carries one, is kept in `<data-dir>/repo-keys/<tenant>/<name>.url`
 //!   (mode 0600) beside generated keys.
@@ -49,10 +54,10 @@ use crate::volume::engine_name;
 pub struct Repos {
     open: DashMap<(String, String), Arc<Repo>>,
     locks: DashMap<(String, String), Arc<tokio::sync::Mutex<()>>>,
-    /// One `repo add` at a time on this server: two names added for the
-    /// same empty URL at once would both initialise it (check, then put),
-    /// and the second config would lock the first key out.
-    adding: tokio::sync::Mutex<()>,
+    /// One `repo add` at a time per store location: two names added for
+    /// the same empty URL at once would both initialise it (check, then
+    /// put), and the second config would lock the first key out.
+    adding: DashMap<String, Arc<tokio::sync::Mutex<()>>>,
 }
 
 impl Repos {
@@ -105,72 +110,6 @@ fn write_private(path: &Path, bytes: &[u8]) -> Result<(), ApiError> {
     f.write_all(bytes).map_err(fail)?;
     f.sync_all().map_err(fail)?;
     std::fs::rename(&tmp, path).map_err(fail)
-}
-
-/// `path` with its longest existing ancestor resolved (symlinks followed),
-/// so a comparison of prefixes cannot be fooled by a link or a `..`.
-fn resolved(path: &Path) -> PathBuf {
-    let mut existing = path;
-    let mut rest = vec![];
-    loop {
-        if let Ok(real) = existing.canonicalize() {
-            return rest.iter().rev().fold(real, |p, part| p.join(part));
-        }
-        match (existing.parent(), existing.file_name()) {
-            (Some(parent), Some(name)) => {
-                rest.push(name.to_owned());
-                existing = parent;
-            }
-            _ => return path.to_owned(),
-        }
-    }
-}
-
-/// Refuses a path inside the data dir but outside this tenant's own area
-/// (`repos/<tenant>/`, `repo-keys/<tenant>/`): a tenant must not register
-/// another tenant's repository or key, nor the engine's files. Paths
-/// outside the data dir are the operator's to grant.
-fn confine(data_dir: &Path, tenant: &str, path: &Path, what: &str) -> Result<(), ApiError> {
-    let refuse = |why: &str| {
-        Err(ApiError::invalid(format!(
-            "{what} {}: {why}",
-            path.display()
-        )))
-    };
-    if !path.is_absolute() {
-        return refuse("must be an absolute path");
-    }
-    if path
-        .components()
-        .any(|c| c == std::path::Component::ParentDir)
-    {
-        return refuse("must not contain '..'");
-    }
-    let (data, path) = (resolved(data_dir), resolved(path));
-    let own = [data.join("repos").join(tenant), private_dir(&data, tenant)];
-    if path.starts_with(&data) && !own.iter().any(|dir| path.starts_with(dir)) {
-        return refuse(&format!(
-            "is inside the server's data dir, outside tenant {tenant:?}'s repos/ and repo-keys/"
-        ));
-    }
-    Ok(())
-}
-
-/// The key a registration names, read from its file.
-fn load_key(kind: &str, path: &str) -> Result<Key, ApiError> {
-    if kind == "passphrase-file" {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| ApiError::invalid(format!("passphrase file {path}: {e}")))?;
-        let line = text.lines().next().unwrap_or("").trim_end_matches('\r');
-        if line.is_empty() {
-            return Err(ApiError::invalid(format!(
-                "passphrase file {path} has an empty first line"
-            )));
-        }
-        Ok(Key::passphrase(line))
-    } else {
-        Key::from_file(Path::new(path)).map_err(repo_error)
-    }
 }
 
 /// The whole URL of a registration: the journaled one, or the private copy
@@ -291,6 +230,11 @@ impl Gateway {
             .ok_or_else(|| missing_repo(name))
     }
 
+    /// What `tenant`'s requests may reach.
+    fn access(&self, tenant: &str) -> repo::Access {
+        repo::Access::of(&self.services.security, &self.services.data_dir, tenant)
+    }
+
     /// The open repository of a registration (opened once, then cached).
     async fn open_repo(&self, tenant: &str, state: &RepoState) -> Result<Arc<Repo>, ApiError> {
         let key = (tenant.to_owned(), state.name.clone());
@@ -299,10 +243,13 @@ impl Gateway {
         }
         let url = full_url(&self.services.data_dir, tenant, state)?;
         let state = state.clone();
+        let access = self.access(tenant);
         let repo = blocking(move || {
-            let key = load_key(&state.key_kind, &state.key_path)?;
+            let key = access
+                .key(&state.key_kind, Path::new(&state.key_path))
+                .map_err(repo_error)?;
             let store = RepoUrl::parse(&url)
-                .and_then(|u| u.open_store())
+                .and_then(|u| access.open_store(&u))
                 .map_err(repo_error)?;
             Repo::open(store, &key).map_err(repo_error)
         })
@@ -525,7 +472,6 @@ impl Gateway {
     ) -> Result<Value, ApiError> {
         cairn_schema::names::check_label("repo", name)?;
         let _turn = self.repos.lock(tenant, name).await;
-        let _adding = self.repos.adding.lock().await;
         let data_dir = self.services.data_dir.clone();
         let url = url.unwrap_or_else(|| {
             format!(
@@ -547,50 +493,59 @@ impl Gateway {
         };
         // Refused before any IO when the name is taken by another.
         decide_add(existing, count, name, &redacted, key_kind, &key_path, false)?;
-        let (u, kp, generate) = (
-            url.clone(),
-            key_path.clone(),
-            matches!(key, RepoKey::Generate),
-        );
-        let kk = key_kind.to_owned();
-        let (dd, t) = (data_dir.clone(), tenant.to_owned());
-        let (opened, initialized, key_generated) = blocking(move || {
+        let generate = matches!(key, RepoKey::Generate);
+        let access = self.access(tenant);
+        // The paths are checked, the store opened and the key read here,
+        // holding only this registration's turn.
+        let (u, kp, kk) = (url.clone(), key_path.clone(), key_kind.to_owned());
+        let (store, given_key) = blocking(move || {
             let parsed = RepoUrl::parse(&u).map_err(repo_error)?;
-            if let RepoUrl::File { path } = &parsed {
-                confine(&dd, &t, path, "repository directory")?;
-            }
-            if !generate {
-                let what = if kk == "passphrase-file" {
-                    "passphrase file"
-                } else {
-                    "key file"
-                };
-                confine(&dd, &t, Path::new(&kp), what)?;
-            }
-            let store = parsed.open_store().map_err(repo_error)?;
+            let kp = Path::new(&kp);
+            let given_key = if generate && !kp.exists() {
+                None
+            } else {
+                Some(access.key(&kk, kp).map_err(repo_error)?)
+            };
+            let store = access.open_store(&parsed).map_err(repo_error)?;
+            Ok((store, given_key))
+        })
+        .await?;
+        // Then one add at a time for this store location.
+        let location = store.describe();
+        let adding = self
+            .repos
+            .adding
+            .entry(location.clone())
+            .or_default()
+            .clone();
+        let adding_turn = adding.lock_owned().await;
+        let (u, kp) = (url.clone(), key_path.clone());
+        let result = blocking(move || {
+            let _adding_turn = adding_turn;
             let exists = store
                 .head(repo::CONFIG_KEY)
                 .map_err(|e| repo_error(e.into()))?
                 .is_some();
             if exists {
-                if generate && !Path::new(&kp).exists() {
+                let Some(key) = given_key else {
                     return Err(ApiError::invalid(format!(
-                        "{u} holds a repository already: give its key_file or passphrase_file"
+                        "{} holds a repository already: give its key_file or passphrase_file",
+                        redact_url(&u)
                     )));
-                }
-                let key = load_key(&kk, &kp)?;
+                };
                 return Ok((Repo::open(store, &key).map_err(repo_error)?, false, false));
             }
             let mut key_generated = false;
-            let key = if generate && !Path::new(&kp).exists() {
-                let mut raw = [0u8; 32];
-                repo::random_bytes(&mut raw);
-                let hex: String = raw.iter().map(|b| format!("{b:02x}")).collect();
-                write_private(Path::new(&kp), format!("{hex}\n").as_bytes())?;
-                key_generated = true;
-                Key::from_bytes(raw)
-            } else {
-                load_key(&kk, &kp)?
+            let key = match given_key {
+                Some(key) => key,
+                None => {
+                    let mut raw = [0u8; 32];
+                    repo::random_bytes(&mut raw);
+                    let hex: String = raw.iter().map(|b| format!("{b:02x}")).collect();
+                    write_private(Path::new(&kp), format!("{hex}\n").as_bytes())?;
+                    key_generated = true;
+                    Key::from_bytes(raw)
+                }
             };
             match Repo::init(store, &key, InitOptions::default()) {
                 Ok(r) => Ok((r, true, key_generated)),
@@ -602,7 +557,11 @@ impl Gateway {
                 }
             }
         })
-        .await?;
+        .await;
+        self.repos
+            .adding
+            .remove_if(&location, |_, lock| Arc::strong_count(lock) == 1);
+        let (opened, initialized, key_generated) = result?;
         if redacted != url {
             write_private(&private.join(format!("{name}.url")), url.as_bytes())?;
         }
@@ -778,33 +737,5 @@ impl Gateway {
             elapsed_ms: started.elapsed().as_millis() as u64,
             workflow: None,
         }))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_tenant_is_confined_to_its_own_area_of_the_data_dir() {
-        let dir = tempfile::tempdir().unwrap();
-        let data = dir.path().join("data");
-        std::fs::create_dir_all(data.join("repo-keys/b")).unwrap();
-        std::fs::write(data.join("repo-keys/b/offsite.key"), "k").unwrap();
-        let ok = |p: &Path| confine(&data, "a", p, "key file").is_ok();
-        assert!(ok(&data.join("repos/a/local")));
-        assert!(ok(&data.join("repo-keys/a/local.key")));
-        assert!(ok(&dir.path().join("elsewhere/backups")));
-        assert!(!ok(&data.join("repos/b/local")));
-        assert!(!ok(&data.join("repo-keys/b/offsite.key")));
-        assert!(!ok(&data.join("journal.redb")));
-        assert!(!ok(&data.join("repos/a/../b/local")));
-        assert!(!ok(Path::new("relative/key")));
-        // A link from outside into another tenant's keys is followed.
-        let link = dir.path().join("link");
-        std::os::unix::fs::symlink(data.join("repo-keys/b"), &link).unwrap();
-        assert!(!ok(&link.join("offsite.key")));
-        let e = confine(&data, "a", &data.join("repos/b/x"), "repository directory");
-        assert!(e.unwrap_err().message.contains("outside tenant"));
     }
 }

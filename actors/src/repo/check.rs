@@ -65,9 +65,19 @@ impl Repo {
         let mut report = CheckReport::default();
         let mut good: HashSet<[u8; 32]> = HashSet::new();
         store::for_each_object(&*self.store, PACKS, |object| -> Result<()> {
-            let bytes = match self.store.get(&object.key) {
+            let max = format::Bounds::of(&self.config).max_pack_bytes();
+            let bytes = match self.store.get(&object.key, max) {
                 Ok(bytes) => bytes,
                 Err(store::Error::NotFound { .. }) => return Ok(()),
+                Err(store::Error::Oversized { reason, .. }) => {
+                    report.packs += 1;
+                    report.problems.push(Problem {
+                        object: object.key.clone(),
+                        offset: None,
+                        reason,
+                    });
+                    return Ok(());
+                }
                 Err(e) => return Err(e.into()),
             };
             report.packs += 1;
@@ -147,7 +157,8 @@ impl Repo {
         };
         debug_assert_eq!(offset + len + PACK_TRAILER as u64, size);
         let sealed = &bytes[offset as usize..(offset + len) as usize];
-        let entries = match format::open_index(&self.keys, key, offset, size, sealed) {
+        let bounds = format::Bounds::of(&self.config);
+        let entries = match format::open_index(&self.keys, &bounds, key, offset, size, sealed) {
             Ok(entries) => entries,
             Err(e) => return report.bad(e),
         };

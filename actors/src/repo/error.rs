@@ -19,6 +19,10 @@ pub enum Error {
     InvalidUrl { url: String, reason: String },
     #[error("key file {path}: {reason}")]
     KeyFile { path: PathBuf, reason: String },
+    /// The caller (a tenant) may not use this path, endpoint or
+    /// credential: it is outside what the operator granted it.
+    #[error("not permitted: {0}")]
+    NotPermitted(String),
     #[error("the key does not open repository {repo}: {reason}")]
     WrongKey { repo: String, reason: String },
     #[error("{repo} is not a Cairn repository (no config object); run init first")]
@@ -63,9 +67,10 @@ impl Error {
     /// The stable code at the API edge.
     pub fn code(&self) -> ErrorCode {
         match self {
-            Error::InvalidUrl { .. } | Error::KeyFile { .. } | Error::InvalidArgument(_) => {
-                ErrorCode::InvalidArgument
-            }
+            Error::InvalidUrl { .. }
+            | Error::KeyFile { .. }
+            | Error::NotPermitted(_)
+            | Error::InvalidArgument(_) => ErrorCode::InvalidArgument,
             Error::WrongKey { .. } => ErrorCode::WrongKey,
             Error::NotARepo { .. } | Error::ManifestNotFound { .. } => ErrorCode::NotFound,
             Error::AlreadyInitialized { .. } => ErrorCode::AlreadyExists,
@@ -75,6 +80,7 @@ impl Error {
                 store::Error::NotFound { .. } => ErrorCode::NotFound,
                 store::Error::Unavailable { .. } => ErrorCode::Unavailable,
                 store::Error::Denied { .. } => ErrorCode::FailedPrecondition,
+                store::Error::Oversized { .. } => ErrorCode::Corrupted,
                 store::Error::Io { .. } => ErrorCode::Internal,
             },
             Error::Blocks(e) => crate::services::blocks_error(e).code,

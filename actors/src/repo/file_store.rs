@@ -4,12 +4,21 @@
 //! Layout: key `a/b` is the file `DIR/a/b`. A put writes `DIR/.tmp/<random>`,
 //! fsyncs it, renames it over the target and fsyncs the target's directory,
 //! so after a crash the object is either the old one or the new one. Files
-//! left in `.tmp` by a crash are never listed; [`FileStore::open`] removes
-//! those older than an hour. Listing reads the directories under the prefix
-//! and sorts the keys (one page holds at most `max` keys; the directory
-//! walk itself is O(objects under the prefix), which the repo keeps small:
-//! few, large packs).
-
+//! left in `.tmp` by a crash are never listed. Listing reads the directories
+//! under the prefix and sorts the keys (one page holds at most `max` keys;
+//! the directory walk itself is O(objects under the prefix), which the repo
+//! keeps small: few, large packs).
+//!
+//! # Safety rules (the directory may be shared with whoever wrote the repo)
+//! - Nothing is swept in a directory Cairn did not make: [`FileStore::open`]
+//!   removes stale files from `.tmp` only when Cairn created that `.tmp`
+//!   (it holds the [`TMP_MARKER`] file), and only files named as Cairn names
+//!   them (24 hex digits), regular files older than an hour. A `.tmp` that
+//!   is a link or a file is refused.
+//! - Reads never follow a symbolic link below the root: each component is
+//!   opened with `O_NOFOLLOW` relative to its parent (`openat`), the object
+//!   must be a regular file, and `get` checks its size before reading.
+//!   Listing skips links. Puts and deletes refuse a linked directory.
 use std::fs;
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
@@ -19,6 +28,10 @@ use bytes::Bytes;
 use super::store::{Error, ObjectInfo, ObjectStore};
 
 const TMP_DIR: &str = ".tmp";
+/// The file that says Cairn made `.tmp` (and may sweep it).
+pub const TMP_MARKER: &str = ".cairn-tmp";
+/// Length of the names of Cairn's temp files (12 random bytes, hex).
+const TMP_NAME_LEN: usize = 24;
 /// Age after which a file in `.tmp` is taken for a crash's leftover.
 const STALE_TMP: std::time::Duration = std::time::Duration::from_secs(3600);
 
@@ -30,24 +43,131 @@ impl FileStore {
     /// Opens (creating it when missing) the directory `root`.
     pub fn open(root: impl Into<PathBuf>) -> Result<FileStore, Error> {
         let store = FileStore { root: root.into() };
+        fs::create_dir_all(&store.root).map_err(|e| store.io("open", "", e))?;
         let tmp = store.root.join(TMP_DIR);
-        fs::create_dir_all(&tmp).map_err(|e| store.io("open", "", e))?;
-        // Another process (or this one) may be writing into `.tmp` right
-        // now: only files untouched for an hour are crash leftovers.
-        if let Ok(entries) = fs::read_dir(&tmp) {
-            for entry in entries.flatten() {
-                let stale = entry
-                    .metadata()
-                    .and_then(|m| m.modified())
-                    .ok()
-                    .and_then(|t| t.elapsed().ok())
-                    .is_some_and(|age| age > STALE_TMP);
-                if stale {
-                    let _ = fs::remove_file(entry.path());
-                }
+        let ours = match fs::symlink_metadata(&tmp) {
+            Ok(meta) if meta.is_dir() => {
+                fs::symlink_metadata(tmp.join(TMP_MARKER)).is_ok_and(|m| m.is_file())
             }
+            Ok(_) => {
+                return Err(Error::Io {
+                    store: store.describe(),
+                    op: "open",
+                    key: TMP_DIR.into(),
+                    reason: "is not a directory (a link or a file): refusing to use it".into(),
+                });
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                fs::create_dir(&tmp)
+                    .and_then(|()| fs::File::create(tmp.join(TMP_MARKER)).map(drop))
+                    .map_err(|e| store.failed("open", TMP_DIR, e))?;
+                true
+            }
+            Err(e) => return Err(store.failed("open", TMP_DIR, e)),
+        };
+        if ours {
+            store.sweep_tmp(&tmp);
         }
         Ok(store)
+    }
+
+    /// Removes Cairn's own crash leftovers from `.tmp`. Another process (or
+    /// this one) may be writing there right now: only files untouched for
+    /// an hour are leftovers.
+    fn sweep_tmp(&self, tmp: &Path) {
+        let Ok(entries) = fs::read_dir(tmp) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            let cairns = name.len() == TMP_NAME_LEN
+                && name
+                    .as_encoded_bytes()
+                    .iter()
+                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(b));
+            if !cairns {
+                continue;
+            }
+            // `DirEntry::metadata` does not follow links.
+            let stale = entry
+                .metadata()
+                .ok()
+                .filter(|m| m.is_file())
+                .is_some_and(|m| {
+                    m.modified()
+                        .ok()
+                        .and_then(|t| t.elapsed().ok())
+                        .is_some_and(|age| age > STALE_TMP)
+                });
+            if stale {
+                let _ = fs::remove_file(entry.path());
+            }
+        }
+    }
+
+    /// Opens object `key` for reading without following any link below the
+    /// root; it must be a regular file.
+    fn open_object(&self, op: &'static str, key: &str) -> Result<fs::File, Error> {
+        use std::os::fd::{AsRawFd, FromRawFd};
+        self.path(op, key)?;
+        let mut dir = fs::File::open(&self.root).map_err(|e| self.failed(op, key, e))?;
+        let parts: Vec<&str> = key.split('/').collect();
+        for (i, part) in parts.iter().enumerate() {
+            let last = i + 1 == parts.len();
+            let name = std::ffi::CString::new(*part).expect("checked keys have no NUL");
+            let flags = libc::O_RDONLY
+                | libc::O_NOFOLLOW
+                | libc::O_CLOEXEC
+                | if last {
+                    libc::O_NONBLOCK
+                } else {
+                    libc::O_DIRECTORY
+                };
+            // SAFETY: `dir` is an open descriptor and `name` a C string;
+            // the returned descriptor is owned by the new `File`.
+            let fd = unsafe { libc::openat(dir.as_raw_fd(), name.as_ptr(), flags) };
+            if fd < 0 {
+                let e = std::io::Error::last_os_error();
+                return Err(
+                    if e.raw_os_error() == Some(libc::ELOOP)
+                        || e.raw_os_error() == Some(libc::ENOTDIR)
+                    {
+                        self.failed(op, key, std::io::Error::other("a link or not a directory"))
+                    } else {
+                        self.io(op, key, e)
+                    },
+                );
+            }
+            // SAFETY: `fd` was just opened and is owned by nobody else.
+            dir = unsafe { fs::File::from_raw_fd(fd) };
+        }
+        let meta = dir.metadata().map_err(|e| self.failed(op, key, e))?;
+        if !meta.is_file() {
+            return Err(self.failed(op, key, std::io::Error::other("not a regular file")));
+        }
+        Ok(dir)
+    }
+
+    /// Refuses a put or delete whose directories below the root are links.
+    fn check_dirs(&self, op: &'static str, key: &str) -> Result<(), Error> {
+        let mut dir = self.root.clone();
+        let parts: Vec<&str> = key.split('/').collect();
+        for part in &parts[..parts.len() - 1] {
+            dir.push(part);
+            match fs::symlink_metadata(&dir) {
+                Ok(meta) if !meta.is_dir() => {
+                    return Err(self.failed(
+                        op,
+                        key,
+                        std::io::Error::other("a directory of the key is a link or a file"),
+                    ));
+                }
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+                Err(e) => return Err(self.failed(op, key, e)),
+            }
+        }
+        Ok(())
     }
 
     pub fn root(&self) -> &Path {
@@ -135,7 +255,7 @@ impl FileStore {
             };
             if meta.is_dir() {
                 self.walk(&entry.path(), &key, prefix, out)?;
-            } else if key.starts_with(prefix) {
+            } else if meta.is_file() && key.starts_with(prefix) {
                 out.push(ObjectInfo {
                     key,
                     size: meta.len(),
@@ -157,6 +277,7 @@ impl ObjectStore for FileStore {
 
     fn put(&self, key: &str, data: Bytes) -> Result<(), Error> {
         let path = self.path("put", key)?;
+        self.check_dirs("put", key)?;
         let dir = path.parent().expect("keys live under the root").to_owned();
         fs::create_dir_all(&dir).map_err(|e| self.io("put", key, e))?;
         let mut nonce = [0u8; 12];
@@ -166,7 +287,7 @@ impl ObjectStore for FileStore {
             .join(TMP_DIR)
             .join(nonce.iter().map(|b| format!("{b:02x}")).collect::<String>());
         let result = (|| {
-            let mut file = fs::File::create(&tmp)?;
+            let mut file = fs::File::create_new(&tmp)?;
             file.write_all(&data)?;
             file.sync_all()?;
             fs::rename(&tmp, &path)?;
@@ -179,14 +300,24 @@ impl ObjectStore for FileStore {
         result.map_err(|e| self.failed("put", key, e))
     }
 
-    fn get(&self, key: &str) -> Result<Vec<u8>, Error> {
-        let path = self.path("get", key)?;
-        fs::read(path).map_err(|e| self.io("get", key, e))
+    fn get(&self, key: &str, max: u64) -> Result<Vec<u8>, Error> {
+        let file = self.open_object("get", key)?;
+        let size = file.metadata().map_err(|e| self.io("get", key, e))?.len();
+        if size > max {
+            return Err(Error::oversized(self.describe(), "get", key, max));
+        }
+        let mut buf = Vec::with_capacity(size as usize);
+        file.take(max + 1)
+            .read_to_end(&mut buf)
+            .map_err(|e| self.io("get", key, e))?;
+        if buf.len() as u64 > max {
+            return Err(Error::oversized(self.describe(), "get", key, max));
+        }
+        Ok(buf)
     }
 
     fn get_range(&self, key: &str, offset: u64, len: u64) -> Result<Vec<u8>, Error> {
-        let path = self.path("get", key)?;
-        let mut file = fs::File::open(path).map_err(|e| self.io("get", key, e))?;
+        let mut file = self.open_object("get", key)?;
         let size = file.metadata().map_err(|e| self.io("get", key, e))?.len();
         let len = len.min(size.saturating_sub(offset));
         let mut buf = vec![0u8; len as usize];
@@ -197,11 +328,12 @@ impl ObjectStore for FileStore {
     }
 
     fn head(&self, key: &str) -> Result<Option<u64>, Error> {
-        let path = self.path("head", key)?;
-        match fs::metadata(path) {
-            Ok(meta) => Ok(Some(meta.len())),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(self.io("head", key, e)),
+        match self.open_object("head", key) {
+            Ok(file) => Ok(Some(
+                file.metadata().map_err(|e| self.io("head", key, e))?.len(),
+            )),
+            Err(Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(e),
         }
     }
 
@@ -221,6 +353,7 @@ impl ObjectStore for FileStore {
 
     fn delete(&self, key: &str) -> Result<(), Error> {
         let path = self.path("delete", key)?;
+        self.check_dirs("delete", key)?;
         match fs::remove_file(&path) {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),

@@ -7,7 +7,14 @@
 //!   visible without the key;
 //! - every blob is sealed with associated data naming what it is (a chunk's
 //!   id, the index, a manifest's id), so blobs cannot be swapped;
-//! - a chunk's plaintext hashes (keyed) to its id, checked on every read.
+//! - a chunk's plaintext hashes (keyed) to its id, checked on every read;
+//! - every length read from the store is bounded before it allocates
+//!   ([`Bounds`]): a manifest decompresses to at most [`MAX_MANIFEST_BYTES`]
+//!   (its frame must declare its size), a chunk to at most the config's
+//!   chunk size, a pack index holds at most [`MAX_PACK_ENTRIES`] entries,
+//!   and a trailer pointing outside those limits is `Corrupted` before
+//!   anything is read. A repository's key does not make its bytes trusted:
+//!   whoever holds the key (a tenant) can craft any of them.
 
 use serde::{Deserialize, Serialize};
 
@@ -31,6 +38,55 @@ pub const PACK_END_MAGIC: &[u8; 8] = b"CRNPKEND";
 pub const PACK_TRAILER: usize = 8 + 4 + 8;
 const INDEX_AAD: &[u8] = b"cairn pack index";
 const MANIFEST_AAD: &[u8] = b"cairn manifest ";
+
+/// The largest manifest plaintext (its decompressed size) read or written.
+pub const MAX_MANIFEST_BYTES: u64 = 64 << 20;
+/// The largest sealed manifest object read (compressed, plus overhead).
+pub const MAX_MANIFEST_OBJECT: u64 = MAX_MANIFEST_BYTES + (1 << 20);
+/// The largest `config` object read.
+pub const MAX_CONFIG_BYTES: u64 = 64 << 10;
+/// Chunks per pack: a pack is sealed when it holds this many, whatever its
+/// size, so an index stays below [`MAX_INDEX_BYTES`].
+pub const MAX_PACK_ENTRIES: usize = 1 << 20;
+/// Bytes of one index entry, postcard-encoded, at most (a 32-byte id and
+/// three varint u32s).
+const INDEX_ENTRY_BYTES_MAX: u64 = 32 + 3 * 5;
+/// The largest sealed index a pack may have.
+pub const MAX_INDEX_BYTES: u64 =
+    MAX_PACK_ENTRIES as u64 * INDEX_ENTRY_BYTES_MAX + 16 + super::key::SEAL_OVERHEAD as u64;
+
+/// Limits on what one repository's objects may hold, from its (checked)
+/// config: what readers allocate at most.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Bounds {
+    /// The config's chunk size: a chunk's plaintext is at most this.
+    pub chunk_bytes: u64,
+    /// The config's pack size target.
+    pub pack_bytes: u64,
+}
+
+impl Bounds {
+    pub fn of(config: &Config) -> Bounds {
+        Bounds {
+            chunk_bytes: config.chunk_bytes,
+            pack_bytes: config.pack_bytes,
+        }
+    }
+
+    /// A sealed chunk: codec byte, at most `chunk_bytes` (raw when zstd
+    /// does not shrink it), seal overhead.
+    pub fn max_sealed_chunk(&self) -> u64 {
+        self.chunk_bytes + 1 + super::key::SEAL_OVERHEAD as u64
+    }
+
+    /// The largest pack object: push seals a pack at `pack_bytes` (one
+    /// chunk over at most); prune's repacking may add one old pack's live
+    /// blobs before it checks, so twice that, plus the index and framing.
+    pub fn max_pack_bytes(&self) -> u64 {
+        let blobs = 2 * (self.pack_bytes + self.max_sealed_chunk());
+        PACK_MAGIC.len() as u64 + blobs + MAX_INDEX_BYTES + PACK_TRAILER as u64
+    }
+}
 
 /// Codec byte in front of a chunk's plaintext before sealing.
 const CODEC_RAW: u8 = 0;
@@ -130,24 +186,31 @@ impl Manifest {
         self.volumes.iter().map(|v| v.size).sum()
     }
 
-    /// Encodes and seals; returns (id, object bytes).
-    pub fn seal(&self, keys: &Keys) -> (String, Vec<u8>) {
+    /// Encodes and seals; returns (id, object bytes). A manifest above
+    /// [`MAX_MANIFEST_BYTES`] (about 2 TiB of volumes at 1 MiB chunks) is
+    /// refused: no reader would open it.
+    pub fn seal(&self, keys: &Keys) -> Result<(String, Vec<u8>)> {
         let plain = postcard::to_allocvec(self).expect("manifests encode");
+        if plain.len() as u64 > MAX_MANIFEST_BYTES {
+            return Err(Error::InvalidArgument(format!(
+                "the snapshot's manifest would take {} bytes, above the {MAX_MANIFEST_BYTES} a manifest may hold (use larger chunks)",
+                plain.len()
+            )));
+        }
         let id = keys.manifest_id(&plain);
         let packed = zstd::bulk::compress(&plain, 3).expect("zstd compresses in memory");
         let sealed = keys.seal(&packed, &manifest_aad(&id));
-        (id, sealed)
+        Ok((id, sealed))
     }
 
     /// Opens a manifest object read from `manifests/<id>`.
-    pub fn open(keys: &Keys, id: &str, sealed: &[u8]) -> Result<Manifest> {
+    pub fn open(keys: &Keys, bounds: &Bounds, id: &str, sealed: &[u8]) -> Result<Manifest> {
         let object = format!("{MANIFESTS}{id}");
         let bad = |reason: &str| Error::corrupted(object.clone(), None, reason);
         let packed = keys
             .open(sealed, &manifest_aad(id))
             .ok_or_else(|| bad("authentication failed (altered, or not this manifest)"))?;
-        let plain =
-            zstd::stream::decode_all(packed.as_slice()).map_err(|e| bad(&format!("zstd: {e}")))?;
+        let plain = decompress_manifest(&packed).map_err(|reason| bad(&reason))?;
         if keys.manifest_id(&plain) != id {
             return Err(bad("content does not hash to the manifest's id"));
         }
@@ -157,9 +220,13 @@ impl Manifest {
             return Err(bad(&format!("manifest version {}", manifest.version)));
         }
         for volume in &manifest.volumes {
-            if volume.chunk_bytes == 0
-                || volume.chunks.len() as u64 != volume.size.div_ceil(volume.chunk_bytes)
-            {
+            if volume.chunk_bytes != bounds.chunk_bytes {
+                return Err(bad(&format!(
+                    "volume {:?}: chunk size {} is not the repository's {}",
+                    volume.name, volume.chunk_bytes, bounds.chunk_bytes
+                )));
+            }
+            if volume.chunks.len() as u64 != volume.size.div_ceil(volume.chunk_bytes) {
                 return Err(bad(&format!(
                     "volume {:?}: chunk list does not match its size",
                     volume.name
@@ -168,6 +235,29 @@ impl Manifest {
         }
         Ok(manifest)
     }
+}
+
+/// A manifest's zstd frame, decompressed only when it declares its size
+/// and that size is at most [`MAX_MANIFEST_BYTES`]: the output buffer is
+/// that size and decompression fails rather than grow it (a bomb is
+/// `Corrupted`, never an allocation).
+fn decompress_manifest(packed: &[u8]) -> std::result::Result<Vec<u8>, String> {
+    let declared = match zstd::zstd_safe::get_frame_content_size(packed) {
+        Ok(Some(n)) => n,
+        Ok(None) => return Err("zstd frame does not declare its size".into()),
+        Err(_) => return Err("not a zstd frame".into()),
+    };
+    if declared > MAX_MANIFEST_BYTES {
+        return Err(format!(
+            "declares {declared} bytes, above the {MAX_MANIFEST_BYTES} a manifest may hold"
+        ));
+    }
+    let plain =
+        zstd::bulk::decompress(packed, declared as usize).map_err(|e| format!("zstd: {e}"))?;
+    if plain.len() as u64 != declared {
+        return Err("zstd frame is shorter than it declares".into());
+    }
+    Ok(plain)
 }
 
 fn manifest_aad(id: &str) -> Vec<u8> {
@@ -231,6 +321,13 @@ pub fn open_chunk(
             hex(&entry.id[..8])
         ))
     })?;
+    // `open_index` bounded `raw_len` by the chunk size; this is its pair.
+    if entry.raw_len as u64 > *super::CHUNK_BYTES.end() {
+        return Err(bad(format!(
+            "chunk {}: larger than any chunk",
+            hex(&entry.id[..8])
+        )));
+    }
     let data = match plain.split_first() {
         Some((&CODEC_RAW, data)) => data.to_vec(),
         Some((&CODEC_ZSTD, packed)) => zstd::bulk::decompress(packed, entry.raw_len as usize)
@@ -281,8 +378,18 @@ impl PackWriter {
         self.bytes.len()
     }
 
+    pub fn n_entries(&self) -> usize {
+        self.entries.len()
+    }
+
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
+    }
+
+    /// Whether the pack must be sealed now: it reached `pack_bytes`, or
+    /// [`MAX_PACK_ENTRIES`] chunks.
+    pub fn is_full(&self, pack_bytes: u64) -> bool {
+        self.bytes.len() as u64 >= pack_bytes || self.entries.len() >= MAX_PACK_ENTRIES
     }
 
     /// Seals the index and the trailer; returns (object key, bytes,
@@ -328,12 +435,21 @@ pub fn parse_trailer(object: &str, size: u64, tail: &[u8]) -> Result<(u64, u64)>
     if offset < PACK_MAGIC.len() as u64 || end != Some(size) {
         return Err(bad("pack trailer points outside the pack"));
     }
+    // Packs stay below 4 GiB (entries hold u32 offsets), indexes below
+    // MAX_INDEX_BYTES: checked before the index is read.
+    if size >= u32::MAX as u64 {
+        return Err(bad("pack is larger than 4 GiB"));
+    }
+    if len > MAX_INDEX_BYTES {
+        return Err(bad("pack index is larger than any index"));
+    }
     Ok((offset, len))
 }
 
 /// Opens a pack's sealed index.
 pub fn open_index(
     keys: &Keys,
+    bounds: &Bounds,
     object: &str,
     offset: u64,
     size: u64,
@@ -345,11 +461,20 @@ pub fn open_index(
         .ok_or_else(|| bad("pack index: authentication failed"))?;
     let entries: Vec<IndexEntry> =
         postcard::from_bytes(&plain).map_err(|_| bad("pack index does not decode"))?;
+    if entries.len() > MAX_PACK_ENTRIES {
+        return Err(bad("pack index has more entries than a pack holds"));
+    }
     for entry in &entries {
         if (entry.offset as u64) < PACK_MAGIC.len() as u64
             || entry.offset as u64 + entry.len as u64 > offset
         {
             return Err(bad("pack index entry points outside the pack's blobs"));
+        }
+        if entry.raw_len as u64 > bounds.chunk_bytes || entry.len as u64 > bounds.max_sealed_chunk()
+        {
+            return Err(bad(
+                "pack index entry is larger than the repository's chunks",
+            ));
         }
     }
     debug_assert!(offset <= size);

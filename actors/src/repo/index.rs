@@ -18,7 +18,7 @@
 use std::collections::HashMap;
 
 use super::error::{Error, Result};
-use super::format::{self, IndexEntry, PACK_TRAILER, PACKS};
+use super::format::{self, Bounds, IndexEntry, PACK_TRAILER, PACKS};
 use super::key::Keys;
 use super::store::{self, ObjectStore};
 
@@ -45,30 +45,49 @@ pub struct ChunkIndex {
 }
 
 /// Reads and opens the index of pack `key` of `size` bytes.
+/// `size` is the listing's (a store may lie): every read is checked
+/// against what was asked, and the trailer's lengths are bounded before
+/// the index is read.
 pub fn read_pack_index(
     store: &dyn ObjectStore,
     keys: &Keys,
+    bounds: &Bounds,
     key: &str,
     size: u64,
 ) -> Result<Vec<IndexEntry>> {
     let tail_len = size.min(TAIL_READ);
     let tail = store.get_range(key, size - tail_len, tail_len)?;
+    if tail.len() as u64 != tail_len {
+        return Err(Error::corrupted(
+            key,
+            None,
+            "pack is shorter than its listed size",
+        ));
+    }
     let (offset, len) = format::parse_trailer(key, size, &tail)?;
     let index_end = size - PACK_TRAILER as u64;
     let sealed = if offset >= size - tail_len {
         let start = (offset - (size - tail_len)) as usize;
         tail[start..start + len as usize].to_vec()
     } else {
-        store.get_range(key, offset, len)?
+        let sealed = store.get_range(key, offset, len)?;
+        if sealed.len() as u64 != len {
+            return Err(Error::corrupted(
+                key,
+                Some(offset),
+                "pack is shorter than its trailer says",
+            ));
+        }
+        sealed
     };
     debug_assert_eq!(offset + len, index_end);
-    format::open_index(keys, key, offset, size, &sealed)
+    format::open_index(keys, bounds, key, offset, size, &sealed)
 }
 
 impl ChunkIndex {
     /// Lists and reads every pack. Store errors stop it; a damaged pack is
     /// only set aside.
-    pub fn load(store: &dyn ObjectStore, keys: &Keys) -> Result<ChunkIndex> {
+    pub fn load(store: &dyn ObjectStore, keys: &Keys, bounds: &Bounds) -> Result<ChunkIndex> {
         let mut listed = vec![];
         store::for_each_object(store, PACKS, |object| -> Result<()> {
             listed.push(object);
@@ -84,7 +103,10 @@ impl ChunkIndex {
                             .step_by(LOAD_THREADS)
                             .map(|i| {
                                 let object = &listed[i];
-                                (i, read_pack_index(store, keys, &object.key, object.size))
+                                (
+                                    i,
+                                    read_pack_index(store, keys, bounds, &object.key, object.size),
+                                )
                             })
                             .collect()
                     })

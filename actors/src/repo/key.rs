@@ -70,17 +70,28 @@ impl fmt::Debug for Key {
 
 impl Key {
     /// Reads a key file: 32 raw bytes or 64 hex digits (surrounding
-    /// whitespace ignored), the same format as `cairn up --key-file`.
+    /// whitespace ignored), the same format as `cairn up --key-file`. The
+    /// file is opened without following a link, must be a regular file and
+    /// small ([`super::Access::read_small_file`]).
     pub fn from_file(path: &Path) -> Result<Key> {
-        crate::cluster::read_key_file(path)
+        super::Access::anywhere().key("key-file", path)
+    }
+
+    /// Parses a key file's content. The error does not say how long the
+    /// content was (it may be some other file's).
+    pub fn from_key_bytes(bytes: &[u8]) -> std::result::Result<Key, String> {
+        if let Ok(raw) = <[u8; 32]>::try_from(bytes) {
+            return Ok(Key::Raw(raw));
+        }
+        let parsed = std::str::from_utf8(bytes)
+            .ok()
+            .map(str::trim)
+            .filter(|t| t.len() == 64)
+            .and_then(unhex)
+            .and_then(|v| <[u8; 32]>::try_from(v).ok());
+        parsed
             .map(Key::Raw)
-            .map_err(|e| Error::KeyFile {
-                path: path.to_owned(),
-                reason: match e {
-                    crate::cluster::Error::KeyFile { reason, .. } => reason,
-                    other => other.to_string(),
-                },
-            })
+            .ok_or_else(|| "expected 32 raw bytes or 64 hex digits".to_owned())
     }
 
     pub fn from_bytes(bytes: [u8; 32]) -> Key {
@@ -119,6 +130,28 @@ impl KdfParams {
         }
     }
 
+    /// Refuses costs outside what `init` writes, before anything is
+    /// allocated: the config is not authenticated, and argon2 allocates
+    /// `m_cost_kib` KiB (a crafted 4 GiB aborted the process).
+    pub fn check(&self) -> Result<()> {
+        let in_range = super::KDF_M_COST_KIB.contains(&self.m_cost_kib)
+            && super::KDF_T_COST.contains(&self.t_cost)
+            && super::KDF_P_COST.contains(&self.p_cost);
+        if !in_range {
+            return Err(Error::corrupted(
+                super::CONFIG_KEY,
+                None,
+                format!(
+                    "kdf costs out of range (m_cost_kib {:?}, t_cost {:?}, p_cost {:?})",
+                    super::KDF_M_COST_KIB,
+                    super::KDF_T_COST,
+                    super::KDF_P_COST
+                ),
+            ));
+        }
+        Ok(())
+    }
+
     fn derive(&self, repo: &str, passphrase: &str) -> Result<[u8; 32]> {
         let bad = |reason: String| Error::UnsupportedVersion {
             repo: format!("{repo} (kdf: {reason})"),
@@ -130,20 +163,7 @@ impl KdfParams {
         }
         // The config is not authenticated: costs outside what `init` writes
         // could exhaust memory or time.
-        let in_range = super::KDF_M_COST_KIB.contains(&self.m_cost_kib)
-            && super::KDF_T_COST.contains(&self.t_cost)
-            && self.p_cost == 1;
-        if !in_range {
-            return Err(Error::corrupted(
-                super::CONFIG_KEY,
-                None,
-                format!(
-                    "kdf costs out of range (m_cost_kib {:?}, t_cost {:?}, p_cost 1)",
-                    super::KDF_M_COST_KIB,
-                    super::KDF_T_COST
-                ),
-            ));
-        }
+        self.check()?;
         let salt = unhex(&self.salt).ok_or_else(|| bad("salt is not hex".into()))?;
         let params = argon2::Params::new(self.m_cost_kib, self.t_cost, self.p_cost, Some(32))
             .map_err(|e| bad(e.to_string()))?;

@@ -121,15 +121,16 @@ impl ObjectStore for MemStore {
         Ok(())
     }
 
-    fn get(&self, key: &str) -> Result<Vec<u8>, Error> {
+    fn get(&self, key: &str, max: u64) -> Result<Vec<u8>, Error> {
         let st = self.alive("get", key)?;
-        st.objects
-            .get(key)
-            .map(|b| b.to_vec())
-            .ok_or_else(|| Error::NotFound {
-                store: "mem://".into(),
-                key: key.to_owned(),
-            })
+        let object = st.objects.get(key).ok_or_else(|| Error::NotFound {
+            store: "mem://".into(),
+            key: key.to_owned(),
+        })?;
+        if object.len() as u64 > max {
+            return Err(Error::oversized("mem://".into(), "get", key, max));
+        }
+        Ok(object.to_vec())
     }
 
     fn get_range(&self, key: &str, offset: u64, len: u64) -> Result<Vec<u8>, Error> {

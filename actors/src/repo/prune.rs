@@ -99,7 +99,13 @@ impl Repo {
         })?;
         for pack in packs {
             before += pack.size;
-            let entries = match read_pack_index(&*self.store, &self.keys, &pack.key, pack.size) {
+            let entries = match read_pack_index(
+                &*self.store,
+                &self.keys,
+                &format::Bounds::of(&self.config),
+                &pack.key,
+                pack.size,
+            ) {
                 Ok(entries) => entries,
                 Err(Error::Corrupted { .. }) => {
                     // Left for `check` to report and a person to decide.
@@ -124,16 +130,34 @@ impl Repo {
                 report.packs_kept += 1;
                 after += pack.size;
             } else {
-                let bytes = self.store.get(&pack.key)?;
+                let max = format::Bounds::of(&self.config).max_pack_bytes();
+                let bytes = self.store.get(&pack.key, max)?;
                 for entry in live {
-                    let blob = &bytes[entry.offset as usize..(entry.offset + entry.len) as usize];
+                    let blob = bytes
+                        .get(entry.offset as usize..(entry.offset + entry.len) as usize)
+                        .ok_or_else(|| {
+                            Error::corrupted(
+                                &pack.key,
+                                Some(entry.offset as u64),
+                                "pack is shorter than its index says",
+                            )
+                        })?;
                     format::open_chunk(&self.keys, &pack.key, entry.offset as u64, entry, blob)?;
                     writer.add(entry.id, blob, entry.raw_len as usize);
                     placed.insert(entry.id);
+                    // Sealed at the entry cap even mid-pack; this pack is
+                    // deleted only once all its live blobs are stored.
+                    if writer.n_entries() >= format::MAX_PACK_ENTRIES {
+                        after += self.store_pack(
+                            std::mem::take(&mut writer),
+                            &mut superseded,
+                            &mut report,
+                        )?;
+                    }
                 }
                 superseded.push(pack.key.clone());
                 report.packs_repacked += 1;
-                if writer.len_bytes() as u64 >= self.config.pack_bytes {
+                if writer.is_full(self.config.pack_bytes) {
                     after +=
                         self.store_pack(std::mem::take(&mut writer), &mut superseded, &mut report)?;
                 }

@@ -105,7 +105,7 @@ fn seal_packs(
     for (id, data) in chunks {
         let sealed = format::seal_chunk(&repo.keys, &id, &data, repo.config.zstd_level);
         writer.add(id, &sealed, data.len());
-        if writer.len_bytes() as u64 >= repo.config.pack_bytes {
+        if writer.is_full(repo.config.pack_bytes) {
             let (key, bytes, entries) = std::mem::take(&mut writer).finish(&repo.keys);
             if to_uploader
                 .send((key, Bytes::from(bytes), entries))
@@ -250,7 +250,7 @@ impl Repo {
                 volumes,
                 added_bytes: report.uploaded_bytes,
             };
-            let (id, sealed) = manifest.seal(&self.keys);
+            let (id, sealed) = manifest.seal(&self.keys)?;
             self.store
                 .put(&format!("{MANIFESTS}{id}"), Bytes::from(sealed))?;
             report.manifest_id = id;

@@ -109,9 +109,26 @@ fn parse_credentials(text: &str, profile: &str) -> Option<(String, String, Optio
 impl S3Store {
     /// Builds the client; no request is sent yet.
     pub fn new(location: S3Location) -> Result<S3Store, RepoError> {
+        S3Store::with_credentials(location, true)
+    }
+
+    /// Builds the client. Without credentials in the URL, the server's own
+    /// (`AWS_*` environment, the shared credentials file) are used only
+    /// when `server_credentials` says the caller may lend them (the
+    /// operator, or a tenant the operator granted this URL with
+    /// `--s3-grant`); otherwise [`RepoError::NotPermitted`].
+    pub fn with_credentials(
+        location: S3Location,
+        server_credentials: bool,
+    ) -> Result<S3Store, RepoError> {
         let described = RepoUrl::S3(location.clone()).to_string();
         let (access_key, secret_key, token) = match (&location.access_key, &location.secret_key) {
             (Some(a), Some(s)) => (a.clone(), s.clone(), None),
+            _ if !server_credentials => {
+                return Err(RepoError::NotPermitted(format!(
+                    "{described}: give this repository's own access_key and secret_key in the URL; the server's S3 credentials serve only repositories the operator grants (cairn up --s3-grant TENANT=URL_PREFIX)"
+                )));
+            }
             _ => match (env("AWS_ACCESS_KEY_ID"), env("AWS_SECRET_ACCESS_KEY")) {
                 (Some(a), Some(s)) => (a, s, env("AWS_SESSION_TOKEN")),
                 _ => match profile_credentials() {
@@ -196,7 +213,31 @@ impl S3Store {
     {
         let store = self.described.clone();
         let key = key.to_owned();
-        let reason = DisplayErrorContext(&e).to_string();
+        // The full error (with whatever the remote sent) goes to the
+        // server's debug log only; replies carry a status and an S3 code.
+        tracing::debug!(store = %store, op, key = %key, error = %DisplayErrorContext(&e), "S3 request failed");
+        let reason = match &e {
+            SdkError::ServiceError(service) => {
+                let status = service.raw().status_code();
+                match service.err().code().and_then(safe_code) {
+                    Some(code) => format!("HTTP {status} {code}"),
+                    None => format!("HTTP {status}"),
+                }
+            }
+            SdkError::DispatchFailure(failure) => {
+                if failure.is_timeout() {
+                    "timed out connecting".into()
+                } else if failure.is_io() {
+                    "connection failed".into()
+                } else {
+                    "request could not be sent".into()
+                }
+            }
+            SdkError::TimeoutError(_) => "timed out".into(),
+            SdkError::ResponseError(_) => "unreadable response".into(),
+            SdkError::ConstructionFailure(_) => "request could not be built".into(),
+            _ => "request failed".into(),
+        };
         match &e {
             SdkError::ServiceError(service) => {
                 let status = service.raw().status_code();
@@ -380,15 +421,15 @@ impl ObjectStore for S3Store {
         .map_err(|e| self.map("put", key, e))
     }
 
-    fn get(&self, key: &str) -> Result<Vec<u8>, Error> {
-        self.get_inner(key, None)
+    fn get(&self, key: &str, max: u64) -> Result<Vec<u8>, Error> {
+        self.get_inner(key, None, max)
     }
 
     fn get_range(&self, key: &str, offset: u64, len: u64) -> Result<Vec<u8>, Error> {
-        if len == 0 {
+        let Some(last) = offset.checked_add(len).and_then(|end| end.checked_sub(1)) else {
             return Ok(vec![]);
-        }
-        self.get_inner(key, Some(format!("bytes={offset}-{}", offset + len - 1)))
+        };
+        self.get_inner(key, Some(format!("bytes={offset}-{last}")), len)
     }
 
     fn head(&self, key: &str) -> Result<Option<u64>, Error> {
@@ -463,39 +504,74 @@ impl ObjectStore for S3Store {
     }
 }
 
+/// Why a bounded GET failed.
+enum GetFailure<E> {
+    Sdk(E),
+    Body(String),
+    Oversized,
+}
+
 impl S3Store {
-    fn get_inner(&self, key: &str, range: Option<String>) -> Result<Vec<u8>, Error> {
+    /// GETs `key` (a `range` of `len` bytes, or the whole object up to
+    /// `max`), collecting the body chunk by chunk and stopping past `max`:
+    /// the declared length is checked before reading and the bytes that
+    /// actually arrive after. A server that sends more than asked is
+    /// [`Error::Oversized`].
+    fn get_inner(&self, key: &str, range: Option<String>, max: u64) -> Result<Vec<u8>, Error> {
         let (client, bucket, full) = (
             self.client.clone(),
             self.location.bucket.clone(),
             self.full_key(key),
         );
         let result = self.run(async move {
-            let object = client
+            let mut object = client
                 .get_object()
                 .bucket(bucket)
                 .key(full)
                 .set_range(range)
                 .send()
                 .await
-                .map_err(Err)?;
-            object
-                .body
-                .collect()
-                .await
-                .map(|b| b.into_bytes().to_vec())
-                .map_err(Ok)
+                .map_err(GetFailure::Sdk)?;
+            let declared = object.content_length().unwrap_or(0).max(0) as u64;
+            if declared > max {
+                return Err(GetFailure::Oversized);
+            }
+            let mut out = Vec::with_capacity(declared as usize);
+            while let Some(piece) = object.body.next().await {
+                let piece = piece.map_err(|e| GetFailure::Body(short_reason(&e.to_string())))?;
+                if out.len() as u64 + piece.len() as u64 > max {
+                    return Err(GetFailure::Oversized);
+                }
+                out.extend_from_slice(&piece);
+            }
+            Ok(out)
         });
         result.map_err(|e| match e {
-            Err(sdk) => self.map("get", key, sdk),
-            Ok(body) => Error::Unavailable {
+            GetFailure::Sdk(sdk) => self.map("get", key, sdk),
+            GetFailure::Body(reason) => Error::Unavailable {
                 store: self.described.clone(),
                 op: "get",
                 key: key.to_owned(),
-                reason: format!("reading the body: {body}"),
+                reason: format!("reading the body: {reason}"),
             },
+            GetFailure::Oversized => Error::oversized(self.described.clone(), "get", key, max),
         })
     }
+}
+
+/// An error text from the SDK's own layers (not the remote's words),
+/// cut short: the first line, at most 120 characters.
+fn short_reason(text: &str) -> String {
+    let line = text.lines().next().unwrap_or("");
+    line.chars().take(120).collect()
+}
+
+/// An S3 error code as the remote sent it, kept only when it looks like
+/// one (`NoSuchKey`, `AccessDenied`): letters and digits, at most 64.
+fn safe_code(code: &str) -> Option<&str> {
+    let ok =
+        !code.is_empty() && code.len() <= 64 && code.bytes().all(|b| b.is_ascii_alphanumeric());
+    ok.then_some(code)
 }
 
 #[cfg(test)]

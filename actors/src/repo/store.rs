@@ -16,6 +16,12 @@
 //!   memory bounded by the caller.
 //! - a missing object is [`Error::NotFound`]; a store that stays unreachable
 //!   after the implementation's retries is [`Error::Unavailable`].
+//! - reads are bounded by the caller: `get` takes the largest size it
+//!   accepts and an object above it is [`Error::Oversized`] before its
+//!   bytes are collected; `get_range` never returns more than `len` bytes
+//!   (a store that answers with more is [`Error::Oversized`] too). A
+//!   repository's bytes come from outside: no read allocates what the
+//!   object (or a server) claims, only what the caller asked for.
 
 use bytes::Bytes;
 
@@ -41,6 +47,15 @@ pub enum Error {
         key: String,
         reason: String,
     },
+    /// The object (or the server's answer) is larger than the caller
+    /// accepts: a damaged or hostile store.
+    #[error("{store}: {op} {key:?}: {reason}")]
+    Oversized {
+        store: String,
+        op: &'static str,
+        key: String,
+        reason: String,
+    },
     #[error("{store}: {op} {key:?}: {reason}")]
     Io {
         store: String,
@@ -48,6 +63,18 @@ pub enum Error {
         key: String,
         reason: String,
     },
+}
+
+impl Error {
+    /// An object (or an answer) above the `max` bytes a reader accepts.
+    pub fn oversized(store: String, op: &'static str, key: &str, max: u64) -> Error {
+        Error::Oversized {
+            store,
+            op,
+            key: key.to_owned(),
+            reason: format!("larger than the {max} bytes accepted for it"),
+        }
+    }
 }
 
 /// One listed object.
@@ -63,8 +90,11 @@ pub trait ObjectStore: Send + Sync {
     fn describe(&self) -> String;
     /// Writes `key` atomically (whole object or nothing), replacing it.
     fn put(&self, key: &str, data: Bytes) -> Result<(), Error>;
-    fn get(&self, key: &str) -> Result<Vec<u8>, Error>;
-    /// `len` bytes from `offset`; fewer only at the object's end.
+    /// The whole object, if it holds at most `max` bytes (else
+    /// [`Error::Oversized`], without reading it).
+    fn get(&self, key: &str, max: u64) -> Result<Vec<u8>, Error>;
+    /// `len` bytes from `offset`; fewer only at the object's end, never
+    /// more. The caller bounds `len`.
     fn get_range(&self, key: &str, offset: u64, len: u64) -> Result<Vec<u8>, Error>;
     /// The object's size, or `None` when it does not exist.
     fn head(&self, key: &str) -> Result<Option<u64>, Error>;

@@ -46,6 +46,99 @@ pub struct S3Location {
     pub max_attempts: u32,
 }
 
+/// An S3 endpoint as the allowlist compares it: scheme, host (lower
+/// case) and port (the scheme's default when absent).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Endpoint {
+    pub https: bool,
+    pub host: String,
+    pub port: u16,
+}
+
+impl Endpoint {
+    /// `http://HOST[:PORT]` or `https://HOST[:PORT]`: no user info, path,
+    /// query or fragment, so what is compared is what is dialled. HOST is
+    /// a DNS name or IPv4 address (letters, digits, `.`, `-`) or an IPv6
+    /// address in brackets.
+    pub fn parse(text: &str) -> Option<Endpoint> {
+        let (https, authority) = if let Some(rest) = text.strip_prefix("https://") {
+            (true, rest)
+        } else {
+            (false, text.strip_prefix("http://")?)
+        };
+        let (host, port) = if let Some(rest) = authority.strip_prefix('[') {
+            let (host, after) = rest.split_once(']')?;
+            let ok = !host.is_empty() && host.bytes().all(|b| b.is_ascii_hexdigit() || b == b':');
+            if !ok {
+                return None;
+            }
+            (format!("[{}]", host.to_ascii_lowercase()), after)
+        } else {
+            let end = authority.find(':').unwrap_or(authority.len());
+            let host = &authority[..end];
+            let ok = !host.is_empty()
+                && host.len() <= 253
+                && host
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-');
+            if !ok {
+                return None;
+            }
+            (host.to_ascii_lowercase(), &authority[end..])
+        };
+        let port = match port {
+            "" => {
+                if https {
+                    443
+                } else {
+                    80
+                }
+            }
+            _ => {
+                let digits = port.strip_prefix(':')?;
+                if digits.is_empty()
+                    || digits.len() > 5
+                    || !digits.bytes().all(|b| b.is_ascii_digit())
+                {
+                    return None;
+                }
+                digits.parse().ok().filter(|p| *p != 0)?
+            }
+        };
+        Some(Endpoint { https, host, port })
+    }
+}
+
+impl S3Location {
+    /// The endpoint, parsed (`None`: AWS).
+    pub fn endpoint(&self) -> Option<Endpoint> {
+        self.endpoint.as_deref().and_then(Endpoint::parse)
+    }
+
+    /// Whether this location lies under `allowed` (an operator's
+    /// `--s3-allow`/`--s3-grant` prefix), compared part by part: the same
+    /// endpoint (scheme, host, port; or both AWS), the same bucket, and a
+    /// key prefix that starts with the allowed one at a `/` boundary.
+    /// Never a raw string prefix: `s3://b?endpoint=http://evil` is not
+    /// under `s3://b`.
+    pub fn is_under(&self, allowed: &S3Location) -> bool {
+        let same_endpoint = match (&self.endpoint, &allowed.endpoint) {
+            (None, None) => true,
+            (Some(_), Some(_)) => {
+                self.endpoint().is_some() && self.endpoint() == allowed.endpoint()
+            }
+            _ => false,
+        };
+        let prefix_ok = allowed.prefix.is_empty()
+            || self.prefix == allowed.prefix
+            || self
+                .prefix
+                .strip_prefix(&allowed.prefix)
+                .is_some_and(|rest| rest.starts_with('/'));
+        same_endpoint && self.bucket == allowed.bucket && prefix_ok
+    }
+}
+
 impl fmt::Debug for S3Location {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}", RepoUrl::S3(self.clone()))
@@ -157,12 +250,24 @@ impl RepoUrl {
             let value = percent_decode(url, value)?;
             match name {
                 "endpoint" => {
-                    if !(value.starts_with("http://") || value.starts_with("https://")) {
-                        return Err(bad("endpoint must start with http:// or https://"));
+                    let endpoint = value.trim_end_matches('/').to_owned();
+                    if Endpoint::parse(&endpoint).is_none() {
+                        return Err(bad(
+                            "endpoint must be http://HOST[:PORT] or https://HOST[:PORT] (no user, path or query)",
+                        ));
                     }
-                    s3.endpoint = Some(value.trim_end_matches('/').to_owned());
+                    s3.endpoint = Some(endpoint);
                 }
-                "region" => s3.region = value,
+                "region" => {
+                    let ok = (1..=32).contains(&value.len())
+                        && value
+                            .bytes()
+                            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+                    if !ok {
+                        return Err(bad("region must be 1 to 32 characters of a-z, 0-9 and '-'"));
+                    }
+                    s3.region = value
+                }
                 "path_style" => {
                     path_style = Some(match value.as_str() {
                         "true" | "1" => true,
@@ -190,7 +295,9 @@ impl RepoUrl {
     }
 
     /// Opens the store the URL names (a file repo's directory is created
-    /// when missing; S3 is not contacted until the first request).
+    /// when missing; S3 is not contacted until the first request), as the
+    /// operator: any path, the server's S3 credentials as a fallback.
+    /// Tenants' requests go through [`super::Access::open_store`].
     pub fn open_store(&self) -> Result<Arc<dyn ObjectStore>> {
         Ok(match self {
             RepoUrl::File { path } => Arc::new(super::FileStore::open(path.clone())?),
