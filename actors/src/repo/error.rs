@@ -69,8 +69,8 @@ impl Error {
         match self {
             Error::InvalidUrl { .. }
             | Error::KeyFile { .. }
-            | Error::NotPermitted(_)
             | Error::InvalidArgument(_) => ErrorCode::InvalidArgument,
+            Error::NotPermitted(_) => ErrorCode::PermissionDenied,
             Error::WrongKey { .. } => ErrorCode::WrongKey,
             Error::NotARepo { .. } | Error::ManifestNotFound { .. } => ErrorCode::NotFound,
             Error::AlreadyInitialized { .. } => ErrorCode::AlreadyExists,

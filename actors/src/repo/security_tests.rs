@@ -96,7 +96,7 @@ fn a_confined_tenant_reaches_only_its_roots() {
     // Another tenant's key and directory, anything else on the host.
     let refused = |p: &Path| {
         let e = a.key("key-file", p).unwrap_err();
-        assert_eq!(e.code(), ErrorCode::InvalidArgument, "{e}");
+        assert_eq!(e.code(), ErrorCode::PermissionDenied, "{e}");
         e.to_string()
     };
     let other = refused(&data.join("repo-keys/b/k.key"));
@@ -219,7 +219,7 @@ fn the_servers_s3_credentials_serve_only_granted_locations() {
     assert!(!a.check_s3(&allowed).unwrap());
     assert!(!b.check_s3(&granted).unwrap());
     let e = a.check_s3(&elsewhere).unwrap_err();
-    assert_eq!(e.code(), ErrorCode::InvalidArgument);
+    assert_eq!(e.code(), ErrorCode::PermissionDenied);
     assert!(e.to_string().contains("not permitted"), "{e}");
     // Allowed, but with no credentials of its own: refused, not lent.
     let e = b
