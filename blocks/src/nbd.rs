@@ -1564,6 +1564,9 @@ impl NbdClient {
 }
 
 #[cfg(test)]
+mod access_tests;
+
+#[cfg(test)]
 mod tests {
     use super::*;
     use crate::Error;
@@ -1571,10 +1574,10 @@ mod tests {
     use std::sync::Mutex;
 
     /// An in-memory device twin.
-    struct MemDevice {
-        name: String,
-        data: Mutex<Vec<u8>>,
-        read_only: bool,
+    pub(super) struct MemDevice {
+        pub(super) name: String,
+        pub(super) data: Mutex<Vec<u8>>,
+        pub(super) read_only: bool,
     }
 
     impl Device for MemDevice {
@@ -1617,7 +1620,7 @@ mod tests {
         }
     }
 
-    struct MemExports(BTreeMap<String, Arc<dyn Device>>);
+    pub(super) struct MemExports(pub(super) BTreeMap<String, Arc<dyn Device>>);
 
     impl Exports for MemExports {
         fn open_export(&self, name: &str) -> crate::Result<Arc<dyn Device>> {
@@ -1633,7 +1636,7 @@ mod tests {
         }
     }
 
-    const DISK_SIZE: usize = 4 << 20;
+    pub(super) const DISK_SIZE: usize = 4 << 20;
 
     fn exports() -> Arc<MemExports> {
         let mut map: BTreeMap<String, Arc<dyn Device>> = BTreeMap::new();
@@ -1655,7 +1658,7 @@ mod tests {
         serve(&"127.0.0.1:0".parse().unwrap(), exports(), limits).unwrap()
     }
 
-    fn errno(e: &io::Error) -> Option<i32> {
+    pub(super) fn errno(e: &io::Error) -> Option<i32> {
         e.raw_os_error()
     }
 
@@ -1822,7 +1825,7 @@ mod tests {
         (opt, reply, data)
     }
 
-    fn assert_closed(s: &mut TcpStream) {
+    pub(super) fn assert_closed(s: &mut TcpStream) {
         let mut b = [0u8; 1];
         match s.read(&mut b) {
             Ok(0) => {}
