@@ -29,6 +29,7 @@ pub mod gateway;
 pub mod hooks;
 pub mod journal;
 pub mod nats_server;
+pub mod nbd_access;
 pub mod node;
 pub mod registry;
 pub mod repo;
