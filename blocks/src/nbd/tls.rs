@@ -51,6 +51,9 @@ pub enum Error {
     Invalid { what: String, message: String },
 }
 
+/// The ring provider, on purpose (no aws-lc in the build); later rustls
+/// releases deprecate it for lacking post-quantum key exchange.
+#[allow(deprecated)]
 fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
