@@ -13,7 +13,7 @@ use std::ffi::OsStr;
 use std::io::{self, Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpStream};
 use std::os::fd::FromRawFd;
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::Duration;
@@ -356,15 +356,22 @@ fn nbd_over_tcp_without_tls_is_refused_at_start_up() {
 }
 
 #[test]
-fn the_unix_socket_has_mode_0660() {
+fn the_unix_socket_has_mode_0660_and_the_operators_group() {
     let nats = nats();
     let dir = tempfile::tempdir().unwrap();
-    let node = Node::start(&dir.path().join("data"), &nats.url);
-    let mode = std::fs::metadata(&node.nbd_socket)
-        .unwrap()
-        .permissions()
-        .mode();
+    // The group by name, as an operator gives it: our own primary group.
+    let group = Command::new("id").arg("-gn").output().unwrap();
+    let group = String::from_utf8(group.stdout).unwrap().trim().to_owned();
+    let node = Node::start_with(
+        &dir.path().join("data"),
+        &nats.url,
+        &[OsStr::new("--nbd-socket-group"), OsStr::new(&group)],
+    );
+    let meta = std::fs::metadata(&node.nbd_socket).unwrap();
+    let mode = meta.permissions().mode();
     assert_eq!(mode & 0o7777, 0o660, "{mode:o}");
+    // SAFETY: getegid cannot fail.
+    assert_eq!(meta.gid(), unsafe { libc::getegid() });
     node.ok(&["volume", "create", "v", "--size", "16M"]);
     if have_tool("qemu-io") {
         let out = cairn_integration::qemu_io(&node.nbd_uri("v"), "write 0 4k");
