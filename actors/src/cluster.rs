@@ -2,6 +2,9 @@
 //! gateway, NBD server and FUSE mount. Used by `cairn up` and `cairn demo`.
 //!
 //! # Start-up
+//! 0. Check the NBD access settings ([`crate::nbd_access`]): unsafe ones
+//!    (TCP without TLS, TLS without a client CA, unless
+//!    `--nbd-insecure-tcp`) stop start-up before anything is opened.
 //! 1. Take the data dir's lock (one process per data dir).
 //! 2. Connect the bus: the given NATS URL, else a private nats-server when
 //!    one is installed, else the in-process bus (and say so).
