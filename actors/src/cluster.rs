@@ -2,6 +2,9 @@
 //! gateway, NBD server and FUSE mount. Used by `cairn up` and `cairn demo`.
 //!
 //! # Start-up
+//! 0. Check the NBD access settings ([`crate::nbd_access`]): unsafe ones
+//!    (TCP without TLS, TLS without a client CA, unless
+//!    `--nbd-insecure-tcp`) stop start-up before anything is opened.
 //! 1. Take the data dir's lock (one process per data dir).
 //! 2. Connect the bus: the given NATS URL, else a private nats-server when
 //!    one is installed, else the in-process bus (and say so).
@@ -72,6 +75,10 @@ pub enum Error {
     KeyFile { path: PathBuf, reason: String },
     #[error("nats-server: {0}")]
     NatsServer(std::io::Error),
+    /// The NBD settings are unsafe or unusable (checked before anything
+    /// starts).
+    #[error("NBD: {0}")]
+    NbdAccess(String),
     #[error("NBD server on {addr}: {source}")]
     Nbd {
         addr: String,
@@ -280,6 +287,13 @@ impl Cluster {
     pub async fn start(config: Config) -> Result<Cluster, Error> {
         let limits = config.limits.sanitize();
         let mut security = config.security.clone().sanitize();
+        // Refused settings stop start-up before anything is opened.
+        let nbd_access = match &config.nbd {
+            Some(addr) => {
+                Some(crate::nbd_access::access(&security.nbd, addr).map_err(Error::NbdAccess)?)
+            }
+            None => None,
+        };
         let dir = &config.data_dir;
         std::fs::create_dir_all(dir).map_err(|source| Error::DataDir {
             path: dir.clone(),
@@ -431,16 +445,16 @@ impl Cluster {
             }
         }
 
-        let nbd = match &config.nbd {
-            None => None,
-            Some(addr) => Some(
-                nbd::serve(addr, pool.clone(), nbd::Limits::default()).map_err(|source| {
-                    Error::Nbd {
+        let nbd = match (&config.nbd, nbd_access) {
+            (Some(addr), Some(access)) => Some(
+                nbd::serve_with(addr, pool.clone(), services.security.nbd.limits, access).map_err(
+                    |source| Error::Nbd {
                         addr: addr.to_string(),
                         source,
-                    }
-                })?,
+                    },
+                )?,
             ),
+            _ => None,
         };
 
         let fuse = match &config.fuse {

@@ -30,6 +30,7 @@ pub mod hooks;
 pub mod journal;
 pub mod nats_auth;
 pub mod nats_server;
+pub mod nbd_access;
 pub mod node;
 pub mod registry;
 pub mod repo;

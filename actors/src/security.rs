@@ -79,8 +79,12 @@ pub struct NbdSecurity {
     /// CA (PEM) that signs client certificates; a client certificate's
     /// common name is the tenant it acts for.
     pub tls_client_ca: Option<PathBuf>,
-    /// Serve TCP without TLS anyway (loopback benchmarks); said at start-up.
+    /// Serve TCP without TLS (or TLS without a client CA) anyway, every
+    /// client as the operator (loopback benchmarks); said at start-up.
     pub insecure_tcp: bool,
+    /// Timeouts and connection bounds of the NBD server (handshake and
+    /// idle timeouts, connections per peer), clamped by its `sanitize`.
+    pub limits: cairn_blocks::nbd::Limits,
 }
 
 /// The operator's settings.

@@ -7,10 +7,22 @@
 //!   `NBD_FLAG_C_FIXED_NEWSTYLE` are disconnected.
 //! * Options: `NBD_OPT_EXPORT_NAME`, `NBD_OPT_ABORT`, `NBD_OPT_LIST`,
 //!   `NBD_OPT_INFO` and `NBD_OPT_GO` (replying `NBD_INFO_EXPORT` and
-//!   `NBD_INFO_BLOCK_SIZE`, plus `NBD_INFO_NAME` when asked). Every other
-//!   option (TLS, structured replies, meta contexts, extended headers) gets
-//!   `NBD_REP_ERR_UNSUP` and negotiation goes on. No TLS, no default export
-//!   (an empty name is an unknown export).
+//!   `NBD_INFO_BLOCK_SIZE`, plus `NBD_INFO_NAME` when asked), and
+//!   `NBD_OPT_STARTTLS` on a TCP server given a TLS configuration. Every
+//!   other option (structured replies, meta contexts, extended headers) gets
+//!   `NBD_REP_ERR_UNSUP` and negotiation goes on. No default export (an
+//!   empty name is an unknown export).
+//! * TLS (module `tls`): a TCP server with a TLS configuration runs the
+//!   protocol's FORCEDTLS mode: before `NBD_OPT_STARTTLS` every option but
+//!   `NBD_OPT_ABORT` gets `NBD_REP_ERR_TLS_REQD` and `NBD_OPT_EXPORT_NAME`
+//!   closes the connection; a second `NBD_OPT_STARTTLS` is
+//!   `NBD_REP_ERR_INVALID`. The unix socket never uses TLS (its file mode
+//!   and group are its access control); a server without TLS answers
+//!   `NBD_OPT_STARTTLS` with `NBD_REP_ERR_UNSUP`.
+//! * Admission (module `admission`): each connection has an [`Identity`]
+//!   (unix peer credentials, TCP peer, TLS client certificate's common
+//!   name); the server's [`Admission`] maps a requested name to the export
+//!   to open and filters `NBD_OPT_LIST`.
 //! * Transmission: simple replies only. `READ`, `WRITE`, `DISC`, `FLUSH`,
 //!   `TRIM` and `WRITE_ZEROES`, with `FUA` honoured; anything else is
 //!   answered with `EINVAL`. Requests of one connection run concurrently and
@@ -27,6 +39,15 @@
 //! [`Limits::max_in_flight_bytes`].
 //!
 //! # Invariants
+//! * Every connection is bounded in time and number: negotiation (TLS
+//!   included) must end within [`Limits::handshake_timeout`]; in
+//!   transmission a connection with no request in flight and none arriving
+//!   for [`Limits::idle_timeout`] is closed, and a write blocked that long
+//!   fails it; at most [`Limits::max_connections`] connections, and
+//!   [`Limits::max_connections_per_peer`] from one IP address, are served
+//!   (others are closed at accept).
+//! * An export another identity may not open and an export that does not
+//!   exist get the same reply.
 //! * Nothing is ever allocated from an unchecked client length: option data
 //!   is bounded by [`Limits::max_option_bytes`] and payloads by
 //!   [`Limits::max_request_bytes`]. Larger options are skipped by streaming
@@ -41,6 +62,7 @@
 //!   modification of a read-only export gets `EPERM` (after a `WRITE` payload
 //!   has been consumed, so the stream stays in sync).
 
+use std::collections::HashMap;
 use std::fmt;
 use std::io::{self, BufReader, BufWriter, Read, Write};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
@@ -48,16 +70,24 @@ use std::os::unix::fs::FileTypeExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::PathBuf;
 use std::str::FromStr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::{self, JoinHandle};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tracing::{debug, info, warn};
 
 use crate::Device;
 
+mod admission;
+mod socket;
+pub mod tls;
 mod transmit;
+
+pub use admission::{Admission, Identity, OpenAdmission};
+pub use socket::group_id;
+use socket::{Incoming, Socket, Timed, Untimed};
+pub use tls::ClientTls;
 
 // ---------------------------------------------------------------------------
 // Protocol constants
@@ -109,6 +139,7 @@ pub const NBD_REP_FLAG_ERROR: u32 = 1 << 31;
 pub const NBD_REP_ERR_UNSUP: u32 = NBD_REP_FLAG_ERROR | 1;
 pub const NBD_REP_ERR_POLICY: u32 = NBD_REP_FLAG_ERROR | 2;
 pub const NBD_REP_ERR_INVALID: u32 = NBD_REP_FLAG_ERROR | 3;
+pub const NBD_REP_ERR_TLS_REQD: u32 = NBD_REP_FLAG_ERROR | 5;
 pub const NBD_REP_ERR_UNKNOWN: u32 = NBD_REP_FLAG_ERROR | 6;
 pub const NBD_REP_ERR_TOO_BIG: u32 = NBD_REP_FLAG_ERROR | 9;
 
@@ -423,7 +454,7 @@ pub trait Exports: Send + Sync + 'static {
     fn export_names(&self) -> Vec<String>;
 }
 
-/// Resource bounds of a server.
+/// Resource bounds of a server, clamped by [`Limits::sanitize`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
     /// Largest READ or WRITE payload (advertised as the maximum block size).
@@ -432,6 +463,15 @@ pub struct Limits {
     pub max_option_bytes: u32,
     /// Connections beyond this many are closed as soon as accepted.
     pub max_connections: usize,
+    /// TCP connections from one IP address beyond this many are closed as
+    /// soon as accepted, so one peer cannot take every slot.
+    pub max_connections_per_peer: usize,
+    /// Negotiation (TLS included) must end within this, from accept.
+    pub handshake_timeout: Duration,
+    /// A connection in transmission with no request in flight and none
+    /// arriving for this long is closed; a reply write blocked this long
+    /// fails the connection.
+    pub idle_timeout: Duration,
     /// Worker threads per connection that run requests concurrently (started
     /// on demand).
     pub max_workers_per_connection: usize,
@@ -449,6 +489,9 @@ impl Default for Limits {
             max_request_bytes: 32 << 20,
             max_option_bytes: 64 << 10,
             max_connections: 256,
+            max_connections_per_peer: 64,
+            handshake_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(600),
             max_workers_per_connection: 8,
             max_in_flight_requests: 64,
             max_in_flight_bytes: 64 << 20,
@@ -457,12 +500,65 @@ impl Default for Limits {
 }
 
 impl Limits {
-    /// Raises every bound that must be at least one to one.
+    /// Shortest timeout accepted (tests shrink timeouts to this order).
+    pub const MIN_TIMEOUT: Duration = Duration::from_millis(10);
+    /// Longest handshake timeout accepted.
+    pub const MAX_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(3600);
+    /// Longest idle timeout accepted.
+    pub const MAX_IDLE_TIMEOUT: Duration = Duration::from_secs(7 * 24 * 3600);
+
+    /// Raises every bound that must be at least one to one, and keeps the
+    /// timeouts and the per-peer bound in range.
     pub fn sanitize(mut self) -> Limits {
         self.max_request_bytes = self.max_request_bytes.max(1);
+        self.max_connections = self.max_connections.max(1);
+        self.max_connections_per_peer =
+            self.max_connections_per_peer.clamp(1, self.max_connections);
+        self.handshake_timeout = self
+            .handshake_timeout
+            .clamp(Limits::MIN_TIMEOUT, Limits::MAX_HANDSHAKE_TIMEOUT);
+        self.idle_timeout = self
+            .idle_timeout
+            .clamp(Limits::MIN_TIMEOUT, Limits::MAX_IDLE_TIMEOUT);
         self.max_workers_per_connection = self.max_workers_per_connection.max(1);
         self.max_in_flight_requests = self.max_in_flight_requests.max(1);
         self
+    }
+}
+
+/// Who may connect and what they see: the admission hook, TLS for TCP, and
+/// the unix socket's permissions.
+#[derive(Clone)]
+pub struct Access {
+    /// Maps a connection's identity and requested names to exports.
+    pub admission: Arc<dyn Admission>,
+    /// TLS for TCP connections; with it, TCP clients must start TLS before
+    /// any other option (FORCEDTLS). Unused on a unix socket.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// Permission bits of the unix socket.
+    pub socket_mode: u32,
+    /// Group of the unix socket; `None`: the process's.
+    pub socket_group: Option<u32>,
+}
+
+impl Default for Access {
+    fn default() -> Access {
+        Access {
+            admission: Arc::new(OpenAdmission),
+            tls: None,
+            socket_mode: 0o660,
+            socket_group: None,
+        }
+    }
+}
+
+impl fmt::Debug for Access {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Access")
+            .field("tls", &self.tls.is_some())
+            .field("socket_mode", &format_args!("{:#o}", self.socket_mode))
+            .field("socket_group", &self.socket_group)
+            .finish_non_exhaustive()
     }
 }
 
@@ -470,23 +566,40 @@ impl Limits {
 pub struct NbdServer {
     exports: Arc<dyn Exports>,
     limits: Limits,
+    admission: Arc<dyn Admission>,
+    /// Set on a TCP server with TLS.
+    tls: Option<tls::Acceptor>,
     active: AtomicUsize,
+    /// Live TCP connections per peer address.
+    peers: Mutex<HashMap<IpAddr, usize>>,
 }
 
 /// Binds `addr` and serves `exports` on it until the handle is shut down or
-/// dropped. See [`NbdServer::serve`].
+/// dropped, to every client alike ([`Access::default`]). See
+/// [`NbdServer::serve`].
 pub fn serve(
     addr: &ListenAddr,
     exports: Arc<dyn Exports>,
     limits: Limits,
 ) -> io::Result<NbdServerHandle> {
-    NbdServer::serve(addr, exports, limits)
+    NbdServer::serve(addr, exports, limits, Access::default())
+}
+
+/// Like [`serve`], with an admission hook, TLS and socket permissions.
+pub fn serve_with(
+    addr: &ListenAddr,
+    exports: Arc<dyn Exports>,
+    limits: Limits,
+    access: Access,
+) -> io::Result<NbdServerHandle> {
+    NbdServer::serve(addr, exports, limits, access)
 }
 
 /// Serves one connection that is already open, over any byte stream: the
 /// handshake, then transmission, until the client leaves. `r` and `w` are
 /// the two directions of the same stream. This is what each accepted socket
-/// runs; it exists on its own for fuzzing and for inetd-style use.
+/// runs (without timeouts, TLS or admission: every export is open); it
+/// exists on its own for fuzzing and for inetd-style use.
 pub fn serve_stream<R: Read, W: Write + Send>(
     exports: Arc<dyn Exports>,
     limits: Limits,
@@ -496,9 +609,18 @@ pub fn serve_stream<R: Read, W: Write + Send>(
     let server = NbdServer {
         exports,
         limits: limits.sanitize(),
+        admission: Arc::new(OpenAdmission),
+        tls: None,
         active: AtomicUsize::new(1),
+        peers: Mutex::default(),
     };
-    server.run_connection(r, w, "stream")
+    server.run_connection(
+        Box::new(Untimed(r)),
+        Box::new(w),
+        "stream",
+        Identity::Stream,
+        None,
+    )
 }
 
 enum Listener {
@@ -514,11 +636,14 @@ enum Accepted {
 impl NbdServer {
     /// Binds `addr` now (so bind errors are returned), then accepts on a
     /// background thread, one thread per connection. A stale unix socket file
-    /// (one nobody answers on) is replaced; a live one is `AddrInUse`.
+    /// (one nobody answers on) is replaced; a live one is `AddrInUse`. A unix
+    /// socket gets `access.socket_mode` and `access.socket_group` before it
+    /// appears at its path.
     pub fn serve(
         addr: &ListenAddr,
         exports: Arc<dyn Exports>,
         limits: Limits,
+        access: Access,
     ) -> io::Result<NbdServerHandle> {
         let limits = limits.sanitize();
         let (listener, local) = match addr {
@@ -541,15 +666,26 @@ impl NbdServer {
                     std::fs::remove_file(path)?;
                 }
                 (
-                    Listener::Unix(UnixListener::bind(path)?),
+                    Listener::Unix(socket::bind_unix(
+                        path,
+                        access.socket_mode,
+                        access.socket_group,
+                    )?),
                     ListenAddr::Unix(path.clone()),
                 )
             }
         };
+        let tls = match (&listener, access.tls) {
+            (Listener::Tcp(_), Some(config)) => Some(tls::Acceptor::new(config)?),
+            _ => None,
+        };
         let server = Arc::new(NbdServer {
             exports,
             limits,
+            admission: access.admission,
+            tls,
             active: AtomicUsize::new(0),
+            peers: Mutex::default(),
         });
         let stop = Arc::new(AtomicBool::new(false));
         let thread = {
@@ -558,7 +694,7 @@ impl NbdServer {
                 .name("nbd-accept".into())
                 .spawn(move || server.accept_loop(listener, &stop))?
         };
-        info!(addr = %local, "NBD server listening");
+        info!(addr = %local, tls = server.tls.is_some(), "NBD server listening");
         Ok(NbdServerHandle {
             addr: local,
             stop,
@@ -588,7 +724,33 @@ impl NbdServer {
         debug!("NBD accept loop stopped");
     }
 
+    fn peers(&self) -> std::sync::MutexGuard<'_, HashMap<IpAddr, usize>> {
+        self.peers.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Counts a connection from `ip`; false when that peer is at its bound.
+    fn admit_peer(&self, ip: IpAddr) -> bool {
+        let mut peers = self.peers();
+        let count = peers.entry(ip).or_insert(0);
+        if *count >= self.limits.max_connections_per_peer {
+            return false;
+        }
+        *count += 1;
+        true
+    }
+
+    fn release_peer(&self, ip: IpAddr) {
+        let mut peers = self.peers();
+        if let Some(count) = peers.get_mut(&ip) {
+            *count -= 1;
+            if *count == 0 {
+                peers.remove(&ip);
+            }
+        }
+    }
+
     fn spawn_connection(self: &Arc<Self>, stream: Accepted) {
+        let accepted_at = Instant::now();
         if self.active.fetch_add(1, Ordering::SeqCst) >= self.limits.max_connections {
             self.active.fetch_sub(1, Ordering::SeqCst);
             warn!(
@@ -597,22 +759,30 @@ impl NbdServer {
             );
             return;
         }
-        let guard = ActiveGuard(self.clone());
+        let peer_ip = match &stream {
+            Accepted::Tcp(_, peer) => Some(peer.ip().to_canonical()),
+            Accepted::Unix(_) => None,
+        };
+        if let Some(ip) = peer_ip
+            && !self.admit_peer(ip)
+        {
+            self.active.fetch_sub(1, Ordering::SeqCst);
+            warn!(
+                peer = %ip,
+                max = self.limits.max_connections_per_peer,
+                "too many NBD connections from one peer; refusing one"
+            );
+            return;
+        }
+        let guard = ActiveGuard {
+            server: self.clone(),
+            peer_ip,
+        };
         let spawned = thread::Builder::new()
             .name("nbd-conn".into())
             .spawn(move || {
-                let server = &guard.0;
-                let result = match stream {
-                    Accepted::Tcp(s, peer) => {
-                        let _ = s.set_nodelay(true);
-                        s.try_clone()
-                            .and_then(|r| server.run_connection(r, s, &peer.to_string()))
-                    }
-                    Accepted::Unix(s) => s
-                        .try_clone()
-                        .and_then(|r| server.run_connection(r, s, "unix")),
-                };
-                if let Err(e) = result {
+                let server = &guard.server;
+                if let Err(e) = server.accepted(stream, accepted_at) {
                     debug!(error = %e, "NBD connection ended with an error");
                 }
             });
@@ -621,20 +791,75 @@ impl NbdServer {
         }
     }
 
-    fn run_connection<R: Read, W: Write + Send>(&self, r: R, w: W, peer: &str) -> io::Result<()> {
+    /// Serves one accepted socket on its own thread.
+    fn accepted(&self, stream: Accepted, accepted_at: Instant) -> io::Result<()> {
+        let (sock, peer, identity, starttls) = match stream {
+            Accepted::Tcp(s, peer) => {
+                let _ = s.set_nodelay(true);
+                let addr = peer.ip().to_canonical();
+                let starttls = match self.tls {
+                    Some(_) => Some(s.try_clone()?),
+                    None => None,
+                };
+                (
+                    Socket::Tcp(s),
+                    peer.to_string(),
+                    Identity::Tcp { addr },
+                    starttls,
+                )
+            }
+            Accepted::Unix(s) => {
+                let cred = socket::peer_credentials(&s);
+                let identity = Identity::Local {
+                    uid: cred.map(|c| c.0),
+                    gid: cred.map(|c| c.1),
+                };
+                (Socket::Unix(s), "unix".to_owned(), identity, None)
+            }
+        };
+        let mut reader = Timed::new(sock.try_clone()?);
+        reader.set_deadline(Some(accepted_at + self.limits.handshake_timeout));
+        reader.set_write_timeout(self.limits.handshake_timeout);
+        self.run_connection(Box::new(reader), Box::new(sock), &peer, identity, starttls)
+    }
+
+    fn run_connection<'a>(
+        &self,
+        r: Box<dyn Incoming + 'a>,
+        w: Box<dyn Write + Send + 'a>,
+        peer: &str,
+        identity: Identity,
+        starttls: Option<TcpStream>,
+    ) -> io::Result<()> {
         let mut conn = Connection {
             r: BufReader::with_capacity(IO_BUFFER, r),
             w: BufWriter::with_capacity(IO_BUFFER, w),
             server: self,
             peer,
+            identity,
+            starttls,
+            deadline: Instant::now() + self.limits.handshake_timeout,
+            tls_active: false,
+            pump: None,
         };
         debug!(peer, "NBD connection opened");
-        let result = match conn.negotiate()? {
-            Some(device) => {
-                let Connection { mut r, w, .. } = conn;
-                transmit::serve(&mut r, w, &*device, &self.limits, peer)
+        let result = match conn.negotiate() {
+            Ok(Some(device)) => {
+                let Connection { mut r, w, pump, .. } = conn;
+                r.get_mut().set_deadline(None);
+                r.get_ref().set_write_timeout(self.limits.idle_timeout);
+                let served = transmit::serve(&mut r, w, &*device, &self.limits, peer);
+                // The socket ends close before the pump is told to finish.
+                drop(r);
+                drop(pump);
+                served
             }
-            None => Ok(()),
+            Ok(None) => Ok(()),
+            Err(e) if socket::is_timeout(&e) => {
+                info!(peer, "NBD negotiation timed out; closing");
+                Ok(())
+            }
+            Err(e) => Err(e),
         };
         debug!(peer, "NBD connection closed");
         result
@@ -652,13 +877,19 @@ impl NbdServer {
     }
 }
 
-/// Counts a live connection; decrements on drop (even if the thread panics
-/// or never starts).
-struct ActiveGuard(Arc<NbdServer>);
+/// Counts a live connection (and its peer's); decrements on drop (even if
+/// the thread panics or never starts).
+struct ActiveGuard {
+    server: Arc<NbdServer>,
+    peer_ip: Option<IpAddr>,
+}
 
 impl Drop for ActiveGuard {
     fn drop(&mut self) {
-        self.0.active.fetch_sub(1, Ordering::SeqCst);
+        if let Some(ip) = self.peer_ip {
+            self.server.release_peer(ip);
+        }
+        self.server.active.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
@@ -724,32 +955,94 @@ impl Drop for NbdServerHandle {
     }
 }
 
-/// Reads exactly `buf.len()` bytes; `Ok(false)` on a clean EOF before the
-/// first byte.
-fn read_full_or_eof(r: &mut impl Read, buf: &mut [u8]) -> io::Result<bool> {
-    let mut filled = 0;
-    while filled < buf.len() {
-        match r.read(&mut buf[filled..]) {
-            Ok(0) if filled == 0 => return Ok(false),
-            Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
-            Ok(n) => filled += n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(true)
-}
-
-struct Connection<'a, R: Read, W: Write> {
-    r: BufReader<R>,
-    w: BufWriter<W>,
+/// One connection during negotiation.
+struct Connection<'a, 's> {
+    r: BufReader<Box<dyn Incoming + 's>>,
+    w: BufWriter<Box<dyn Write + Send + 's>>,
     server: &'a NbdServer,
     peer: &'a str,
+    identity: Identity,
+    /// The TCP socket while TLS is required and not yet started.
+    starttls: Option<TcpStream>,
+    /// When negotiation must be over (the TLS handshake too).
+    deadline: Instant,
+    /// TLS was started on this connection.
+    tls_active: bool,
+    /// Keeps the TLS pump delivering until the connection is done.
+    pump: Option<tls::PumpGuard>,
 }
 
-impl<R: Read, W: Write> Connection<'_, R, W> {
+/// What the client asked for by `NBD_OPT_EXPORT_NAME`, `NBD_OPT_INFO` or
+/// `NBD_OPT_GO`, once admitted and opened.
+type Opened = Result<Arc<dyn Device>, String>;
+
+impl Connection<'_, '_> {
     fn limits(&self) -> &Limits {
         &self.server.limits
+    }
+
+    /// Opens what the client calls `requested`, as its identity may. An
+    /// export it may not open and one that does not exist give the same
+    /// message.
+    fn open(&self, requested: &str) -> Opened {
+        let refused = || format!("no export named {:?}", bounded(requested));
+        let Some(name) = self.server.admission.resolve(&self.identity, requested) else {
+            debug!(peer = self.peer, requested, identity = ?self.identity, "export not admitted");
+            return Err(refused());
+        };
+        self.server.exports.open_export(&name).map_err(|e| {
+            debug!(peer = self.peer, requested, export = name, error = %e, "cannot open export");
+            refused()
+        })
+    }
+
+    /// Answers `NBD_OPT_STARTTLS` on a connection that must start TLS, and
+    /// moves the connection onto the TLS pump. False: close.
+    fn start_tls(&mut self, option: u32, data: &[u8]) -> io::Result<bool> {
+        if !data.is_empty() {
+            self.option_error(
+                option,
+                NBD_REP_ERR_INVALID,
+                "NBD_OPT_STARTTLS takes no data",
+            )?;
+            return Ok(true);
+        }
+        self.option_reply(option, NBD_REP_ACK, &[])?;
+        self.w.flush()?;
+        if !self.r.buffer().is_empty() {
+            warn!(
+                peer = self.peer,
+                "NBD client sent data before the TLS handshake; closing"
+            );
+            return Ok(false);
+        }
+        let (Some(tcp), Some(acceptor)) = (self.starttls.take(), &self.server.tls) else {
+            return Ok(false);
+        };
+        let Identity::Tcp { addr } = self.identity else {
+            return Ok(false);
+        };
+        let upgraded = match acceptor.upgrade(tcp, self.deadline, self.limits().handshake_timeout) {
+            Ok(upgraded) => upgraded,
+            Err(e) => {
+                info!(peer = self.peer, error = %e, "NBD TLS handshake failed; closing");
+                return Ok(false);
+            }
+        };
+        let stream = upgraded.stream;
+        let mut reader = Timed::new(Socket::Unix(stream.try_clone()?));
+        reader.set_deadline(Some(self.deadline));
+        reader.set_write_timeout(self.limits().handshake_timeout);
+        self.r = BufReader::with_capacity(IO_BUFFER, Box::new(reader));
+        self.w = BufWriter::with_capacity(IO_BUFFER, Box::new(stream));
+        self.pump = Some(upgraded.guard);
+        self.tls_active = true;
+        debug!(peer = self.peer, common_name = ?upgraded.common_name, "NBD TLS started");
+        self.identity = Identity::Tls {
+            addr,
+            common_name: upgraded.common_name,
+        };
+        Ok(true)
     }
 
     fn option_reply(&mut self, option: u32, reply: u32, data: &[u8]) -> io::Result<()> {
@@ -811,6 +1104,7 @@ impl<R: Read, W: Write> Connection<'_, R, W> {
                 warn!(peer = self.peer, magic, "bad option magic; closing");
                 return Ok(None);
             }
+            let tls_required = self.starttls.is_some();
             if len > self.limits().max_option_bytes {
                 if option == NBD_OPT_EXPORT_NAME {
                     warn!(
@@ -820,12 +1114,37 @@ impl<R: Read, W: Write> Connection<'_, R, W> {
                     return Ok(None);
                 }
                 io::copy(&mut (&mut self.r).take(u64::from(len)), &mut io::sink())?;
-                self.option_error(option, NBD_REP_ERR_TOO_BIG, "option data too large")?;
+                if tls_required {
+                    self.option_error(option, NBD_REP_ERR_TLS_REQD, "start TLS first")?;
+                } else {
+                    self.option_error(option, NBD_REP_ERR_TOO_BIG, "option data too large")?;
+                }
                 continue;
             }
             // Bounded by max_option_bytes above.
             let mut data = vec![0u8; len as usize];
             self.r.read_exact(&mut data)?;
+
+            if tls_required {
+                match option {
+                    NBD_OPT_STARTTLS => {
+                        if !self.start_tls(option, &data)? {
+                            return Ok(None);
+                        }
+                        continue;
+                    }
+                    NBD_OPT_ABORT => {}
+                    NBD_OPT_EXPORT_NAME => {
+                        // It cannot be refused; the protocol says to close.
+                        info!(peer = self.peer, "NBD_OPT_EXPORT_NAME before TLS; closing");
+                        return Ok(None);
+                    }
+                    _ => {
+                        self.option_error(option, NBD_REP_ERR_TLS_REQD, "start TLS first")?;
+                        continue;
+                    }
+                }
+            }
 
             match option {
                 NBD_OPT_EXPORT_NAME => {
@@ -833,11 +1152,11 @@ impl<R: Read, W: Write> Connection<'_, R, W> {
                         warn!(peer = self.peer, "export name is not UTF-8; closing");
                         return Ok(None);
                     };
-                    let device = match self.server.exports.open_export(&name) {
+                    let device = match self.open(&name) {
                         Ok(device) => device,
-                        Err(e) => {
+                        Err(msg) => {
                             // The protocol gives no way to refuse EXPORT_NAME but closing.
-                            warn!(peer = self.peer, export = name, error = %e, "cannot open export; closing");
+                            info!(peer = self.peer, msg, "cannot open export; closing");
                             return Ok(None);
                         }
                     };
@@ -864,7 +1183,11 @@ impl<R: Read, W: Write> Connection<'_, R, W> {
                         )?;
                         continue;
                     }
-                    for name in self.server.exports.export_names() {
+                    let names = self
+                        .server
+                        .admission
+                        .visible(&self.identity, self.server.exports.export_names());
+                    for name in names {
                         if name.len() > MAX_STRING {
                             continue;
                         }
@@ -882,6 +1205,9 @@ impl<R: Read, W: Write> Connection<'_, R, W> {
                         self.w.flush()?;
                         return Ok(Some(device));
                     }
+                }
+                NBD_OPT_STARTTLS if self.tls_active => {
+                    self.option_error(option, NBD_REP_ERR_INVALID, "TLS is already on")?
                 }
                 _ => self.option_error(option, NBD_REP_ERR_UNSUP, "option not supported")?,
             }
@@ -907,10 +1233,10 @@ impl<R: Read, W: Write> Connection<'_, R, W> {
             )?;
             return Ok(None);
         }
-        let device = match self.server.exports.open_export(&request.name) {
+        let device = match self.open(&request.name) {
             Ok(device) => device,
-            Err(e) => {
-                self.option_error(option, NBD_REP_ERR_UNKNOWN, &e.to_string())?;
+            Err(msg) => {
+                self.option_error(option, NBD_REP_ERR_UNKNOWN, &msg)?;
                 return Ok(None);
             }
         };
@@ -973,12 +1299,18 @@ fn bad_data(msg: impl Into<String>) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, msg.into())
 }
 
-/// Connects and does the fixed-newstyle handshake.
-fn client_handshake(addr: &ListenAddr) -> io::Result<(ClientReader, ClientWriter)> {
+/// Connects and does the fixed-newstyle handshake; with `tls`, starts TLS
+/// (`NBD_OPT_STARTTLS`, then the TLS handshake) before anything else.
+fn client_handshake(
+    addr: &ListenAddr,
+    tls: Option<&ClientTls>,
+) -> io::Result<(ClientReader, ClientWriter)> {
+    let mut tcp = None;
     let (r, w): (Box<dyn Read + Send>, Box<dyn Write + Send>) = match addr {
         ListenAddr::Tcp(a) => {
             let s = TcpStream::connect(a)?;
             s.set_nodelay(true)?;
+            tcp = Some(s.try_clone()?);
             (Box::new(s.try_clone()?), Box::new(s))
         }
         ListenAddr::Unix(p) => {
@@ -1006,7 +1338,22 @@ fn client_handshake(addr: &ListenAddr) -> io::Result<(ClientReader, ClientWriter
         0
     };
     w.write_all(&(NBD_FLAG_C_FIXED_NEWSTYLE | no_zeroes).to_be_bytes())?;
-    Ok((r, w))
+    let Some(tls) = tls else {
+        return Ok((r, w));
+    };
+    let tcp = tcp.ok_or_else(|| {
+        io::Error::new(io::ErrorKind::InvalidInput, "TLS is for TCP addresses only")
+    })?;
+    send_option(&mut w, NBD_OPT_STARTTLS, &[])?;
+    read_option_reply(&mut r, NBD_OPT_STARTTLS)?;
+    if !r.buffer().is_empty() {
+        return Err(bad_data("NBD server sent data before the TLS handshake"));
+    }
+    let stream = tls::ClientStream::connect(tls, tcp)?;
+    Ok((
+        BufReader::with_capacity(IO_BUFFER, Box::new(stream.clone())),
+        BufWriter::with_capacity(IO_BUFFER, Box::new(stream)),
+    ))
 }
 
 fn send_option(w: &mut ClientWriter, option: u32, data: &[u8]) -> io::Result<()> {
@@ -1034,7 +1381,7 @@ fn read_option_reply(r: &mut ClientReader, option: u32) -> io::Result<(u32, Vec<
     let kind = match reply {
         NBD_REP_ERR_UNKNOWN => io::ErrorKind::NotFound,
         NBD_REP_ERR_UNSUP => io::ErrorKind::Unsupported,
-        NBD_REP_ERR_POLICY => io::ErrorKind::PermissionDenied,
+        NBD_REP_ERR_POLICY | NBD_REP_ERR_TLS_REQD => io::ErrorKind::PermissionDenied,
         NBD_REP_ERR_INVALID => io::ErrorKind::InvalidInput,
         _ => io::ErrorKind::Other,
     };
@@ -1046,7 +1393,12 @@ fn read_option_reply(r: &mut ClientReader, option: u32) -> io::Result<(u32, Vec<
 
 /// Lists the server's exports with `NBD_OPT_LIST`.
 pub fn list_exports(addr: &ListenAddr) -> io::Result<Vec<String>> {
-    let (mut r, mut w) = client_handshake(addr)?;
+    list_exports_with(addr, None)
+}
+
+/// [`list_exports`], over TLS when `tls` is given.
+pub fn list_exports_with(addr: &ListenAddr, tls: Option<&ClientTls>) -> io::Result<Vec<String>> {
+    let (mut r, mut w) = client_handshake(addr, tls)?;
     send_option(&mut w, NBD_OPT_LIST, &[])?;
     let mut names = Vec::new();
     loop {
@@ -1072,7 +1424,16 @@ impl NbdClient {
     /// Connects and enters transmission on `export` with `NBD_OPT_GO`. An
     /// unknown export is `NotFound` with the server's message.
     pub fn connect(addr: &ListenAddr, export: &str) -> io::Result<NbdClient> {
-        let (mut r, mut w) = client_handshake(addr)?;
+        NbdClient::connect_with(addr, export, None)
+    }
+
+    /// [`NbdClient::connect`], over TLS when `tls` is given.
+    pub fn connect_with(
+        addr: &ListenAddr,
+        export: &str,
+        tls: Option<&ClientTls>,
+    ) -> io::Result<NbdClient> {
+        let (mut r, mut w) = client_handshake(addr, tls)?;
         let mut data = Vec::with_capacity(8 + export.len());
         data.extend_from_slice(&(export.len() as u32).to_be_bytes());
         data.extend_from_slice(export.as_bytes());
@@ -1203,6 +1564,9 @@ impl NbdClient {
 }
 
 #[cfg(test)]
+mod access_tests;
+
+#[cfg(test)]
 mod tests {
     use super::*;
     use crate::Error;
@@ -1210,10 +1574,10 @@ mod tests {
     use std::sync::Mutex;
 
     /// An in-memory device twin.
-    struct MemDevice {
-        name: String,
-        data: Mutex<Vec<u8>>,
-        read_only: bool,
+    pub(super) struct MemDevice {
+        pub(super) name: String,
+        pub(super) data: Mutex<Vec<u8>>,
+        pub(super) read_only: bool,
     }
 
     impl Device for MemDevice {
@@ -1256,7 +1620,7 @@ mod tests {
         }
     }
 
-    struct MemExports(BTreeMap<String, Arc<dyn Device>>);
+    pub(super) struct MemExports(pub(super) BTreeMap<String, Arc<dyn Device>>);
 
     impl Exports for MemExports {
         fn open_export(&self, name: &str) -> crate::Result<Arc<dyn Device>> {
@@ -1272,7 +1636,7 @@ mod tests {
         }
     }
 
-    const DISK_SIZE: usize = 4 << 20;
+    pub(super) const DISK_SIZE: usize = 4 << 20;
 
     fn exports() -> Arc<MemExports> {
         let mut map: BTreeMap<String, Arc<dyn Device>> = BTreeMap::new();
@@ -1294,7 +1658,7 @@ mod tests {
         serve(&"127.0.0.1:0".parse().unwrap(), exports(), limits).unwrap()
     }
 
-    fn errno(e: &io::Error) -> Option<i32> {
+    pub(super) fn errno(e: &io::Error) -> Option<i32> {
         e.raw_os_error()
     }
 
@@ -1461,7 +1825,7 @@ mod tests {
         (opt, reply, data)
     }
 
-    fn assert_closed(s: &mut TcpStream) {
+    pub(super) fn assert_closed(s: &mut TcpStream) {
         let mut b = [0u8; 1];
         match s.read(&mut b) {
             Ok(0) => {}

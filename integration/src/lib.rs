@@ -77,6 +77,8 @@ pub struct Node {
     /// Global NATS options (auth, TLS) given to `cairn up` and every CLI call.
     pub nats_args: Vec<OsString>,
     pub nbd_socket: PathBuf,
+    /// `--nbd` when it is not the unix socket `nbd_socket` (a TCP address).
+    pub nbd_tcp: Option<std::net::SocketAddr>,
     child: Option<Child>,
 }
 
@@ -123,7 +125,25 @@ impl Node {
         up_args: &[&OsStr],
         env: &[(&str, &str)],
     ) -> Node {
+        Node::start_nbd(data_dir, nats_url, nats_args, None, up_args, env)
+    }
+
+    /// Like [`Node::start_full`], serving NBD on TCP address `nbd_tcp`
+    /// (when given) instead of the unix socket; `up_args` then carry its TLS
+    /// (or `--nbd-insecure-tcp`) flags.
+    pub fn start_nbd(
+        data_dir: &Path,
+        nats_url: &str,
+        nats_args: &[&OsStr],
+        nbd_tcp: Option<std::net::SocketAddr>,
+        up_args: &[&OsStr],
+        env: &[(&str, &str)],
+    ) -> Node {
         let nbd_socket = data_dir.join("nbd.sock");
+        let nbd = match nbd_tcp {
+            Some(addr) => addr.to_string(),
+            None => format!("unix:{}", nbd_socket.display()),
+        };
         std::fs::create_dir_all(data_dir).unwrap();
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -136,7 +156,7 @@ impl Node {
             .args(["up", "--data-dir"])
             .arg(data_dir)
             .arg("--nbd")
-            .arg(format!("unix:{}", nbd_socket.display()))
+            .arg(nbd)
             .args(up_args)
             .envs(env.iter().copied())
             .stdin(Stdio::null())
@@ -149,6 +169,7 @@ impl Node {
             nats_url: nats_url.to_owned(),
             nats_args: nats_args.iter().map(|a| a.to_os_string()).collect(),
             nbd_socket,
+            nbd_tcp,
             child: Some(child),
         };
         node.wait_ready();
@@ -158,7 +179,11 @@ impl Node {
     fn wait_ready(&mut self) {
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
-            if self.cli(&["request", "system.ping"]).status.success() && self.nbd_socket.exists() {
+            let nbd_ready = match self.nbd_tcp {
+                Some(addr) => TcpStream::connect(addr).is_ok(),
+                None => self.nbd_socket.exists(),
+            };
+            if self.cli(&["request", "system.ping"]).status.success() && nbd_ready {
                 return;
             }
             if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {

@@ -151,7 +151,7 @@ rm -f "$work/disk.qcow2"
 # ---------------------------------------------------------------------------
 echo "==> cairn up"
 nbd_port=$(free_port)
-"$CAIRN_BIN" up --data-dir "$work/cairn" --nbd "127.0.0.1:$nbd_port" >"$work/cairn.log" 2>&1 &
+"$CAIRN_BIN" up --data-dir "$work/cairn" --nbd "127.0.0.1:$nbd_port" --nbd-insecure-tcp >"$work/cairn.log" 2>&1 &
 pids+=($!)
 for _ in $(seq 300); do [ -s "$work/cairn/cluster.json" ] && break; sleep 0.1; done
 [ -s "$work/cairn/cluster.json" ] || { cat "$work/cairn.log" >&2; echo "bench-blocks: cairn up did not start" >&2; exit 1; }

@@ -47,9 +47,19 @@ pub struct SecurityArgs {
     /// is the tenant whose exports it sees.
     #[arg(long, value_name = "FILE")]
     pub nbd_tls_client_ca: Option<PathBuf>,
-    /// Serve NBD over TCP without TLS (loopback benchmarks only).
+    /// Serve NBD over TCP without TLS, or with TLS but no client CA, every
+    /// client as the operator (loopback benchmarks only).
     #[arg(long)]
     pub nbd_insecure_tcp: bool,
+    /// An NBD client must finish negotiation (TLS included) within this.
+    #[arg(long, value_name = "MS", default_value_t = 10_000)]
+    pub nbd_handshake_timeout_ms: u64,
+    /// An NBD connection with no request in flight for this long is closed.
+    #[arg(long, value_name = "MS", default_value_t = 600_000)]
+    pub nbd_idle_timeout_ms: u64,
+    /// NBD connections served at once from one IP address.
+    #[arg(long, value_name = "N", default_value_t = 64)]
+    pub nbd_max_connections_per_peer: usize,
     /// Requests of one tenant worked on at once.
     #[arg(long, value_name = "N", default_value_t = 64)]
     pub tenant_requests: usize,
@@ -144,6 +154,12 @@ impl SecurityArgs {
             tls_key: self.nbd_tls_key.clone(),
             tls_client_ca: self.nbd_tls_client_ca.clone(),
             insecure_tcp: self.nbd_insecure_tcp,
+            limits: cairn_blocks::nbd::Limits {
+                handshake_timeout: std::time::Duration::from_millis(self.nbd_handshake_timeout_ms),
+                idle_timeout: std::time::Duration::from_millis(self.nbd_idle_timeout_ms),
+                max_connections_per_peer: self.nbd_max_connections_per_peer,
+                ..cairn_blocks::nbd::Limits::default()
+            },
         };
         security.caps.requests_in_flight = self.tenant_requests;
         security.caps.sagas_running = self.tenant_sagas;

@@ -114,6 +114,10 @@ fuzz_target!(|data: &[u8]| {
         max_request_bytes: 8 << 10,
         max_option_bytes: 1 << 10,
         max_connections: 1,
+        max_connections_per_peer: 1,
+        // A stream has no clock; these only have to be valid.
+        handshake_timeout: std::time::Duration::from_secs(1),
+        idle_timeout: std::time::Duration::from_secs(1),
         max_workers_per_connection: 2,
         max_in_flight_requests: 4,
         max_in_flight_bytes: 16 << 10,

@@ -44,6 +44,11 @@
 //!   it completed, so every write whose reply was sent before the `FLUSH` was
 //!   received is covered. A write still in flight when the `FLUSH` arrives may
 //!   or may not be; the protocol only promises completed ones.
+//! * Idle: the reader waits for a request header with a deadline of
+//!   [`Limits::idle_timeout`] after the last sign of life (a request read or
+//!   answered). When it passes with nothing in flight, the connection is
+//!   closed like at EOF; with requests still running it waits on. A `WRITE`
+//!   payload must arrive within the idle timeout of its header.
 //! * `DISC`, EOF and protocol violations (bad magic, an oversized `WRITE`):
 //!   the reader stops reading, every admitted request still runs and is
 //!   answered, then the connection closes. After `DISC` the device is flushed
@@ -55,18 +60,20 @@ use std::io::{self, BufReader, BufWriter, Read, Write};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread;
+use std::time::{Duration, Instant};
 
 use tracing::{debug, warn};
 
+use super::socket::{Incoming, is_timeout};
 use super::{
     Command, Limits, NBD_EINVAL, NBD_ENOSPC, NBD_EPERM, NBD_SIMPLE_REPLY_MAGIC, REQUEST_LEN,
-    Request, SIMPLE_REPLY_LEN, in_range, nbd_errno, parse_request, read_full_or_eof,
+    Request, SIMPLE_REPLY_LEN, in_range, nbd_errno, parse_request,
 };
 use crate::Device;
 
 /// Serves requests on `device` until `DISC`, EOF, a protocol violation or a
 /// socket error; returns once every admitted request has been answered.
-pub(super) fn serve<R: Read, W: Write + Send>(
+pub(super) fn serve<R: Incoming, W: Write + Send>(
     r: &mut BufReader<R>,
     w: BufWriter<W>,
     device: &dyn Device,
@@ -83,6 +90,7 @@ pub(super) fn serve<R: Read, W: Write + Send>(
     let conn = Transmission {
         device,
         max_request_bytes: limits.max_request_bytes,
+        idle_timeout: limits.idle_timeout,
         peer,
         pipeline: Pipeline::new(limits),
         replies: Replies {
@@ -137,6 +145,8 @@ enum End {
     Violation,
     /// A reply could not be written.
     Failed,
+    /// Nothing in flight and nothing arriving for the idle timeout.
+    Idle,
 }
 
 /// What the reader got from the socket.
@@ -157,6 +167,7 @@ struct Job {
 struct Transmission<'a, W: Write> {
     device: &'a dyn Device,
     max_request_bytes: u32,
+    idle_timeout: Duration,
     peer: &'a str,
     pipeline: Pipeline,
     replies: Replies<W>,
@@ -165,12 +176,11 @@ struct Transmission<'a, W: Write> {
 impl<W: Write + Send> Transmission<'_, W> {
     /// Reads and admits the next request (blocking while the pipeline is
     /// full), or says why to stop.
-    fn next_request<R: Read>(&self, r: &mut BufReader<R>) -> io::Result<Next> {
+    fn next_request<R: Incoming>(&self, r: &mut BufReader<R>) -> io::Result<Next> {
         let peer = self.peer;
         let mut header = [0u8; REQUEST_LEN];
-        if !read_full_or_eof(r, &mut header)? {
-            debug!(peer, "client closed without NBD_CMD_DISC");
-            return Ok(Next::End(End::Eof));
+        if let Some(end) = self.read_header(r, &mut header)? {
+            return Ok(Next::End(end));
         }
         let req = match parse_request(&header) {
             Ok(req) => req,
@@ -203,6 +213,8 @@ impl<W: Write + Send> Transmission<'_, W> {
         }
         let mut payload = Vec::new();
         if req.command == Command::Write {
+            r.get_mut()
+                .set_deadline(Some(Instant::now() + self.idle_timeout));
             payload.resize(cost, 0);
             if let Err(e) = r.read_exact(&mut payload) {
                 // Never answered; the connection ends.
@@ -211,6 +223,39 @@ impl<W: Write + Send> Transmission<'_, W> {
             }
         }
         Ok(Next::Job(Job { req, payload, cost }))
+    }
+
+    /// Reads a request header, waiting at most the idle timeout after the
+    /// connection's last sign of life while nothing is in flight. `Some`
+    /// says why to stop instead.
+    fn read_header<R: Incoming>(
+        &self,
+        r: &mut BufReader<R>,
+        header: &mut [u8; REQUEST_LEN],
+    ) -> io::Result<Option<End>> {
+        let mut filled = 0;
+        while filled < header.len() {
+            let deadline = self.pipeline.idle_deadline(self.idle_timeout);
+            r.get_mut().set_deadline(Some(deadline));
+            match r.read(&mut header[filled..]) {
+                Ok(0) if filled == 0 => {
+                    debug!(peer = self.peer, "client closed without NBD_CMD_DISC");
+                    return Ok(Some(End::Eof));
+                }
+                Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
+                Ok(n) => filled += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if is_timeout(&e) => {
+                    if self.pipeline.idle_deadline(self.idle_timeout) <= Instant::now() {
+                        tracing::info!(peer = self.peer, "NBD connection idle; closing");
+                        return Ok(Some(End::Idle));
+                    }
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        self.pipeline.touch();
+        Ok(None)
     }
 
     /// A worker: runs queued requests until the reader is done and the queue
@@ -337,12 +382,17 @@ struct PipelineState {
     closing: bool,
     /// A reply could not be written; the reader admits no more.
     failed: bool,
+    /// The last request read or answered, or when transmission started.
+    last_activity: Option<Instant>,
 }
 
 impl Pipeline {
     fn new(limits: &Limits) -> Pipeline {
         Pipeline {
-            state: Mutex::default(),
+            state: Mutex::new(PipelineState {
+                last_activity: Some(Instant::now()),
+                ..PipelineState::default()
+            }),
             work: Condvar::new(),
             room: Condvar::new(),
             max_requests: limits.max_in_flight_requests.max(1),
@@ -355,6 +405,22 @@ impl Pipeline {
         // No code that can panic runs under this lock, but a worker's Slot
         // takes it while unwinding; never turn that into a second panic.
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// When the connection counts as idle: the idle timeout after its last
+    /// sign of life, or a full timeout from now while requests are in flight.
+    fn idle_deadline(&self, idle: Duration) -> Instant {
+        let s = self.lock();
+        if s.requests > 0 {
+            Instant::now() + idle
+        } else {
+            s.last_activity.unwrap_or_else(Instant::now) + idle
+        }
+    }
+
+    /// A request arrived.
+    fn touch(&self) {
+        self.lock().last_activity = Some(Instant::now());
     }
 
     /// Blocks until a request with `cost` payload bytes fits in flight, and
@@ -420,6 +486,7 @@ impl Pipeline {
         let mut s = self.lock();
         s.requests -= 1;
         s.bytes -= cost;
+        s.last_activity = Some(Instant::now());
         self.room.notify_one();
     }
 
