@@ -67,9 +67,9 @@ impl Error {
     /// The stable code at the API edge.
     pub fn code(&self) -> ErrorCode {
         match self {
-            Error::InvalidUrl { .. }
-            | Error::KeyFile { .. }
-            | Error::InvalidArgument(_) => ErrorCode::InvalidArgument,
+            Error::InvalidUrl { .. } | Error::KeyFile { .. } | Error::InvalidArgument(_) => {
+                ErrorCode::InvalidArgument
+            }
             Error::NotPermitted(_) => ErrorCode::PermissionDenied,
             Error::WrongKey { .. } => ErrorCode::WrongKey,
             Error::NotARepo { .. } | Error::ManifestNotFound { .. } => ErrorCode::NotFound,
