@@ -42,6 +42,10 @@ pub enum ErrorCode {
     /// The key given does not open the encrypted store (a backup
     /// repository): nothing was read or changed.
     WrongKey,
+    /// The caller may not do this: the operator has not granted it (hooks
+    /// off for the tenant, an argv outside its allowlist), or the command
+    /// is only for a workflow's steps. Nothing ran.
+    PermissionDenied,
 }
 
 impl ErrorCode {
@@ -62,6 +66,7 @@ impl ErrorCode {
             ErrorCode::DeadlineExceeded => "deadline_exceeded",
             ErrorCode::Aborted => "aborted",
             ErrorCode::WrongKey => "wrong_key",
+            ErrorCode::PermissionDenied => "permission_denied",
         }
     }
 }
