@@ -625,11 +625,11 @@ mod tests {
     }
 
     /// The twin: records every spec, answers with a fixed exit, and can
-    /// hold hooks until released (to fill the per-tenant cap).
+    /// hold hooks until the test hands out permits (to fill the cap).
     #[derive(Default)]
     struct Twin {
         ran: Mutex<Vec<HookSpec>>,
-        hold: Option<Arc<tokio::sync::Notify>>,
+        hold: Option<Arc<Semaphore>>,
     }
 
     impl HookRunner for Arc<Twin> {
@@ -638,7 +638,7 @@ mod tests {
             let hold = self.hold.clone();
             Box::pin(async move {
                 if let Some(h) = hold {
-                    h.notified().await;
+                    h.acquire().await.expect("never closed").forget();
                 }
                 Ok(HookExit {
                     success: true,
@@ -743,7 +743,7 @@ mod tests {
     #[tokio::test]
     async fn past_the_cap_a_hook_is_refused_as_retryable() {
         let dir = tempfile::tempdir().unwrap();
-        let release = Arc::new(tokio::sync::Notify::new());
+        let release = Arc::new(Semaphore::new(0));
         let twin = Arc::new(Twin {
             ran: Mutex::default(),
             hold: Some(release.clone()),
@@ -770,10 +770,12 @@ mod tests {
         while twin.ran.lock().unwrap().len() < 2 {
             tokio::task::yield_now().await;
         }
-        release.notify_waiters();
+        release.add_permits(3);
         first.await.unwrap().unwrap();
         second.await.unwrap().unwrap();
-        hooks.run("acme", &state, "preSnapshot", None).await.unwrap_err();
+        // Its slot back, acme runs again.
+        hooks.run("acme", &state, "preSnapshot", None).await.unwrap();
+        assert_eq!(twin.ran.lock().unwrap().len(), 3);
     }
 
     #[tokio::test]

@@ -85,18 +85,30 @@ fn definition_of(state: &WorkflowState) -> Result<Definition, ApiError> {
 
 /// The definition a journaled workflow runs: its pinned text, resolved
 /// again with its parameters, secret ones unsealed (pure but for the
-/// unsealing, so the same as when it started).
+/// unsealing, so the same as when it started); and the secret params'
+/// values as text, for the saga to cut out of what it journals.
 fn running_definition_of(
     state: &WorkflowState,
     tenant: &str,
     key: &ClusterKey,
-) -> Result<Definition, ApiError> {
+) -> Result<(Definition, Vec<String>), ApiError> {
+    let template = definition::parse(&state.definition)?;
+    let mut secrets = Vec::new();
     let params = state
         .params
         .iter()
-        .map(|(k, v)| Ok((k.clone(), key.unseal_param(tenant, v)?)))
+        .map(|(k, v)| {
+            let value = key.unseal_param(tenant, v)?;
+            if template.is_secret(k) || is_sealed_param(v) {
+                secrets.push(match &value {
+                    Value::String(s) => s.clone(),
+                    other => other.to_string(),
+                });
+            }
+            Ok((k.clone(), value))
+        })
         .collect::<Result<Vec<_>, ApiError>>()?;
-    definition::parse(&state.definition)?.resolve(&state.id, &params)
+    Ok((template.resolve(&state.id, &params)?, secrets))
 }
 
 fn rfc(ms: Option<u64>) -> Option<String> {
@@ -533,8 +545,9 @@ impl Gateway {
         r: Reservation,
     ) -> SagaHandle {
         use actix::Actor;
-        let def = match running_definition_of(state, tenant, &self.services.secrets) {
-            Ok(d) => d,
+        let running = running_definition_of(state, tenant, &self.services.secrets);
+        let (def, secrets) = match running {
+            Ok(found) => found,
             Err(e) => {
                 tracing::error!(workflow = %state.id, error = %e, "a journaled workflow's definition does not resolve");
                 let _ = r.tx.send(Some(Err(e)));
@@ -550,6 +563,7 @@ impl Gateway {
             gateway: self.me.clone(),
             cancel: r.handle.cancel.clone(),
             done: Some(r.tx),
+            secrets,
         }
         .start();
         r.handle
@@ -879,8 +893,9 @@ spec:
         assert_eq!(shown.params["app"], Value::from("shop"));
         assert_eq!(shown.steps[0].with["hook"], "upload-<redacted>");
         // The saga runs with the real value.
-        let running = running_definition_of(&state, "acme", &key).unwrap();
+        let (running, secrets) = running_definition_of(&state, "acme", &key).unwrap();
         assert_eq!(running.steps[0].action.with["hook"], "upload-hunter2");
+        assert_eq!(secrets, ["hunter2"]);
         // Not for another tenant.
         assert!(running_definition_of(&state, "evil", &key).is_err());
     }
