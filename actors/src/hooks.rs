@@ -229,10 +229,12 @@ impl HookUser {
             let mut buf = vec![0 as libc::c_char; 16 << 10];
             let mut result: *mut libc::passwd = std::ptr::null_mut();
             let rc = match user.parse::<u32>() {
-                Ok(uid) => libc::getpwuid_r(uid, &mut pwd, buf.as_mut_ptr(), buf.len(), &mut result),
+                Ok(uid) => {
+                    libc::getpwuid_r(uid, &mut pwd, buf.as_mut_ptr(), buf.len(), &mut result)
+                }
                 Err(_) => {
-                    let name = std::ffi::CString::new(user)
-                        .map_err(|_| bad("has a NUL byte".into()))?;
+                    let name =
+                        std::ffi::CString::new(user).map_err(|_| bad("has a NUL byte".into()))?;
                     libc::getpwnam_r(
                         name.as_ptr(),
                         &mut pwd,
@@ -322,7 +324,10 @@ async fn run_local(spec: HookSpec) -> Result<HookExit, ApiError> {
         command.gid(user.gid).uid(user.uid);
     }
     let mut child = command.spawn().map_err(|e| {
-        ApiError::new(ErrorCode::HookFailed, format!("{what} could not start: {e}"))
+        ApiError::new(
+            ErrorCode::HookFailed,
+            format!("{what} could not start: {e}"),
+        )
     })?;
     let group = child.id().map(|pid| pid as i32);
     let kill_group = || {
@@ -359,7 +364,10 @@ async fn run_local(spec: HookSpec) -> Result<HookExit, ApiError> {
         }
     };
     let status = status.map_err(|e| {
-        ApiError::new(ErrorCode::HookFailed, format!("{what}: waiting failed: {e}"))
+        ApiError::new(
+            ErrorCode::HookFailed,
+            format!("{what}: waiting failed: {e}"),
+        )
     })?;
     let mut output = out.text();
     let err = err.text();
@@ -663,7 +671,10 @@ mod tests {
         assert!(!allowed(Some(&grant), &argv(&["psql", "-f", "x"])));
         assert!(!allowed(Some(&grant), &argv(&["true"])));
         assert!(!allowed(Some(&grant), &argv(&["/bin/truex"])));
-        assert!(!allowed(Some(&grant), &argv(&["/bin/sh", "-c", "/bin/true"])));
+        assert!(!allowed(
+            Some(&grant),
+            &argv(&["/bin/sh", "-c", "/bin/true"])
+        ));
         assert!(allowed(Some(&HookGrant::Any), &argv(&["/bin/sh"])));
         assert!(!allowed(None, &argv(&["/bin/true"])));
         assert!(!allowed(
@@ -680,11 +691,24 @@ mod tests {
             app("    preSnapshot:\n      - exec: [/bin/true]\n      - exec: [/bin/sh, -c, 'id']\n");
 
         let off = service(&twin, security(&[]), dir.path());
-        let e = off.run("acme", &state, "preSnapshot", None).await.unwrap_err();
+        let e = off
+            .run("acme", &state, "preSnapshot", None)
+            .await
+            .unwrap_err();
         assert_eq!(e.code, ErrorCode::PermissionDenied);
-        assert!(e.message.contains("acme") && e.message.contains("--hooks acme"), "{}", e.message);
+        assert!(
+            e.message.contains("acme") && e.message.contains("--hooks acme"),
+            "{}",
+            e.message
+        );
         // An app without hooks of that name needs no grant.
-        assert!(off.run("acme", &state, "postSnapshot", None).await.unwrap().ran.is_empty());
+        assert!(
+            off.run("acme", &state, "postSnapshot", None)
+                .await
+                .unwrap()
+                .ran
+                .is_empty()
+        );
 
         let only_true = service(
             &twin,
@@ -699,11 +723,19 @@ mod tests {
         assert!(e.message.contains("allowlist"), "{}", e.message);
         // Another tenant's grant is not this one's.
         let other = service(&twin, security(&[("other", HookGrant::Any)]), dir.path());
-        assert!(other.run("acme", &state, "preSnapshot", None).await.is_err());
+        assert!(
+            other
+                .run("acme", &state, "preSnapshot", None)
+                .await
+                .is_err()
+        );
         assert!(twin.ran.lock().unwrap().is_empty(), "nothing ran");
 
         let any = service(&twin, security(&[("acme", HookGrant::Any)]), dir.path());
-        let reply = any.run("acme", &state, "preSnapshot", Some("s1")).await.unwrap();
+        let reply = any
+            .run("acme", &state, "preSnapshot", Some("s1"))
+            .await
+            .unwrap();
         assert_eq!(reply.ran.len(), 2);
     }
 
@@ -713,7 +745,10 @@ mod tests {
         let twin = Arc::new(Twin::default());
         let hooks = service(&twin, security(&[("acme", HookGrant::Any)]), dir.path());
         let state = app("    preSnapshot:\n      - exec: [env]\n");
-        hooks.run("acme", &state, "preSnapshot", Some("s1")).await.unwrap();
+        hooks
+            .run("acme", &state, "preSnapshot", Some("s1"))
+            .await
+            .unwrap();
         let ran = twin.ran.lock().unwrap();
         let spec = &ran[0];
         let keys: Vec<&str> = spec.env.keys().map(String::as_str).collect();
@@ -759,7 +794,10 @@ mod tests {
         while twin.ran.lock().unwrap().is_empty() {
             tokio::task::yield_now().await;
         }
-        let e = hooks.run("acme", &state, "preSnapshot", None).await.unwrap_err();
+        let e = hooks
+            .run("acme", &state, "preSnapshot", None)
+            .await
+            .unwrap_err();
         assert_eq!(e.code, ErrorCode::ResourceExhausted);
         assert!(cairn_workflows::retryable(e.code.as_str()));
         // Another tenant has its own slots.
@@ -774,7 +812,10 @@ mod tests {
         first.await.unwrap().unwrap();
         second.await.unwrap().unwrap();
         // Its slot back, acme runs again.
-        hooks.run("acme", &state, "preSnapshot", None).await.unwrap();
+        hooks
+            .run("acme", &state, "preSnapshot", None)
+            .await
+            .unwrap();
         assert_eq!(twin.ran.lock().unwrap().len(), 3);
     }
 
@@ -791,18 +832,33 @@ mod tests {
         // 4 MiB of output: only the tail comes back.
         let exit = LocalRunner
             .run(spec(
-                &["sh", "-c", "head -c 4194304 /dev/zero | tr '\\0' x; echo; echo the-end"],
+                &[
+                    "sh",
+                    "-c",
+                    "head -c 4194304 /dev/zero | tr '\\0' x; echo; echo the-end",
+                ],
                 DEFAULT_TIMEOUT,
             ))
             .await
             .unwrap();
         assert!(exit.success);
-        assert!(exit.output.ends_with("the-end"), "{}", &exit.output[exit.output.len() - 20..]);
-        assert!(exit.output.len() < OUTPUT_TAIL + 64, "{}", exit.output.len());
+        assert!(
+            exit.output.ends_with("the-end"),
+            "{}",
+            &exit.output[exit.output.len() - 20..]
+        );
+        assert!(
+            exit.output.len() < OUTPUT_TAIL + 64,
+            "{}",
+            exit.output.len()
+        );
         assert!(exit.output.starts_with("[… "), "says it was cut");
 
         let exit = LocalRunner
-            .run(spec(&["sh", "-c", "pwd; echo oops >&2; exit 3"], DEFAULT_TIMEOUT))
+            .run(spec(
+                &["sh", "-c", "pwd; echo oops >&2; exit 3"],
+                DEFAULT_TIMEOUT,
+            ))
             .await
             .unwrap();
         assert!(!exit.success);
@@ -845,8 +901,12 @@ mod tests {
             hooks_of(&bad, "preSnapshot").unwrap_err().code,
             ErrorCode::InvalidArgument
         );
-        let slow = app("    preSnapshot:\n      - exec: [sleep, '5']\n        timeoutSeconds: 999999\n");
-        assert_eq!(hooks_of(&slow, "preSnapshot").unwrap()[0].timeout, MAX_TIMEOUT);
+        let slow =
+            app("    preSnapshot:\n      - exec: [sleep, '5']\n        timeoutSeconds: 999999\n");
+        assert_eq!(
+            hooks_of(&slow, "preSnapshot").unwrap()[0].timeout,
+            MAX_TIMEOUT
+        );
     }
 
     #[test]

@@ -312,7 +312,9 @@ impl Runner {
         self.secrets
             .iter()
             .filter(|s| s.len() >= MIN_REDACTED_LEN)
-            .fold(text, |t, s| t.replace(s.as_str(), cairn_schema::sealed::REDACTED))
+            .fold(text, |t, s| {
+                t.replace(s.as_str(), cairn_schema::sealed::REDACTED)
+            })
     }
 
     /// The last run fact is `StepStarted { step, attempt }` with no end yet.

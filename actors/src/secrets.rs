@@ -197,9 +197,7 @@ impl ClusterKey {
         let encoded = text
             .strip_prefix(SEALED_V1_PREFIX)
             .ok_or_else(|| refuse("unknown version"))?;
-        let blob = B64
-            .decode(encoded)
-            .map_err(|_| refuse("not base64"))?;
+        let blob = B64.decode(encoded).map_err(|_| refuse("not base64"))?;
         if blob.len() < NONCE_BYTES + 16 {
             return Err(refuse("too short"));
         }
@@ -226,7 +224,11 @@ impl ClusterKey {
                 self.open(Purpose::Object, tenant, text)?;
                 Ok(None)
             }
-            _ => Ok(Some(Value::String(self.seal(Purpose::Object, tenant, value)))),
+            _ => Ok(Some(Value::String(self.seal(
+                Purpose::Object,
+                tenant,
+                value,
+            )))),
         })
     }
 
@@ -326,7 +328,10 @@ impl ClusterKey {
             return Ok(text.to_owned());
         }
         let value = cairn_schema::app_history::override_value(raw);
-        Ok(format!("{path}={}", self.seal(Purpose::Object, tenant, &value)))
+        Ok(format!(
+            "{path}={}",
+            self.seal(Purpose::Object, tenant, &value)
+        ))
     }
 }
 
@@ -382,7 +387,10 @@ mod tests {
         k.seal_objects("acme", &mut once).unwrap();
         let mut twice = once.clone();
         k.seal_objects("acme", &mut twice).unwrap();
-        assert_eq!(once, twice, "sealing again leaves sealed values as they are");
+        assert_eq!(
+            once, twice,
+            "sealing again leaves sealed values as they are"
+        );
         // Another tenant's sealed value is refused, not wrapped.
         let mut foreign = once;
         let e = k.seal_objects("evil", &mut foreign).unwrap_err();

@@ -127,7 +127,10 @@ fn hooks_are_off_unless_granted_and_run_only_what_the_allowlist_names() {
         &["--hooks-config".as_ref(), config.as_os_str()],
     );
     let e = refused(&node, &["app", "snapshot", "shell", "s2"]);
-    assert!(e.contains("permission_denied") && e.contains("allowlist"), "{e}");
+    assert!(
+        e.contains("permission_denied") && e.contains("allowlist"),
+        "{e}"
+    );
     assert!(!marker.exists(), "the refused hook must not have run");
     assert_eq!(snapshots(&node, "shell"), 0);
     create_app(
@@ -176,7 +179,13 @@ fn a_granted_hook_sees_a_clean_environment_and_app_hook_is_step_only() {
     .unwrap();
     let ran = json(
         &node,
-        &["workflow", "run", wf.to_str().unwrap(), "--param", "app=shop"],
+        &[
+            "workflow",
+            "run",
+            wf.to_str().unwrap(),
+            "--param",
+            "app=shop",
+        ],
     );
     let output = ran["output"]["ran"][0]["output"]
         .as_str()
@@ -237,10 +246,7 @@ fn files_holding(dir: &Path, needles: &[&str]) -> Vec<String> {
             } else if kind.is_file() {
                 let bytes = std::fs::read(&path).unwrap_or_default();
                 for needle in needles {
-                    if bytes
-                        .windows(needle.len())
-                        .any(|w| w == needle.as_bytes())
-                    {
+                    if bytes.windows(needle.len()).any(|w| w == needle.as_bytes()) {
                         found.push(format!("{} holds {needle}", path.display()));
                     }
                 }
@@ -263,7 +269,10 @@ fn secrets_never_reach_the_journal_in_plaintext_but_come_back_to_their_tenant() 
 
     // Its tenant sees the Secret as written.
     let yaml = node.ok(&["-o", "yaml", "app", "get", "shop"]);
-    assert!(yaml.contains(STRING_SECRET) && yaml.contains(DATA_B64), "{yaml}");
+    assert!(
+        yaml.contains(STRING_SECRET) && yaml.contains(DATA_B64),
+        "{yaml}"
+    );
     assert!(!yaml.contains("cairn-sealed"), "{yaml}");
     node.ok(&["app", "snapshot", "shop", "s1"]);
 
@@ -290,7 +299,15 @@ spec:
     let token = format!("token={PARAM_SECRET}");
     let ran = json(
         &node,
-        &["workflow", "run", wf.to_str().unwrap(), "--param", "app=shop", "--param", &token],
+        &[
+            "workflow",
+            "run",
+            wf.to_str().unwrap(),
+            "--param",
+            "app=shop",
+            "--param",
+            &token,
+        ],
     );
     assert_eq!(ran["status"], "completed", "{ran}");
     let shown = ran.to_string();
@@ -298,7 +315,10 @@ spec:
     assert_eq!(ran["params"]["token"], "<redacted>", "{ran}");
     let id = ran["id"].as_str().unwrap().to_owned();
     let shown = node.ok(&["-o", "json", "workflow", "show", &id]);
-    assert!(!shown.contains(PARAM_SECRET) && shown.contains("<redacted>"), "{shown}");
+    assert!(
+        !shown.contains(PARAM_SECRET) && shown.contains("<redacted>"),
+        "{shown}"
+    );
 
     // Push to a file repo in the data dir, pull as another app: the Secret
     // comes back intact.
@@ -322,7 +342,11 @@ spec:
             .unwrap()
     };
     for field in ["data", "stringData"] {
-        assert_eq!(secret_of(&pulled)[field], secret_of(&original)[field], "{pulled}");
+        assert_eq!(
+            secret_of(&pulled)[field],
+            secret_of(&original)[field],
+            "{pulled}"
+        );
     }
 
     // Events as listed and exported: sealed, never plaintext.

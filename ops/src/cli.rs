@@ -98,7 +98,7 @@ impl NatsArgs {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run every role in one process: bus, journal, actors, block engine, NBD (and FUSE with --fuse).
-    Up(crate::up::UpArgs),
+    Up(Box<crate::up::UpArgs>),
     /// A guided tour on an all-in-one cluster with embedded defaults.
     Demo(crate::demo::DemoArgs),
     /// Volumes: create, list, snapshot…

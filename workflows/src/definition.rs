@@ -343,7 +343,11 @@ impl Template {
         let mut out: Vec<(String, Value)> = given
             .iter()
             .map(|(k, v)| {
-                let v = if self.is_secret(k) { redacted() } else { v.clone() };
+                let v = if self.is_secret(k) {
+                    redacted()
+                } else {
+                    v.clone()
+                };
                 (k.clone(), v)
             })
             .collect();

@@ -31,9 +31,9 @@ use tokio::sync::watch;
 
 use super::{Caller, Gateway, new_request_id};
 use crate::journal::{AppendRequest, Appended, Causation};
+use crate::saga::{CancelFlag, SagaActor, SagaHandle, SagaResult};
 use crate::secrets::ClusterKey;
 use cairn_schema::sealed::{REDACTED, is_sealed_param};
-use crate::saga::{CancelFlag, SagaActor, SagaHandle, SagaResult};
 
 /// A claimed workflow id: the handle waiters get, and the sender its saga
 /// answers through.
@@ -882,7 +882,10 @@ spec:
             hash: definition::hash(UPLOAD),
             params: vec![
                 ("app".into(), "\"shop\"".into()),
-                ("key".into(), key.seal_param("acme", &Value::from("hunter2"))),
+                (
+                    "key".into(),
+                    key.seal_param("acme", &Value::from("hunter2")),
+                ),
             ],
             ..WorkflowState::default()
         };
