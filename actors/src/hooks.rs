@@ -19,14 +19,17 @@
 //! - **Step-only.** `app.hook` is refused unless a workflow step of the same
 //!   tenant sends it ([`check_step_only`]).
 //! - **Clean environment.** Only `CAIRN_APP`, `CAIRN_HOOK`, `CAIRN_TENANT`,
-//!   `CAIRN_VOLUMES` (space-separated), `CAIRN_SNAPSHOT` (when there is one),
-//!   `CAIRN_SCRATCH` and a fixed [`SAFE_PATH`]: nothing of the server's
+//!   `CAIRN_VOLUMES` (space-separated), `CAIRN_SNAPSHOT` (when there is one)
+//!   and a fixed [`SAFE_PATH`]: nothing of the server's
 //!   environment (its cloud credentials) reaches a hook.
 //! - **Unprivileged.** With `--hooks-user USER` the child drops to that
 //!   user's uid and gid, with no supplementary groups, before it runs.
 //!   Running as root without one is warned about at start-up.
 //! - **Confined to a scratch directory**, `<data>/hooks/<tenant>` (0700,
-//!   owned by the hooks user), its working directory.
+//!   owned by the hooks user), its working directory. The server opens it
+//!   and the child enters it by descriptor (`fchdir`) after dropping to the
+//!   hooks user, so the data dir can stay 0700: the hook is in its
+//!   directory without being able to walk up to the rest of the data dir.
 //! - **Bounded.** Its timeout (at most [`MAX_TIMEOUT`]); its output is read
 //!   as it comes and only the last [`OUTPUT_TAIL`] bytes of each stream are
 //!   kept, so a chatty hook costs no memory. The output goes only into the
@@ -307,13 +310,24 @@ impl HookRunner for LocalRunner {
 }
 
 async fn run_local(spec: HookSpec) -> Result<HookExit, ApiError> {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::fs::OpenOptionsExt;
     let what = format!("{:?}", spec.argv);
+    // Opened here (close-on-exec), entered in the child after it dropped
+    // privileges: the hooks user needs no path to it, only the directory.
+    let dir = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW)
+        .open(&spec.dir)
+        .map_err(|e| {
+            ApiError::internal(format!("the hook's directory {}: {e}", spec.dir.display()))
+        })?;
+    let dir_fd = dir.as_raw_fd();
     let mut command = tokio::process::Command::new(&spec.argv[0]);
     command
         .args(&spec.argv[1..])
         .env_clear()
         .envs(&spec.env)
-        .current_dir(&spec.dir)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -323,7 +337,19 @@ async fn run_local(spec: HookSpec) -> Result<HookExit, ApiError> {
         // std clears the supplementary groups when it sets the uid.
         command.gid(user.gid).uid(user.uid);
     }
-    let mut child = command.spawn().map_err(|e| {
+    // SAFETY: fchdir is async-signal-safe and touches no memory; `dir`
+    // outlives the spawn, so the descriptor is open in the child.
+    unsafe {
+        command.pre_exec(move || {
+            if libc::fchdir(dir_fd) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let spawned = command.spawn();
+    drop(dir);
+    let mut child = spawned.map_err(|e| {
         ApiError::new(
             ErrorCode::HookFailed,
             format!("{what} could not start: {e}"),
@@ -550,7 +576,6 @@ impl Hooks {
                 ("CAIRN_HOOK".to_owned(), hook.to_owned()),
                 ("CAIRN_TENANT".to_owned(), tenant.to_owned()),
                 ("CAIRN_VOLUMES".to_owned(), state.volume_names().join(" ")),
-                ("CAIRN_SCRATCH".to_owned(), dir.display().to_string()),
             ]);
             if let Some(s) = snapshot {
                 env.insert("CAIRN_SNAPSHOT".to_owned(), s.to_owned());
@@ -892,6 +917,36 @@ mod tests {
             .await
             .unwrap_err();
         assert_eq!(e.code, ErrorCode::HookFailed);
+    }
+
+    #[tokio::test]
+    async fn as_root_a_hook_runs_as_the_hooks_user_in_a_dir_it_could_not_walk_to() {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            eprintln!("skipping: dropping privileges needs root");
+            return;
+        }
+        let Ok(nobody) = HookUser::resolve("nobody") else {
+            eprintln!("skipping: no user nobody");
+            return;
+        };
+        // A 0700 root-owned data dir, as tempdir makes it.
+        let data = tempfile::tempdir().unwrap();
+        let mut s = (*security(&[("acme", HookGrant::Any)])).clone();
+        s.hooks_user = Some("nobody".into());
+        let hooks = Hooks::new(Arc::new(LocalRunner), Arc::new(s), data.path()).unwrap();
+        let state =
+            app("    whoami:\n      - exec: [sh, -c, 'id -u; id -G; ls .. || echo no-walk-up']\n");
+        let reply = hooks.run("acme", &state, "whoami", None).await.unwrap();
+        let out = &reply.ran[0].output;
+        let lines: Vec<&str> = out.lines().collect();
+        assert_eq!(lines[0], nobody.uid.to_string(), "{out}");
+        assert_eq!(
+            lines[1],
+            nobody.gid.to_string(),
+            "no supplementary groups: {out}"
+        );
+        assert!(out.contains("no-walk-up"), "{out}");
     }
 
     #[test]

@@ -154,11 +154,30 @@ fn a_granted_hook_sees_a_clean_environment_and_app_hook_is_step_only() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let marker = dir.path().join("direct-hook-ran");
+    // As root (CI's containers), hooks drop to `nobody`; the data dir is
+    // 0700 (tempdir's mode), which the hook never needs to walk through.
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    let nobody_uid = root
+        .then(|| {
+            let out = std::process::Command::new("id")
+                .args(["-u", "nobody"])
+                .output()
+                .ok()?;
+            out.status
+                .success()
+                .then(|| String::from_utf8_lossy(&out.stdout).trim().to_owned())
+        })
+        .flatten();
+    let mut up_args: Vec<&std::ffi::OsStr> = vec!["--hooks".as_ref(), "default".as_ref()];
+    if nobody_uid.is_some() {
+        up_args.extend(["--hooks-user", "nobody"].map(std::ffi::OsStr::new));
+    }
     let node = Node::start_full(
         &data,
         &nats.url,
         &[],
-        &["--hooks".as_ref(), "default".as_ref()],
+        &up_args,
         &[("AWS_SECRET_ACCESS_KEY", AWS_SECRET)],
     );
     create_app(
@@ -166,7 +185,7 @@ fn a_granted_hook_sees_a_clean_environment_and_app_hook_is_step_only() {
         dir.path(),
         "shop",
         &format!(
-            "    printenv: [{{exec: [sh, -c, 'env; echo cwd=$(pwd)']}}]\n    direct: [{{exec: [touch, '{}']}}]",
+            "    printenv: [{{exec: [sh, -c, 'env; echo cwd=$(pwd); echo uid=$(id -u)']}}]\n    direct: [{{exec: [touch, '{}']}}]",
             marker.display()
         ),
     );
@@ -200,8 +219,14 @@ fn a_granted_hook_sees_a_clean_environment_and_app_hook_is_step_only() {
     for line in output.lines().filter(|l| l.contains('=')) {
         let name = line.split('=').next().unwrap();
         assert!(
-            name == "PATH" || name == "PWD" || name.starts_with("CAIRN_") || name == "cwd",
+            ["PATH", "PWD", "cwd", "uid"].contains(&name) || name.starts_with("CAIRN_"),
             "unexpected variable {name} in a hook's environment: {output}"
+        );
+    }
+    if let Some(uid) = &nobody_uid {
+        assert!(
+            output.contains(&format!("uid={uid}")),
+            "runs as the hooks user: {output}"
         );
     }
     let scratch = data.join("hooks").join("default").canonicalize().unwrap();
