@@ -10,6 +10,12 @@
 //! volume actors are told the new facts ([`Observe`]) before the reply, so
 //! the next command sees them.
 //!
+//! # Secrets
+//! The decided events' Secret values are sealed with the cluster key
+//! before they are journaled ([`crate::secrets`]): the state holds them
+//! sealed, as the journal does; [`view`] shows what it is given, and the
+//! gateway unseals for the owning tenant before it calls it.
+//!
 //! Commands are handled one at a time ([`AtomicResponse`]), and inside that
 //! section a command's request id is looked up again, so copies of one
 //! request that raced past the gateway's dedup lookup get the first answer.
@@ -249,6 +255,10 @@ impl Handler<Execute> for AppActor {
                 {
                     events.push(placed);
                 }
+                // No Secret value reaches the journal in plaintext.
+                self.services
+                    .secrets
+                    .seal_events(&self.tenant, &mut events)?;
                 Ok(events)
             });
         let services = self.services.clone();

@@ -14,7 +14,10 @@
 //!    anything is deleted.
 //! 4. Reconcile the block engine with the journal: remove orphans a crash
 //!    left between an effect and its event (see [`crate::volume`]).
-//! 5. Start an actor per volume, the gateway, the NBD server and the FUSE
+//! 5. Load the cluster key that seals secrets (`<data>/keys/cluster.key`,
+//!    made at the first start; see [`crate::secrets`]) and resolve the
+//!    hooks user (see [`crate::hooks`]).
+//! 6. Start an actor per volume, the gateway, the NBD server and the FUSE
 //!    mount (when asked for).
 //!
 //! # Shutdown
@@ -89,6 +92,10 @@ pub enum Error {
     Fuse { source: std::io::Error },
     #[error("topology: {0}")]
     Topology(String),
+    #[error(transparent)]
+    Hooks(#[from] crate::hooks::Error),
+    #[error(transparent)]
+    ClusterKey(#[from] crate::secrets::Error),
 }
 
 /// How to reach the bus.
@@ -398,6 +405,14 @@ impl Cluster {
                 }
             }
         }
+        let data_dir = std::path::absolute(dir).unwrap_or_else(|_| dir.clone());
+        let security = Arc::new(security);
+        let hooks = crate::hooks::Hooks::new(
+            Arc::new(crate::hooks::LocalRunner),
+            security.clone(),
+            &data_dir,
+        )?;
+        let secrets = crate::secrets::ClusterKey::load_or_create(&data_dir)?;
         let services = Services {
             journal,
             pool: pool.clone(),
@@ -405,8 +420,10 @@ impl Cluster {
             limits,
             node: local,
             disk_index: Arc::new(disk_index),
-            data_dir: Arc::new(std::path::absolute(dir).unwrap_or_else(|_| dir.clone())),
-            security: Arc::new(security),
+            data_dir: Arc::new(data_dir),
+            security,
+            hooks: Arc::new(hooks),
+            secrets: Arc::new(secrets),
         };
         let registry = Arc::new(Registry::default());
         let world_workflows = world.workflows.clone();

@@ -541,6 +541,16 @@ impl Gateway {
         }
     }
 
+    /// An app as its tenant sees it: its Secrets unsealed. Only for
+    /// replies to the tenant that owns the app.
+    fn app_view(&self, tenant: &str, state: &AppState) -> Result<reply::AppView, ApiError> {
+        let mut shown = state.clone();
+        self.services
+            .secrets
+            .unseal_objects(tenant, &mut shown.objects)?;
+        Ok(app::view(&shown))
+    }
+
     async fn volume_state(&self, tenant: &str, name: &str) -> Result<VolumeState, ApiError> {
         let missing = || ApiError::not_found(format!("volume {name:?} does not exist"));
         let actor = self.registry.volume(tenant, name).ok_or_else(missing)?;
@@ -581,13 +591,14 @@ impl Gateway {
                 Ok(to_value(&reply::VolumeListReply { volumes }))
             }
             Query::AppGet { name } => {
-                Ok(to_value(&app::view(&self.app_state(tenant, &name).await?)))
+                let state = self.app_state(tenant, &name).await?;
+                Ok(to_value(&self.app_view(tenant, &state)?))
             }
             Query::AppList => {
                 let mut apps = Vec::new();
                 for (name, _) in self.registry.apps_of(tenant) {
                     if let Ok(state) = self.app_state(tenant, &name).await {
-                        apps.push(app::view(&state));
+                        apps.push(self.app_view(tenant, &state)?);
                     }
                 }
                 Ok(to_value(&reply::AppListReply { apps }))
@@ -854,15 +865,15 @@ impl Gateway {
                             world.seq
                         ))
                     })?;
-                out.app = Some(app::view(state));
+                out.app = Some(self.app_view(tenant, state)?);
             }
             None => {
                 let apps = world
                     .apps
                     .iter()
                     .filter(|((t, _), _)| t == tenant)
-                    .map(|(_, s)| app::view(s))
-                    .collect();
+                    .map(|(_, s)| self.app_view(tenant, s))
+                    .collect::<Result<_, _>>()?;
                 out.apps = Some(apps);
             }
         }

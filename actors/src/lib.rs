@@ -15,6 +15,8 @@
 //!   state from the journal at start-up and reconciles the block engine.
 //! - [`nats_server`]: spawns a private nats-server when one is installed.
 //! - [`telemetry`]: span names and `cairn.*` span field names.
+//! - [`security`]: the operator's settings; [`hooks`]: app hooks under
+//!   them; [`secrets`]: the cluster key that seals secrets in the journal.
 //!
 //! # Architecture invariant
 //! Deciding is pure (`cairn_schema`); this crate only carries out what the
@@ -35,6 +37,7 @@ pub mod node;
 pub mod registry;
 pub mod repo;
 pub mod saga;
+pub mod secrets;
 pub mod security;
 pub mod services;
 pub mod telemetry;

@@ -16,6 +16,9 @@
 //! - Steps run one at a time; a cancel is seen between steps (a running
 //!   step ends first, or times out) and during backoff waits.
 //!
+//! Secret params: the saga runs with their values (the gateway unseals
+//! them), and cuts them out of every step result and error it journals.
+//!
 //! Failpoints: `saga.before.<definition>.<step>` and
 //! `saga.after.<definition>.<step>` (before the command runs, and after it
 //! ran but before its completion is journaled), for the crash tests.
@@ -82,6 +85,9 @@ pub struct SagaActor {
     pub gateway: std::sync::Weak<Gateway>,
     pub cancel: Arc<CancelFlag>,
     pub done: Option<watch::Sender<Option<SagaResult>>>,
+    /// The values of its params declared `secret: true`, as text: cut out
+    /// of every step result and error it journals.
+    pub secrets: Vec<String>,
 }
 
 impl Actor for SagaActor {
@@ -96,6 +102,7 @@ impl Actor for SagaActor {
             progress: std::mem::take(&mut self.progress),
             gateway: self.gateway.clone(),
             cancel: self.cancel.clone(),
+            secrets: std::mem::take(&mut self.secrets),
         };
         let done = self.done.take();
         ctx.spawn(
@@ -119,7 +126,12 @@ struct Runner {
     progress: Vec<Progress>,
     gateway: std::sync::Weak<Gateway>,
     cancel: Arc<CancelFlag>,
+    secrets: Vec<String>,
 }
+
+/// Secret values shorter than this are not cut out of results (they would
+/// cut common words); the params themselves are sealed whatever their length.
+const MIN_REDACTED_LEN: usize = 4;
 
 /// The journal or the gateway went away (shutdown): stop; the saga is
 /// resumed at the next start.
@@ -174,12 +186,13 @@ impl Runner {
                             self.record(Event::WorkflowStepCompleted(WorkflowStepCompleted {
                                 workflow: self.id.clone(),
                                 step: step as u32,
-                                result: reply.to_string(),
+                                result: self.redact(reply.to_string()),
                             }))
                             .await?;
                             self.progress.push(Progress::StepCompleted { step });
                         }
-                        Err(e) => {
+                        Err(mut e) => {
+                            e.message = self.redact(e.message);
                             let code = e.code.as_str().to_owned();
                             let retry = retryable(&code);
                             self.record(Event::WorkflowStepFailed(WorkflowStepFailed {
@@ -253,7 +266,8 @@ impl Runner {
                             .await?;
                             self.progress.push(Progress::CompensationCompleted { step });
                         }
-                        Err(e) => {
+                        Err(mut e) => {
+                            e.message = self.redact(e.message);
                             self.record(Event::WorkflowCompensationFailed(
                                 WorkflowCompensationFailed {
                                     workflow: self.id.clone(),
@@ -290,6 +304,17 @@ impl Runner {
                 }
             }
         }
+    }
+
+    /// `text` with every secret param's value replaced by `<redacted>`: a
+    /// step's reply or error may echo what it was given.
+    fn redact(&self, text: String) -> String {
+        self.secrets
+            .iter()
+            .filter(|s| s.len() >= MIN_REDACTED_LEN)
+            .fold(text, |t, s| {
+                t.replace(s.as_str(), cairn_schema::sealed::REDACTED)
+            })
     }
 
     /// The last run fact is `StepStarted { step, attempt }` with no end yet.

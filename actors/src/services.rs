@@ -1,6 +1,7 @@
 //! The shared services every actor and the gateway use: the journal, the
-//! block pool, the bus (for publishing events) and the limits. Cheap to
-//! clone.
+//! block pool, the bus (for publishing events), the limits, the operator's
+//! security settings, the hooks service and the cluster key that seals
+//! secrets. Cheap to clone.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -27,6 +28,10 @@ pub struct Services {
     pub data_dir: Arc<std::path::PathBuf>,
     /// The operator's security settings (`crate::security`).
     pub security: Arc<crate::security::Security>,
+    /// Runs app hooks under the operator's grants (`crate::hooks`).
+    pub hooks: Arc<crate::hooks::Hooks>,
+    /// Seals secrets before they reach the journal (`crate::secrets`).
+    pub secrets: Arc<crate::secrets::ClusterKey>,
 }
 
 impl Services {

@@ -221,7 +221,12 @@ fn failing_hooks_and_steps_compensate_and_say_which_step() {
     }
     let nats = nats();
     let dir = tempfile::tempdir().unwrap();
-    let node = Node::start(dir.path(), &nats.url);
+    // Hooks are off unless the operator grants them to the tenant.
+    let node = Node::start_with(
+        dir.path(),
+        &nats.url,
+        &["--hooks".as_ref(), "default".as_ref()],
+    );
     let thawed = dir.path().join("thawed");
     create_app(
         &node,

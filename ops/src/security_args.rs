@@ -19,7 +19,9 @@ pub struct SecurityArgs {
     /// with one of its tenant's prefixes.
     #[arg(long, value_name = "FILE")]
     pub hooks_config: Option<PathBuf>,
-    /// Run hooks as this unprivileged user (name or uid).
+    /// Run hooks as this unprivileged user (name or uid; not root), with its
+    /// primary group and no supplementary groups. Resolved at start-up.
+    /// Without it, a cairn running as root warns that hooks would run as root.
     #[arg(long, value_name = "USER")]
     pub hooks_user: Option<String>,
     /// Grant TENANT a directory for file repositories and key files, beyond

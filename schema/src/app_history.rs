@@ -434,7 +434,7 @@ fn rename_objects(
 
 /// An override's value: JSON when it reads as a number, boolean or null,
 /// else the text itself.
-fn override_value(text: &str) -> Value {
+pub fn override_value(text: &str) -> Value {
     match serde_json::from_str::<Value>(text) {
         Ok(v @ (Value::Number(_) | Value::Bool(_) | Value::Null)) => v,
         _ => Value::String(text.to_owned()),

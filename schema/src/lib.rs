@@ -20,6 +20,7 @@ pub mod names;
 pub mod record;
 pub mod reply;
 pub mod repo;
+pub mod sealed;
 pub mod state;
 pub mod subject;
 pub mod time;

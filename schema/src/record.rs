@@ -131,13 +131,17 @@ impl EventRecord {
         Ok(())
     }
 
-    /// The JSON view printed by `cairn events --json` and published on NATS.
+    /// The JSON view printed by `cairn events --json` and published on NATS;
+    /// sealed workflow params show as `<redacted>` ([`crate::sealed`]).
     pub fn view(&self) -> EventView {
         let (kind, data) = match self.event() {
-            Ok(event) => (
-                event.kind().to_owned(),
-                serde_json::to_value(&event).unwrap_or_default(),
-            ),
+            Ok(mut event) => {
+                crate::sealed::redact_event(&mut event);
+                (
+                    event.kind().to_owned(),
+                    serde_json::to_value(&event).unwrap_or_default(),
+                )
+            }
             Err(e) => (
                 format!("Unknown({})", self.tag),
                 serde_json::json!({ "error": e.to_string() }),

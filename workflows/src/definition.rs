@@ -21,7 +21,9 @@
 //! ```
 //!
 //! A param written `name: null` or `{required: true}` must be given; a
-//! scalar is its default. `${workflow.id}` is the workflow's id. A string
+//! scalar is its default. A param declared `{secret: true}` (a password, an
+//! access key) is sealed in the journal by the runtime and shown as
+//! `<redacted>` in views, events and exports ([`Template::redact`]). `${workflow.id}` is the workflow's id. A string
 //! that is exactly `${p}` becomes `p`'s JSON value (a list stays a list);
 //! inside longer text a value is spliced as text.
 
@@ -107,6 +109,9 @@ pub struct Param {
     pub required: bool,
     pub default: Option<Value>,
     pub description: String,
+    /// `secret: true`: its value is sealed in the journal and redacted
+    /// wherever the workflow is shown.
+    pub secret: bool,
 }
 
 /// A parsed, not yet substituted definition.
@@ -279,11 +284,15 @@ pub fn parse(text: &str) -> Result<Template, ApiError> {
         .params
         .into_iter()
         .map(|(name, spec)| {
-            let (required, default, description) = match spec {
-                Value::Null => (true, None, String::new()),
+            let (required, default, description, secret) = match spec {
+                Value::Null => (true, None, String::new(), false),
                 Value::Object(m)
-                    if m.keys()
-                        .all(|k| matches!(k.as_str(), "required" | "default" | "description")) =>
+                    if m.keys().all(|k| {
+                        matches!(
+                            k.as_str(),
+                            "required" | "default" | "description" | "secret"
+                        )
+                    }) =>
                 {
                     let default = m.get("default").cloned();
                     let required = m
@@ -295,15 +304,17 @@ pub fn parse(text: &str) -> Result<Template, ApiError> {
                         .and_then(Value::as_str)
                         .unwrap_or_default()
                         .to_owned();
-                    (required, default, description)
+                    let secret = m.get("secret").and_then(Value::as_bool).unwrap_or(false);
+                    (required, default, description, secret)
                 }
-                other => (false, Some(other), String::new()),
+                other => (false, Some(other), String::new(), false),
             };
             Param {
                 name,
                 required,
                 default,
                 description,
+                secret,
             }
         })
         .collect();
@@ -325,6 +336,35 @@ pub fn parse(text: &str) -> Result<Template, ApiError> {
 }
 
 impl Template {
+    /// Whether `name` is a param declared `secret: true`.
+    pub fn is_secret(&self, name: &str) -> bool {
+        self.params.iter().any(|p| p.secret && p.name == name)
+    }
+
+    /// The params as they may be shown: a secret param's value (given or
+    /// default) becomes `"<redacted>"`. Resolving with these gives the
+    /// definition a view shows.
+    pub fn redact(&self, given: &[(String, Value)]) -> Vec<(String, Value)> {
+        let redacted = || Value::String(cairn_schema::sealed::REDACTED.to_owned());
+        let mut out: Vec<(String, Value)> = given
+            .iter()
+            .map(|(k, v)| {
+                let v = if self.is_secret(k) {
+                    redacted()
+                } else {
+                    v.clone()
+                };
+                (k.clone(), v)
+            })
+            .collect();
+        for p in &self.params {
+            if p.secret && p.default.is_some() && !given.iter().any(|(k, _)| k == &p.name) {
+                out.push((p.name.clone(), redacted()));
+            }
+        }
+        out
+    }
+
     /// Substitutes parameters (given values over defaults) and the workflow
     /// id: the definition a saga runs.
     pub fn resolve(&self, id: &str, given: &[(String, Value)]) -> Result<Definition, ApiError> {
@@ -576,6 +616,42 @@ spec:
             e.message
         );
         assert!(resolve(&NIGHTLY.replace("backoff: 1s", "backoff: 1h")).is_ok());
+    }
+
+    #[test]
+    fn secret_params_are_declared_and_redacted() {
+        let t = parse(
+            r#"
+kind: Workflow
+metadata: {name: upload}
+spec:
+  params:
+    app: null
+    key: {required: true, secret: true}
+    token: {default: abc, secret: true}
+  steps:
+    - name: push
+      run: app.push
+      with: {name: "${app}", key: "${key}", token: "x-${token}"}
+"#,
+        )
+        .unwrap();
+        assert!(t.is_secret("key") && t.is_secret("token") && !t.is_secret("app"));
+        let given = [
+            ("app".to_owned(), json!("shop")),
+            ("key".to_owned(), json!("hunter2")),
+        ];
+        let shown = t.redact(&given);
+        assert!(shown.contains(&("app".to_owned(), json!("shop"))));
+        assert!(shown.contains(&("key".to_owned(), json!("<redacted>"))));
+        assert!(shown.contains(&("token".to_owned(), json!("<redacted>"))));
+        let d = t.resolve("wf", &shown).unwrap();
+        let text = d.steps[0].action.with.to_string();
+        assert!(!text.contains("hunter2") && !text.contains("abc"), "{text}");
+        // Running, the real values are substituted.
+        let d = t.resolve("wf", &given).unwrap();
+        assert_eq!(d.steps[0].action.with["key"], "hunter2");
+        assert_eq!(d.steps[0].action.with["token"], "x-abc");
     }
 
     #[test]

@@ -608,9 +608,14 @@ impl Gateway {
         causation: Causation,
     ) -> Result<Value, ApiError> {
         let state = self.app_state(tenant, app).await?;
-        let snap = state.snapshots.get(snapshot).cloned().ok_or_else(|| {
+        let mut snap = state.snapshots.get(snapshot).cloned().ok_or_else(|| {
             ApiError::not_found(format!("app {app} has no snapshot {snapshot:?}"))
         })?;
+        // The repo holds the real objects (its manifest is sealed with the
+        // repo key), so a pull gives the Secrets back anywhere.
+        self.services
+            .secrets
+            .unseal_objects(tenant, &mut snap.objects)?;
         let registration = self.repo_state(tenant, repo_name)?;
         let opened = self.open_repo(tenant, &registration).await?;
         let turn = self.repos.lock(tenant, repo_name).await;

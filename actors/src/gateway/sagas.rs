@@ -3,6 +3,14 @@
 //! steps use (`app.hook`, `app.reclaim`), and the workflow and app-snapshot
 //! queries.
 //!
+//! # Secret params
+//! A param declared `secret: true` is sealed in `WorkflowStarted`
+//! ([`crate::secrets`]); the saga unseals it when it resolves the
+//! definition it runs ([`running_definition_of`]), so it resumes after a
+//! crash. Every view resolves the definition with the param `<redacted>`
+//! instead ([`definition_of`]), so neither the params nor a step's `with`
+//! show it.
+//!
 //! # Workflow ids
 //! A start names its workflow with the caller's `workflow` id, else one
 //! made from the request id (so a retried request, or a saga step run
@@ -24,6 +32,8 @@ use tokio::sync::watch;
 use super::{Caller, Gateway, new_request_id};
 use crate::journal::{AppendRequest, Appended, Causation};
 use crate::saga::{CancelFlag, SagaActor, SagaHandle, SagaResult};
+use crate::secrets::ClusterKey;
+use cairn_schema::sealed::{REDACTED, is_sealed_param};
 
 /// A claimed workflow id: the handle waiters get, and the sender its saga
 /// answers through.
@@ -45,18 +55,60 @@ fn workflow_id(caller: &Caller, chosen: Option<String>) -> String {
     })
 }
 
-fn params_of(state: &WorkflowState) -> Vec<(String, Value)> {
-    state
+/// The params as they may be shown: those declared `secret: true` (and
+/// anything sealed) are `<redacted>`.
+fn shown_params(state: &WorkflowState) -> Vec<(String, Value)> {
+    let journaled: Vec<(String, Value)> = state
         .params
         .iter()
-        .map(|(k, v)| (k.clone(), serde_json::from_str(v).unwrap_or(Value::Null)))
-        .collect()
+        .map(|(k, v)| {
+            let value = if is_sealed_param(v) {
+                Value::String(REDACTED.to_owned())
+            } else {
+                serde_json::from_str(v).unwrap_or(Value::Null)
+            };
+            (k.clone(), value)
+        })
+        .collect();
+    match definition::parse(&state.definition) {
+        Ok(template) => template.redact(&journaled),
+        Err(_) => journaled,
+    }
+}
+
+/// The definition a journaled workflow shows: its pinned text resolved
+/// with its shown params, so no secret param appears in a step's `with`.
+/// Step names, order and output are those of the running definition.
+fn definition_of(state: &WorkflowState) -> Result<Definition, ApiError> {
+    definition::parse(&state.definition)?.resolve(&state.id, &shown_params(state))
 }
 
 /// The definition a journaled workflow runs: its pinned text, resolved
-/// again with its parameters (pure, so the same as when it started).
-fn definition_of(state: &WorkflowState) -> Result<Definition, ApiError> {
-    definition::parse(&state.definition)?.resolve(&state.id, &params_of(state))
+/// again with its parameters, secret ones unsealed (pure but for the
+/// unsealing, so the same as when it started); and the secret params'
+/// values as text, for the saga to cut out of what it journals.
+fn running_definition_of(
+    state: &WorkflowState,
+    tenant: &str,
+    key: &ClusterKey,
+) -> Result<(Definition, Vec<String>), ApiError> {
+    let template = definition::parse(&state.definition)?;
+    let mut secrets = Vec::new();
+    let params = state
+        .params
+        .iter()
+        .map(|(k, v)| {
+            let value = key.unseal_param(tenant, v)?;
+            if template.is_secret(k) || is_sealed_param(v) {
+                secrets.push(match &value {
+                    Value::String(s) => s.clone(),
+                    other => other.to_string(),
+                });
+            }
+            Ok((k.clone(), value))
+        })
+        .collect::<Result<Vec<_>, ApiError>>()?;
+    Ok((template.resolve(&state.id, &params)?, secrets))
 }
 
 fn rfc(ms: Option<u64>) -> Option<String> {
@@ -121,7 +173,7 @@ fn view(state: &WorkflowState, def: Option<&Definition>) -> reply::WorkflowView 
             .finished_ms
             .map(|f| f.saturating_sub(state.started_ms)),
         hash: state.hash.clone(),
-        params: params_of(state).into_iter().collect(),
+        params: shown_params(state).into_iter().collect(),
         failed_step: state.failed_step.and_then(step_name),
         failure: state.error.clone(),
         steps,
@@ -163,10 +215,19 @@ impl Gateway {
                 hook,
                 snapshot,
             } => {
+                // Only a step of one of this tenant's workflows runs hooks.
+                let parent_is_tenants = match caller.parent.as_deref() {
+                    Some(parent) => self.workflow_state(tenant, parent)?.is_some(),
+                    None => false,
+                };
+                crate::hooks::check_step_only(tenant, caller.parent.as_deref(), parent_is_tenants)?;
                 let state = self.app_state(tenant, &app).await?;
-                Ok(to_value(
-                    &crate::hooks::run(&state, &hook, snapshot.as_deref()).await?,
-                ))
+                let reply = self
+                    .services
+                    .hooks
+                    .run(tenant, &state, &hook, snapshot.as_deref())
+                    .await?;
+                Ok(to_value(&reply))
             }
             Command::Reclaim => {
                 let stats = self
@@ -195,6 +256,7 @@ impl Gateway {
                 source,
                 snapshot,
                 from,
+                overrides,
                 ..
             } => {
                 let state = self.app_state(tenant, source).await?;
@@ -202,6 +264,11 @@ impl Gateway {
                     ApiError::not_found(format!("app {source} has no snapshot {snapshot:?}"))
                 })?;
                 **from = snap.clone();
+                // A `--set Secret/…` value is sealed before it is decided:
+                // `AppCloned` records the overrides as given.
+                for o in overrides.iter_mut() {
+                    *o = self.services.secrets.seal_override(tenant, o)?;
+                }
             }
             AppCommand::SnapshotDrop {
                 name,
@@ -478,8 +545,9 @@ impl Gateway {
         r: Reservation,
     ) -> SagaHandle {
         use actix::Actor;
-        let def = match definition_of(state) {
-            Ok(d) => d,
+        let running = running_definition_of(state, tenant, &self.services.secrets);
+        let (def, secrets) = match running {
+            Ok(found) => found,
             Err(e) => {
                 tracing::error!(workflow = %state.id, error = %e, "a journaled workflow's definition does not resolve");
                 let _ = r.tx.send(Some(Err(e)));
@@ -495,6 +563,7 @@ impl Gateway {
             gateway: self.me.clone(),
             cancel: r.handle.cancel.clone(),
             done: Some(r.tx),
+            secrets,
         }
         .start();
         r.handle
@@ -671,9 +740,17 @@ impl Gateway {
             name: def.name.clone(),
             definition: text.clone(),
             hash: definition::hash(&text),
+            // Secret params are sealed: the saga unseals them to run.
             params: params
                 .iter()
-                .map(|(k, v)| (k.clone(), v.to_string()))
+                .map(|(k, v)| {
+                    let text = if template.is_secret(k) {
+                        self.services.secrets.seal_param(tenant, v)
+                    } else {
+                        v.to_string()
+                    };
+                    (k.clone(), text)
+                })
                 .collect(),
             app,
             parent: caller.parent.clone(),
@@ -787,5 +864,54 @@ impl Gateway {
             let _ = self.wait_for(tenant, id, h).await;
         }
         self.workflow_show(tenant, id)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const UPLOAD: &str = r#"
+kind: Workflow
+metadata: {name: upload}
+spec:
+  params:
+    app: null
+    key: {required: true, secret: true}
+  steps:
+    - name: push
+      run: app.hook
+      with: {name: "${app}", hook: "upload-${key}"}
+"#;
+
+    #[test]
+    fn secret_params_are_redacted_in_views_and_unsealed_to_run() {
+        let key = ClusterKey::from_bytes(&[3; 32]);
+        let state = WorkflowState {
+            id: "wf-1".into(),
+            name: "upload".into(),
+            definition: UPLOAD.into(),
+            hash: definition::hash(UPLOAD),
+            params: vec![
+                ("app".into(), "\"shop\"".into()),
+                (
+                    "key".into(),
+                    key.seal_param("acme", &Value::from("hunter2")),
+                ),
+            ],
+            ..WorkflowState::default()
+        };
+        let shown = view(&state, definition_of(&state).ok().as_ref());
+        let text = serde_json::to_string(&shown).unwrap();
+        assert!(!text.contains("hunter2"), "{text}");
+        assert_eq!(shown.params["key"], Value::from(REDACTED));
+        assert_eq!(shown.params["app"], Value::from("shop"));
+        assert_eq!(shown.steps[0].with["hook"], "upload-<redacted>");
+        // The saga runs with the real value.
+        let (running, secrets) = running_definition_of(&state, "acme", &key).unwrap();
+        assert_eq!(running.steps[0].action.with["hook"], "upload-hunter2");
+        assert_eq!(secrets, ["hunter2"]);
+        // Not for another tenant.
+        assert!(running_definition_of(&state, "evil", &key).is_err());
     }
 }
