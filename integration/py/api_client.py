@@ -144,6 +144,15 @@ async def run(args):
         except Exception as e:  # noqa: BLE001 - any failure is a mismatch to report
             check.fail(op_id, f"request failed: {type(e).__name__}: {e}")
             continue
+        step_only = op.get("summary", "").startswith("Workflow step only:")
+        if step_only:
+            # Only a workflow step may send it: a direct request must be refused.
+            code = reply.get("error", {}).get("code") if isinstance(reply, dict) else None
+            if code != "permission_denied":
+                check.fail(op_id, f"a step-only command sent directly got {json.dumps(reply)}")
+            elif check.validate(op_id, error_validator, reply, "the error reply"):
+                print(f"ok {op_id}", flush=True)
+            continue
         if isinstance(reply, dict) and "error" in reply:
             check.validate(op_id, error_validator, reply, "the error reply")
             check.fail(op_id, f"the example was refused: {json.dumps(reply)}")

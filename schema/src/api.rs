@@ -332,7 +332,7 @@ pub const OPERATIONS: &[Operation] = &[
     Operation {
         kind: "app",
         verb: "hook",
-        summary: "Workflow step: run the app's hooks of one name (`spec.hooks.<hook>` of its App document).",
+        summary: "Workflow step only: run the app's hooks of one name (`spec.hooks.<hook>` of its App document). Sent directly, outside a workflow step, it is refused with `permission_denied`.",
         request: schema::<AppHookBody>,
         reply: schema::<HookReply>,
         example: r#"{"name":"shop","hook":"preSnapshot"}"#,
