@@ -35,17 +35,17 @@ use cairn_workflows::{Topology, Usage};
 use serde_json::{Value, json};
 
 use crate::journal::{AppendRequest, Appended, Causation};
-use crate::registry::Registry;
 use crate::services::{Services, journal_error};
-use crate::volume::{Observe, engine_name};
+use crate::volume::{self, Observe, engine_name};
 
 pub struct AppActor {
     tenant: String,
     state: AppState,
     services: Services,
-    /// Weak: the registry owns this actor's address, and a cycle would keep
-    /// both (and the journal) alive after the cluster shuts down.
-    registry: Weak<Registry>,
+    /// The volume actors (the registry). Weak: the registry owns this
+    /// actor's address, and a cycle would keep both (and the journal) alive
+    /// after the cluster shuts down.
+    registry: Weak<dyn volume::Directory>,
 }
 
 impl AppActor {
@@ -53,7 +53,7 @@ impl AppActor {
         tenant: String,
         state: AppState,
         services: Services,
-        registry: Weak<Registry>,
+        registry: Weak<dyn volume::Directory>,
     ) -> AppActor {
         AppActor {
             tenant,

@@ -59,13 +59,26 @@ pub struct Gateway {
     pub tenant_slots: TenantSlots,
 }
 
-/// Who sent a request, from its headers.
-#[derive(Debug, Clone, Default)]
-pub struct Caller {
-    pub request_id: Option<String>,
-    pub user: Option<String>,
-    /// The workflow whose step sent it, if one did.
-    pub parent: Option<String>,
+pub use crate::dispatch::Caller;
+
+/// Saga steps run through the gateway, as requests from the bus do.
+impl crate::dispatch::Dispatch for Gateway {
+    fn dispatch<'a>(
+        &'a self,
+        tenant: &'a str,
+        command: Command,
+        caller: &'a Caller,
+    ) -> futures::future::LocalBoxFuture<'a, crate::dispatch::Reply> {
+        Box::pin(Gateway::dispatch(self, tenant, command, caller))
+    }
+
+    fn workflow_result<'a>(
+        &'a self,
+        tenant: &'a str,
+        id: &'a str,
+    ) -> futures::future::LocalBoxFuture<'a, crate::dispatch::Reply> {
+        Box::pin(self.saga_result(tenant, id))
+    }
 }
 
 impl Gateway {

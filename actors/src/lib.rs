@@ -10,6 +10,7 @@
 //! - [`registry`]: finds actors by name (dashmap).
 //! - [`repo`]: the backup repository (push and pull app snapshots to S3 or
 //!   a directory).
+//! - [`dispatch`]: the `Dispatch` trait saga steps run commands through.
 //! - [`gateway`]: decodes requests from the bus, routes them, replies.
 //! - [`cluster`]: wires everything for `cairn up` and `cairn demo`, rebuilds
 //!   state from the journal at start-up and reconciles the block engine.
@@ -26,6 +27,7 @@ pub mod app;
 pub mod bus;
 pub mod client;
 pub mod cluster;
+pub mod dispatch;
 pub mod failpoint;
 pub mod gateway;
 pub mod hooks;

@@ -40,6 +40,12 @@ fn of_tenant<A: Clone>(map: &DashMap<Key, A>, tenant: &str) -> Vec<(String, A)> 
     out
 }
 
+impl crate::volume::Directory for Registry {
+    fn volume_or_start(&self, tenant: &str, name: &str, services: &Services) -> Addr<VolumeActor> {
+        Registry::volume_or_start(self, tenant, name, services)
+    }
+}
+
 impl Registry {
     /// A running saga.
     pub fn saga(&self, tenant: &str, id: &str) -> Option<crate::saga::SagaHandle> {
@@ -160,7 +166,7 @@ impl Registry {
                     tenant.to_owned(),
                     AppState::default(),
                     services.clone(),
-                    Arc::downgrade(self),
+                    self.directory(),
                 )
                 .start()
             })
@@ -176,15 +182,15 @@ impl Registry {
         services: &Services,
     ) -> Addr<AppActor> {
         let k = key(tenant, name);
-        let addr = AppActor::new(
-            tenant.to_owned(),
-            state,
-            services.clone(),
-            Arc::downgrade(self),
-        )
-        .start();
+        let addr =
+            AppActor::new(tenant.to_owned(), state, services.clone(), self.directory()).start();
         self.apps.insert(k, addr.clone());
         addr
+    }
+
+    /// This registry as the app actors see it: where volume actors are.
+    fn directory(self: &Arc<Self>) -> std::sync::Weak<dyn crate::volume::Directory> {
+        Arc::downgrade(self) as std::sync::Weak<dyn crate::volume::Directory>
     }
 
     pub fn apps_of(&self, tenant: &str) -> Vec<(String, Addr<AppActor>)> {
