@@ -342,18 +342,13 @@ impl Gateway {
             | AppCommand::Pull { .. } => self.volume_names(tenant).await?,
             _ => BTreeSet::new(),
         };
+        // Planned and reserved by the placement actor, against its own
+        // view of every app's slices (reservations included).
         let placing = match &command {
             AppCommand::Create(_)
             | AppCommand::Scale { .. }
             | AppCommand::CloneFrom { .. }
-            | AppCommand::Pull { .. } => {
-                let topology = self.topology().await?;
-                let usage = app_placement::usage_of(
-                    self.all_apps().await?.iter().map(|(_, a)| a),
-                    &topology,
-                );
-                Some((topology, usage))
-            }
+            | AppCommand::Pull { .. } => Some(self.topology().await?),
             _ => None,
         };
         let name = command.app().to_owned();
@@ -528,6 +523,21 @@ impl Gateway {
         let world = self.journal_state()?;
         let key = (tenant.to_owned(), name.to_owned());
         let state = world.apps.get(&key).cloned().unwrap_or_default();
+        // Whatever the dead actor had reserved will not commit.
+        let settled = self
+            .registry
+            .placement()
+            .send(crate::placement::Settle {
+                tenant: tenant.to_owned(),
+                app: name.to_owned(),
+                ticket: None,
+                placed: crate::placement::placed_of(&state),
+                rebuilt: true,
+            })
+            .await;
+        if settled.is_err() {
+            tracing::error!("placement actor gone");
+        }
         self.registry
             .start_app(tenant, name, state.clone(), &self.services);
         Ok(state)

@@ -5,6 +5,8 @@
 //! - [`volume`]: the volume actor (actix), one per volume.
 //! - [`app`]: the app actor, one per app; commits an app's events with its
 //!   volumes' events.
+//! - [`placement`]: the one owner of slice placement (plans and
+//!   reservations), so concurrent app creates never overcommit a disk.
 //! - [`node`]: the node actor; registers the node and its disks.
 //! - [`failpoint`]: test-only failure injection (`CAIRN_FAILPOINTS`).
 //! - [`registry`]: finds actors by name (dashmap).
@@ -36,6 +38,7 @@ pub mod nats_auth;
 pub mod nats_server;
 pub mod nbd_access;
 pub mod node;
+pub mod placement;
 pub mod registry;
 pub mod repo;
 pub mod saga;
@@ -44,6 +47,9 @@ pub mod security;
 pub mod services;
 pub mod telemetry;
 pub mod volume;
+
+#[cfg(test)]
+mod control_tests;
 
 /// Runtime bounds, validated in one place ([`Limits::sanitize`]).
 #[derive(Debug, Clone, Copy)]

@@ -2,7 +2,8 @@
 //! `(tenant, name)` to the actor's address, one for volumes and one for
 //! apps, and one from node name to node actor. Actors are started lazily (on the first command for a name) or at
 //! start-up from the journal. An actor that died (a panic) is forgotten and
-//! started again from the journal (see [`crate::gateway`]).
+//! started again from the journal (see [`crate::gateway`]). It also holds
+//! the one placement actor ([`crate::placement`]) the app actors share.
 
 use std::sync::Arc;
 
@@ -12,13 +13,15 @@ use dashmap::DashMap;
 
 use crate::app::AppActor;
 use crate::node::NodeActor;
+use crate::placement::PlacementActor;
 use crate::services::Services;
 use crate::volume::VolumeActor;
 
 type Key = (String, String);
 
-#[derive(Default)]
 pub struct Registry {
+    /// The placement actor every app actor plans through.
+    placement: Addr<PlacementActor>,
     volumes: DashMap<Key, Addr<VolumeActor>>,
     apps: DashMap<Key, Addr<AppActor>>,
     nodes: DashMap<String, Addr<NodeActor>>,
@@ -47,6 +50,22 @@ impl crate::volume::Directory for Registry {
 }
 
 impl Registry {
+    /// An empty registry whose app actors place through `placement`.
+    pub fn new(placement: Addr<PlacementActor>) -> Registry {
+        Registry {
+            placement,
+            volumes: DashMap::new(),
+            apps: DashMap::new(),
+            nodes: DashMap::new(),
+            sagas: DashMap::new(),
+        }
+    }
+
+    /// The one owner of placement decisions.
+    pub fn placement(&self) -> &Addr<PlacementActor> {
+        &self.placement
+    }
+
     /// A running saga.
     pub fn saga(&self, tenant: &str, id: &str) -> Option<crate::saga::SagaHandle> {
         self.sagas.get(&key(tenant, id)).map(|h| h.clone())
@@ -167,6 +186,7 @@ impl Registry {
                     AppState::default(),
                     services.clone(),
                     self.directory(),
+                    self.placement.clone(),
                 )
                 .start()
             })
@@ -182,8 +202,14 @@ impl Registry {
         services: &Services,
     ) -> Addr<AppActor> {
         let k = key(tenant, name);
-        let addr =
-            AppActor::new(tenant.to_owned(), state, services.clone(), self.directory()).start();
+        let addr = AppActor::new(
+            tenant.to_owned(),
+            state,
+            services.clone(),
+            self.directory(),
+            self.placement.clone(),
+        )
+        .start();
         self.apps.insert(k, addr.clone());
         addr
     }
