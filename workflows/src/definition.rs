@@ -245,7 +245,7 @@ pub fn parse(text: &str) -> Result<Template, ApiError> {
         )));
     }
     cairn_schema::yaml::check_nesting("the workflow definition", text)?;
-    let doc: Document = serde_yaml::from_str(text).map_err(invalid)?;
+    let doc: Document = serde_yaml_ng::from_str(text).map_err(invalid)?;
     if doc.kind != "Workflow" {
         return Err(invalid(format!(
             "kind must be Workflow, not {:?}",
