@@ -430,7 +430,15 @@ impl Cluster {
             world.apps.iter(),
             services.limits.mailbox,
         ));
-        let registry = Arc::new(Registry::new(placement));
+        let repos = actix::Actor::start(crate::repo_actor::RepoActor::new(
+            world.repos.clone(),
+            services.clone(),
+        ));
+        let workflows = actix::Actor::start(crate::workflow::WorkflowActor::new(
+            &world,
+            services.clone(),
+        ));
+        let registry = Arc::new(Registry::new(placement, repos, workflows));
         let world_workflows = world.workflows.clone();
         for ((tenant, name), state) in world.volumes {
             registry.start_volume(&tenant, &name, state, &services);

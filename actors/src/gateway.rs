@@ -655,8 +655,9 @@ impl Gateway {
             Query::AppSnapshots { name } => self.app_snapshots(tenant, &name).await,
             Query::WorkflowList { app, status, limit } => {
                 self.workflow_list(tenant, app.as_deref(), status.as_deref(), limit)
+                    .await
             }
-            Query::WorkflowShow { id } => self.workflow_show(tenant, &id),
+            Query::WorkflowShow { id } => self.workflow_show(tenant, &id).await,
             Query::EventsReplay { at_seq, at_ms, app } => {
                 self.replay_at(tenant, at_seq, at_ms, app.as_deref())
             }
@@ -986,9 +987,13 @@ impl Gateway {
                 live.nodes.insert(name, state);
             }
         }
-        // Registrations have no actor: the journal's incrementally folded
-        // head is their live state.
-        live.repos = self.journal_state()?.repos;
+        // Registrations live in their owner, the repository actor.
+        live.repos = self
+            .registry
+            .repos()
+            .send(crate::repo_actor::List { tenant: None })
+            .await
+            .map_err(|e| ApiError::new(ErrorCode::Unavailable, format!("repository actor: {e}")))?;
         if let Some(reason) = first_difference(&live, &replayed) {
             return Ok(to_value(&reply::VerifyReply {
                 ok: false,

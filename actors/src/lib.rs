@@ -13,6 +13,9 @@
 //! - [`repo`]: the backup repository (push and pull app snapshots to S3 or
 //!   a directory).
 //! - [`dispatch`]: the `Dispatch` trait saga steps run commands through.
+//! - [`repo_actor`]: the owner of repository registrations and push
+//!   records; [`workflow`]: the owner of workflow aggregates (every
+//!   workflow fact is journaled through it).
 //! - [`gateway`]: decodes requests from the bus, routes them, replies.
 //! - [`cluster`]: wires everything for `cairn up` and `cairn demo`, rebuilds
 //!   state from the journal at start-up and reconciles the block engine.
@@ -41,12 +44,14 @@ pub mod node;
 pub mod placement;
 pub mod registry;
 pub mod repo;
+pub mod repo_actor;
 pub mod saga;
 pub mod secrets;
 pub mod security;
 pub mod services;
 pub mod telemetry;
 pub mod volume;
+pub mod workflow;
 
 #[cfg(test)]
 mod control_tests;

@@ -3,7 +3,8 @@
 //! apps, and one from node name to node actor. Actors are started lazily (on the first command for a name) or at
 //! start-up from the journal. An actor that died (a panic) is forgotten and
 //! started again from the journal (see [`crate::gateway`]). It also holds
-//! the one placement actor ([`crate::placement`]) the app actors share.
+//! the cluster's single owners: placement ([`crate::placement`]),
+//! repositories ([`crate::repo_actor`]) and workflows ([`crate::workflow`]).
 
 use std::sync::Arc;
 
@@ -14,14 +15,20 @@ use dashmap::DashMap;
 use crate::app::AppActor;
 use crate::node::NodeActor;
 use crate::placement::PlacementActor;
+use crate::repo_actor::RepoActor;
 use crate::services::Services;
 use crate::volume::VolumeActor;
+use crate::workflow::WorkflowActor;
 
 type Key = (String, String);
 
 pub struct Registry {
     /// The placement actor every app actor plans through.
     placement: Addr<PlacementActor>,
+    /// The owner of every repository registration.
+    repos: Addr<RepoActor>,
+    /// The owner of every workflow aggregate.
+    workflows: Addr<WorkflowActor>,
     volumes: DashMap<Key, Addr<VolumeActor>>,
     apps: DashMap<Key, Addr<AppActor>>,
     nodes: DashMap<String, Addr<NodeActor>>,
@@ -50,10 +57,17 @@ impl crate::volume::Directory for Registry {
 }
 
 impl Registry {
-    /// An empty registry whose app actors place through `placement`.
-    pub fn new(placement: Addr<PlacementActor>) -> Registry {
+    /// An empty registry over the cluster's single-owner actors: app actors
+    /// place through `placement`.
+    pub fn new(
+        placement: Addr<PlacementActor>,
+        repos: Addr<RepoActor>,
+        workflows: Addr<WorkflowActor>,
+    ) -> Registry {
         Registry {
             placement,
+            repos,
+            workflows,
             volumes: DashMap::new(),
             apps: DashMap::new(),
             nodes: DashMap::new(),
@@ -64,6 +78,16 @@ impl Registry {
     /// The one owner of placement decisions.
     pub fn placement(&self) -> &Addr<PlacementActor> {
         &self.placement
+    }
+
+    /// The owner of every repository registration.
+    pub fn repos(&self) -> &Addr<RepoActor> {
+        &self.repos
+    }
+
+    /// The owner of every workflow aggregate.
+    pub fn workflows(&self) -> &Addr<WorkflowActor> {
+        &self.workflows
     }
 
     /// A running saga.

@@ -1,6 +1,7 @@
 //! The saga actor: one per running workflow. It drives the pure machine
 //! ([`cairn_workflows::next`]) and does what it says: journal the fact that
-//! a step (or compensation) starts, run the step's API command through a
+//! a step (or compensation) starts (through the workflow actor,
+//! [`crate::workflow`]), run the step's API command through a
 //! [`Dispatch`] (the gateway) under the step's idempotency key, journal how it ended, repeat,
 //! until the machine says the workflow is finished.
 //!
@@ -40,8 +41,8 @@ use serde_json::Value;
 use tokio::sync::{Notify, watch};
 
 use crate::dispatch::{Caller, Dispatch};
-use crate::journal::{AppendRequest, Causation};
-use crate::services::Services;
+use crate::journal::Causation;
+use crate::workflow::{self, WorkflowActor};
 
 /// How a finished saga answers: the output step's reply, or why not.
 pub type SagaResult = Result<Value, ApiError>;
@@ -86,8 +87,8 @@ pub struct SagaActor {
     /// Runs the steps' commands (the gateway); weak, so a saga never keeps
     /// a stopped gateway alive.
     pub dispatch: std::sync::Weak<dyn Dispatch>,
-    /// The journal its facts go to and the bus they are published on.
-    pub services: Services,
+    /// The owner of the workflow aggregates: every fact goes through it.
+    pub workflows: Addr<WorkflowActor>,
     pub cancel: Arc<CancelFlag>,
     pub done: Option<watch::Sender<Option<SagaResult>>>,
     /// The values of its params declared `secret: true`, as text: cut out
@@ -106,7 +107,7 @@ impl Actor for SagaActor {
             definition: self.definition.clone(),
             progress: std::mem::take(&mut self.progress),
             dispatch: self.dispatch.clone(),
-            services: self.services.clone(),
+            workflows: self.workflows.clone(),
             cancel: self.cancel.clone(),
             secrets: std::mem::take(&mut self.secrets),
         };
@@ -131,7 +132,7 @@ struct Runner {
     definition: Definition,
     progress: Vec<Progress>,
     dispatch: std::sync::Weak<dyn Dispatch>,
-    services: Services,
+    workflows: Addr<WorkflowActor>,
     cancel: Arc<CancelFlag>,
     secrets: Vec<String>,
 }
@@ -353,28 +354,26 @@ impl Runner {
     async fn record(&self, event: Event) -> Result<(), Stopped> {
         // A stopped gateway means a shutdown: no more facts.
         self.dispatch.upgrade().ok_or(Stopped)?;
-        let appended = self
-            .services
-            .journal
-            .append(AppendRequest {
+        let recorded = self
+            .workflows
+            .send(workflow::Record {
                 causation: Causation {
                     tenant: self.tenant.clone(),
                     user: self.user.clone(),
                     id: self.id.clone(),
                     dedup: false,
                 },
-                events: vec![event],
-                reply: Vec::new(),
+                event,
             })
             .await;
-        match appended {
-            Ok(crate::journal::Appended::Records(records)) => {
-                self.services.publish(&records).await;
-                Ok(())
-            }
-            Ok(crate::journal::Appended::Duplicate(_)) => Ok(()),
-            Err(e) => {
+        match recorded {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => {
                 tracing::warn!(workflow = %self.id, error = %e, "workflow paused: the journal refused its next fact");
+                Err(Stopped)
+            }
+            Err(e) => {
+                tracing::warn!(workflow = %self.id, error = %e, "workflow paused: the workflow actor is gone");
                 Err(Stopped)
             }
         }

@@ -8,8 +8,13 @@
 //! Tests never assert timings: racing requests are started together and
 //! only their outcomes are checked.
 
+mod app;
+mod gateway;
 mod placement;
+mod repo;
+mod saga;
 mod volume;
+mod workflow;
 
 use std::path::PathBuf;
 
