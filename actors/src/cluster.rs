@@ -552,7 +552,9 @@ impl Cluster {
         if let Err(e) = self.services.pool.close() {
             tracing::error!(error = %e, "closing the block pool failed");
         }
-        let _ = self.services.bus.flush().await;
+        // Bounded: with NATS gone a flush would wait for a reconnect that
+        // may never come, and a stop must not hang on it.
+        let _ = tokio::time::timeout(BUS_FLUSH_TIMEOUT, self.services.bus.flush()).await;
         // Release the journal file before returning. The actors hold it
         // (through their services) until the arbiter polls them after their
         // addresses are gone; a start in this process right after (the
@@ -574,6 +576,9 @@ impl Cluster {
         }
     }
 }
+
+/// How long [`Cluster::shutdown`] waits for the bus to send what it holds.
+const BUS_FLUSH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// How long [`Cluster::shutdown`] waits for the actors to let go of the
 /// journal.

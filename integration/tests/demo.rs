@@ -23,13 +23,25 @@ fn run_demo(data: &Path, configure: impl FnOnce(&mut Command)) -> String {
         stdout.contains("Demo complete: every check held."),
         "{stdout}"
     );
-    for step in 1..=8 {
+    for step in 1..=9 {
         assert!(
             stdout.contains(&format!("==> step {step}:")),
             "step {step} missing:\n{stdout}"
         );
     }
     assert!(data.join("journal.redb").exists());
+    // The git-like story, each step shown.
+    for shown in [
+        "cairn app snapshot shop v1 -m",
+        "known good: before the upgrade",
+        "check: shop/data-db-0 reads 0xa5, max_connections=5, replicas=3",
+        "cairn app rollback shop v1",
+        "check: shop-dev/data-db-0 reads 0x42, max_connections=10, replicas=1",
+        "0 B copied",
+        "cairn app pull local shop@v1",
+    ] {
+        assert!(stdout.contains(shown), "{shown:?} not shown:\n{stdout}");
+    }
     stdout
 }
 
