@@ -110,6 +110,15 @@ impl Registry {
         self.sagas.remove(&key(tenant, id));
     }
 
+    /// Forgets every actor: with their last addresses gone they stop (when
+    /// the arbiter next polls them) and drop their services.
+    pub fn clear(&self) {
+        self.volumes.clear();
+        self.apps.clear();
+        self.nodes.clear();
+        self.sagas.clear();
+    }
+
     pub fn running_sagas(&self) -> usize {
         self.sagas.len()
     }
