@@ -9,6 +9,12 @@
 //! - At most [`crate::Limits::max_in_flight`] requests run at once; the
 //!   subscription is not read while that many are open (back-pressure).
 //! - On shutdown it stops taking requests, then waits for those in flight.
+//! - It never writes the journal or folds state: each aggregate's owner
+//!   (volume, app, node, repo, workflow actor; placement for slices)
+//!   decides, journals and applies, and the gateway replies with its
+//!   answer. It reads the journal only for dedup lookups and queries.
+//! - Saga steps come back in through [`crate::dispatch::Dispatch`], which
+//!   the gateway implements.
 
 use std::sync::Arc;
 
