@@ -426,7 +426,20 @@ impl Cluster {
             hooks: Arc::new(hooks),
             secrets: Arc::new(secrets),
         };
-        let registry = Arc::new(Registry::default());
+        // The one owner of placement, seeded with every app's journaled slices.
+        let placement = actix::Actor::start(crate::placement::PlacementActor::new(
+            world.apps.iter(),
+            services.limits.mailbox,
+        ));
+        let repos = actix::Actor::start(crate::repo_actor::RepoActor::new(
+            world.repos.clone(),
+            services.clone(),
+        ));
+        let workflows = actix::Actor::start(crate::workflow::WorkflowActor::new(
+            &world,
+            services.clone(),
+        ));
+        let registry = Arc::new(Registry::new(placement, repos, workflows));
         let world_workflows = world.workflows.clone();
         for ((tenant, name), state) in world.volumes {
             registry.start_volume(&tenant, &name, state, &services);
