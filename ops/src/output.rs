@@ -599,3 +599,38 @@ pub fn replay_rows(reply: &ReplayReply) -> Vec<Vec<String>> {
     }
     rows
 }
+
+#[cfg(test)]
+mod tests {
+    use cairn_schema::reply::WorkflowView;
+
+    use super::*;
+
+    #[test]
+    fn byte_counts_are_for_people_in_tables() {
+        assert_eq!(human(0), "0 B");
+        assert_eq!(human(21_248), "20.75 KiB");
+        assert_eq!(human(1 << 30), "1.00 GiB");
+        assert_eq!(bytes(&Value::from(-2048i64)), "-2.00 KiB");
+        assert_eq!(bytes(&Value::Null), "-");
+    }
+
+    /// `workflow show` once read an `error` field the reply does not have
+    /// (it is `failure`), so a failed workflow printed no reason.
+    #[test]
+    fn workflow_show_prints_why_it_failed() {
+        let view: WorkflowView = serde_json::from_value(serde_json::json!({
+            "id": "wf-1", "name": "app-snapshot", "description": "", "status": "compensated",
+            "app": "shop", "parent": null, "started": null, "finished": null,
+            "duration_ms": 12, "hash": "", "params": {}, "failed_step": "take",
+            "failure": "unavailable: the pool is busy", "steps": [], "output": null,
+            "definition": ""
+        }))
+        .unwrap();
+        let rows = workflow_rows(&view);
+        assert_eq!(
+            rows[1],
+            vec!["failed at step take: unavailable: the pool is busy".to_owned()]
+        );
+    }
+}

@@ -210,3 +210,86 @@ static TIMEOUT_GIVEN: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
 
 /// How long `up` and the demo wait for in-flight work at shutdown.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+
+#[cfg(test)]
+mod tests {
+    use cairn_schema::Command;
+    use cairn_schema::command::{
+        AppCloneBody, AppLogBody, AppSnapshotBody, EventsFilter, Size, VolumeCreateBody,
+        WorkflowListBody,
+    };
+
+    use super::follow::WorkflowBody;
+    use super::*;
+
+    /// What the CLI serializes, the server parses: absent options go out
+    /// as `null`, which the bodies' `#[serde(default)]` accept.
+    fn accepted(kind: &str, verb: &str, body: &impl Serialize) {
+        let bytes = serde_json::to_vec(body).unwrap();
+        if let Err(e) = Command::parse(kind, verb, &bytes) {
+            panic!(
+                "{kind}.{verb} refused {}: {e:?}",
+                String::from_utf8_lossy(&bytes)
+            );
+        }
+    }
+
+    #[test]
+    fn request_bodies_the_cli_builds_are_what_the_server_parses() {
+        accepted(
+            "volume",
+            "create",
+            &VolumeCreateBody {
+                name: "v1".into(),
+                size: Size::Text("1G".into()),
+                compress: None,
+                encrypt: false,
+            },
+        );
+        let mut snapshot = AppSnapshotBody {
+            name: "shop".into(),
+            snapshot: "s1".into(),
+            message: None,
+            run_async: false,
+            workflow: None,
+        };
+        let id = snapshot.prepare(true);
+        assert!(id.starts_with("wf-"), "{id}");
+        let json = serde_json::to_value(&snapshot).unwrap();
+        assert_eq!(json["async"], true);
+        assert_eq!(json["workflow"], id.as_str());
+        accepted("app", "snapshot", &snapshot);
+        // A chosen id stays.
+        assert_eq!(snapshot.prepare(false), id);
+        accepted(
+            "app",
+            "clone",
+            &AppCloneBody {
+                name: "shop".into(),
+                snapshot: "s1".into(),
+                target: "dev".into(),
+                set: vec!["replicas=1".into()],
+                run_async: false,
+                workflow: None,
+            },
+        );
+        accepted(
+            "app",
+            "log",
+            &AppLogBody {
+                name: "shop".into(),
+                limit: None,
+            },
+        );
+        accepted(
+            "workflow",
+            "list",
+            &WorkflowListBody {
+                app: None,
+                status: None,
+                limit: Some(5),
+            },
+        );
+        accepted("events", "list", &EventsFilter::default());
+    }
+}
