@@ -287,7 +287,9 @@ pub async fn run(client: &Client, fmt: Format, cmd: &AppCommand) -> anyhow::Resu
             // `-o json` prints the list of {"replica","volume","slices"}.
             match fmt {
                 Format::Table => output::print_table(&output::placement_rows(&reply.body)),
-                _ => output::print(fmt, &reply.raw["volumes"], |_| Vec::new()),
+                _ => output::print(fmt, &serde_json::to_value(&reply.body.volumes)?, |_| {
+                    Vec::new()
+                }),
             }
         }
         AppCommand::Log { name, limit } => {

@@ -29,7 +29,7 @@ use anyhow::Context;
 use cairn_actors::bus;
 use cairn_actors::client::{self, Client};
 use cairn_schema::ErrorCode;
-use serde_json::{Value, json};
+use serde_json::Value;
 
 use cairn_schema::command;
 use cairn_schema::reply::WorkflowStartReply;
@@ -213,7 +213,9 @@ async fn wait(
 async fn status(client: &Client, id: &str) -> Result<String, client::Error> {
     let mut c = client.clone();
     c.timeout = POLL_TIMEOUT;
-    let view: Value = c.call("workflow", "show", &json!({ "id": id })).await?;
+    let body = command::WorkflowIdBody { id: id.to_owned() };
+    let body = serde_json::to_value(&body).expect("request bodies serialize");
+    let view: Value = c.call("workflow", "show", &body).await?;
     let view: cairn_schema::reply::WorkflowView =
         serde_json::from_value(view).map_err(|e| client::Error::BadReply(e.to_string()))?;
     Ok(view.status)

@@ -79,8 +79,8 @@ async fn connect(args: &Cli) -> anyhow::Result<Client> {
         .or_else(|| {
             // `cairn up` records where it listens.
             let info = std::fs::read(data_dir.join("cluster.json")).ok()?;
-            let info: Value = serde_json::from_slice(&info).ok()?;
-            info["nats_url"].as_str().map(str::to_owned)
+            let info: crate::up::ClusterInfo = serde_json::from_slice(&info).ok()?;
+            info.nats_url
         })
         .unwrap_or_else(|| "nats://127.0.0.1:4222".into());
     let mut options = args.nats.options(url.clone());
