@@ -1,6 +1,16 @@
 //! The journal: the append-only, hash-chained event log in redb, and
 //! periodic snapshots of the state it folds to.
 //!
+//! # One trait, three implementations
+//! Callers (the actors, the gateway, start-up) hold an
+//! `Arc<dyn Journal>`. [`RedbJournal`] is the real one (the rest of this
+//! doc describes it). [`MemJournal`] is its in-memory twin: the same
+//! records, hash chain, dedup, snapshots and checks (it folds, restores and
+//! verifies with the same code), durable only in a [`MemDisk`] that
+//! survives a simulated crash. [`FaultyJournal`] wraps either and injects
+//! a failed commit, or a torn write-ahead-log frame (see `faulty.rs` for
+//! what "torn" means for redb and how the twin models it).
+//!
 //! # Group commit
 //! One writer thread owns every write transaction. Callers hand it an
 //! [`AppendRequest`] over a bounded channel; the thread drains whatever is
@@ -68,16 +78,95 @@ use std::path::{Path, PathBuf};
 
 use cairn_schema::record::ChainBreak;
 use cairn_schema::{Event, EventRecord, World};
+use futures::future::BoxFuture;
 
+mod faulty;
+mod memory;
 mod snapshots;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod twin_tests;
 mod verify;
 mod wal;
 mod writer;
 
+pub use faulty::{Fault, FaultyJournal, Tear};
+pub use memory::{MemDisk, MemJournal};
 pub use verify::verify_file;
-pub use writer::Journal;
+pub use writer::RedbJournal;
+
+/// The event log, as every caller sees it. Object safe: callers hold an
+/// `Arc<dyn Journal>`.
+///
+/// Every implementation keeps the same contract: seqs gap-free from 1, each
+/// record chained to its predecessor by hash, a request id (scoped by
+/// tenant, [`dedup_key`]) and its reply stored with the events of the same
+/// append, snapshots that are caches of the fold, and an append answered
+/// only once durable.
+pub trait Journal: Send + Sync {
+    /// Appends events durably (atomically: all or none). Resolves after the
+    /// commit; a request id seen before gets [`Appended::Duplicate`].
+    fn append(&self, request: AppendRequest) -> BoxFuture<'_, Result<Appended, Error>>;
+
+    /// Stops taking appends, waits for those queued and makes everything
+    /// durable on its own (a checkpoint). Later appends fail with
+    /// [`Error::Closed`]; reads keep working. Idempotent.
+    fn close(&self);
+
+    /// How opening rebuilt the state.
+    fn recovery(&self) -> Recovery;
+
+    /// The state folded up to the head (every committed record).
+    fn world(&self) -> Result<World, Error>;
+
+    /// The state after records `1..=seq` (or up to the head, if `seq` is
+    /// beyond it; the result's `seq` says where it stopped): the newest
+    /// usable snapshot at or below `seq`, then the records after it.
+    fn fold_to(&self, seq: u64) -> Result<World, Error>;
+
+    /// Folds every record from seq 1, ignoring snapshots, and checks the
+    /// newest snapshot against the fold at its seq, both at one instant.
+    fn replay_full(&self) -> Result<FullReplay, Error>;
+
+    /// The stored snapshots, oldest first.
+    fn snapshots(&self) -> Result<Vec<SnapshotInfo>, Error>;
+
+    /// Records with seq in `from..` (at most `limit`), in order.
+    fn read(&self, from: u64, limit: usize) -> Result<Vec<EventRecord>, Error>;
+
+    /// The reply stored for a tenant's request id, if any. Request ids are
+    /// scoped by tenant: one tenant reusing another's id finds nothing.
+    fn lookup_request(&self, tenant: &str, id: &str) -> Result<Option<Vec<u8>>, Error>;
+
+    /// Checks the whole hash chain. Returns the number of records, or the
+    /// first break.
+    fn verify_chain(&self) -> Result<Result<u64, ChainBreak>, Error>;
+
+    /// The number of records.
+    fn len(&self) -> Result<u64, Error>;
+
+    fn is_empty(&self) -> Result<bool, Error> {
+        Ok(self.len()? == 0)
+    }
+
+    /// Visits every record in order; stops at the first error.
+    fn scan(&self, visit: &mut dyn FnMut(EventRecord) -> Result<(), Error>) -> Result<(), Error> {
+        const PAGE: usize = 4096;
+        let mut from = 1;
+        loop {
+            let page = self.read(from, PAGE)?;
+            let n = page.len();
+            for record in page {
+                from = record.seq + 1;
+                visit(record)?;
+            }
+            if n < PAGE {
+                return Ok(());
+            }
+        }
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -124,6 +213,20 @@ impl Default for Limits {
             snapshot_every: 10_000,
             snapshots_kept: 2,
             wal_bytes: 16 << 20,
+        }
+    }
+}
+
+impl Limits {
+    /// Every bound at least 1 (a journal works with any limits; the
+    /// operator's are clamped by [`crate::Limits::sanitize`]).
+    pub(crate) fn at_least_one(self) -> Limits {
+        Limits {
+            queue: self.queue.max(1),
+            max_batch: self.max_batch.max(1),
+            snapshot_every: self.snapshot_every.max(1),
+            snapshots_kept: self.snapshots_kept.max(1),
+            wal_bytes: self.wal_bytes.max(1),
         }
     }
 }

@@ -1,6 +1,9 @@
 //! Cairn's runtime: the only crate where side effects happen.
 //!
-//! - [`journal`]: the hash-chained redb event log with group commit.
+//! - [`journal`]: the `Journal` trait: the hash-chained redb event log with
+//!   group commit, its in-memory twin and a fault-injecting wrapper.
+//! - [`clock`]: wall-clock time behind a trait (re-exported from
+//!   `cairn_blocks::clock`), with a manual twin for tests.
 //! - [`bus`]: NATS (or the in-process twin) for commands and events.
 //! - [`volume`]: the volume actor (actix), one per volume.
 //! - [`app`]: the app actor, one per app; commits an app's events with its
@@ -42,6 +45,8 @@ pub mod security;
 pub mod services;
 pub mod telemetry;
 pub mod volume;
+
+pub use cairn_blocks::clock;
 
 /// Runtime bounds, validated in one place ([`Limits::sanitize`]).
 #[derive(Debug, Clone, Copy)]

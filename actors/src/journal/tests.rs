@@ -39,7 +39,7 @@ fn create(name: &str, id: &str, dedup: bool) -> AppendRequest {
 #[tokio::test]
 async fn request_ids_are_scoped_by_tenant() {
     let dir = tempfile::tempdir().unwrap();
-    let journal = Journal::open(&dir.path().join("journal.redb"), Limits::default()).unwrap();
+    let journal = RedbJournal::open(&dir.path().join("journal.redb"), Limits::default()).unwrap();
     journal
         .append(create("v1", "shared-id", true))
         .await
@@ -73,7 +73,7 @@ async fn request_ids_are_scoped_by_tenant() {
 async fn concurrent_appends_chain_dedup_and_survive_reopen() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("journal.redb");
-    let journal = Journal::open(
+    let journal = RedbJournal::open(
         &path,
         Limits {
             queue: 8,
@@ -99,7 +99,7 @@ async fn concurrent_appends_chain_dedup_and_survive_reopen() {
     assert_eq!(journal.len().unwrap(), 64, "a duplicate appends nothing");
     drop(journal);
 
-    let journal = Journal::open(&path, Limits::default()).unwrap();
+    let journal = RedbJournal::open(&path, Limits::default()).unwrap();
     assert_eq!(
         journal.lookup_request("default", "r7").unwrap().as_deref(),
         Some(&b"reply-v7"[..])
@@ -164,7 +164,7 @@ enum Damage {
 }
 
 /// Rewrites the newest snapshot row as `damage` says; returns its seq.
-fn damage_newest_snapshot(journal: &Journal, damage: Damage) -> Option<u64> {
+fn damage_newest_snapshot(journal: &RedbJournal, damage: Damage) -> Option<u64> {
     let txn = journal.inner.db.begin_write().unwrap();
     let seq = {
         let mut table = txn.open_table(SNAPSHOTS).unwrap();
@@ -207,7 +207,7 @@ fn damage_newest_snapshot(journal: &Journal, damage: Damage) -> Option<u64> {
 /// The files of a journal as a `kill -9` would leave them, copied to a
 /// fresh directory. The writer must be idle: [`Journal::world`] returns
 /// only then.
-fn crash_image(journal: &Journal, dir: &Path) -> PathBuf {
+fn crash_image(journal: &RedbJournal, dir: &Path) -> PathBuf {
     journal.world().unwrap();
     let from = &journal.inner.path;
     let to = dir.join("journal.redb");
@@ -217,7 +217,7 @@ fn crash_image(journal: &Journal, dir: &Path) -> PathBuf {
 }
 
 /// The newest snapshot row, as stored.
-fn newest_snapshot_row(journal: &Journal) -> Option<(u64, Vec<u8>)> {
+fn newest_snapshot_row(journal: &RedbJournal) -> Option<(u64, Vec<u8>)> {
     let table = journal.table(SNAPSHOTS).unwrap();
     let newest = table.last().unwrap();
     newest.map(|(k, v)| (k.value(), v.value().to_vec()))
@@ -253,13 +253,13 @@ async fn model_run(seed: u64) -> u64 {
         wal_bytes: [1, 2048, 1 << 20][rng.below(3) as usize],
     };
     let ctx = format!("seed {seed}, {limits:?}");
-    let mut journal = Journal::open(&path, limits).unwrap();
+    let mut journal = RedbJournal::open(&path, limits).unwrap();
     // history[s] is the model World after records 1..=s.
     let mut history = vec![World::default()];
     // Every row the test damaged (a crash can bring an older one back
     // as the newest, when newer snapshots were not checkpointed).
     let mut damaged_rows: Vec<(u64, Vec<u8>)> = Vec::new();
-    let is_damaged = |journal: &Journal, rows: &[(u64, Vec<u8>)]| {
+    let is_damaged = |journal: &RedbJournal, rows: &[(u64, Vec<u8>)]| {
         newest_snapshot_row(journal).is_some_and(|row| rows.contains(&row))
     };
     let (mut restarts, mut crashes, mut wal_frames) = (0, 0, 0);
@@ -275,7 +275,7 @@ async fn model_run(seed: u64) -> u64 {
                     crashes += 1;
                 }
                 drop(journal);
-                journal = Journal::open(&path, limits).unwrap();
+                journal = RedbJournal::open(&path, limits).unwrap();
                 restarts += 1;
                 let head = history.len() as u64 - 1;
                 let recovery = journal.recovery();
@@ -425,7 +425,7 @@ async fn model_run(seed: u64) -> u64 {
 
 /// Rewrites record `seq` with its time moved by a millisecond: the bytes
 /// decode, but its hash no longer matches.
-fn tamper(journal: &Journal, seq: u64) {
+fn tamper(journal: &RedbJournal, seq: u64) {
     let txn = journal.inner.db.begin_write().unwrap();
     {
         let mut table = txn.open_table(EVENTS).unwrap();
@@ -447,7 +447,7 @@ async fn open_refuses_a_tampered_tail() {
         snapshot_every: 10,
         ..Limits::default()
     };
-    let journal = Journal::open(&path, limits).unwrap();
+    let journal = RedbJournal::open(&path, limits).unwrap();
     for i in 0..25 {
         journal
             .append(create(&format!("v{i}"), &format!("r{i}"), false))
@@ -456,7 +456,7 @@ async fn open_refuses_a_tampered_tail() {
     }
     tamper(&journal, 5);
     drop(journal);
-    let journal = Journal::open(&path, limits).unwrap();
+    let journal = RedbJournal::open(&path, limits).unwrap();
     assert_eq!(journal.recovery().snapshot_seq, 20);
     assert!(matches!(journal.verify_chain().unwrap(), Err(b) if b.seq == 5));
     assert!(matches!(
@@ -465,7 +465,7 @@ async fn open_refuses_a_tampered_tail() {
     ));
     tamper(&journal, 23);
     drop(journal);
-    match Journal::open(&path, limits) {
+    match RedbJournal::open(&path, limits) {
         Err(Error::Corrupted { seq, message }) => {
             assert_eq!(seq, 23, "{message}");
         }
@@ -484,7 +484,7 @@ async fn a_crash_keeps_every_answered_append() {
         wal_bytes: 1 << 20,
         ..Limits::default()
     };
-    let journal = Journal::open(&dir.path().join("journal.redb"), limits).unwrap();
+    let journal = RedbJournal::open(&dir.path().join("journal.redb"), limits).unwrap();
     for i in 0..50 {
         let appended = journal
             .append(create(&format!("v{i}"), &format!("r{i}"), true))
@@ -516,7 +516,7 @@ async fn a_crash_keeps_every_answered_append() {
     // Checked offline, the log's records count (and no file is written).
     assert_eq!(verify_file(&path).unwrap(), Ok(50));
     assert_eq!(verify_file(&torn_path).unwrap(), Ok(49));
-    let journal = Journal::open(&path, limits).unwrap();
+    let journal = RedbJournal::open(&path, limits).unwrap();
     let recovery = journal.recovery();
     assert_eq!((recovery.wal_frames, recovery.wal_records), (50, 50));
     assert_eq!(journal.world().unwrap(), expected);
@@ -529,7 +529,7 @@ async fn a_crash_keeps_every_answered_append() {
     assert!(matches!(again, Appended::Duplicate(first) if first == b"reply-v7"));
     drop(journal);
 
-    let journal = Journal::open(&torn_path, limits).unwrap();
+    let journal = RedbJournal::open(&torn_path, limits).unwrap();
     assert_eq!(journal.recovery().wal_records, 49, "the torn batch is lost");
     assert_eq!(journal.lookup_request("default", "r49").unwrap(), None);
     journal.append(create("v49", "r49", true)).await.unwrap();
@@ -541,7 +541,7 @@ async fn a_crash_keeps_every_answered_append() {
         Err(Error::Closed)
     ));
     drop(journal);
-    let journal = Journal::open(&torn_path, limits).unwrap();
+    let journal = RedbJournal::open(&torn_path, limits).unwrap();
     assert_eq!(journal.recovery().wal_frames, 0);
     assert_eq!(journal.len().unwrap(), 50);
 }
@@ -567,7 +567,7 @@ async fn snapshots_are_bounded_and_start_up_folds_the_tail() {
         snapshots_kept: 2,
         ..Limits::default()
     };
-    let journal = Journal::open(&path, limits).unwrap();
+    let journal = RedbJournal::open(&path, limits).unwrap();
     for i in 0..205 {
         journal
             .append(create(&format!("v{i}"), &format!("r{i}"), true))
@@ -577,7 +577,7 @@ async fn snapshots_are_bounded_and_start_up_folds_the_tail() {
     let seqs: Vec<u64> = journal.snapshots().unwrap().iter().map(|s| s.seq).collect();
     assert_eq!(seqs, [190, 200]);
     drop(journal);
-    let journal = Journal::open(&path, limits).unwrap();
+    let journal = RedbJournal::open(&path, limits).unwrap();
     let recovery = journal.recovery();
     assert_eq!((recovery.snapshot_seq, recovery.folded), (200, 5));
     assert_eq!(journal.world().unwrap().volumes.len(), 205);
@@ -589,7 +589,7 @@ async fn snapshots_are_bounded_and_start_up_folds_the_tail() {
     // for the older one, and start-up rewrites a fresh one.
     damage_newest_snapshot(&journal, Damage::OtherLayout).unwrap();
     drop(journal);
-    let journal = Journal::open(&path, limits).unwrap();
+    let journal = RedbJournal::open(&path, limits).unwrap();
     let recovery = journal.recovery();
     assert_eq!(
         (

@@ -35,9 +35,11 @@ use super::snapshots::{self, put_snapshot, restore};
 use super::verify::{self, RedbRows, verify_rows};
 use super::wal::{self, Frame, Wal};
 use super::{
-    AppendRequest, Appended, Error, FullReplay, Limits, Recovery, SnapshotInfo, dedup_key,
+    AppendRequest, Appended, Error, FullReplay, Journal, Limits, Recovery, SnapshotInfo, dedup_key,
 };
+use crate::clock::{Clock, SystemClock};
 use crate::telemetry::{fields, spans};
+use futures::future::BoxFuture;
 
 pub(super) const EVENTS: TableDefinition<u64, &[u8]> = TableDefinition::new("events");
 pub(super) const REQUESTS: TableDefinition<&str, &[u8]> = TableDefinition::new("requests");
@@ -50,7 +52,7 @@ type HeadWorld = Arc<Mutex<World>>;
 
 /// A handle to the journal; cheap to clone.
 #[derive(Clone)]
-pub struct Journal {
+pub struct RedbJournal {
     pub(super) inner: Arc<Inner>,
 }
 
@@ -151,13 +153,6 @@ fn replay_wal(db: &Database, path: &Path, log: &[u8]) -> Result<(u64, u64), Erro
     Ok((apply.len() as u64, n_records))
 }
 
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
-
 /// The head (seq, hash) as `txn` sees it.
 fn read_head(txn: &ReadTransaction, path: &Path) -> Result<(u64, Hash), Error> {
     let events = txn
@@ -188,10 +183,21 @@ fn restore_at(txn: &ReadTransaction, path: &Path, to: u64) -> Result<snapshots::
     )
 }
 
-impl Journal {
+impl RedbJournal {
+    /// Opens (or creates) the journal, stamping records with the system
+    /// clock; see [`RedbJournal::open_with`].
+    pub fn open(path: &Path, limits: Limits) -> Result<RedbJournal, Error> {
+        RedbJournal::open_with(path, limits, Arc::new(SystemClock))
+    }
+
     /// Opens (or creates) the journal, rebuilds the state from the newest
-    /// usable snapshot plus the records after it, and starts the writer.
-    pub fn open(path: &Path, limits: Limits) -> Result<Journal, Error> {
+    /// usable snapshot plus the records after it, and starts the writer,
+    /// which stamps each batch's records with `clock`.
+    pub fn open_with(
+        path: &Path,
+        limits: Limits,
+        clock: Arc<dyn Clock>,
+    ) -> Result<RedbJournal, Error> {
         let started = Instant::now();
         let storage = |e: &dyn std::fmt::Display| Error::storage(path, e);
         let db = Database::create(path).map_err(|e| storage(&e))?;
@@ -210,13 +216,7 @@ impl Journal {
             let head = read_head(&txn, path)?;
             (head, restore_at(&txn, path, head.0)?)
         };
-        let limits = Limits {
-            queue: limits.queue.max(1),
-            max_batch: limits.max_batch.max(1),
-            snapshot_every: limits.snapshot_every.max(1),
-            snapshots_kept: limits.snapshots_kept.max(1),
-            wal_bytes: limits.wal_bytes.max(1),
-        };
+        let limits = limits.at_least_one();
         let mut snapshot_seq = restored.snapshot_seq;
         if head.0 - snapshot_seq >= limits.snapshot_every {
             // A long tail (a first start after an upgrade, or skipped
@@ -259,12 +259,13 @@ impl Journal {
             snapshot_seq,
             wal,
             poisoned: None,
+            clock,
         };
         let writer = std::thread::Builder::new()
             .name("cairn-journal".into())
             .spawn(move || writer.run(rx))
             .map_err(|e| storage(&e))?;
-        Ok(Journal {
+        Ok(RedbJournal {
             inner: Arc::new(Inner {
                 path: path.to_owned(),
                 db,
@@ -276,21 +277,43 @@ impl Journal {
         })
     }
 
+    fn read_txn(&self) -> Result<ReadTransaction, Error> {
+        self.inner
+            .db
+            .begin_read()
+            .map_err(|e| Error::storage(&self.inner.path, e))
+    }
+
+    /// Opens `table` in a fresh read transaction.
+    pub(super) fn table<K: Key + 'static, V: Value + 'static>(
+        &self,
+        table: TableDefinition<'static, K, V>,
+    ) -> Result<ReadOnlyTable<K, V>, Error> {
+        self.read_txn()?
+            .open_table(table)
+            .map_err(|e| Error::storage(&self.inner.path, e))
+    }
+}
+
+impl Journal for RedbJournal {
     /// Appends events durably. Resolves after the commit.
-    pub async fn append(&self, request: AppendRequest) -> Result<Appended, Error> {
-        let (done_tx, done_rx) = oneshot::channel();
-        let tx = self.inner.tx.lock().unwrap().clone().ok_or(Error::Closed)?;
-        // A full queue makes this caller wait: that is the back-pressure.
-        tx.send((request, done_tx))
-            .await
-            .map_err(|_| Error::Closed)?;
-        done_rx.await.map_err(|_| Error::Closed)?
+    fn append(&self, request: AppendRequest) -> BoxFuture<'_, Result<Appended, Error>> {
+        let tx = self.inner.tx.lock().unwrap().clone();
+        Box::pin(async move {
+            let (done_tx, done_rx) = oneshot::channel();
+            let tx = tx.ok_or(Error::Closed)?;
+            // A full queue makes this caller wait: that is the back-pressure.
+            tx.send((request, done_tx))
+                .await
+                .map_err(|_| Error::Closed)?;
+            done_rx.await.map_err(|_| Error::Closed)?
+        })
     }
 
     /// Stops taking appends, waits for those queued, checkpoints (so the next
     /// start replays no log) and stops the writer. Later appends fail with
     /// [`Error::Closed`]; reads keep working. Idempotent.
-    pub fn close(&self) {
+    fn close(&self) {
         self.inner.tx.lock().unwrap().take();
         if let Some(writer) = self.inner.writer.lock().unwrap().take() {
             let _ = writer.join();
@@ -298,19 +321,19 @@ impl Journal {
     }
 
     /// How [`Journal::open`] rebuilt the state.
-    pub fn recovery(&self) -> Recovery {
+    fn recovery(&self) -> Recovery {
         self.inner.recovery
     }
 
     /// The state folded up to the head (every committed record).
-    pub fn world(&self) -> Result<World, Error> {
+    fn world(&self) -> Result<World, Error> {
         Ok(self.inner.world.lock().unwrap().clone())
     }
 
     /// The state after records `1..=seq` (or up to the head, if `seq` is
     /// beyond it; the result's `seq` says where it stopped): the newest usable
     /// snapshot at or below `seq`, then the records after it.
-    pub fn fold_to(&self, seq: u64) -> Result<World, Error> {
+    fn fold_to(&self, seq: u64) -> Result<World, Error> {
         let txn = self.read_txn()?;
         let head = read_head(&txn, &self.inner.path)?.0;
         Ok(restore_at(&txn, &self.inner.path, seq.min(head))?.world)
@@ -319,7 +342,7 @@ impl Journal {
     /// Folds every record from seq 1, ignoring snapshots, and checks the
     /// newest snapshot against the fold at its seq. One read transaction, so
     /// both describe the same instant.
-    pub fn replay_full(&self) -> Result<FullReplay, Error> {
+    fn replay_full(&self) -> Result<FullReplay, Error> {
         let path = &self.inner.path;
         let storage = |e: redb::TableError| Error::storage(path, e);
         let txn = self.read_txn()?;
@@ -340,7 +363,7 @@ impl Journal {
     }
 
     /// The stored snapshots, oldest first.
-    pub fn snapshots(&self) -> Result<Vec<SnapshotInfo>, Error> {
+    fn snapshots(&self) -> Result<Vec<SnapshotInfo>, Error> {
         let path = &self.inner.path;
         let table = self.table(SNAPSHOTS)?;
         let mut out = Vec::new();
@@ -354,24 +377,8 @@ impl Journal {
         Ok(out)
     }
 
-    fn read_txn(&self) -> Result<ReadTransaction, Error> {
-        self.inner
-            .db
-            .begin_read()
-            .map_err(|e| Error::storage(&self.inner.path, e))
-    }
-
-    /// Opens `table` in a fresh read transaction.
-    pub(super) fn table<K: Key + 'static, V: Value + 'static>(
-        &self,
-        table: TableDefinition<'static, K, V>,
-    ) -> Result<ReadOnlyTable<K, V>, Error> {
-        self.read_txn()?
-            .open_table(table)
-            .map_err(|e| Error::storage(&self.inner.path, e))
-    }
     /// Records with seq in `from..` (at most `limit`), in order.
-    pub fn read(&self, from: u64, limit: usize) -> Result<Vec<EventRecord>, Error> {
+    fn read(&self, from: u64, limit: usize) -> Result<Vec<EventRecord>, Error> {
         let path = &self.inner.path;
         let table = self.table(EVENTS)?;
         let mut out = Vec::new();
@@ -391,29 +398,9 @@ impl Journal {
         Ok(out)
     }
 
-    /// Visits every record in order; stops at the first error.
-    pub fn scan(
-        &self,
-        mut visit: impl FnMut(EventRecord) -> Result<(), Error>,
-    ) -> Result<(), Error> {
-        const PAGE: usize = 4096;
-        let mut from = 1;
-        loop {
-            let page = self.read(from, PAGE)?;
-            let n = page.len();
-            for record in page {
-                from = record.seq + 1;
-                visit(record)?;
-            }
-            if n < PAGE {
-                return Ok(());
-            }
-        }
-    }
-
     /// The reply stored for a tenant's request id, if any. Request ids are
     /// scoped by tenant: one tenant reusing another's id finds nothing.
-    pub fn lookup_request(&self, tenant: &str, id: &str) -> Result<Option<Vec<u8>>, Error> {
+    fn lookup_request(&self, tenant: &str, id: &str) -> Result<Option<Vec<u8>>, Error> {
         let path = &self.inner.path;
         let table = self.table(REQUESTS)?;
         Ok(table
@@ -424,7 +411,7 @@ impl Journal {
 
     /// Checks the whole hash chain. Returns the number of records, or the
     /// first break.
-    pub fn verify_chain(&self) -> Result<Result<u64, ChainBreak>, Error> {
+    fn verify_chain(&self) -> Result<Result<u64, ChainBreak>, Error> {
         let events = self.table(EVENTS)?;
         let rows = RedbRows {
             table: &events,
@@ -433,14 +420,10 @@ impl Journal {
         Ok(verify_rows(&rows)?.map(|(seq, _)| seq))
     }
 
-    pub fn len(&self) -> Result<u64, Error> {
+    fn len(&self) -> Result<u64, Error> {
         let path = &self.inner.path;
         let table = self.table(EVENTS)?;
         table.len().map_err(|e| Error::storage(path, e))
-    }
-
-    pub fn is_empty(&self) -> Result<bool, Error> {
-        Ok(self.len()? == 0)
     }
 }
 
@@ -458,6 +441,8 @@ struct Writer {
     /// Set when the log may hold a frame that must not be replayed: every
     /// later append fails with this reason.
     poisoned: Option<String>,
+    /// Stamps each batch's records.
+    clock: Arc<dyn Clock>,
 }
 
 impl Writer {
@@ -566,7 +551,7 @@ impl Writer {
         }
         let (mut seq, mut hash) = self.head;
         debug_assert_eq!(world.seq, seq, "the writer's world is at the head");
-        let time_ms = now_ms();
+        let time_ms = self.clock.now_ms();
         let mut txn = self.db.begin_write().map_err(|e| storage(&e))?;
         // Durable through the log, below; checkpoints make redb durable.
         txn.set_durability(redb::Durability::None)
