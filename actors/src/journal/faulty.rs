@@ -150,7 +150,9 @@ impl<J: Journal> FaultyJournal<J> {
         }
         let (state, one_in) = plan.random.as_mut()?;
         let one_in = *one_in;
-        next_random(state).is_multiple_of(one_in).then_some(Fault::FailCommit)
+        next_random(state)
+            .is_multiple_of(one_in)
+            .then_some(Fault::FailCommit)
     }
 }
 
