@@ -311,6 +311,7 @@ impl Cluster {
         config: Config,
         journal: Option<Arc<dyn Journal>>,
     ) -> Result<Cluster, Error> {
+        crate::failpoint::warn_if_requested();
         let limits = config.limits.sanitize();
         let mut security = config.security.clone().sanitize();
         // Refused settings stop start-up before anything is opened.

@@ -11,7 +11,8 @@
 //! - [`placement`]: the one owner of slice placement (plans and
 //!   reservations), so concurrent app creates never overcommit a disk.
 //! - [`node`]: the node actor; registers the node and its disks.
-//! - [`failpoint`]: test-only failure injection (`CAIRN_FAILPOINTS`).
+//! - [`failpoint`]: test-only failure injection (`CAIRN_FAILPOINTS`), compiled
+//!   only with the `failpoints` cargo feature.
 //! - [`registry`]: finds actors by name (dashmap).
 //! - [`repo`]: the backup repository (push and pull app snapshots to S3 or
 //!   a directory).
