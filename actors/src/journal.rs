@@ -28,7 +28,7 @@
 //! the fsync, not for the fold. Once [`Limits::snapshot_every`] events have
 //! been folded since the last snapshot, the next batch's transaction also
 //! writes the `World` as it stood before that batch into `snapshots`, and
-//! drops all but the newest [`Limits::snapshots_kept`]. [`Journal::open`]
+//! drops all but the newest [`Limits::snapshots_kept`]. [`RedbJournal::open`]
 //! loads the newest snapshot that decodes and folds only the records after
 //! it, so start-up time is bounded by the snapshot interval (and the size of
 //! the state), not by the length of the history.
@@ -273,7 +273,7 @@ pub struct SnapshotInfo {
     pub bytes: u64,
 }
 
-/// How [`Journal::open`] rebuilt the state.
+/// How the journal rebuilt its state at open.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Recovery {
     /// Seq of the snapshot it started from (0: none, a full replay).

@@ -1,4 +1,4 @@
-//! The redb journal: [`Journal::open`] (redb's recovery, then the
+//! The redb journal: [`RedbJournal::open`] (redb's recovery, then the
 //! write-ahead log's frames, then the state from the newest snapshot and the
 //! tail), the writer thread that owns every write transaction (group
 //! commit: one log frame, one `fdatasync` and one in-memory redb commit per
@@ -320,7 +320,7 @@ impl Journal for RedbJournal {
         }
     }
 
-    /// How [`Journal::open`] rebuilt the state.
+    /// How [`RedbJournal::open`] rebuilt the state.
     fn recovery(&self) -> Recovery {
         self.inner.recovery
     }
