@@ -793,7 +793,7 @@ impl Gateway {
         let mut entries = std::collections::VecDeque::new();
         self.services
             .journal
-            .scan(|record| {
+            .scan(&mut |record| {
                 if record.tenant == tenant && filter.matches(&record.aggregate, "", record.time_ms)
                 {
                     if entries.len() == limit as usize {

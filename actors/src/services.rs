@@ -16,7 +16,8 @@ use crate::journal::{self, Journal};
 
 #[derive(Clone)]
 pub struct Services {
-    pub journal: Journal,
+    /// The redb journal, or a twin in tests.
+    pub journal: Arc<dyn Journal>,
     pub pool: Arc<Pool>,
     pub bus: Bus,
     pub limits: crate::Limits,

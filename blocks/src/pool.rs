@@ -28,7 +28,9 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, RwLock, Weak};
 use std::thread::JoinHandle;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
+
+use crate::clock::{Clock, SystemClock};
 
 use serde::{Deserialize, Serialize};
 
@@ -58,6 +60,8 @@ pub struct PoolOptions {
     /// Run checkpoints and compaction on a background thread.
     pub background: bool,
     pub storage: Arc<dyn Storage>,
+    /// Stamps snapshot creation times.
+    pub clock: Arc<dyn Clock>,
 }
 
 impl Default for PoolOptions {
@@ -69,6 +73,7 @@ impl Default for PoolOptions {
             key: None,
             background: true,
             storage: Arc::new(FsStorage),
+            clock: Arc::new(SystemClock),
         }
     }
 }
@@ -286,13 +291,6 @@ pub struct Pool {
     background: Mutex<Option<Background>>,
 }
 
-pub(crate) fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
-
 fn check_name(name: &str, what: &'static str) -> Result<()> {
     let reason = if name.is_empty() {
         Some("empty")
@@ -500,7 +498,7 @@ impl Pool {
             .map(|i| vols[*i].0.gate.write().unwrap())
             .collect();
         inner.flush_segments()?;
-        let created_ms = now_ms();
+        let created_ms = self.inner.opts.clock.now_ms();
         let ops: Vec<MetaOp> = vols
             .iter()
             .map(|(vol, s)| MetaOp::Snapshot {
