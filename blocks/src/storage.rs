@@ -160,20 +160,10 @@ struct MemFile {
     shared: Arc<Mutex<MemShared>>,
 }
 
-#[derive(Default)]
 struct MemShared {
     faults: Faults,
-    rng: u64,
-}
-
-impl MemShared {
-    fn next(&mut self) -> u64 {
-        // xorshift64*: deterministic per seed, good enough for fault choice.
-        self.rng ^= self.rng >> 12;
-        self.rng ^= self.rng << 25;
-        self.rng ^= self.rng >> 27;
-        self.rng.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
+    /// Deterministic per seed, so a failing seed replays.
+    rng: fastrand::Rng,
 }
 
 /// The in-memory twin of [`FsStorage`]. Directory operations are durable at
@@ -190,7 +180,7 @@ impl MemStorage {
             files: Arc::default(),
             shared: Arc::new(Mutex::new(MemShared {
                 faults: Faults::default(),
-                rng: seed | 1,
+                rng: fastrand::Rng::with_seed(seed),
             })),
         }
     }
@@ -210,10 +200,10 @@ impl MemStorage {
             let mut content = st.durable.clone();
             let pending = std::mem::take(&mut st.pending);
             for (offset, bytes) in pending {
-                let roll = shared.next() % 4;
+                let roll = shared.rng.u64(0..4);
                 let keep = match roll {
                     0 => 0,
-                    1 => (shared.next() % (bytes.len() as u64 + 1)) as usize,
+                    1 => shared.rng.usize(0..=bytes.len()),
                     _ => bytes.len(),
                 };
                 let end = offset as usize + keep;

@@ -302,17 +302,10 @@ pub fn cairn<I: AsRef<OsStr>>(args: impl IntoIterator<Item = I>) -> Output {
     }
 }
 
-/// Deterministic pseudo-random bytes (xorshift), fast in a debug build.
+/// Deterministic, incompressible bytes: a different stream per seed.
 pub fn noise(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-    let mut out = Vec::with_capacity(len + 8);
-    while out.len() < len {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        out.extend_from_slice(&x.to_le_bytes());
-    }
-    out.truncate(len);
+    let mut out = vec![0; len];
+    fastrand::Rng::with_seed(seed).fill(&mut out);
     out
 }
 

@@ -13,7 +13,7 @@ use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use cairn_integration::{NatsServer, Node, have_tool, nats};
+use cairn_integration::{NatsServer, Node, have_tool, nats, noise};
 use tempfile::TempDir;
 
 const MIB: usize = 1 << 20;
@@ -165,19 +165,6 @@ fn can_run() -> bool {
     true
 }
 
-/// Deterministic, incompressible bytes: a different stream per seed.
-fn pseudo_random(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x >> 24) as u8
-        })
-        .collect()
-}
-
 /// A node with FUSE on `<tmp>/mnt` and volume `v` holding ext4 with known
 /// files, snapshotted as `v@s1` while frozen, changed after the snapshot,
 /// unmounted, detached and fsck-clean. Fields drop in order: the guard
@@ -257,8 +244,8 @@ fn prepare() -> Option<Fixture> {
     cleanup.mount(&dev, &ext, None);
 
     let frozen_files = vec![
-        ("a.bin", pseudo_random(1, 3 * MIB + 1234)),
-        ("sub/b.bin", pseudo_random(2, 5 * MIB)),
+        ("a.bin", noise(1, 3 * MIB + 1234)),
+        ("sub/b.bin", noise(2, 5 * MIB)),
         ("c.txt", b"written before the freeze\n".to_vec()),
     ];
     for (path, content) in &frozen_files {
@@ -272,7 +259,7 @@ fn prepare() -> Option<Fixture> {
     cleanup.thaw();
 
     // Changes after the snapshot must not show in it.
-    std::fs::write(ext.join("after.bin"), pseudo_random(3, 2 * MIB)).unwrap();
+    std::fs::write(ext.join("after.bin"), noise(3, 2 * MIB)).unwrap();
     std::fs::write(ext.join("c.txt"), b"written after the snapshot\n").unwrap();
     run("sync", &[]);
     cleanup.umount(&ext);

@@ -730,7 +730,7 @@ async fn app(client: &Client, fmt: Format, cmd: &AppCommand) -> anyhow::Result<i
                     .unwrap_or(&[])
                 {
                     println!("---");
-                    print!("{}", serde_yaml::to_string(object)?);
+                    print!("{}", serde_yaml_ng::to_string(object)?);
                 }
             } else {
                 output::print(fmt, &reply, output::app_detail_rows);
@@ -1205,7 +1205,7 @@ fn print_events(fmt: Format, json_lines: bool, events: &[Value], header: bool) {
         if !events.is_empty() {
             print!(
                 "{}",
-                serde_yaml::to_string(events).expect("json values are yaml")
+                serde_yaml_ng::to_string(events).expect("json values are yaml")
             );
         }
     } else {

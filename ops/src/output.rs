@@ -18,7 +18,7 @@ pub fn print(format: Format, value: &Value, table: impl FnOnce(&Value) -> Vec<Ve
         ),
         Format::Yaml => print!(
             "{}",
-            serde_yaml::to_string(value).expect("json values are yaml")
+            serde_yaml_ng::to_string(value).expect("json values are yaml")
         ),
         Format::Table => print_table(&table(value)),
     }

@@ -108,7 +108,7 @@ impl SecurityArgs {
         if let Some(file) = &self.hooks_config {
             let text = std::fs::read_to_string(file)
                 .with_context(|| format!("--hooks-config {}", file.display()))?;
-            let config: HooksConfig = serde_yaml::from_str(&text)
+            let config: HooksConfig = serde_yaml_ng::from_str(&text)
                 .with_context(|| format!("--hooks-config {}", file.display()))?;
             for (tenant, prefixes) in config.tenants {
                 cairn_schema::names::check_label("tenant", &tenant).map_err(|e| {

@@ -438,7 +438,7 @@ mod tests {
     #[test]
     fn constraints_read_the_app_documents_spelling() {
         let yaml = "antiAffinity: rack\nseparateDisks: [commitlog, data]\nmedia: ssd\n";
-        let constraints: Constraints = serde_yaml::from_str(yaml).unwrap();
+        let constraints: Constraints = serde_yaml_ng::from_str(yaml).unwrap();
         assert_eq!(
             constraints,
             Constraints {
@@ -448,9 +448,9 @@ mod tests {
                 affinity: Affinity::Node,
             }
         );
-        let none: Constraints = serde_yaml::from_str("affinity: none").unwrap();
+        let none: Constraints = serde_yaml_ng::from_str("affinity: none").unwrap();
         assert_eq!(none.affinity, Affinity::None);
-        assert!(serde_yaml::from_str::<Constraints>("antiAfinity: rack").is_err());
+        assert!(serde_yaml_ng::from_str::<Constraints>("antiAfinity: rack").is_err());
     }
 
     #[test]

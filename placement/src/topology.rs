@@ -169,7 +169,7 @@ struct Document {
     #[serde(default)]
     api_version: Option<String>,
     #[serde(default)]
-    metadata: Option<serde_yaml::Value>,
+    metadata: Option<serde_yaml_ng::Value>,
     nodes: Vec<NodeDocument>,
 }
 
@@ -219,7 +219,7 @@ impl Topology {
     /// `datacenter` default to [`DEFAULT_DOMAIN`]. Capacities are Kubernetes
     /// quantities (`40Gi`, `1Ti`, `500G`) or plain byte counts.
     pub fn from_yaml(text: &str) -> Result<Topology, Error> {
-        let document: Document = serde_yaml::from_str(text).map_err(|e| Error::Yaml {
+        let document: Document = serde_yaml_ng::from_str(text).map_err(|e| Error::Yaml {
             message: e.to_string(),
         })?;
         let _ = document.metadata;

@@ -35,7 +35,7 @@ use std::collections::BTreeMap;
 use schemars::generate::{Contract, SchemaSettings};
 use schemars::{JsonSchema, Schema, SchemaGenerator};
 use serde_json::{Value, json};
-use serde_yaml::{Mapping, Value as Yaml};
+use serde_yaml_ng::{Mapping, Value as Yaml};
 
 use crate::command::{
     AppCloneBody, AppCloneCreateBody, AppConfigSetBody, AppCreateBody, AppDeleteBody, AppHookBody,
@@ -796,7 +796,7 @@ fn reference(path: &str) -> Yaml {
 }
 
 fn yaml(value: &Value) -> Yaml {
-    serde_yaml::to_value(value).expect("json values are yaml")
+    serde_yaml_ng::to_value(value).expect("json values are yaml")
 }
 
 fn insert(mapping: &mut Yaml, key: &str, value: Yaml) {
@@ -1258,7 +1258,7 @@ pub fn asyncapi_yaml() -> String {
     let header = "# Generated from schema/src/api.rs by `just api-docs`; do not edit.\n";
     format!(
         "{header}{}",
-        serde_yaml::to_string(&asyncapi()).expect("the document serializes")
+        serde_yaml_ng::to_string(&asyncapi()).expect("the document serializes")
     )
 }
 

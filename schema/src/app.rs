@@ -103,7 +103,7 @@ pub fn parse_manifest(text: &str, name: Option<&str>) -> Result<Manifest, ApiErr
     use serde::Deserialize as _;
     crate::yaml::check_nesting("the manifest", text)?;
     let mut objects = Vec::new();
-    for (idx, document) in serde_yaml::Deserializer::from_str(text).enumerate() {
+    for (idx, document) in serde_yaml_ng::Deserializer::from_str(text).enumerate() {
         let value = Value::deserialize(document).map_err(|e| {
             ApiError::invalid(format!(
                 "manifest document {} is not valid YAML: {e}",

@@ -595,10 +595,7 @@ mod tests {
     #[test]
     fn golden_v1_volume_created_upcasts() {
         let golden = include_str!("../tests/golden/event-1-VolumeCreatedV1.hex").trim();
-        let bytes: Vec<u8> = (0..golden.len())
-            .step_by(2)
-            .map(|i| u8::from_str_radix(&golden[i..i + 2], 16).unwrap())
-            .collect();
+        let bytes: Vec<u8> = hex::decode(golden).unwrap();
         let event = Event::decode(1, &bytes).unwrap();
         assert_eq!(
             event,
@@ -851,10 +848,7 @@ mod tests {
                 panic!("{} is missing (UPDATE_GOLDEN=1 writes it)", path.display())
             });
             let golden = golden.trim();
-            let stored: Vec<u8> = (0..golden.len())
-                .step_by(2)
-                .map(|i| u8::from_str_radix(&golden[i..i + 2], 16).unwrap())
-                .collect();
+            let stored: Vec<u8> = hex::decode(golden).unwrap();
             assert_eq!(
                 Event::decode(event.tag(), &stored).unwrap(),
                 event,

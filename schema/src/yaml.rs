@@ -1,9 +1,9 @@
 //! Bounds on YAML text from outside, checked before a YAML parser sees it.
 //!
-//! The YAML parser under `serde_yaml` takes time quadratic in the depth of
+//! The YAML parser under `serde_yaml_ng` takes time quadratic in the depth of
 //! nested flow collections after a key (`a: [[[[…`: 100 KB took 26 s in a
 //! release build, on the gateway's behalf of every tenant). Kubernetes
-//! manifests and workflow definitions never nest deeply, and `serde_yaml`
+//! manifests and workflow definitions never nest deeply, and `serde_yaml_ng`
 //! refuses more than 128 levels anyway, after parsing. So the depth of
 //! `[`/`{` nesting is counted first, in one linear pass, and text deeper
 //! than [`MAX_FLOW_DEPTH`] is refused before it is parsed.

@@ -191,34 +191,29 @@ fn invalid(what: impl std::fmt::Display) -> ApiError {
     ApiError::invalid(format!("workflow definition: {what}"))
 }
 
-/// `250ms`, `30s`, `5m`, `2h`, or a number of seconds.
+/// `250ms`, `30s`, `5m`, `1h 30m` (humantime's syntax), or a number of
+/// seconds.
 pub fn parse_duration_ms(value: &Value) -> Result<u64, String> {
     let text = match value {
         Value::Number(n) => {
             return n
                 .as_f64()
-                .filter(|s| *s >= 0.0)
+                .filter(|s| s.is_finite() && *s >= 0.0)
                 .map(|s| (s * 1000.0) as u64)
                 .ok_or_else(|| format!("{n} is not a duration"));
         }
         Value::String(s) => s.trim(),
         other => return Err(format!("{other} is not a duration")),
     };
-    let split = text
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(text.len());
-    let (digits, unit) = text.split_at(split);
-    let n: u64 = digits
-        .parse()
-        .map_err(|_| format!("{text:?} is not a duration (like 500ms, 30s, 5m)"))?;
-    let scale = match unit.trim() {
-        "ms" => 1,
-        "" | "s" => 1000,
-        "m" => 60_000,
-        "h" => 3_600_000,
-        _ => return Err(format!("{text:?}: the unit must be ms, s, m or h")),
-    };
-    Ok(n.saturating_mul(scale))
+    if !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit()) {
+        let secs: u64 = text
+            .parse()
+            .map_err(|_| format!("{text:?} is too many seconds"))?;
+        return Ok(secs.saturating_mul(1000));
+    }
+    humantime::parse_duration(text)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .map_err(|e| format!("{text:?} is not a duration (like 500ms, 30s, 5m, 1h 30m): {e}"))
 }
 
 fn check_command(run: &str, step: &str) -> Result<(), ApiError> {
@@ -245,7 +240,7 @@ pub fn parse(text: &str) -> Result<Template, ApiError> {
         )));
     }
     cairn_schema::yaml::check_nesting("the workflow definition", text)?;
-    let doc: Document = serde_yaml::from_str(text).map_err(invalid)?;
+    let doc: Document = serde_yaml_ng::from_str(text).map_err(invalid)?;
     if doc.kind != "Workflow" {
         return Err(invalid(format!(
             "kind must be Workflow, not {:?}",
@@ -589,8 +584,10 @@ spec:
         assert!(e.message.contains("1 to 64 steps"), "{}", e.message);
         assert!(parse("kind: Job\nspec: {steps: []}").is_err());
         assert!(parse("{not yaml").is_err());
+        let e = parse(&NIGHTLY.replace("timeout: 5m", "timeout: 5 parsecs")).unwrap_err();
+        assert!(e.message.contains("not a duration"), "{}", e.message);
         let e = parse(&NIGHTLY.replace("timeout: 5m", "timeout: 5 weeks")).unwrap_err();
-        assert!(e.message.contains("unit"), "{}", e.message);
+        assert!(e.message.contains("at most 24h"), "{}", e.message);
     }
 
     /// Finding 5 of issue 13: `backoff: 87600h` parked a workflow (and a
@@ -660,5 +657,9 @@ spec:
         assert_eq!(parse_duration_ms(&json!(2)), Ok(2000));
         assert_eq!(parse_duration_ms(&json!("2h")), Ok(7_200_000));
         assert!(parse_duration_ms(&json!("soon")).is_err());
+        assert_eq!(parse_duration_ms(&json!("1h 30m")), Ok(5_400_000));
+        assert_eq!(parse_duration_ms(&json!("45")), Ok(45_000));
+        assert!(parse_duration_ms(&json!("-5s")).is_err());
+        assert!(parse_duration_ms(&json!("")).is_err());
     }
 }
