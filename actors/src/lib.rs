@@ -8,8 +8,8 @@
 //! - [`node`]: the node actor; registers the node and its disks.
 //! - [`failpoint`]: test-only failure injection (`CAIRN_FAILPOINTS`).
 //! - [`registry`]: finds actors by name (dashmap).
-//! - [`repo`]: the backup repository (push and pull app snapshots to S3 or
-//!   a directory).
+//! - [`repo`]: the backup repository library, re-exported from its own
+//!   crate `cairn-repo` (push and pull app snapshots to S3 or a directory).
 //! - [`gateway`]: decodes requests from the bus, routes them, replies.
 //! - [`cluster`]: wires everything for `cairn up` and `cairn demo`, rebuilds
 //!   state from the journal at start-up and reconciles the block engine.
@@ -35,13 +35,14 @@ pub mod nats_server;
 pub mod nbd_access;
 pub mod node;
 pub mod registry;
-pub mod repo;
 pub mod saga;
 pub mod secrets;
 pub mod security;
 pub mod services;
 pub mod telemetry;
 pub mod volume;
+
+pub use cairn_repo as repo;
 
 /// Runtime bounds, validated in one place ([`Limits::sanitize`]).
 #[derive(Debug, Clone, Copy)]
