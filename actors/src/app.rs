@@ -25,8 +25,7 @@ use std::sync::Weak;
 
 use actix::prelude::*;
 use cairn_blocks::{Compression, VolumeOptions};
-use cairn_placement::app_placement::place;
-use cairn_placement::{Topology, Usage};
+use cairn_placement::Topology;
 use cairn_schema::app::{AppCommand, AppState, volume_name};
 use cairn_schema::event::PlacedVolume;
 use cairn_schema::names::format_size;
@@ -35,17 +34,22 @@ use cairn_schema::{ApiError, Event, reply};
 use serde_json::{Value, json};
 
 use crate::journal::{AppendRequest, Appended, Causation};
-use crate::registry::Registry;
+use crate::placement::{self, PlacementActor};
 use crate::services::{Services, journal_error};
-use crate::volume::{Observe, engine_name};
+use crate::volume::{self, Observe, engine_name};
 
 pub struct AppActor {
     tenant: String,
     state: AppState,
     services: Services,
-    /// Weak: the registry owns this actor's address, and a cycle would keep
-    /// both (and the journal) alive after the cluster shuts down.
-    registry: Weak<Registry>,
+    /// The volume actors (the registry). Weak: the registry owns this
+    /// actor's address, and a cycle would keep both (and the journal) alive
+    /// after the cluster shuts down.
+    registry: Weak<dyn volume::Directory>,
+    /// The one owner of placement: plans and reserves the slices of the
+    /// volumes this app creates, and is told the app's placement after
+    /// each commit.
+    placement: Addr<PlacementActor>,
 }
 
 impl AppActor {
@@ -53,13 +57,15 @@ impl AppActor {
         tenant: String,
         state: AppState,
         services: Services,
-        registry: Weak<Registry>,
+        registry: Weak<dyn volume::Directory>,
+        placement: Addr<PlacementActor>,
     ) -> AppActor {
         AppActor {
             tenant,
             state,
             services,
             registry,
+            placement,
         }
     }
 }
@@ -80,9 +86,10 @@ pub struct Execute {
     pub causation: Causation,
     /// The tenant's existing volume names (for create and scale).
     pub taken: BTreeSet<String>,
-    /// The cluster and every app's use of it, for commands that create
-    /// volumes (create, scale-out): their slices go through the planner.
-    pub placing: Option<(Topology, Usage)>,
+    /// The cluster, for commands that create volumes (create, scale-out,
+    /// clone, pull): their slices are planned and reserved by the
+    /// placement actor.
+    pub placing: Option<Topology>,
 }
 
 /// Read the current state.
@@ -248,21 +255,10 @@ impl Handler<Execute> for AppActor {
         crate::failpoint::hit(&format!("app.execute.{}", msg.command.verb()));
         let decided = self
             .state
-            .decide(&msg.command, &|v: &str| msg.taken.contains(v))
-            .and_then(|mut events| {
-                if let Some((topology, usage)) = &msg.placing
-                    && let Some(placed) = place(&self.state, &events, topology, usage)?
-                {
-                    events.push(placed);
-                }
-                // No Secret value reaches the journal in plaintext.
-                self.services
-                    .secrets
-                    .seal_events(&self.tenant, &mut events)?;
-                Ok(events)
-            });
+            .decide(&msg.command, &|v: &str| msg.taken.contains(v));
         let services = self.services.clone();
         let registry = self.registry.clone();
+        let placement = self.placement.clone();
         let tenant = self.tenant.clone();
         let state = self.state.clone();
         let work = async move {
@@ -280,65 +276,63 @@ impl Handler<Execute> for AppActor {
                     serde_json::from_slice(&first).unwrap_or(Value::Null),
                 ));
             }
-            let events = decided?;
-            let reply = reply_for(&state, &msg.command, &events);
-            if events.is_empty() {
-                // Nothing to change (a step that already happened, an
-                // absent app or snapshot with `missing_ok`).
-                return Ok((Vec::new(), reply));
-            }
-            // Constructive effects first: volumes created or cloned,
-            // snapshots taken, rollbacks (the saga's safety snapshot covers
-            // those); undone if the commit fails.
-            let mut undo = Undo::default();
-            if let Err(e) = effects_before_commit(&services, &tenant, &events, &mut undo).await {
-                undo.run(&services).await;
-                return Err(e);
-            }
-            let appended = services
-                .journal
-                .append(AppendRequest {
-                    causation: msg.causation,
-                    events,
-                    reply: serde_json::to_vec(&reply).expect("replies serialize"),
-                })
-                .await;
-            let records = match appended {
-                Ok(Appended::Records(records)) => records,
-                Ok(Appended::Duplicate(first)) => {
-                    undo.run(&services).await;
-                    return Ok((
-                        Vec::new(),
-                        serde_json::from_slice(&first).unwrap_or(Value::Null),
-                    ));
-                }
-                Err(e) => {
-                    undo.run(&services).await;
-                    return Err(journal_error(&e));
-                }
-            };
-            // Destructive effects after: the volumes and snapshots this
-            // command deleted. The fact stands if one fails; start-up
-            // reconciliation removes the leftovers.
-            for record in &records {
-                let (engine, snapshot) = match record.event() {
-                    Ok(Event::VolumeDeleted(v)) => (engine_name(&tenant, &v.volume), None),
-                    Ok(Event::SnapshotDeleted(s)) => {
-                        (engine_name(&tenant, &s.volume), Some(s.snapshot))
-                    }
-                    _ => continue,
-                };
-                let name = engine.clone();
-                let done = services
-                    .blocking(move |pool| match &snapshot {
-                        Some(s) => pool.delete_snapshot(&name, s),
-                        None => pool.delete_volume(&name),
+            let mut events = decided?;
+            // The slices of the volumes it creates: planned and reserved by
+            // the one placement owner, released unless the commit lands.
+            let mut ticket = None;
+            if let Some(topology) = msg.placing
+                && !events.is_empty()
+            {
+                let reservation = placement
+                    .send(placement::Reserve {
+                        tenant: tenant.clone(),
+                        before: state.clone(),
+                        events: events.clone(),
+                        topology,
                     })
-                    .await;
-                if let Err(e) = done {
-                    tracing::warn!(error = %e, volume = %engine, "space not reclaimed yet");
+                    .await
+                    .map_err(|e| ApiError::internal(format!("placement actor: {e}")))??;
+                if reservation.ticket != 0 {
+                    ticket = Some(reservation.ticket);
+                }
+                events.extend(reservation.placed);
+            }
+            let committed = commit(
+                &services,
+                &tenant,
+                &state,
+                &msg.command,
+                msg.causation,
+                events,
+            )
+            .await;
+            match &committed {
+                Ok((records, _)) if !records.is_empty() || ticket.is_some() => {
+                    // The app's placement now, the reservation used up.
+                    let mut after = state.clone();
+                    for record in records.iter().filter(|r| r.aggregate.starts_with("app/")) {
+                        let event = record.event().expect("records this process wrote decode");
+                        after.apply(record.seq, record.time_ms, &event);
+                    }
+                    let settle = placement::Settle {
+                        tenant: tenant.clone(),
+                        app: msg.command.app().to_owned(),
+                        ticket,
+                        placed: placement::placed_of(&after),
+                        rebuilt: false,
+                    };
+                    if placement.send(settle).await.is_err() {
+                        tracing::error!("placement actor gone");
+                    }
+                }
+                Ok(_) => {}
+                Err(_) => {
+                    if let Some(ticket) = ticket {
+                        placement.do_send(placement::Release(ticket));
+                    }
                 }
             }
+            let (records, reply) = committed?;
             // Tell the volume actors before replying (no registry: shutting down).
             if let Some(registry) = registry.upgrade() {
                 for record in &records {
@@ -354,7 +348,7 @@ impl Handler<Execute> for AppActor {
                 }
             }
             services.publish(&records).await;
-            Ok((records, reply))
+            Ok::<_, ApiError>((records, reply))
         };
         AtomicResponse::new(Box::pin(work.into_actor(self).map(|result, actor, _| {
             let (records, reply) = result?;
@@ -365,6 +359,78 @@ impl Handler<Execute> for AppActor {
             Ok(reply)
         })))
     }
+}
+
+/// Seals, carries out the effects around the commit and journals one
+/// command's events: `(records, reply)`; no records when nothing changed
+/// or the request was answered before.
+async fn commit(
+    services: &Services,
+    tenant: &str,
+    state: &AppState,
+    command: &AppCommand,
+    causation: Causation,
+    mut events: Vec<Event>,
+) -> Result<(Vec<cairn_schema::EventRecord>, Value), ApiError> {
+    // No Secret value reaches the journal in plaintext.
+    services.secrets.seal_events(tenant, &mut events)?;
+    let reply = reply_for(state, command, &events);
+    if events.is_empty() {
+        // Nothing to change (a step that already happened, an
+        // absent app or snapshot with `missing_ok`).
+        return Ok((Vec::new(), reply));
+    }
+    // Constructive effects first: volumes created or cloned,
+    // snapshots taken, rollbacks (the saga's safety snapshot covers
+    // those); undone if the commit fails.
+    let mut undo = Undo::default();
+    if let Err(e) = effects_before_commit(services, tenant, &events, &mut undo).await {
+        undo.run(services).await;
+        return Err(e);
+    }
+    let appended = services
+        .journal
+        .append(AppendRequest {
+            causation,
+            events,
+            reply: serde_json::to_vec(&reply).expect("replies serialize"),
+        })
+        .await;
+    let records = match appended {
+        Ok(Appended::Records(records)) => records,
+        Ok(Appended::Duplicate(first)) => {
+            undo.run(services).await;
+            return Ok((
+                Vec::new(),
+                serde_json::from_slice(&first).unwrap_or(Value::Null),
+            ));
+        }
+        Err(e) => {
+            undo.run(services).await;
+            return Err(journal_error(&e));
+        }
+    };
+    // Destructive effects after: the volumes and snapshots this
+    // command deleted. The fact stands if one fails; start-up
+    // reconciliation removes the leftovers.
+    for record in &records {
+        let (engine, snapshot) = match record.event() {
+            Ok(Event::VolumeDeleted(v)) => (engine_name(tenant, &v.volume), None),
+            Ok(Event::SnapshotDeleted(s)) => (engine_name(tenant, &s.volume), Some(s.snapshot)),
+            _ => continue,
+        };
+        let name = engine.clone();
+        let done = services
+            .blocking(move |pool| match &snapshot {
+                Some(s) => pool.delete_snapshot(&name, s),
+                None => pool.delete_volume(&name),
+            })
+            .await;
+        if let Err(e) = done {
+            tracing::warn!(error = %e, volume = %engine, "space not reclaimed yet");
+        }
+    }
+    Ok((records, reply))
 }
 
 /// The app part of an app volume's name (`shop` of `shop/data-db-0`).

@@ -22,7 +22,8 @@
 //!
 //! # Shutdown
 //! Stop taking requests, drain those in flight, unmount FUSE, checkpoint the
-//! journal, flush every volume.
+//! journal, flush every volume, stop the actors and wait (bounded) until
+//! they let go of the journal, so its file is unlocked on return.
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -425,7 +426,20 @@ impl Cluster {
             hooks: Arc::new(hooks),
             secrets: Arc::new(secrets),
         };
-        let registry = Arc::new(Registry::default());
+        // The one owner of placement, seeded with every app's journaled slices.
+        let placement = actix::Actor::start(crate::placement::PlacementActor::new(
+            world.apps.iter(),
+            services.limits.mailbox,
+        ));
+        let repos = actix::Actor::start(crate::repo_actor::RepoActor::new(
+            world.repos.clone(),
+            services.clone(),
+        ));
+        let workflows = actix::Actor::start(crate::workflow::WorkflowActor::new(
+            &world,
+            services.clone(),
+        ));
+        let registry = Arc::new(Registry::new(placement, repos, workflows));
         let world_workflows = world.workflows.clone();
         for ((tenant, name), state) in world.volumes {
             registry.start_volume(&tenant, &name, state, &services);
@@ -551,6 +565,34 @@ impl Cluster {
         if let Err(e) = self.services.pool.close() {
             tracing::error!(error = %e, "closing the block pool failed");
         }
-        let _ = self.services.bus.flush().await;
+        // Bounded: with NATS gone a flush would wait for a reconnect that
+        // may never come, and a stop must not hang on it.
+        let _ = tokio::time::timeout(BUS_FLUSH_TIMEOUT, self.services.bus.flush()).await;
+        // Release the journal file before returning. The actors hold it
+        // (through their services) until the arbiter polls them after their
+        // addresses are gone; a start in this process right after (the
+        // demo's restart, where the in-process bus awaits nothing before the
+        // journal opens) would otherwise find redb's lock still held.
+        let journal = self.services.journal.clone();
+        self.registry.clear();
+        drop(self);
+        let deadline = std::time::Instant::now() + JOURNAL_RELEASE_TIMEOUT;
+        while journal.handles() > 1 {
+            if std::time::Instant::now() >= deadline {
+                tracing::warn!(
+                    handles = journal.handles() - 1,
+                    "the journal is still held after shutdown (a task outlived the drain)"
+                );
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
     }
 }
+
+/// How long [`Cluster::shutdown`] waits for the bus to send what it holds.
+const BUS_FLUSH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// How long [`Cluster::shutdown`] waits for the actors to let go of the
+/// journal.
+const JOURNAL_RELEASE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);

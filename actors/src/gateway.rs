@@ -59,13 +59,26 @@ pub struct Gateway {
     pub tenant_slots: TenantSlots,
 }
 
-/// Who sent a request, from its headers.
-#[derive(Debug, Clone, Default)]
-pub struct Caller {
-    pub request_id: Option<String>,
-    pub user: Option<String>,
-    /// The workflow whose step sent it, if one did.
-    pub parent: Option<String>,
+pub use crate::dispatch::Caller;
+
+/// Saga steps run through the gateway, as requests from the bus do.
+impl crate::dispatch::Dispatch for Gateway {
+    fn dispatch<'a>(
+        &'a self,
+        tenant: &'a str,
+        command: Command,
+        caller: &'a Caller,
+    ) -> futures::future::LocalBoxFuture<'a, crate::dispatch::Reply> {
+        Box::pin(Gateway::dispatch(self, tenant, command, caller))
+    }
+
+    fn workflow_result<'a>(
+        &'a self,
+        tenant: &'a str,
+        id: &'a str,
+    ) -> futures::future::LocalBoxFuture<'a, crate::dispatch::Reply> {
+        Box::pin(self.saga_result(tenant, id))
+    }
 }
 
 impl Gateway {
@@ -329,18 +342,13 @@ impl Gateway {
             | AppCommand::Pull { .. } => self.volume_names(tenant).await?,
             _ => BTreeSet::new(),
         };
+        // Planned and reserved by the placement actor, against its own
+        // view of every app's slices (reservations included).
         let placing = match &command {
             AppCommand::Create(_)
             | AppCommand::Scale { .. }
             | AppCommand::CloneFrom { .. }
-            | AppCommand::Pull { .. } => {
-                let topology = self.topology().await?;
-                let usage = app_placement::usage_of(
-                    self.all_apps().await?.iter().map(|(_, a)| a),
-                    &topology,
-                );
-                Some((topology, usage))
-            }
+            | AppCommand::Pull { .. } => Some(self.topology().await?),
             _ => None,
         };
         let name = command.app().to_owned();
@@ -515,6 +523,21 @@ impl Gateway {
         let world = self.journal_state()?;
         let key = (tenant.to_owned(), name.to_owned());
         let state = world.apps.get(&key).cloned().unwrap_or_default();
+        // Whatever the dead actor had reserved will not commit.
+        let settled = self
+            .registry
+            .placement()
+            .send(crate::placement::Settle {
+                tenant: tenant.to_owned(),
+                app: name.to_owned(),
+                ticket: None,
+                placed: crate::placement::placed_of(&state),
+                rebuilt: true,
+            })
+            .await;
+        if settled.is_err() {
+            tracing::error!("placement actor gone");
+        }
         self.registry
             .start_app(tenant, name, state.clone(), &self.services);
         Ok(state)
@@ -632,8 +655,9 @@ impl Gateway {
             Query::AppSnapshots { name } => self.app_snapshots(tenant, &name).await,
             Query::WorkflowList { app, status, limit } => {
                 self.workflow_list(tenant, app.as_deref(), status.as_deref(), limit)
+                    .await
             }
-            Query::WorkflowShow { id } => self.workflow_show(tenant, &id),
+            Query::WorkflowShow { id } => self.workflow_show(tenant, &id).await,
             Query::EventsReplay { at_seq, at_ms, app } => {
                 self.replay_at(tenant, at_seq, at_ms, app.as_deref())
             }
@@ -963,9 +987,13 @@ impl Gateway {
                 live.nodes.insert(name, state);
             }
         }
-        // Registrations have no actor: the journal's incrementally folded
-        // head is their live state.
-        live.repos = self.journal_state()?.repos;
+        // Registrations live in their owner, the repository actor.
+        live.repos = self
+            .registry
+            .repos()
+            .send(crate::repo_actor::List { tenant: None })
+            .await
+            .map_err(|e| ApiError::new(ErrorCode::Unavailable, format!("repository actor: {e}")))?;
         if let Some(reason) = first_difference(&live, &replayed) {
             return Ok(to_value(&reply::VerifyReply {
                 ok: false,

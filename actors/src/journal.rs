@@ -439,6 +439,13 @@ impl Journal {
         }
     }
 
+    /// How many handles share this journal (this one included). The redb
+    /// file stays locked until the last one is dropped, so a restart in the
+    /// same process waits for this to reach 1 (see `Cluster::shutdown`).
+    pub fn handles(&self) -> usize {
+        Arc::strong_count(&self.inner)
+    }
+
     /// How [`Journal::open`] rebuilt the state.
     pub fn recovery(&self) -> Recovery {
         self.inner.recovery

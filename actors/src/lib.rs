@@ -5,11 +5,17 @@
 //! - [`volume`]: the volume actor (actix), one per volume.
 //! - [`app`]: the app actor, one per app; commits an app's events with its
 //!   volumes' events.
+//! - [`placement`]: the one owner of slice placement (plans and
+//!   reservations), so concurrent app creates never overcommit a disk.
 //! - [`node`]: the node actor; registers the node and its disks.
 //! - [`failpoint`]: test-only failure injection (`CAIRN_FAILPOINTS`).
 //! - [`registry`]: finds actors by name (dashmap).
 //! - [`repo`]: the backup repository library, re-exported from its own
 //!   crate `cairn-repo` (push and pull app snapshots to S3 or a directory).
+//! - [`dispatch`]: the `Dispatch` trait saga steps run commands through.
+//! - [`repo_actor`]: the owner of repository registrations and push
+//!   records; [`workflow`]: the owner of workflow aggregates (every
+//!   workflow fact is journaled through it).
 //! - [`gateway`]: decodes requests from the bus, routes them, replies.
 //! - [`cluster`]: wires everything for `cairn up` and `cairn demo`, rebuilds
 //!   state from the journal at start-up and reconciles the block engine.
@@ -26,6 +32,7 @@ pub mod app;
 pub mod bus;
 pub mod client;
 pub mod cluster;
+pub mod dispatch;
 pub mod failpoint;
 pub mod gateway;
 pub mod hooks;
@@ -34,13 +41,19 @@ pub mod nats_auth;
 pub mod nats_server;
 pub mod nbd_access;
 pub mod node;
+pub mod placement;
 pub mod registry;
+pub mod repo_actor;
 pub mod saga;
 pub mod secrets;
 pub mod security;
 pub mod services;
 pub mod telemetry;
 pub mod volume;
+pub mod workflow;
+
+#[cfg(test)]
+mod control_tests;
 
 pub use cairn_repo as repo;
 

@@ -13,8 +13,17 @@ pub struct NatsServer {
     pub port: u16,
 }
 
-/// The nats-server binary, if one is installed.
+/// Names the nats-server binary to use instead of searching for one; set
+/// but empty, it means "none is installed" (how tests hide an installed one).
+pub const BINARY_ENV: &str = "CAIRN_NATS_SERVER";
+
+/// The nats-server binary, if one is installed: `$CAIRN_NATS_SERVER` when
+/// set, else the first on `PATH`, `/usr/sbin` or `/usr/local/sbin`.
 pub fn find_binary() -> Option<std::path::PathBuf> {
+    if let Some(chosen) = std::env::var_os(BINARY_ENV) {
+        let chosen = std::path::PathBuf::from(chosen);
+        return chosen.is_file().then_some(chosen);
+    }
     let path = std::env::var_os("PATH")?;
     std::env::split_paths(&path)
         .chain(["/usr/sbin".into(), "/usr/local/sbin".into()])

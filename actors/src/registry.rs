@@ -2,7 +2,9 @@
 //! `(tenant, name)` to the actor's address, one for volumes and one for
 //! apps, and one from node name to node actor. Actors are started lazily (on the first command for a name) or at
 //! start-up from the journal. An actor that died (a panic) is forgotten and
-//! started again from the journal (see [`crate::gateway`]).
+//! started again from the journal (see [`crate::gateway`]). It also holds
+//! the cluster's single owners: placement ([`crate::placement`]),
+//! repositories ([`crate::repo_actor`]) and workflows ([`crate::workflow`]).
 
 use std::sync::Arc;
 
@@ -12,13 +14,21 @@ use dashmap::DashMap;
 
 use crate::app::AppActor;
 use crate::node::NodeActor;
+use crate::placement::PlacementActor;
+use crate::repo_actor::RepoActor;
 use crate::services::Services;
 use crate::volume::VolumeActor;
+use crate::workflow::WorkflowActor;
 
 type Key = (String, String);
 
-#[derive(Default)]
 pub struct Registry {
+    /// The placement actor every app actor plans through.
+    placement: Addr<PlacementActor>,
+    /// The owner of every repository registration.
+    repos: Addr<RepoActor>,
+    /// The owner of every workflow aggregate.
+    workflows: Addr<WorkflowActor>,
     volumes: DashMap<Key, Addr<VolumeActor>>,
     apps: DashMap<Key, Addr<AppActor>>,
     nodes: DashMap<String, Addr<NodeActor>>,
@@ -40,7 +50,46 @@ fn of_tenant<A: Clone>(map: &DashMap<Key, A>, tenant: &str) -> Vec<(String, A)> 
     out
 }
 
+impl crate::volume::Directory for Registry {
+    fn volume_or_start(&self, tenant: &str, name: &str, services: &Services) -> Addr<VolumeActor> {
+        Registry::volume_or_start(self, tenant, name, services)
+    }
+}
+
 impl Registry {
+    /// An empty registry over the cluster's single-owner actors: app actors
+    /// place through `placement`.
+    pub fn new(
+        placement: Addr<PlacementActor>,
+        repos: Addr<RepoActor>,
+        workflows: Addr<WorkflowActor>,
+    ) -> Registry {
+        Registry {
+            placement,
+            repos,
+            workflows,
+            volumes: DashMap::new(),
+            apps: DashMap::new(),
+            nodes: DashMap::new(),
+            sagas: DashMap::new(),
+        }
+    }
+
+    /// The one owner of placement decisions.
+    pub fn placement(&self) -> &Addr<PlacementActor> {
+        &self.placement
+    }
+
+    /// The owner of every repository registration.
+    pub fn repos(&self) -> &Addr<RepoActor> {
+        &self.repos
+    }
+
+    /// The owner of every workflow aggregate.
+    pub fn workflows(&self) -> &Addr<WorkflowActor> {
+        &self.workflows
+    }
+
     /// A running saga.
     pub fn saga(&self, tenant: &str, id: &str) -> Option<crate::saga::SagaHandle> {
         self.sagas.get(&key(tenant, id)).map(|h| h.clone())
@@ -59,6 +108,15 @@ impl Registry {
 
     pub fn remove_saga(&self, tenant: &str, id: &str) {
         self.sagas.remove(&key(tenant, id));
+    }
+
+    /// Forgets every actor: with their last addresses gone they stop (when
+    /// the arbiter next polls them) and drop their services.
+    pub fn clear(&self) {
+        self.volumes.clear();
+        self.apps.clear();
+        self.nodes.clear();
+        self.sagas.clear();
     }
 
     pub fn running_sagas(&self) -> usize {
@@ -160,7 +218,8 @@ impl Registry {
                     tenant.to_owned(),
                     AppState::default(),
                     services.clone(),
-                    Arc::downgrade(self),
+                    self.directory(),
+                    self.placement.clone(),
                 )
                 .start()
             })
@@ -180,11 +239,17 @@ impl Registry {
             tenant.to_owned(),
             state,
             services.clone(),
-            Arc::downgrade(self),
+            self.directory(),
+            self.placement.clone(),
         )
         .start();
         self.apps.insert(k, addr.clone());
         addr
+    }
+
+    /// This registry as the app actors see it: where volume actors are.
+    fn directory(self: &Arc<Self>) -> std::sync::Weak<dyn crate::volume::Directory> {
+        Arc::downgrade(self) as std::sync::Weak<dyn crate::volume::Directory>
     }
 
     pub fn apps_of(&self, tenant: &str) -> Vec<(String, Addr<AppActor>)> {

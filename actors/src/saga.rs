@@ -1,7 +1,8 @@
 //! The saga actor: one per running workflow. It drives the pure machine
 //! ([`cairn_workflows::next`]) and does what it says: journal the fact that
-//! a step (or compensation) starts, run the step's API command through the
-//! gateway under the step's idempotency key, journal how it ended, repeat,
+//! a step (or compensation) starts (through the workflow actor,
+//! [`crate::workflow`]), run the step's API command through a
+//! [`Dispatch`] (the gateway) under the step's idempotency key, journal how it ended, repeat,
 //! until the machine says the workflow is finished.
 //!
 //! # Invariants
@@ -39,8 +40,9 @@ use cairn_workflows::{Action, Definition, Effect, Outcome, next, retryable};
 use serde_json::Value;
 use tokio::sync::{Notify, watch};
 
-use crate::gateway::{Caller, Gateway};
-use crate::journal::{AppendRequest, Causation};
+use crate::dispatch::{Caller, Dispatch};
+use crate::journal::Causation;
+use crate::workflow::{self, WorkflowActor};
 
 /// How a finished saga answers: the output step's reply, or why not.
 pub type SagaResult = Result<Value, ApiError>;
@@ -82,7 +84,11 @@ pub struct SagaActor {
     pub user: String,
     pub definition: Definition,
     pub progress: Vec<Progress>,
-    pub gateway: std::sync::Weak<Gateway>,
+    /// Runs the steps' commands (the gateway); weak, so a saga never keeps
+    /// a stopped gateway alive.
+    pub dispatch: std::sync::Weak<dyn Dispatch>,
+    /// The owner of the workflow aggregates: every fact goes through it.
+    pub workflows: Addr<WorkflowActor>,
     pub cancel: Arc<CancelFlag>,
     pub done: Option<watch::Sender<Option<SagaResult>>>,
     /// The values of its params declared `secret: true`, as text: cut out
@@ -100,7 +106,8 @@ impl Actor for SagaActor {
             user: self.user.clone(),
             definition: self.definition.clone(),
             progress: std::mem::take(&mut self.progress),
-            gateway: self.gateway.clone(),
+            dispatch: self.dispatch.clone(),
+            workflows: self.workflows.clone(),
             cancel: self.cancel.clone(),
             secrets: std::mem::take(&mut self.secrets),
         };
@@ -124,7 +131,8 @@ struct Runner {
     user: String,
     definition: Definition,
     progress: Vec<Progress>,
-    gateway: std::sync::Weak<Gateway>,
+    dispatch: std::sync::Weak<dyn Dispatch>,
+    workflows: Addr<WorkflowActor>,
     cancel: Arc<CancelFlag>,
     secrets: Vec<String>,
 }
@@ -133,7 +141,7 @@ struct Runner {
 /// cut common words); the params themselves are sealed whatever their length.
 const MIN_REDACTED_LEN: usize = 4;
 
-/// The journal or the gateway went away (shutdown): stop; the saga is
+/// The journal or the dispatcher went away (shutdown): stop; the saga is
 /// resumed at the next start.
 struct Stopped;
 
@@ -299,8 +307,8 @@ impl Runner {
                         error,
                     }))
                     .await?;
-                    let gateway = self.gateway.upgrade().ok_or(Stopped)?;
-                    return Ok(gateway.saga_result(&self.tenant, &self.id).await);
+                    let dispatch = self.dispatch.upgrade().ok_or(Stopped)?;
+                    return Ok(dispatch.workflow_result(&self.tenant, &self.id).await);
                 }
             }
         }
@@ -344,43 +352,42 @@ impl Runner {
     }
 
     async fn record(&self, event: Event) -> Result<(), Stopped> {
-        let gateway = self.gateway.upgrade().ok_or(Stopped)?;
-        let appended = gateway
-            .services
-            .journal
-            .append(AppendRequest {
+        // A stopped gateway means a shutdown: no more facts.
+        self.dispatch.upgrade().ok_or(Stopped)?;
+        let recorded = self
+            .workflows
+            .send(workflow::Record {
                 causation: Causation {
                     tenant: self.tenant.clone(),
                     user: self.user.clone(),
                     id: self.id.clone(),
                     dedup: false,
                 },
-                events: vec![event],
-                reply: Vec::new(),
+                event,
             })
             .await;
-        match appended {
-            Ok(crate::journal::Appended::Records(records)) => {
-                gateway.services.publish(&records).await;
-                Ok(())
-            }
-            Ok(crate::journal::Appended::Duplicate(_)) => Ok(()),
-            Err(e) => {
+        match recorded {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => {
                 tracing::warn!(workflow = %self.id, error = %e, "workflow paused: the journal refused its next fact");
+                Err(Stopped)
+            }
+            Err(e) => {
+                tracing::warn!(workflow = %self.id, error = %e, "workflow paused: the workflow actor is gone");
                 Err(Stopped)
             }
         }
     }
 
-    /// Runs one API command as a step: `Err(Stopped)` only if the gateway
-    /// is gone.
+    /// Runs one API command as a step: `Err(Stopped)` only if the
+    /// dispatcher is gone.
     async fn execute(
         &self,
         action: &Action,
         key: &str,
         timeout_ms: u64,
     ) -> Result<SagaResult, Stopped> {
-        let gateway = self.gateway.upgrade().ok_or(Stopped)?;
+        let dispatch = self.dispatch.upgrade().ok_or(Stopped)?;
         let Some((kind, verb)) = action.run.split_once('.') else {
             return Ok(Err(ApiError::invalid(format!(
                 "{:?} is not a kind.verb command",
@@ -402,7 +409,7 @@ impl Runner {
             user: Some(self.user.clone()),
             parent: Some(self.id.clone()),
         };
-        let run = gateway.dispatch(&self.tenant, command, &caller);
+        let run = dispatch.dispatch(&self.tenant, command, &caller);
         Ok(
             match tokio::time::timeout(Duration::from_millis(timeout_ms), run).await {
                 Ok(result) => result,

@@ -36,6 +36,14 @@ pub fn engine_name(tenant: &str, volume: &str) -> String {
     }
 }
 
+/// Where other actors find a volume's actor (the registry implements it),
+/// to tell it the facts they committed about its volume ([`Observe`]).
+/// A trait, so the app actor does not import the registry that starts it.
+pub trait Directory {
+    /// The volume's actor, started with an empty state if it has none yet.
+    fn volume_or_start(&self, tenant: &str, name: &str, services: &Services) -> Addr<VolumeActor>;
+}
+
 pub struct VolumeActor {
     tenant: String,
     state: VolumeState,

@@ -737,9 +737,8 @@ async fn app(client: &Client, fmt: Format, cmd: &AppCommand) -> anyhow::Result<i
             }
         }
         AppCommand::Delete { name, run } => {
-            let reply = long(client)
-                .call("app", "delete", &with_run(json!({ "name": name }), run))
-                .await?;
+            let reply =
+                crate::follow::call(client, "app", "delete", json!({ "name": name }), run).await?;
             output::print(fmt, &reply, |r| {
                 if run.run_async {
                     return output::workflow_started_rows(r);
@@ -758,9 +757,7 @@ async fn app(client: &Client, fmt: Format, cmd: &AppCommand) -> anyhow::Result<i
             run,
         } => {
             let body = json!({ "name": name, "snapshot": snapshot, "message": message });
-            let reply = long(client)
-                .call("app", "snapshot", &with_run(body, run))
-                .await?;
+            let reply = crate::follow::call(client, "app", "snapshot", body, run).await?;
             output::print(fmt, &reply, |r| {
                 if run.run_async {
                     return output::workflow_started_rows(r);
@@ -787,9 +784,7 @@ async fn app(client: &Client, fmt: Format, cmd: &AppCommand) -> anyhow::Result<i
             run,
         } => {
             let body = json!({ "name": name, "snapshot": snapshot });
-            let reply = long(client)
-                .call("app", "snapshot-delete", &with_run(body, run))
-                .await?;
+            let reply = crate::follow::call(client, "app", "snapshot-delete", body, run).await?;
             output::print(fmt, &reply, |r| {
                 if run.run_async {
                     return output::workflow_started_rows(r);
@@ -806,9 +801,7 @@ async fn app(client: &Client, fmt: Format, cmd: &AppCommand) -> anyhow::Result<i
             run,
         } => {
             let body = json!({ "name": name, "snapshot": snapshot });
-            let reply = long(client)
-                .call("app", "rollback", &with_run(body, run))
-                .await?;
+            let reply = crate::follow::call(client, "app", "rollback", body, run).await?;
             output::print(fmt, &reply, |r| {
                 if run.run_async {
                     return output::workflow_started_rows(r);
@@ -840,9 +833,7 @@ async fn app(client: &Client, fmt: Format, cmd: &AppCommand) -> anyhow::Result<i
                 anyhow::bail!("the source is <app>@<snapshot>, not {source:?}");
             };
             let body = json!({ "name": app, "snapshot": snapshot, "target": target, "set": set });
-            let reply = long(client)
-                .call("app", "clone", &with_run(body, run))
-                .await?;
+            let reply = crate::follow::call(client, "app", "clone", body, run).await?;
             output::print(fmt, &reply, |r| {
                 if run.run_async {
                     return output::workflow_started_rows(r);
@@ -969,9 +960,7 @@ async fn workflow(client: &Client, fmt: Format, cmd: &WorkflowCommand) -> anyhow
                 map.insert(k.to_owned(), value);
             }
             let body = json!({ "definition": definition, "params": map });
-            let reply = long(client)
-                .call("workflow", "run", &with_run(body, run))
-                .await?;
+            let reply = crate::follow::call(client, "workflow", "run", body, run).await?;
             if run.run_async {
                 output::print(fmt, &reply, output::workflow_started_rows);
                 return Ok(0);

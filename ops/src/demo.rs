@@ -1,10 +1,13 @@
 //! `cairn demo`: a guided tour on an all-in-one cluster with embedded
 //! defaults. It starts a cluster in this process (with a private nats-server
-//! when installed), drives it through the same API the CLI uses, moves real
-//! bytes over NBD, creates an app from Kubernetes YAML, scales it, drifts
-//! its config and travels back in its history, restarts the cluster from its
-//! journal, pushes the app to a repository in the data dir and pulls it back
-//! as a new app, and checks every step. Exit code 0 means every check held.
+//! when installed, else the in-process bus), drives it through the same API
+//! the CLI uses and moves real bytes over NBD, walking the git-like story on
+//! one app: create it from Kubernetes YAML, commit (an app snapshot with a
+//! message), a bad upgrade (data, a ConfigMap value, the replica count),
+//! reset (rollback: all three return), branch (a thin clone with `--set`,
+//! zero bytes copied), the journal, a restart from it, then push, destroy
+//! and pull. Every step is checked; the demo fails at the first check that
+//! does not hold. Exit code 0 means every check held.
 
 use std::path::PathBuf;
 
@@ -12,7 +15,15 @@ use anyhow::{Context, ensure};
 use cairn_actors::client::Client;
 use cairn_actors::cluster::{BusChoice, Cluster};
 use cairn_blocks::nbd::{ListenAddr, NbdClient};
+use cairn_schema::ErrorCode;
+use cairn_schema::reply::{
+    AppCloneReply, AppConfigSetReply, AppCreateReply, AppDeleteReply, AppLogReply,
+    AppRollbackReply, AppScaleReply, AppSnapshotReply, AppSnapshotsReply, AppView, RepoAddReply,
+    VerifyReply, VolumeView,
+};
 use clap::Args;
+use indicatif::HumanBytes;
+use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 
 use crate::output;
@@ -24,8 +35,12 @@ pub struct DemoArgs {
     pub data_dir: Option<PathBuf>,
 }
 
-const VOLUME: &str = "pg-data";
 const APP: &str = "shop";
+/// The commit the story returns to.
+const GOOD: &str = "v1";
+const MESSAGE: &str = "known good: before the upgrade";
+/// The dev branch: a thin clone of the commit.
+const BRANCH: &str = "shop-dev";
 /// The demo app: an ordinary Kubernetes manifest plus a `kind: App` document.
 const SHOP_YAML: &str = r#"apiVersion: cairn.dev/v1
 kind: App
@@ -103,11 +118,55 @@ fn nbd_pattern(addr: &ListenAddr, export: &str, op: &str, byte: u8) -> anyhow::R
     Ok(())
 }
 
-async fn show_volumes(client: &Client) -> anyhow::Result<Vec<Value>> {
-    let reply = client.call("volume", "list", &json!({})).await?;
-    let volumes = reply["volumes"].as_array().cloned().unwrap_or_default();
-    output::print_table(&output::volume_rows(&volumes));
-    Ok(volumes)
+/// Sends one request and reads its reply as the shared reply type `R`.
+async fn call<R: DeserializeOwned>(
+    client: &Client,
+    kind: &str,
+    verb: &str,
+    body: Value,
+) -> anyhow::Result<(R, Value)> {
+    let value = client
+        .call(kind, verb, &body)
+        .await
+        .with_context(|| format!("{kind}.{verb}"))?;
+    let typed = serde_json::from_value(value.clone())
+        .with_context(|| format!("the reply to {kind}.{verb}"))?;
+    Ok((typed, value))
+}
+
+fn replicas(app: &AppView) -> u32 {
+    app.workloads.iter().map(|w| w.replicas).sum()
+}
+
+fn max_connections(app: &AppView) -> String {
+    output::cell(&app.configmaps["db-config"]["max_connections"])
+}
+
+/// Checks the three things the upgrade changes: data, config, replicas.
+async fn check_app(
+    client: &Client,
+    nbd: &ListenAddr,
+    app: &str,
+    data: u8,
+    config: &str,
+    want_replicas: u32,
+) -> anyhow::Result<AppView> {
+    let (view, _) = call::<AppView>(client, "app", "get", json!({ "name": app })).await?;
+    nbd_pattern(nbd, &format!("{app}/data-db-0"), "read", data)?;
+    ensure!(
+        max_connections(&view) == config,
+        "{app}: db-config.max_connections should be {config}, is {}",
+        max_connections(&view)
+    );
+    ensure!(
+        replicas(&view) == want_replicas,
+        "{app}: expected {want_replicas} replicas, found {}",
+        replicas(&view)
+    );
+    println!(
+        "    check: {app}/data-db-0 reads {data:#04x}, max_connections={config}, replicas={want_replicas}"
+    );
+    Ok(view)
 }
 
 pub async fn run(args: &DemoArgs) -> anyhow::Result<i32> {
@@ -118,7 +177,7 @@ pub async fn run(args: &DemoArgs) -> anyhow::Result<i32> {
             (base.clone(), Some(TempDir(base)))
         }
     };
-    println!("Cairn demo: a git-like workflow for the volumes of stateful apps.");
+    println!("Cairn demo: commit, reset, branch, push and pull a stateful app.");
     println!("Data dir: {}", dir.display());
 
     step(
@@ -133,241 +192,214 @@ pub async fn run(args: &DemoArgs) -> anyhow::Result<i32> {
 
     step(
         2,
-        "create a 1 GiB thin volume",
-        &format!("cairn volume create {VOLUME} --size 1G"),
+        "an app from Kubernetes YAML: a StatefulSet with data and wal claims",
+        "cairn app create -f shop.yaml",
     );
-    client
-        .call("volume", "create", &json!({ "name": VOLUME, "size": "1G" }))
-        .await?;
-    show_volumes(&client).await?;
+    let (created, _) =
+        call::<AppCreateReply>(&client, "app", "create", json!({ "manifest": SHOP_YAML })).await?;
+    println!("    volumes: {}", created.volumes.join(", "));
+    let data = format!("{APP}/data-db-0");
+    nbd_pattern(&nbd, &data, "write", 0x42)?;
+    println!(
+        "    wrote 1 MiB of 0x42 to {data} over NBD (qemu-io, fio, a filesystem would do the same)"
+    );
+    check_app(&client, &nbd, APP, 0x42, "100", 1).await?;
 
     step(
         3,
-        "write 1 MiB of 0x5a over NBD and flush",
-        &format!("qemu-io -f raw -c 'write -P 0x5a 0 1M' 'nbd+unix:///{VOLUME}?socket=…'"),
+        "commit: snapshot the whole app at one instant (volumes, config, metadata)",
+        &format!("cairn app snapshot {APP} {GOOD} -m \"{MESSAGE}\"; cairn app snapshots {APP}"),
     );
-    nbd_pattern(&nbd, VOLUME, "write", 0x5a)?;
-    println!("    written and flushed");
+    let (snapshot, _) = call::<AppSnapshotReply>(
+        &client,
+        "app",
+        "snapshot",
+        json!({ "name": APP, "snapshot": GOOD, "message": MESSAGE }),
+    )
+    .await?;
+    ensure!(
+        snapshot.message == MESSAGE,
+        "the snapshot's message is {:?}",
+        snapshot.message
+    );
+    let (snapshots, raw) =
+        call::<AppSnapshotsReply>(&client, "app", "snapshots", json!({ "name": APP })).await?;
+    output::print_table(&output::app_snapshot_rows(&raw));
+    ensure!(
+        snapshots
+            .snapshots
+            .iter()
+            .any(|s| s.name == GOOD && s.message == MESSAGE),
+        "app snapshots does not list {GOOD} with its message"
+    );
 
     step(
         4,
-        "snapshot it before a risky upgrade",
-        &format!("cairn volume snapshot {VOLUME} before-upgrade"),
+        "a bad upgrade: it rewrites the data, changes a ConfigMap value and the replica count",
+        &format!(
+            "cairn app config set {APP} db-config.max_connections=5; cairn app scale {APP} --replicas 3"
+        ),
     );
-    client
-        .call(
-            "volume",
-            "snapshot",
-            &json!({ "name": VOLUME, "snapshot": "before-upgrade" }),
-        )
-        .await?;
-    let snaps = client
-        .call("volume", "snapshots", &json!({ "name": VOLUME }))
-        .await?;
-    output::print_table(&output::snapshot_rows(&snaps["snapshots"]));
+    nbd_pattern(&nbd, &data, "write", 0xa5)?;
+    println!("    the upgrade wrote 0xa5 over {data}");
+    call::<AppConfigSetReply>(
+        &client,
+        "app",
+        "config-set",
+        json!({ "name": APP, "configmap": "db-config", "key": "max_connections", "value": "5" }),
+    )
+    .await?;
+    let (scaled, _) = call::<AppScaleReply>(
+        &client,
+        "app",
+        "scale",
+        json!({ "name": APP, "replicas": 3 }),
+    )
+    .await?;
+    println!("    new volumes: {}", scaled.added.join(", "));
+    let (_, raw) = call::<AppView>(&client, "app", "get", json!({ "name": APP })).await?;
+    output::print_table(&output::app_detail_rows(&raw));
+    check_app(&client, &nbd, APP, 0xa5, "5", 3).await?;
 
-    step(5, "the 'upgrade' overwrites the data with 0xa5", "");
-    nbd_pattern(&nbd, VOLUME, "write", 0xa5)?;
-    nbd_pattern(&nbd, VOLUME, "read", 0xa5)?;
-    println!("    live volume {VOLUME} now reads 0xa5");
-    nbd_pattern(&nbd, &format!("{VOLUME}@before-upgrade"), "read", 0x5a)?;
-    println!("    read-only export {VOLUME}@before-upgrade still reads 0x5a");
-    let mut ro = NbdClient::connect(&nbd, &format!("{VOLUME}@before-upgrade"))?;
-    let refused = ro.write(0, &[0u8; 512], false).is_err();
-    ensure!(refused, "a write to a snapshot export must be refused");
-    ro.disconnect()?;
-    println!("    and it refuses writes");
+    step(
+        5,
+        "reset: roll the app back to the commit; data, config and replicas all return",
+        &format!("cairn app rollback {APP} {GOOD}"),
+    );
+    let (rolled, _) = call::<AppRollbackReply>(
+        &client,
+        "app",
+        "rollback",
+        json!({ "name": APP, "snapshot": GOOD }),
+    )
+    .await?;
+    println!(
+        "    restored {}; safety snapshot {} keeps the bad state",
+        rolled.volumes.join(", "),
+        rolled.safety_snapshot.as_deref().unwrap_or("-")
+    );
+    check_app(&client, &nbd, APP, 0x42, "100", 1).await?;
 
     step(
         6,
-        "bad input gets a structured error, and the server keeps serving",
-        "cairn volume show no-such-volume",
+        "branch: a thin clone of the commit for dev, with a config override",
+        &format!(
+            "cairn app clone {APP}@{GOOD} {BRANCH} --set db-config.max_connections=10; cairn volume show {BRANCH}/data-db-0"
+        ),
     );
-    match client
-        .call("volume", "show", &json!({ "name": "no-such-volume" }))
-        .await
-    {
-        Err(cairn_actors::client::Error::Api(e)) => {
-            println!("    {}", serde_json::to_string(&e.to_reply())?)
-        }
-        other => anyhow::bail!("expected a not_found error, got {other:?}"),
-    }
-    let subject = cairn_schema::subject::request("default", "volume", "create");
-    match client
-        .call_raw(&subject, bytes::Bytes::from_static(b"{not json"), None)
-        .await
-    {
-        Err(cairn_actors::client::Error::Api(e)) => {
-            println!("    {}", serde_json::to_string(&e.to_reply())?)
-        }
-        other => anyhow::bail!("expected an invalid_argument error, got {other:?}"),
-    }
+    let (cloned, _) = call::<AppCloneReply>(
+        &client,
+        "app",
+        "clone",
+        json!({
+            "name": APP, "snapshot": GOOD, "target": BRANCH,
+            "set": ["db-config.max_connections=10"],
+        }),
+    )
+    .await?;
+    println!("    thin clones: {}", cloned.cloned.join(", "));
+    check_app(&client, &nbd, BRANCH, 0x42, "10", 1).await?;
+    let branch_data = format!("{BRANCH}/data-db-0");
+    let (volume, _) =
+        call::<VolumeView>(&client, "volume", "show", json!({ "name": branch_data })).await?;
+    let copied = volume.exclusive_bytes.context("exclusive bytes unknown")?;
+    ensure!(
+        copied == 0,
+        "{branch_data} should share every byte with {APP}@{GOOD}, but {copied} bytes are its own"
+    );
+    println!(
+        "    {branch_data}: {} of data referenced, {} copied (clone of {})",
+        HumanBytes(volume.allocated_bytes.unwrap_or(0)),
+        HumanBytes(copied),
+        volume.origin.as_deref().unwrap_or("-")
+    );
 
     step(
         7,
         "every change is an event in a hash-chained journal",
-        "cairn events",
+        &format!("cairn app log {APP}; cairn events verify"),
     );
-    let events = client.call("events", "list", &json!({})).await?;
-    output::print_table(&output::event_rows(
-        events["events"]
-            .as_array()
-            .map(Vec::as_slice)
-            .unwrap_or(&[]),
-    ));
-    let verify = client.call("events", "verify", &json!({})).await?;
-    ensure!(verify["ok"] == true, "events verify failed: {verify}");
+    let (_, raw) =
+        call::<AppLogReply>(&client, "app", "log", json!({ "name": APP, "limit": 6 })).await?;
+    output::print_table(&output::log_rows(&raw));
+    let (verify, _) = call::<VerifyReply>(&client, "events", "verify", json!({})).await?;
+    ensure!(verify.ok, "events verify failed: {:?}", verify.reason);
     println!(
-        "    $ cairn events verify  ->  ok, {} records",
-        verify["records"]
+        "    events verify: ok, {} records; replaying them gives the live state",
+        verify.records.unwrap_or(0)
     );
 
     step(
         8,
-        "an app from Kubernetes YAML: a StatefulSet with data and wal claims",
-        "cairn app create -f shop.yaml",
-    );
-    let created = client
-        .call("app", "create", &json!({ "manifest": SHOP_YAML }))
-        .await?;
-    println!("    volumes: {}", created["volumes"]);
-    let data = format!("{APP}/data-db-0");
-    nbd_pattern(&nbd, &data, "write", 0x42)?;
-    nbd_pattern(&nbd, &data, "read", 0x42)?;
-    println!("    wrote 1 MiB of 0x42 to {data} over NBD");
-
-    step(
-        9,
-        "scale out and change a config value; the app keeps its history",
-        &format!(
-            "cairn app scale {APP} --replicas 2; cairn app config set {APP} db-config.max_connections=250"
-        ),
-    );
-    let scaled = client
-        .call("app", "scale", &json!({ "name": APP, "replicas": 2 }))
-        .await?;
-    println!("    new volumes: {}", scaled["added"]);
-    let before = client.call("app", "get", &json!({ "name": APP })).await?["updated_seq"]
-        .as_u64()
-        .context("updated_seq")?;
-    client
-        .call(
-            "app",
-            "config-set",
-            &json!({ "name": APP, "configmap": "db-config", "key": "max_connections", "value": "250" }),
-        )
-        .await?;
-    let app = client.call("app", "get", &json!({ "name": APP })).await?;
-    output::print_table(&output::app_detail_rows(&app));
-    println!();
-    println!("    $ cairn app log {APP}");
-    let log = client
-        .call("app", "log", &json!({ "name": APP, "limit": 5 }))
-        .await?;
-    output::print_table(&output::log_rows(&log));
-    println!();
-    println!("    $ cairn events replay --at {before} --app {APP}   (time travel)");
-    let then = client
-        .call("events", "replay", &json!({ "at_seq": before, "app": APP }))
-        .await?;
-    let old = &then["app"]["configmaps"]["db-config"]["max_connections"];
-    ensure!(
-        old == "100",
-        "the replayed config should read 100, got {old}"
-    );
-    println!("    at seq {before}, db-config.max_connections was {old}; now it is 250");
-
-    step(
-        10,
         "restart: state is rebuilt from the journal, flushed data survives",
         "kill cairn; cairn up --data-dir DIR",
     );
     cluster.shutdown().await;
+    drop(client);
     let (cluster, nbd) = start(&dir).await?;
     let client = cluster.client();
-    let volumes = show_volumes(&client).await?;
-    ensure!(
-        volumes.len() == 5 && volumes.iter().any(|v| v["name"] == VOLUME),
-        "the volumes did not survive the restart"
-    );
-    let app = client.call("app", "get", &json!({ "name": APP })).await?;
-    ensure!(
-        app["configmaps"]["db-config"]["max_connections"] == "250",
-        "the app's config did not survive the restart"
-    );
-    nbd_pattern(&nbd, &data, "read", 0x42)?;
-    nbd_pattern(&nbd, VOLUME, "read", 0xa5)?;
-    nbd_pattern(&nbd, &format!("{VOLUME}@before-upgrade"), "read", 0x5a)?;
-    println!("    {VOLUME} reads 0xa5 and {VOLUME}@before-upgrade reads 0x5a after the restart");
-    let verify = client.call("events", "verify", &json!({})).await?;
-    ensure!(
-        verify["ok"] == true,
-        "events verify failed after restart: {verify}"
-    );
+    check_app(&client, &nbd, APP, 0x42, "100", 1).await?;
+    check_app(&client, &nbd, BRANCH, 0x42, "10", 1).await?;
 
     step(
-        11,
-        "push the app to a backup repository and pull it back as a new app",
+        9,
+        "push the commit to a backup repository, destroy the app, pull it back",
         &format!(
-            "cairn app snapshot {APP} nightly; cairn repo add local; cairn app push {APP}@nightly local; cairn app pull local {APP}@nightly --as {APP}-restored"
+            "cairn repo add local; cairn app push {APP}@{GOOD} local; cairn app delete {BRANCH}; cairn app delete {APP}; cairn app pull local {APP}@{GOOD}"
         ),
     );
-    client
-        .call(
-            "app",
-            "snapshot",
-            &json!({ "name": APP, "snapshot": "nightly" }),
-        )
-        .await?;
     // No URL: a repository in the data dir, with a key made for it.
-    let repo = client
-        .call("repo", "add", &json!({ "name": "local" }))
-        .await?;
+    let (repo, _) =
+        call::<RepoAddReply>(&client, "repo", "add", json!({ "name": "local" })).await?;
     println!(
         "    repo local at {} (key {})",
-        repo["repo"]["url"].as_str().unwrap_or("?"),
-        repo["repo"]["key_path"].as_str().unwrap_or("?")
+        repo.repo.url, repo.repo.key_path
     );
     let pushed = client
         .call(
             "app",
             "push",
-            &json!({ "name": APP, "snapshot": "nightly", "repo": "local" }),
+            &json!({ "name": APP, "snapshot": GOOD, "repo": "local" }),
         )
-        .await?;
+        .await
+        .context("app.push")?;
     println!(
-        "    pushed {} of volumes: {} read, {} bytes stored (zeros and repeats are not stored)",
-        output::cell(&pushed["logical_bytes"]),
-        output::cell(&pushed["read_bytes"]),
-        output::cell(&pushed["uploaded_bytes"])
+        "    pushed {} of volumes: {} read, {} stored (zeros and repeats are not stored)",
+        output::bytes(&pushed["logical_bytes"]),
+        output::bytes(&pushed["read_bytes"]),
+        output::bytes(&pushed["uploaded_bytes"])
     );
-    let restored = format!("{APP}-restored");
+    for app in [BRANCH, APP] {
+        call::<AppDeleteReply>(&client, "app", "delete", json!({ "name": app })).await?;
+    }
+    match client.call("app", "get", &json!({ "name": APP })).await {
+        Err(cairn_actors::client::Error::Api(e)) if e.code == ErrorCode::NotFound => {
+            println!(
+                "    destroyed: {APP}, its volumes and snapshots are gone ({})",
+                e.message
+            )
+        }
+        other => anyhow::bail!("{APP} should be gone, found {other:?}"),
+    }
     let pulled = client
         .call(
             "app",
             "pull",
-            &json!({ "repo": "local", "name": APP, "snapshot": "nightly", "target": restored }),
+            &json!({ "repo": "local", "name": APP, "snapshot": GOOD }),
         )
-        .await?;
+        .await
+        .context("app.pull")?;
     println!(
-        "    pulled into {restored}: {} chunks written, every one verified",
+        "    pulled {APP}@{GOOD}: {} chunks written, every one verified",
         output::cell(&pulled["written_chunks"])
     );
-    nbd_pattern(&nbd, &format!("{restored}/data-db-0"), "read", 0x42)?;
-    let copy = client
-        .call("app", "get", &json!({ "name": restored }))
-        .await?;
-    ensure!(
-        copy["configmaps"]["db-config"]["max_connections"] == "250",
-        "the pulled app's config differs: {copy}"
-    );
-    println!("    {restored}/data-db-0 reads 0x42 and its config matches");
+    check_app(&client, &nbd, APP, 0x42, "100", 1).await?;
     cluster.shutdown().await;
 
     println!();
     println!("Demo complete: every check held.");
     println!(
-        "Next: `cairn up`, then `cairn volume create v1 --size 1G` or `cairn app create -f app.yaml` from another shell."
+        "Next: `cairn up`, then `cairn app create -f app.yaml` or `cairn volume create v1 --size 1G` from another shell."
     );
     Ok(0)
 }

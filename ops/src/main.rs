@@ -6,6 +6,7 @@
 
 mod cli;
 mod demo;
+mod follow;
 mod output;
 mod security_args;
 mod telemetry;

@@ -1,5 +1,6 @@
 //! Printing replies as a table (for people), JSON or YAML (`-o`).
 
+use indicatif::HumanBytes;
 use serde_json::Value;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -54,6 +55,16 @@ pub fn print_table(rows: &[Vec<String>]) {
     }
 }
 
+/// A byte count for a person (`20.75 KiB`), with indicatif's `HumanBytes`;
+/// `-` when unknown. JSON and YAML output keep the raw numbers.
+pub fn bytes(value: &Value) -> String {
+    match (value.as_u64(), value.as_i64()) {
+        (Some(n), _) => HumanBytes(n).to_string(),
+        (None, Some(n)) => format!("-{}", HumanBytes(n.unsigned_abs())),
+        _ => "-".into(),
+    }
+}
+
 /// A cell from a JSON field: strings bare, null as `-`.
 pub fn cell(value: &Value) -> String {
     match value {
@@ -73,10 +84,7 @@ pub fn volume_rows(volumes: &[Value]) -> Vec<Vec<String>> {
         "CREATED".into(),
     ]];
     for v in volumes {
-        let allocated = v["allocated_bytes"]
-            .as_u64()
-            .map(cairn_schema::names::format_size)
-            .unwrap_or("-".into());
+        let allocated = bytes(&v["allocated_bytes"]);
         let snaps = v["snapshots"].as_array().map(|s| s.len()).unwrap_or(0);
         let mut options = vec![];
         if let Some(c) = v["compression"].as_str() {
@@ -90,7 +98,7 @@ pub fn volume_rows(volumes: &[Value]) -> Vec<Vec<String>> {
         }
         rows.push(vec![
             cell(&v["name"]),
-            cell(&v["size"]),
+            bytes(&v["size_bytes"]),
             allocated,
             snaps.to_string(),
             options.join(","),
@@ -108,11 +116,7 @@ pub fn snapshot_rows(snapshots: &Value) -> Vec<Vec<String>> {
         "EXCLUSIVE".into(),
         "SEQ".into(),
     ]];
-    let size = |v: &Value| {
-        v.as_u64()
-            .map(cairn_schema::names::format_size)
-            .unwrap_or("-".into())
-    };
+    let size = bytes;
     for s in snapshots.as_array().into_iter().flatten() {
         rows.push(vec![
             cell(&s["name"]),
@@ -133,10 +137,7 @@ pub fn diff_rows(reply: &Value) -> Vec<Vec<String>> {
     }
     rows.push(vec![format!(
         "{} changed in {} ranges",
-        reply["changed_bytes"]
-            .as_u64()
-            .map(cairn_schema::names::format_size)
-            .unwrap_or_default(),
+        bytes(&reply["changed_bytes"]),
         rows.len() - 1
     )]);
     rows
@@ -245,7 +246,7 @@ pub fn app_detail_rows(app: &Value) -> Vec<Vec<String>> {
         rows.push(vec![
             cell(&v["name"]),
             cell(&v["claim"]),
-            cell(&v["size"]),
+            bytes(&v["size_bytes"]),
             state.into(),
         ]);
     }
@@ -306,10 +307,7 @@ pub fn event_summary(e: &Value) -> String {
         "VolumeCreated" => format!(
             "volume {} created ({})",
             cell(&d["volume"]),
-            d["size_bytes"]
-                .as_u64()
-                .map(cairn_schema::names::format_size)
-                .unwrap_or_default()
+            bytes(&d["size_bytes"])
         ),
         "VolumeCloned" => format!(
             "volume {} cloned from {}@{}",
@@ -556,11 +554,7 @@ pub fn node_rows(reply: &Value) -> Vec<Vec<String>> {
         "PLACED".into(),
         "WRITTEN".into(),
     ]];
-    let size = |v: &Value| {
-        v.as_u64()
-            .map(cairn_schema::names::format_size)
-            .unwrap_or("-".into())
-    };
+    let size = bytes;
     for n in reply["nodes"].as_array().map(Vec::as_slice).unwrap_or(&[]) {
         for d in n["disks"].as_array().map(Vec::as_slice).unwrap_or(&[]) {
             rows.push(vec![

@@ -13,8 +13,9 @@ use clap::Subcommand;
 use futures::StreamExt;
 use serde_json::{Value, json};
 
-use crate::cli::{RunArgs, long, with_run};
-use crate::output::{self, Format};
+use crate::cli::{RunArgs, long};
+use crate::follow::split_source;
+use crate::output::{self, Format, bytes};
 
 #[derive(Debug, Subcommand)]
 pub enum RepoCommand {
@@ -203,36 +204,12 @@ pub async fn repo(client: &Client, fmt: Format, cmd: &RepoCommand) -> anyhow::Re
     Ok(0)
 }
 
-fn bytes(v: &Value) -> String {
-    match v.as_i64() {
-        Some(n) if n < 0 => format!("-{}", human(n.unsigned_abs())),
-        Some(n) => human(n as u64),
-        None => output::cell(v),
-    }
-}
-
+/// A byte count for a person.
 fn human(n: u64) -> String {
-    const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
-    let mut v = n as f64;
-    let mut unit = 0;
-    while v >= 1024.0 && unit + 1 < UNITS.len() {
-        v /= 1024.0;
-        unit += 1;
-    }
-    if unit == 0 {
-        format!("{n} B")
-    } else {
-        format!("{v:.1} {}", UNITS[unit])
-    }
+    indicatif::HumanBytes(n).to_string()
 }
 
-/// `<app>@<snapshot>`.
-fn split_source(source: &str) -> anyhow::Result<(&str, &str)> {
-    source
-        .split_once('@')
-        .with_context(|| format!("expected <app>@<snapshot>, not {source:?}"))
-}
-
+/// A readable workflow id: `<op>-<app>-<8 random characters>`.
 fn workflow_id(op: &str, app: &str) -> String {
     let id = cairn_actors::gateway::new_request_id();
     let short: String = id
@@ -338,9 +315,9 @@ async fn call_following(
     } else {
         Some(follow_progress(client, id, label).await?)
     };
-    let reply = long(client).call("app", verb, &with_run(body, run)).await;
+    let reply = crate::follow::call(client, "app", verb, body, run).await;
     drop(progress);
-    Ok(reply?)
+    reply
 }
 
 pub async fn push(

@@ -1,4 +1,6 @@
-//! The gateway's backup-repository commands: `repo.add/remove/list/ls/
+//! The gateway's backup-repository commands (the repository IO; the
+//! registrations and push records are decided, journaled and folded by
+//! their owner, [`crate::repo_actor`]): `repo.add/remove/list/ls/
 //! check/prune`, and the workflow steps that move data, `app.push-upload`,
 //! `app.pull-import` and `app.pull-data` (the built-in `app-push`,
 //! `app-pull` and `app-pull-repair` workflows run them).
@@ -35,18 +37,16 @@ use bytes::Bytes;
 use cairn_schema::app::{AppCommand, volume_name};
 use cairn_schema::event::AppPushed;
 use cairn_schema::reply::{self, to_value};
-use cairn_schema::repo::{
-    PushedApp, RepoCommand, RepoKey, RepoState, decide_add, decide_remove, missing_repo, redact_url,
-};
+use cairn_schema::repo::{PushedApp, RepoCommand, RepoKey, RepoState, missing_repo, redact_url};
 use cairn_schema::time::format_rfc3339_ms;
-use cairn_schema::{ApiError, ErrorCode, Event, subject};
+use cairn_schema::{ApiError, ErrorCode, subject};
 use dashmap::DashMap;
 use serde_json::Value;
 
 use super::Gateway;
-use crate::journal::{AppendRequest, Appended, Causation};
+use crate::journal::Causation;
 use crate::repo::{self, InitOptions, Key, PullMode, PushRequest, Repo, RepoUrl};
-use crate::services::journal_error;
+use crate::repo_actor::{self, Registration};
 use crate::volume::engine_name;
 
 /// Open repositories and their locks, by (tenant, name).
@@ -70,6 +70,11 @@ impl Repos {
             .clone();
         lock.lock_owned().await
     }
+}
+
+/// The repository actor is gone: only at shutdown.
+fn repo_actor_gone(e: actix::MailboxError) -> ApiError {
+    ApiError::new(ErrorCode::Unavailable, format!("repository actor: {e}"))
 }
 
 fn repo_error(e: repo::Error) -> ApiError {
@@ -221,13 +226,35 @@ impl Gateway {
         })
     }
 
-    fn repo_state(&self, tenant: &str, name: &str) -> Result<RepoState, ApiError> {
-        let world = self.journal_state()?;
-        world
-            .repos
-            .get(&(tenant.to_owned(), name.to_owned()))
-            .cloned()
+    /// A registration, as its owner (the repository actor) holds it.
+    async fn repo_state(&self, tenant: &str, name: &str) -> Result<RepoState, ApiError> {
+        self.registry
+            .repos()
+            .send(repo_actor::Get {
+                tenant: tenant.to_owned(),
+                name: name.to_owned(),
+            })
+            .await
+            .map_err(repo_actor_gone)?
             .ok_or_else(|| missing_repo(name))
+    }
+
+    /// Has the repository actor decide, journal and apply a command.
+    async fn execute_repo(
+        &self,
+        registration: Registration,
+        causation: Causation,
+        reply: Value,
+    ) -> Result<Value, ApiError> {
+        self.registry
+            .repos()
+            .send(repo_actor::Execute {
+                registration,
+                causation,
+                reply,
+            })
+            .await
+            .map_err(repo_actor_gone)?
     }
 
     /// What `tenant`'s requests may reach.
@@ -259,45 +286,17 @@ impl Gateway {
         Ok(repo)
     }
 
-    /// Journals events that belong to no actor (repo registrations, push
-    /// records) and publishes them.
-    async fn append_direct(
-        &self,
-        causation: Causation,
-        events: Vec<Event>,
-        reply: &Value,
-    ) -> Result<Value, ApiError> {
-        if events.is_empty() {
-            return Ok(reply.clone());
-        }
-        let appended = self
-            .services
-            .journal
-            .append(AppendRequest {
-                causation,
-                events,
-                reply: serde_json::to_vec(reply).expect("replies serialize"),
+    pub(super) async fn repo_list(&self, tenant: &str) -> Result<Value, ApiError> {
+        let repos = self
+            .registry
+            .repos()
+            .send(repo_actor::List {
+                tenant: Some(tenant.to_owned()),
             })
             .await
-            .map_err(|e| journal_error(&e))?;
-        match appended {
-            Appended::Records(records) => {
-                self.services.publish(&records).await;
-                Ok(reply.clone())
-            }
-            Appended::Duplicate(first) => Ok(serde_json::from_slice(&first).unwrap_or(Value::Null)),
-        }
-    }
-
-    pub(super) async fn repo_list(&self, tenant: &str) -> Result<Value, ApiError> {
-        let world = self.journal_state()?;
+            .map_err(repo_actor_gone)?;
         Ok(to_value(&reply::RepoListReply {
-            repos: world
-                .repos
-                .iter()
-                .filter(|((t, _), _)| t == tenant)
-                .map(|(_, s)| view(s))
-                .collect(),
+            repos: repos.values().map(view).collect(),
         }))
     }
 
@@ -315,20 +314,18 @@ impl Gateway {
             }
             RepoCommand::Remove { name } => {
                 // No lock is made for a name that is not registered.
-                self.repo_state(tenant, &name)?;
+                self.repo_state(tenant, &name).await?;
                 let _turn = self.repos.lock(tenant, &name).await;
-                let world = self.journal_state()?;
-                let existing = world.repos.get(&(tenant.to_owned(), name.clone()));
-                let events = decide_remove(existing, &name)?;
                 self.repos.open.remove(&(tenant.to_owned(), name.clone()));
                 let reply = to_value(&reply::RepoRemoveReply {
-                    name,
+                    name: name.clone(),
                     contents_kept: true,
                 });
-                self.append_direct(causation, events, &reply).await
+                self.execute_repo(Registration::Remove { name }, causation, reply)
+                    .await
             }
             RepoCommand::Ls { name, app } => {
-                let state = self.repo_state(tenant, &name)?;
+                let state = self.repo_state(tenant, &name).await?;
                 let repo = self.open_repo(tenant, &state).await?;
                 let (snapshots, stored_bytes) = blocking(move || {
                     let list = repo.list().map_err(repo_error)?;
@@ -369,7 +366,7 @@ impl Gateway {
                 }))
             }
             RepoCommand::Check { name } => {
-                let state = self.repo_state(tenant, &name)?;
+                let state = self.repo_state(tenant, &name).await?;
                 let repo = self.open_repo(tenant, &state).await?;
                 let turn = self.repos.lock(tenant, &name).await;
                 let report = blocking(move || {
@@ -396,7 +393,7 @@ impl Gateway {
                 }))
             }
             RepoCommand::Prune { name, keep_last } => {
-                let state = self.repo_state(tenant, &name)?;
+                let state = self.repo_state(tenant, &name).await?;
                 let repo = self.open_repo(tenant, &state).await?;
                 let turn = self.repos.lock(tenant, &name).await;
                 let report = blocking(move || {
@@ -431,7 +428,7 @@ impl Gateway {
                 create,
                 workflow,
             } => {
-                let state = self.repo_state(tenant, &repo)?;
+                let state = self.repo_state(tenant, &repo).await?;
                 let opened = self.open_repo(tenant, &state).await?;
                 let (s, sn) = (source.clone(), snapshot.clone());
                 let (id, pushed) = blocking(move || {
@@ -480,9 +477,6 @@ impl Gateway {
             )
         });
         let redacted = redact_url(&url);
-        let world = self.journal_state()?;
-        let existing = world.repos.get(&(tenant.to_owned(), name.to_owned()));
-        let count = world.repos.keys().filter(|(t, _)| t == tenant).count();
         let private = private_dir(&data_dir, tenant);
         let (key_kind, key_path) = match &key {
             RepoKey::File(p) | RepoKey::PassphraseFile(p) => (key.kind(), p.clone()),
@@ -492,7 +486,17 @@ impl Gateway {
             ),
         };
         // Refused before any IO when the name is taken by another.
-        decide_add(existing, count, name, &redacted, key_kind, &key_path, false)?;
+        self.registry
+            .repos()
+            .send(repo_actor::CheckAdd {
+                tenant: tenant.to_owned(),
+                name: name.to_owned(),
+                url: redacted.clone(),
+                key_kind,
+                key_path: key_path.clone(),
+            })
+            .await
+            .map_err(repo_actor_gone)??;
         let generate = matches!(key, RepoKey::Generate);
         let access = self.access(tenant);
         // The paths are checked, the store opened and the key read here,
@@ -565,24 +569,15 @@ impl Gateway {
         if redacted != url {
             write_private(&private.join(format!("{name}.url")), url.as_bytes())?;
         }
-        let events = decide_add(
-            existing,
-            count,
-            name,
-            &redacted,
-            key_kind,
-            &key_path,
-            initialized,
-        )?;
         let config = opened.config().clone();
         self.repos
             .open
             .insert((tenant.to_owned(), name.to_owned()), Arc::new(opened));
         let state = RepoState {
             name: name.to_owned(),
-            url: redacted,
+            url: redacted.clone(),
             key_kind: key_kind.to_owned(),
-            key_path,
+            key_path: key_path.clone(),
             added_seq: 0,
             added_ms: 0,
         };
@@ -595,7 +590,14 @@ impl Gateway {
             chunk_bytes: config.chunk_bytes,
             pack_bytes: config.pack_bytes,
         });
-        self.append_direct(causation, events, &reply).await
+        let registration = Registration::Add {
+            name: name.to_owned(),
+            url: redacted,
+            key_kind,
+            key_path,
+            initialized,
+        };
+        self.execute_repo(registration, causation, reply).await
     }
 
     async fn push_upload(
@@ -616,7 +618,7 @@ impl Gateway {
         self.services
             .secrets
             .unseal_objects(tenant, &mut snap.objects)?;
-        let registration = self.repo_state(tenant, repo_name)?;
+        let registration = self.repo_state(tenant, repo_name).await?;
         let opened = self.open_repo(tenant, &registration).await?;
         let turn = self.repos.lock(tenant, repo_name).await;
         let mut manifest_volumes = BTreeMap::new();
@@ -670,7 +672,7 @@ impl Gateway {
             elapsed_ms: started.elapsed().as_millis() as u64,
             workflow: None,
         });
-        let events = vec![Event::AppPushed(AppPushed {
+        let pushed = Registration::Pushed(AppPushed {
             app: app.to_owned(),
             snapshot: snapshot.to_owned(),
             repo: repo_name.to_owned(),
@@ -679,8 +681,8 @@ impl Gateway {
             logical_bytes: report.logical_bytes,
             uploaded_bytes: report.uploaded_bytes,
             workflow: workflow.to_owned(),
-        })];
-        self.append_direct(causation, events, &reply).await
+        });
+        self.execute_repo(pushed, causation, reply).await
     }
 
     async fn pull_data(&self, tenant: &str, app: &str, workflow: &str) -> Result<Value, ApiError> {
@@ -691,7 +693,7 @@ impl Gateway {
                 format!("app {app} was not pulled from a repo (app.pull-import first)"),
             )
         })?;
-        let registration = self.repo_state(tenant, &pulled.repo)?;
+        let registration = self.repo_state(tenant, &pulled.repo).await?;
         let opened = self.open_repo(tenant, &registration).await?;
         let turn = self.repos.lock(tenant, &pulled.repo).await;
         let sink = self.progress_sink(tenant, workflow, "pull", app, &pulled.repo);

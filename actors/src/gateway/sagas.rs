@@ -30,7 +30,7 @@ use serde_json::Value;
 use tokio::sync::watch;
 
 use super::{Caller, Gateway, new_request_id};
-use crate::journal::{AppendRequest, Appended, Causation};
+use crate::journal::Causation;
 use crate::saga::{CancelFlag, SagaActor, SagaHandle, SagaResult};
 use crate::secrets::ClusterKey;
 use cairn_schema::sealed::{REDACTED, is_sealed_param};
@@ -41,7 +41,6 @@ struct Reservation {
     handle: SagaHandle,
     tx: watch::Sender<Option<SagaResult>>,
 }
-use crate::services::journal_error;
 
 /// Most sagas running at once.
 pub const MAX_RUNNING_SAGAS: usize = 4096;
@@ -109,6 +108,11 @@ fn running_definition_of(
         })
         .collect::<Result<Vec<_>, ApiError>>()?;
     Ok((template.resolve(&state.id, &params)?, secrets))
+}
+
+/// The workflow actor is gone: only at shutdown.
+fn workflow_actor_gone(e: actix::MailboxError) -> ApiError {
+    ApiError::new(ErrorCode::Unavailable, format!("workflow actor: {e}"))
 }
 
 fn rfc(ms: Option<u64>) -> Option<String> {
@@ -217,7 +221,7 @@ impl Gateway {
             } => {
                 // Only a step of one of this tenant's workflows runs hooks.
                 let parent_is_tenants = match caller.parent.as_deref() {
-                    Some(parent) => self.workflow_state(tenant, parent)?.is_some(),
+                    Some(parent) => self.workflow_state(tenant, parent).await?.is_some(),
                     None => false,
                 };
                 crate::hooks::check_step_only(tenant, caller.parent.as_deref(), parent_is_tenants)?;
@@ -337,16 +341,22 @@ impl Gateway {
         }))
     }
 
-    pub(super) fn workflow_list(
+    pub(super) async fn workflow_list(
         &self,
         tenant: &str,
         app: Option<&str>,
         status: Option<&str>,
         limit: u32,
     ) -> Result<Value, ApiError> {
-        let world = self.journal_state()?;
-        let mut found: Vec<&WorkflowState> = world
-            .workflows
+        let workflows = self
+            .registry
+            .workflows()
+            .send(crate::workflow::List {
+                tenant: tenant.to_owned(),
+            })
+            .await
+            .map_err(workflow_actor_gone)?;
+        let mut found: Vec<&WorkflowState> = workflows
             .iter()
             .filter(|((t, _), w)| {
                 t == tenant
@@ -390,16 +400,24 @@ impl Gateway {
         }))
     }
 
-    fn workflow_state(&self, tenant: &str, id: &str) -> Result<Option<WorkflowState>, ApiError> {
-        let world = self.journal_state()?;
-        Ok(world
-            .workflows
-            .get(&(tenant.to_owned(), id.to_owned()))
-            .cloned())
+    /// A workflow as its owner, the workflow actor, holds it.
+    async fn workflow_state(
+        &self,
+        tenant: &str,
+        id: &str,
+    ) -> Result<Option<WorkflowState>, ApiError> {
+        self.registry
+            .workflows()
+            .send(crate::workflow::Get {
+                tenant: tenant.to_owned(),
+                id: id.to_owned(),
+            })
+            .await
+            .map_err(workflow_actor_gone)
     }
 
-    pub(super) fn workflow_show(&self, tenant: &str, id: &str) -> Result<Value, ApiError> {
-        if let Some(state) = self.workflow_state(tenant, id)? {
+    pub(super) async fn workflow_show(&self, tenant: &str, id: &str) -> Result<Value, ApiError> {
+        if let Some(state) = self.workflow_state(tenant, id).await? {
             return Ok(to_value(&view(&state, definition_of(&state).ok().as_ref())));
         }
         if let Some(text) = builtin::text(id) {
@@ -442,7 +460,8 @@ impl Gateway {
     /// reply, or an error naming the step that failed.
     pub async fn saga_result(&self, tenant: &str, id: &str) -> SagaResult {
         let state = self
-            .workflow_state(tenant, id)?
+            .workflow_state(tenant, id)
+            .await?
             .ok_or_else(|| ApiError::not_found(format!("there is no workflow {id:?}")))?;
         let def = definition_of(&state)?;
         let details = |step: Option<String>| serde_json::json!({"workflow": id, "status": state.status().as_str(), "step": step});
@@ -560,7 +579,8 @@ impl Gateway {
             user: user.to_owned(),
             definition: def,
             progress: state.progress.clone(),
-            gateway: self.me.clone(),
+            dispatch: self.me.clone(),
+            workflows: self.registry.workflows().clone(),
             cancel: r.handle.cancel.clone(),
             done: Some(r.tx),
             secrets,
@@ -660,7 +680,7 @@ impl Gateway {
                 reply_now("running")
             };
         }
-        if let Some(existing) = self.workflow_state(tenant, &id)? {
+        if let Some(existing) = self.workflow_state(tenant, &id).await? {
             if existing.hash != definition::hash(&text) && caller.request_id.is_none() {
                 return Err(ApiError::new(
                     ErrorCode::AlreadyExists,
@@ -713,7 +733,7 @@ impl Gateway {
                 };
             }
         };
-        if let Some(existing) = self.workflow_state(tenant, &id)? {
+        if let Some(existing) = self.workflow_state(tenant, &id).await? {
             if existing.status() == Status::Running {
                 let handle = self.launch(tenant, &existing, "cairn", reservation);
                 return if wait {
@@ -735,7 +755,7 @@ impl Gateway {
             .find(|(k, _)| k == "app")
             .and_then(|(_, v)| v.as_str().map(str::to_owned));
         let user = caller.user.clone().unwrap_or_else(|| "anonymous".into());
-        let started = Event::WorkflowStarted(WorkflowStarted {
+        let started = WorkflowStarted {
             workflow: id.clone(),
             name: def.name.clone(),
             definition: text.clone(),
@@ -754,35 +774,26 @@ impl Gateway {
                 .collect(),
             app,
             parent: caller.parent.clone(),
-        });
-        let appended = self
-            .services
-            .journal
-            .append(AppendRequest {
+        };
+        // The workflow actor decides and journals the start.
+        let started = self
+            .registry
+            .workflows()
+            .send(crate::workflow::Start {
                 causation: Causation {
                     tenant: tenant.to_owned(),
                     user: user.clone(),
                     id: id.clone(),
                     dedup: false,
                 },
-                events: vec![started],
-                reply: Vec::new(),
+                started,
             })
             .await
-            .map_err(|e| journal_error(&e));
-        let records = match appended {
-            Ok(Appended::Records(r)) => r,
-            Ok(Appended::Duplicate(_)) => Vec::new(),
+            .map_err(workflow_actor_gone)
+            .and_then(|r| r);
+        let state = match started {
+            Ok(state) => state,
             Err(e) => {
-                let _ = reservation.tx.send(Some(Err(e.clone())));
-                return Err(e);
-            }
-        };
-        self.services.publish(&records).await;
-        let state = match self.workflow_state(tenant, &id)? {
-            Some(state) => state,
-            None => {
-                let e = ApiError::internal("a started workflow is not in the journal");
                 let _ = reservation.tx.send(Some(Err(e.clone())));
                 return Err(e);
             }
@@ -802,36 +813,31 @@ impl Gateway {
         caller: &Caller,
     ) -> Result<Value, ApiError> {
         let state = self
-            .workflow_state(tenant, id)?
+            .workflow_state(tenant, id)
+            .await?
             .ok_or_else(|| ApiError::not_found(format!("there is no workflow {id:?}")))?;
         let handle = match (self.registry.saga(tenant, id), state.status()) {
             (Some(h), _) => Some(h),
             (None, Status::Running) => self.spawn_saga(tenant, &state, "cairn"),
             (None, Status::Stuck) => {
-                let records = self
-                    .services
-                    .journal
-                    .append(AppendRequest {
+                self.registry
+                    .workflows()
+                    .send(crate::workflow::Record {
                         causation: Causation {
                             tenant: tenant.to_owned(),
                             user: caller.user.clone().unwrap_or_else(|| "anonymous".into()),
                             id: id.to_owned(),
                             dedup: false,
                         },
-                        events: vec![Event::WorkflowResumed(
-                            cairn_schema::event::WorkflowResumed {
-                                workflow: id.to_owned(),
-                            },
-                        )],
-                        reply: Vec::new(),
+                        event: Event::WorkflowResumed(cairn_schema::event::WorkflowResumed {
+                            workflow: id.to_owned(),
+                        }),
                     })
                     .await
-                    .map_err(|e| journal_error(&e))?;
-                if let Appended::Records(r) = records {
-                    self.services.publish(&r).await;
-                }
+                    .map_err(workflow_actor_gone)??;
                 let state = self
-                    .workflow_state(tenant, id)?
+                    .workflow_state(tenant, id)
+                    .await?
                     .ok_or_else(|| ApiError::internal("a resumed workflow is gone"))?;
                 self.spawn_saga(tenant, &state, "cairn")
             }
@@ -841,7 +847,7 @@ impl Gateway {
         if let Some(h) = handle {
             let _ = self.wait_for(tenant, id, h).await;
         }
-        self.workflow_show(tenant, id)
+        self.workflow_show(tenant, id).await
     }
 
     async fn cancel_workflow(
@@ -851,7 +857,8 @@ impl Gateway {
         reason: &str,
     ) -> Result<Value, ApiError> {
         let state = self
-            .workflow_state(tenant, id)?
+            .workflow_state(tenant, id)
+            .await?
             .ok_or_else(|| ApiError::not_found(format!("there is no workflow {id:?}")))?;
         let handle = match self.registry.saga(tenant, id) {
             Some(h) => Some(h),
@@ -863,7 +870,7 @@ impl Gateway {
             h.cancel.request(reason);
             let _ = self.wait_for(tenant, id, h).await;
         }
-        self.workflow_show(tenant, id)
+        self.workflow_show(tenant, id).await
     }
 }
 
