@@ -75,6 +75,9 @@ impl Services {
     }
 }
 
+// The control plane plans slices of the size the block engine pins.
+const _: () = assert!(cairn_blocks::SLICE_BYTES == cairn_schema::names::SLICE_BYTES);
+
 /// Maps a block-engine error onto an API error (the code table is
 /// [`cairn_repo::blocks_code`], shared with the repository's errors).
 pub fn blocks_error(e: &cairn_blocks::Error) -> ApiError {
