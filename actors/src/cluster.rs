@@ -34,10 +34,10 @@ use std::sync::Arc;
 use cairn_blocks::fuse::{self, FuseHandle};
 use cairn_blocks::nbd::{self, ListenAddr, NbdServerHandle};
 use cairn_blocks::{Pool, PoolOptions};
+use cairn_placement::Topology;
+use cairn_placement::topology::DEFAULT_DOMAIN;
 use cairn_schema::event::{NodeDisk, NodeRegistered};
 use cairn_schema::{VolumeState, World};
-use cairn_workflows::Topology;
-use cairn_workflows::topology::DEFAULT_DOMAIN;
 use tokio::sync::watch;
 
 use crate::Limits;

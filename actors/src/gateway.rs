@@ -39,9 +39,9 @@ use crate::registry::Registry;
 use crate::services::{Services, journal_error};
 use crate::volume::{self, Execute, Get, engine_name};
 use crate::{app, node};
+use cairn_placement::placement::{Failure, failure_impact};
+use cairn_placement::{Plan, Topology, app_placement};
 use cairn_schema::state::NodeState;
-use cairn_workflows::placement::{Failure, failure_impact};
-use cairn_workflows::{Plan, Topology, app_placement};
 
 /// Span field names; they live in [`crate::telemetry::fields`].
 pub use crate::telemetry::fields;

@@ -14,8 +14,8 @@
 //! - [`failpoint`]: test-only failure injection (`CAIRN_FAILPOINTS`), compiled
 //!   only with the `failpoints` cargo feature.
 //! - [`registry`]: finds actors by name (dashmap).
-//! - [`repo`]: the backup repository (push and pull app snapshots to S3 or
-//!   a directory).
+//! - [`repo`]: the backup repository library, re-exported from its own
+//!   crate `cairn-repo` (push and pull app snapshots to S3 or a directory).
 //! - [`dispatch`]: the `Dispatch` trait saga steps run commands through.
 //! - [`repo_actor`]: the owner of repository registrations and push
 //!   records; [`workflow`]: the owner of workflow aggregates (every
@@ -47,7 +47,6 @@ pub mod nbd_access;
 pub mod node;
 pub mod placement;
 pub mod registry;
-pub mod repo;
 pub mod repo_actor;
 pub mod saga;
 pub mod secrets;
@@ -61,6 +60,7 @@ pub mod workflow;
 mod control_tests;
 
 pub use cairn_blocks::clock;
+pub use cairn_repo as repo;
 
 /// Runtime bounds, validated in one place ([`Limits::sanitize`]).
 #[derive(Debug, Clone, Copy)]

@@ -35,8 +35,8 @@ pub mod tree;
 pub use device::Device;
 pub use error::{Error, Result};
 pub use pool::{
-    BadBlock, CompactStats, DiskUsage, ExportName, Extent, Pool, PoolOptions, ScrubReport,
-    SnapshotInfo, VolumeInfo, VolumeOptions,
+    BadBlock, CompactStats, DiskUsage, ExportName, Extent, Pool, PoolOptions, SLICE_BYTES,
+    ScrubReport, SnapshotInfo, VolumeInfo, VolumeOptions,
 };
 pub use record::Compression;
 

@@ -42,9 +42,16 @@ use crate::{Device, Error, Result};
 
 /// Largest volume the pool accepts (64 TiB).
 pub const MAX_VOLUME_BYTES: u64 = 64 << 40;
-/// Blocks per 1 GiB slice, the unit of placement.
-pub const SLICE_BLOCKS: u64 = (1 << 30) / BLOCK as u64;
+/// Bytes per slice, the unit of placement: slice `s` of a volume holds its
+/// bytes `s * SLICE_BYTES ..`, and a volume of `n` bytes has
+/// `n.div_ceil(SLICE_BYTES)` slices. The control plane's
+/// `cairn_schema::names::SLICE_BYTES` must equal it (blocks knows nothing of
+/// schema, so `cairn-actors`, which sees both, asserts it at compile time).
+pub const SLICE_BYTES: u64 = 1 << 30;
+/// Blocks per slice.
+pub const SLICE_BLOCKS: u64 = SLICE_BYTES / BLOCK as u64;
 const SLICE_SHIFT: u32 = 18;
+const _: () = assert!(SLICE_BLOCKS == 1 << SLICE_SHIFT);
 
 /// How a pool is opened.
 #[derive(Clone)]

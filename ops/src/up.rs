@@ -86,11 +86,11 @@ pub async fn run(cli: &Cli, args: &UpArgs) -> anyhow::Result<i32> {
             let text = std::fs::read_to_string(file)
                 .with_context(|| format!("reading {}", file.display()))?;
             Some(
-                cairn_workflows::Topology::from_yaml(&text)
+                cairn_placement::Topology::from_yaml(&text)
                     .with_context(|| format!("--topology {}", file.display()))?,
             )
         }
-        (None, Some(n)) => Some(cairn_workflows::Topology::simulated(n)),
+        (None, Some(n)) => Some(cairn_placement::Topology::simulated(n)),
         (None, None) => None,
     };
     let cluster = Cluster::start(config)

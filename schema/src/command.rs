@@ -44,7 +44,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::ApiError;
 use crate::app::{AppCommand, parse_manifest};
-use crate::names::{check_label, check_volume_name, parse_size};
+use crate::names::{check_label, check_volume_name, parse_quantity};
 use crate::repo::{RepoCommand, RepoKey, check_repo_url};
 
 /// Largest number of records one `events.list` returns.
@@ -328,13 +328,19 @@ fn check_image(image: &str) -> Result<(), ApiError> {
     }
 }
 
-/// A size: a byte count, or a number with a binary unit (`512M`, `10Gi`,
-/// `1T`; `G` and `Gi` both mean 2^30). Must be greater than zero.
+/// A size: a byte count, or a Kubernetes quantity as in a PVC (`10Gi` is
+/// 10 × 2^30, `10G` is 10 × 10^9, `512Mi`, `1.5Gi`). Must be greater than
+/// zero.
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(untagged)]
 pub enum Size {
     Bytes(#[schemars(range(min = 1))] u64),
-    Text(#[schemars(regex(pattern = r"^\s*[0-9]+[KMGTPkmgtp]?[iB]*\s*$"))] String),
+    Text(
+        #[schemars(regex(
+            pattern = r"^\s*\+?([0-9]+\.?[0-9]*|\.[0-9]+)([KMGTPE]i|[kMGTPE]|[eE][+-]?[0-9]+)?\s*$"
+        ))]
+        String,
+    ),
 }
 
 /// A body that names one snapshot of a volume.
@@ -858,7 +864,7 @@ impl Command {
                 check_volume_name(&b.name)?;
                 let size_bytes = match b.size {
                     Size::Bytes(n) => n,
-                    Size::Text(t) => parse_size(&t)?,
+                    Size::Text(t) => parse_quantity(&t)?,
                 };
                 if size_bytes == 0 {
                     return Err(ApiError::invalid("size must be greater than zero"));
@@ -1347,7 +1353,16 @@ mod tests {
 
     #[test]
     fn volume_create_accepts_text_and_byte_sizes() {
+        // Kubernetes quantities: `G` is 10^9, `Gi` 2^30 (issue 14).
         let c = Command::parse("volume", "create", br#"{"name":"v1","size":"1G"}"#).unwrap();
+        assert!(matches!(
+            c,
+            Command::Volume(VolumeCommand::Create {
+                size_bytes: 1_000_000_000,
+                ..
+            })
+        ));
+        let c = Command::parse("volume", "create", br#"{"name":"v1","size":"1Gi"}"#).unwrap();
         assert_eq!(
             c,
             Command::Volume(VolumeCommand::Create {

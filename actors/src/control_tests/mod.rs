@@ -132,7 +132,7 @@ fn config(data_dir: PathBuf, topology: Option<&str>) -> Config {
         disks: Vec::new(),
         fuse: None,
         topology: topology
-            .map(|t| cairn_workflows::Topology::from_yaml(t).expect("test topology parses")),
+            .map(|t| cairn_placement::Topology::from_yaml(t).expect("test topology parses")),
         limits: crate::Limits::default(),
         security: crate::security::Security::default(),
     }

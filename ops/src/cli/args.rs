@@ -150,7 +150,7 @@ pub enum VolumeCommand {
     /// Create a thin volume.
     Create {
         name: String,
-        /// Size, e.g. 10G, 512Mi or a byte count.
+        /// Size as a Kubernetes quantity: 10Gi (10 × 2^30), 10G (10 × 10^9), 512Mi, or a byte count.
         #[arg(long)]
         size: String,
         /// Block compression: lz4 (default, kept only where it saves space), zstd or none.
