@@ -176,7 +176,7 @@ fn real_clients_snapshots_clones_rollback_and_diff() {
     );
 
     // A 1 GiB and a 1 TiB volume with the same data cost the same.
-    for (name, size) in [("small", "1G"), ("huge", "1T")] {
+    for (name, size) in [("small", "1Gi"), ("huge", "1Ti")] {
         node.ok(&["volume", "create", name, "--size", size]);
         let uri = node.nbd_uri(name);
         run_ok(
@@ -259,7 +259,7 @@ fn a_flipped_byte_is_an_io_error_and_scrub_names_it() {
         "create",
         "v",
         "--size",
-        "16M",
+        "16Mi",
         "--compress",
         "none",
     ]);
@@ -440,7 +440,7 @@ fn a_full_disk_fails_writes_cleanly_and_keeps_data() {
         "create",
         "v",
         "--size",
-        "1G",
+        "1Gi",
         "--compress",
         "none",
     ]);
