@@ -152,9 +152,7 @@ pub fn read_key_file(path: &std::path::Path) -> Result<[u8; 32], Error> {
         )));
     }
     let mut key = [0u8; 32];
-    for (i, k) in key.iter_mut().enumerate() {
-        *k = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).expect("checked hex");
-    }
+    hex::decode_to_slice(hex, &mut key).expect("checked hex");
     Ok(key)
 }
 

@@ -27,15 +27,12 @@ const DISKS_PER_NODE: usize = 4;
 const DISK_BYTES: u64 = 512 << 30;
 const GIB: u64 = 1 << 30;
 
-/// A fixed-seed xorshift generator (no dependency, same numbers every run).
-struct Rng(u64);
+/// A fixed-seed generator: the same numbers every run.
+struct Rng(fastrand::Rng);
 
 impl Rng {
     fn below(&mut self, n: u64) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0 % n
+        self.0.u64(0..n)
     }
 }
 
@@ -63,7 +60,7 @@ fn topology() -> Topology {
 }
 
 fn apps() -> Vec<Request> {
-    let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+    let mut rng = Rng(fastrand::Rng::with_seed(0x9e37_79b9_7f4a_7c15));
     (0..N_APPS)
         .map(|i| {
             let claim = |name: &str, gib: u64, io_class: &str| Claim {

@@ -26,13 +26,7 @@ const MIB: u64 = 1 << 20;
 const VOLUME: &str = "bench/data";
 
 fn noise(seed: u64, buf: &mut [u8]) {
-    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-    for word in buf.chunks_mut(8) {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        word.copy_from_slice(&x.to_le_bytes()[..word.len()]);
-    }
+    fastrand::Rng::with_seed(seed).fill(buf);
 }
 
 fn pool(dir: &Path) -> Pool {

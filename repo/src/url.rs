@@ -176,20 +176,18 @@ fn percent_decode(url: &str, value: &str) -> Result<String> {
         url: redact_url(url),
         reason: "bad percent-encoding (a % not followed by two hex digits, or not UTF-8)".into(),
     };
-    let bytes = value.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' {
-            let hex = value.get(i + 1..i + 3).ok_or_else(bad)?;
-            out.push(u8::from_str_radix(hex, 16).map_err(|_| bad())?);
-            i += 3;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
+    // The decoder keeps a stray `%` as it is; a URL with one is refused.
+    let well_formed = value
+        .split('%')
+        .skip(1)
+        .all(|after| after.len() >= 2 && after.as_bytes()[..2].iter().all(u8::is_ascii_hexdigit));
+    if !well_formed {
+        return Err(bad());
     }
-    String::from_utf8(out).map_err(|_| bad())
+    percent_encoding::percent_decode_str(value)
+        .decode_utf8()
+        .map(|text| text.into_owned())
+        .map_err(|_| bad())
 }
 
 impl RepoUrl {

@@ -119,16 +119,12 @@ async fn concurrent_appends_chain_dedup_and_survive_reopen() {
     assert_eq!(seqs, [60, 61, 62, 63, 64, 65]);
 }
 
-/// A small deterministic generator (xorshift64*), so a failing seed can
-/// be replayed.
-struct Rng(u64);
+/// A seeded generator, so a failing seed can be replayed.
+struct Rng(fastrand::Rng);
 
 impl Rng {
     fn below(&mut self, n: u64) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d) % n
+        self.0.u64(0..n)
     }
 }
 
@@ -241,7 +237,7 @@ async fn restart_from_snapshot_and_tail_equals_full_replay() {
 }
 
 async fn model_run(seed: u64) -> u64 {
-    let mut rng = Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);
+    let mut rng = Rng(fastrand::Rng::with_seed(seed));
     let mut dirs = vec![tempfile::tempdir().unwrap()];
     let mut path = dirs[0].path().join("journal.redb");
     let limits = Limits {
