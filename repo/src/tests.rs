@@ -723,7 +723,7 @@ fn model_run(seed: u64) {
             let offset = rng.below(vsize - len);
             let data = match rng.below(3) {
                 0 => vec![0u8; len as usize],
-                1 => vec![rng.next() as u8; len as usize],
+                1 => vec![rng.0.u8(..); len as usize],
                 _ => rng.bytes(len as usize),
             };
             write(&pool, volume, offset, &data);
