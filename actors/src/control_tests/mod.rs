@@ -13,6 +13,7 @@ mod gateway;
 mod placement;
 mod repo;
 mod saga;
+mod sim;
 mod volume;
 mod workflow;
 
@@ -118,6 +119,7 @@ fn config(data_dir: PathBuf, topology: Option<&str>) -> Config {
             .map(|t| cairn_workflows::Topology::from_yaml(t).expect("test topology parses")),
         limits: crate::Limits::default(),
         security: crate::security::Security::default(),
+        storage: None,
     }
 }
 
