@@ -339,6 +339,38 @@ impl Model {
         Ok(())
     }
 
+    /// Folds in what a refused `op` leaves behind: nothing, except the
+    /// safety snapshot of an app rollback that failed after taking it (the
+    /// `app-rollback` definition compensates it by restoring it, and keeps
+    /// it).
+    fn refused(&mut self, op: &Op, error: &ApiError) {
+        let (kind, verb, body) = op.request();
+        let Some(name) = body["name"]
+            .as_str()
+            .filter(|_| (kind, verb) == ("app", "rollback"))
+        else {
+            return;
+        };
+        // "workflow <id> (app-rollback) compensated: step <step> failed …"
+        let mut words = error.message.split_whitespace();
+        let (Some("workflow"), Some(id), Some("(app-rollback)")) =
+            (words.next(), words.next(), words.next())
+        else {
+            return;
+        };
+        let step = error
+            .message
+            .split("step ")
+            .nth(1)
+            .and_then(|rest| rest.split_whitespace().next());
+        if step != Some("safety-snapshot")
+            && let Some(app) = self.apps.get_mut(name)
+        {
+            let now = (app.replicas, app.mode.clone());
+            app.snapshots.insert(format!("safety-{id}"), now);
+        }
+    }
+
     fn volume(&mut self, name: &str) -> Result<&mut VolumeModel, String> {
         self.volumes
             .get_mut(name)
@@ -389,9 +421,9 @@ impl Sim {
         };
         sim.cluster = Some(sim.start().await);
         for step in 0..steps {
-            match sim.rng.u32(0..12) {
+            match sim.rng.u32(0..20) {
                 0 => sim.restart(step, false).await,
-                1 => sim.restart(step, true).await,
+                1 | 2 => sim.restart(step, true).await,
                 _ => sim.command(step).await,
             }
             sim.check().await;
@@ -518,13 +550,13 @@ impl Sim {
                     e.code
                 )
             }
-            Err(_) => {}
+            Err(e) => self.model.refused(&op, &e),
         }
     }
 
     /// Mostly a name the model knows (so commands mostly succeed), else any.
     fn name_from(&mut self, known: Vec<String>, all: &[&str]) -> String {
-        if !known.is_empty() && self.rng.u32(0..4) != 0 {
+        if !known.is_empty() && self.rng.u32(0..8) != 0 {
             known[self.rng.usize(0..known.len())].clone()
         } else {
             all[self.rng.usize(0..all.len())].to_owned()
@@ -563,27 +595,27 @@ impl Sim {
 
     fn pick(&mut self) -> Op {
         let any = |rng: &mut fastrand::Rng, all: &[&str]| all[rng.usize(0..all.len())].to_owned();
-        match self.rng.u32(0..17) {
-            0 | 1 => Op::VolumeCreate {
+        match self.rng.u32(0..24) {
+            0..=2 => Op::VolumeCreate {
                 name: any(&mut self.rng, &VOLUMES),
                 mib: self.rng.u64(1..=4),
             },
-            2 => Op::VolumeDelete {
+            3 => Op::VolumeDelete {
                 name: self.volume_name(),
             },
-            3 => {
+            4 | 5 => {
                 let name = self.volume_name();
                 Op::VolumeSnapshot {
                     name,
                     snapshot: any(&mut self.rng, &VOLUME_SNAPSHOTS),
                 }
             }
-            4 => {
+            6 => {
                 let name = self.volume_name();
                 let snapshot = self.volume_snapshot(&name);
                 Op::VolumeSnapshotDelete { name, snapshot }
             }
-            5 => {
+            7 | 8 => {
                 let name = self.volume_name();
                 let snapshot = self.volume_snapshot(&name);
                 Op::VolumeClone {
@@ -592,41 +624,41 @@ impl Sim {
                     target: any(&mut self.rng, &VOLUMES),
                 }
             }
-            6 => {
+            9 => {
                 let name = self.volume_name();
                 let snapshot = self.volume_snapshot(&name);
                 Op::VolumeRollback { name, snapshot }
             }
-            7 => Op::AppCreate {
+            10 | 11 => Op::AppCreate {
                 name: any(&mut self.rng, &APPS),
                 replicas: self.rng.u32(1..=3),
             },
-            8 => Op::AppScale {
+            12 => Op::AppScale {
                 name: self.app_name(),
                 replicas: self.rng.u32(0..=3),
             },
-            9 => Op::AppConfigSet {
+            13 => Op::AppConfigSet {
                 name: self.app_name(),
                 mode: any(&mut self.rng, &MODES),
             },
-            10 => {
+            14 | 15 => {
                 let name = self.app_name();
                 Op::AppSnapshot {
                     name,
                     snapshot: any(&mut self.rng, &APP_SNAPSHOTS),
                 }
             }
-            11 => {
+            16 => {
                 let name = self.app_name();
                 let snapshot = self.app_snapshot(&name);
                 Op::AppSnapshotDelete { name, snapshot }
             }
-            12 => {
+            17 | 18 => {
                 let name = self.app_name();
                 let snapshot = self.app_snapshot(&name);
                 Op::AppRollback { name, snapshot }
             }
-            13 => {
+            19 | 20 => {
                 let name = self.app_name();
                 let snapshot = self.app_snapshot(&name);
                 let mode = self.rng.bool().then(|| any(&mut self.rng, &MODES));
@@ -637,7 +669,7 @@ impl Sim {
                     mode,
                 }
             }
-            14 => Op::AppDelete {
+            21 => Op::AppDelete {
                 name: self.app_name(),
             },
             _ => self.invalid(),
@@ -746,11 +778,12 @@ impl Sim {
                 sim_fail!(self, "app.get {name} differs from app.list:\n{got}\n{app}");
             }
             let snapshots = self.query("app", "snapshots", json!({"name": name})).await;
-            let snapshots: Vec<Value> = snapshots["snapshots"]
+            // Served in the order they were taken; the fold keys them by name.
+            let snapshots: BTreeSet<&str> = snapshots["snapshots"]
                 .as_array()
                 .into_iter()
                 .flatten()
-                .map(|s| s["name"].clone())
+                .filter_map(|s| s["name"].as_str())
                 .collect();
             let volumes: Vec<Value> = app["volumes"]
                 .as_array()
