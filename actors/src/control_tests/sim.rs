@@ -10,7 +10,10 @@
 //! ([`Cluster::crash`]) and then loses what the pool had not synced
 //! ([`MemStorage::crash`]: unsynced writes dropped, reordered or torn)
 //! before [`Cluster::start`] runs again on the same data dir and storage.
-//! Commands run one at a time, so a run is a function of its seed.
+//! Some commands run while the pool's syncs fail ([`Faults`]) and are
+//! followed by a crash: the process died between a block-engine effect and
+//! its commit, which start-up reconciliation must clean up. Commands run
+//! one at a time, so a run is a function of its seed.
 //!
 //! # What is checked
 //! After every step, after every restart and at the end:
@@ -33,7 +36,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
-use cairn_blocks::storage::MemStorage;
+use cairn_blocks::storage::{Faults, MemStorage};
 use cairn_schema::{ApiError, ErrorCode, World};
 use serde_json::{Value, json};
 
@@ -424,7 +427,20 @@ impl Sim {
             match sim.rng.u32(0..20) {
                 0 => sim.restart(step, false).await,
                 1 | 2 => sim.restart(step, true).await,
-                _ => sim.command(step).await,
+                3 => {
+                    // A command whose pool syncs fail, then a crash: the
+                    // process died between a block-engine effect and its
+                    // commit (or before answering).
+                    let fail_syncs = sim.rng.u32(1..=3);
+                    sim.storage.set_faults(Faults {
+                        fail_syncs,
+                        no_space: false,
+                    });
+                    sim.command(step, true).await;
+                    sim.storage.set_faults(Faults::default());
+                    sim.restart(step, true).await;
+                }
+                _ => sim.command(step, false).await,
             }
             sim.check().await;
         }
@@ -526,12 +542,15 @@ impl Sim {
     }
 
     /// One random command; its acknowledged effect goes into the model.
-    async fn command(&mut self, step: usize) {
+    /// With `faulty`, the pool's syncs fail: any refusal is allowed, and
+    /// an acknowledged effect must still survive.
+    async fn command(&mut self, step: usize, faulty: bool) {
         let op = self.pick();
         let (kind, verb, body) = op.request();
         let result = self.call(kind, verb, &body).await;
         self.trace.push(format!(
-            "{step}: {kind}.{verb} {body} -> {}",
+            "{step}: {}{kind}.{verb} {body} -> {}",
+            if faulty { "(syncs fail) " } else { "" },
             match &result {
                 Ok(reply) => format!("ok {reply}"),
                 Err(e) => format!("{:?}: {}", e.code, e.message),
@@ -543,7 +562,7 @@ impl Sim {
                     sim_fail!(self, "{e}");
                 }
             }
-            Err(e) if matches!(e.code, ErrorCode::Internal | ErrorCode::Unavailable) => {
+            Err(e) if !faulty && matches!(e.code, ErrorCode::Internal | ErrorCode::Unavailable) => {
                 sim_fail!(
                     self,
                     "{kind}.{verb} failed with {:?} and no fault injected",
