@@ -491,6 +491,19 @@ impl Sim {
         api(self.client().call(kind, verb, body).await)
     }
 
+    /// A command under the request id `sim-<step>`: its workflow id (and
+    /// so a rollback's safety snapshot name) follows from the seed too.
+    async fn command_call(
+        &self,
+        step: usize,
+        kind: &str,
+        verb: &str,
+        body: &Value,
+    ) -> Result<Value, ApiError> {
+        let id = format!("sim-{step}");
+        api(self.client().call_with_id(kind, verb, body, &id).await)
+    }
+
     /// A query that must succeed.
     async fn query(&self, kind: &str, verb: &str, body: Value) -> Value {
         match self.call(kind, verb, &body).await {
@@ -547,7 +560,7 @@ impl Sim {
     async fn command(&mut self, step: usize, faulty: bool) {
         let op = self.pick();
         let (kind, verb, body) = op.request();
-        let result = self.call(kind, verb, &body).await;
+        let result = self.command_call(step, kind, verb, &body).await;
         self.trace.push(format!(
             "{step}: {}{kind}.{verb} {body} -> {}",
             if faulty { "(syncs fail) " } else { "" },
@@ -927,7 +940,7 @@ impl Sim {
                     let mode = self
                         .model
                         .apps
-                        .get(&app["name"].as_str().unwrap_or_default().to_owned())
+                        .get(app["name"].as_str().unwrap_or_default())
                         .and_then(|a| a.snapshots.get(&name))
                         .map(|(_, m)| m.clone())
                         .unwrap_or_default();
