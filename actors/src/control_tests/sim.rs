@@ -10,6 +10,9 @@
 //! ([`Cluster::crash`]) and then loses what the pool had not synced
 //! ([`MemStorage::crash`]: unsynced writes dropped, reordered or torn)
 //! before [`Cluster::start`] runs again on the same data dir and storage.
+//! (The journal is the data dir's redb file: it still checkpoints when its
+//! last handle drops, so a crash loses none of it; every append was durable
+//! before its answer anyway.)
 //! Some commands run while the pool's syncs fail ([`Faults`]) and are
 //! followed by a crash: the process died between a block-engine effect and
 //! its commit, which start-up reconciliation must clean up. Commands run
@@ -32,6 +35,7 @@
 //! fixed seeds run in CI; `simulation_random_seed` takes `CAIRN_SIM_SEED`
 //! (and `CAIRN_SIM_STEPS`), else a random seed:
 //! `CAIRN_SIM_SEED=… cargo test -p cairn-actors --lib simulation_random_seed`.
+//! `CAIRN_SIM_TRACE=1` (with `--nocapture`) prints every step of a run.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
