@@ -16,7 +16,9 @@
 //! Some commands run while the pool's syncs fail ([`Faults`]) and are
 //! followed by a crash: the process died between a block-engine effect and
 //! its commit, which start-up reconciliation must clean up. Commands run
-//! one at a time, so a run is a function of its seed.
+//! one at a time, so a run is a function of its seed, except *races*: one
+//! command sent three times at once, whose copies all have one effect
+//! (which copy wins may vary; what the plane holds after may not).
 //!
 //! # What is checked
 //! After every step, after every restart and at the end:
@@ -444,6 +446,7 @@ impl Sim {
                     sim.storage.set_faults(Faults::default());
                     sim.restart(step, true).await;
                 }
+                4 | 5 => sim.race(step).await,
                 _ => sim.command(step, false).await,
             }
             sim.check().await;
@@ -587,6 +590,53 @@ impl Sim {
                 )
             }
             Err(e) => self.model.refused(&op, &e),
+        }
+    }
+
+    /// One random command sent three times at once under different
+    /// request ids (different clients racing). Only commands whose copies
+    /// all have the same effect are raced (not an app rollback: each
+    /// accepted copy takes its own safety snapshot); the effect counts
+    /// once if any copy was acknowledged.
+    async fn race(&mut self, step: usize) {
+        let op = loop {
+            let op = self.pick();
+            if op.request().1 != "rollback" || op.request().0 != "app" {
+                break op;
+            }
+        };
+        let (kind, verb, body) = op.request();
+        let client = self.client();
+        let results = futures::future::join_all((0..3).map(|copy| {
+            let id = format!("sim-{step}-{copy}");
+            let (client, body) = (&client, &body);
+            async move { api(client.call_with_id(kind, verb, body, &id).await) }
+        }))
+        .await;
+        let outcomes: Vec<String> = results
+            .iter()
+            .map(|r| match r {
+                Ok(reply) => format!("ok {reply}"),
+                Err(e) => format!("{:?}: {}", e.code, e.message),
+            })
+            .collect();
+        self.trace.push(format!(
+            "{step}: 3 racing {kind}.{verb} {body} -> {}",
+            outcomes.join(" | ")
+        ));
+        for result in &results {
+            if let Err(e) = result
+                && matches!(e.code, ErrorCode::Internal | ErrorCode::Unavailable)
+            {
+                sim_fail!(self, "a racing {kind}.{verb} failed with {:?}", e.code);
+            }
+        }
+        if let Some(reply) = results.iter().find_map(|r| r.as_ref().ok()) {
+            if let Err(e) = self.model.apply(&op, reply) {
+                sim_fail!(self, "{e}");
+            }
+        } else if let Some(Err(e)) = results.first() {
+            self.model.refused(&op, e);
         }
     }
 
