@@ -456,10 +456,15 @@ impl Sim {
         sim.check().await;
         sim.cluster.take().expect("running").shutdown().await;
         let count = |what: &str| sim.trace.iter().filter(|t| t.contains(what)).count();
+        let races = count(": 3 racing ");
+        let acknowledged = sim
+            .trace
+            .iter()
+            .filter(|t| t.contains(" -> ok ") && !t.contains(": 3 racing "))
+            .count();
         eprintln!(
-            "cairn simulation: seed {seed}: {} acknowledged, {} refused, {} clean restarts, {} crashes",
-            count(" -> ok "),
-            sim.trace.len() - count(" -> ok ") - count(" + start"),
+            "cairn simulation: seed {seed}: {} commands ({acknowledged} acknowledged), {races} races, {} clean restarts, {} crashes",
+            sim.trace.len() - races - count(" + start"),
             count("shutdown + start"),
             count("crash + start"),
         );
