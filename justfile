@@ -36,7 +36,7 @@ bench-blocks:
 # Placement planner: 1,000 apps x 3 replicas x 2 volumes on 100 nodes; prints
 # the time and the max/min disk use against a first-fit baseline.
 bench-placement:
-    cargo run --release -p cairn-workflows --example bench_placement
+    cargo run --release -p cairn-placement --example bench_placement
 
 # Command round trip (vs a bare NATS echo), journal replay (vs a raw redb
 # scan) and restart time with 1M events; writes target/bench-commands.md.

@@ -25,12 +25,12 @@ use std::sync::Weak;
 
 use actix::prelude::*;
 use cairn_blocks::{Compression, VolumeOptions};
+use cairn_placement::Topology;
 use cairn_schema::app::{AppCommand, AppState, volume_name};
 use cairn_schema::event::PlacedVolume;
 use cairn_schema::names::format_size;
 use cairn_schema::time::format_rfc3339_ms;
 use cairn_schema::{ApiError, Event, reply};
-use cairn_workflows::Topology;
 use serde_json::{Value, json};
 
 use crate::journal::{AppendRequest, Appended, Causation};

@@ -2,7 +2,9 @@
 //! is around. Both speak the same subjects, wildcards and request/reply.
 //!
 //! [`Bus`] is an enum, not a trait object, because its methods are async.
-//! The in-process bus is also what unit tests use in place of NATS.
+//! The in-process bus is also what unit tests use in place of NATS, and
+//! [`FaultyBus`] (`bus/faulty.rs`) wraps either to drop, delay or
+//! disconnect, seeded.
 
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -13,6 +15,10 @@ use bytes::Bytes;
 use cairn_schema::subject;
 use futures::{Stream, StreamExt};
 use tokio::sync::mpsc;
+
+mod faulty;
+
+pub use faulty::{Faults, FaultyBus, Stats as FaultStats};
 
 /// The request headers (a request id for dedup, the user), named in the
 /// API document.
@@ -119,6 +125,8 @@ pub enum Bus {
         url: String,
     },
     Local(LocalBus),
+    /// A fault-injecting wrapper (tests).
+    Faulty(FaultyBus),
 }
 
 impl Bus {
@@ -210,6 +218,7 @@ impl Bus {
         match self {
             Bus::Nats { client, .. } => client.server_info().auth_required,
             Bus::Local(_) => false,
+            Bus::Faulty(faulty) => faulty.inner().auth_required(),
         }
     }
 
@@ -218,6 +227,7 @@ impl Bus {
         match self {
             Bus::Nats { url, .. } => url.clone(),
             Bus::Local(_) => "in-process bus".into(),
+            Bus::Faulty(faulty) => format!("faulty {}", faulty.inner().describe()),
         }
     }
 
@@ -261,6 +271,7 @@ impl Bus {
                 })))
             }
             Bus::Local(local) => Ok(local.subscribe(subject)),
+            Bus::Faulty(faulty) => faulty.subscribe(subject, queue).await,
         }
     }
 
@@ -279,6 +290,7 @@ impl Bus {
                 });
                 Ok(())
             }
+            Bus::Faulty(faulty) => faulty.publish(subject, payload).await,
         }
     }
 
@@ -338,6 +350,7 @@ impl Bus {
                     Err(_) => Err(timeout_err()),
                 }
             }
+            Bus::Faulty(faulty) => faulty.request(subject, headers, payload, timeout).await,
         }
     }
 
@@ -349,6 +362,7 @@ impl Bus {
                 .await
                 .map_err(|e| Error::Other(e.to_string())),
             Bus::Local(_) => Ok(()),
+            Bus::Faulty(faulty) => faulty.flush().await,
         }
     }
 }

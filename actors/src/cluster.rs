@@ -35,17 +35,17 @@ use cairn_blocks::fuse::{self, FuseHandle};
 use cairn_blocks::nbd::{self, ListenAddr, NbdServerHandle};
 use cairn_blocks::storage::Storage;
 use cairn_blocks::{Pool, PoolOptions};
+use cairn_placement::Topology;
+use cairn_placement::topology::DEFAULT_DOMAIN;
 use cairn_schema::event::{NodeDisk, NodeRegistered};
 use cairn_schema::{VolumeState, World};
-use cairn_workflows::Topology;
-use cairn_workflows::topology::DEFAULT_DOMAIN;
 use tokio::sync::watch;
 
 use crate::Limits;
 use crate::bus::{self, Bus, NatsOptions};
 use crate::client::Client;
 use crate::gateway::Gateway;
-use crate::journal::{self, Journal};
+use crate::journal::{self, Journal, RedbJournal};
 use crate::nats_server::{self, NatsServer};
 use crate::registry::Registry;
 use crate::services::Services;
@@ -308,7 +308,26 @@ fn reconcile(pool: &Pool, world: &World) -> Result<(), Error> {
 }
 
 impl Cluster {
+    /// Starts on the data dir's `journal.redb`.
     pub async fn start(config: Config) -> Result<Cluster, Error> {
+        Cluster::start_with(config, None).await
+    }
+
+    /// Starts on `journal` instead of the data dir's `journal.redb` (a
+    /// test's [`crate::journal::MemJournal`] or
+    /// [`crate::journal::FaultyJournal`]).
+    pub async fn start_with_journal(
+        config: Config,
+        journal: Arc<dyn Journal>,
+    ) -> Result<Cluster, Error> {
+        Cluster::start_with(config, Some(journal)).await
+    }
+
+    async fn start_with(
+        config: Config,
+        journal: Option<Arc<dyn Journal>>,
+    ) -> Result<Cluster, Error> {
+        crate::failpoint::warn_if_requested();
         let limits = config.limits.sanitize();
         let mut security = config.security.clone().sanitize();
         // Refused settings stop start-up before anything is opened.
@@ -368,15 +387,20 @@ impl Cluster {
 
         // Opening rebuilds the state (newest snapshot + the records after
         // it, their chain checked).
-        let journal = Journal::open(&dir.join("journal.redb"), limits.journal).map_err(
-            |damage| match damage {
-                journal::Error::Corrupted { .. } => Error::JournalDamaged {
-                    data_dir: dir.clone(),
-                    damage,
-                },
-                other => Error::Journal(other),
-            },
-        )?;
+        let journal: Arc<dyn Journal> = match journal {
+            Some(journal) => journal,
+            None => Arc::new(
+                RedbJournal::open(&dir.join("journal.redb"), limits.journal).map_err(|damage| {
+                    match damage {
+                        journal::Error::Corrupted { .. } => Error::JournalDamaged {
+                            data_dir: dir.clone(),
+                            damage,
+                        },
+                        other => Error::Journal(other),
+                    }
+                })?,
+            ),
+        };
         let key = match &config.key_file {
             Some(path) => Some(read_key_file(path)?),
             None => None,
@@ -611,10 +635,10 @@ impl Cluster {
         self.registry.clear();
         drop(self);
         let deadline = std::time::Instant::now() + JOURNAL_RELEASE_TIMEOUT;
-        while journal.handles() > 1 {
+        while Arc::strong_count(&journal) > 1 {
             if std::time::Instant::now() >= deadline {
                 tracing::warn!(
-                    handles = journal.handles() - 1,
+                    handles = Arc::strong_count(&journal) - 1,
                     "the journal is still held after shutdown (a task outlived the drain)"
                 );
                 break;

@@ -9,6 +9,12 @@
 //! - At most [`crate::Limits::max_in_flight`] requests run at once; the
 //!   subscription is not read while that many are open (back-pressure).
 //! - On shutdown it stops taking requests, then waits for those in flight.
+//! - It never writes the journal or folds state: each aggregate's owner
+//!   (volume, app, node, repo, workflow actor; placement for slices)
+//!   decides, journals and applies, and the gateway replies with its
+//!   answer. It reads the journal only for dedup lookups and queries.
+//! - Saga steps come back in through [`crate::dispatch::Dispatch`], which
+//!   the gateway implements.
 
 use std::sync::Arc;
 
@@ -33,9 +39,9 @@ use crate::registry::Registry;
 use crate::services::{Services, journal_error};
 use crate::volume::{self, Execute, Get, engine_name};
 use crate::{app, node};
+use cairn_placement::placement::{Failure, failure_impact};
+use cairn_placement::{Plan, Topology, app_placement};
 use cairn_schema::state::NodeState;
-use cairn_workflows::placement::{Failure, failure_impact};
-use cairn_workflows::{Plan, Topology, app_placement};
 
 /// Span field names; they live in [`crate::telemetry::fields`].
 pub use crate::telemetry::fields;
@@ -787,7 +793,7 @@ impl Gateway {
         let mut entries = std::collections::VecDeque::new();
         self.services
             .journal
-            .scan(|record| {
+            .scan(&mut |record| {
                 if record.tenant == tenant && filter.matches(&record.aggregate, "", record.time_ms)
                 {
                     if entries.len() == limit as usize {

@@ -1,6 +1,9 @@
 //! Cairn's runtime: the only crate where side effects happen.
 //!
-//! - [`journal`]: the hash-chained redb event log with group commit.
+//! - [`journal`]: the `Journal` trait: the hash-chained redb event log with
+//!   group commit, its in-memory twin and a fault-injecting wrapper.
+//! - [`clock`]: wall-clock time behind a trait (re-exported from
+//!   `cairn_blocks::clock`), with a manual twin for tests.
 //! - [`bus`]: NATS (or the in-process twin) for commands and events.
 //! - [`volume`]: the volume actor (actix), one per volume.
 //! - [`app`]: the app actor, one per app; commits an app's events with its
@@ -8,10 +11,11 @@
 //! - [`placement`]: the one owner of slice placement (plans and
 //!   reservations), so concurrent app creates never overcommit a disk.
 //! - [`node`]: the node actor; registers the node and its disks.
-//! - [`failpoint`]: test-only failure injection (`CAIRN_FAILPOINTS`).
+//! - [`failpoint`]: test-only failure injection (`CAIRN_FAILPOINTS`), compiled
+//!   only with the `failpoints` cargo feature.
 //! - [`registry`]: finds actors by name (dashmap).
-//! - [`repo`]: the backup repository (push and pull app snapshots to S3 or
-//!   a directory).
+//! - [`repo`]: the backup repository library, re-exported from its own
+//!   crate `cairn-repo` (push and pull app snapshots to S3 or a directory).
 //! - [`dispatch`]: the `Dispatch` trait saga steps run commands through.
 //! - [`repo_actor`]: the owner of repository registrations and push
 //!   records; [`workflow`]: the owner of workflow aggregates (every
@@ -43,7 +47,6 @@ pub mod nbd_access;
 pub mod node;
 pub mod placement;
 pub mod registry;
-pub mod repo;
 pub mod repo_actor;
 pub mod saga;
 pub mod secrets;
@@ -55,6 +58,9 @@ pub mod workflow;
 
 #[cfg(test)]
 mod control_tests;
+
+pub use cairn_blocks::clock;
+pub use cairn_repo as repo;
 
 /// Runtime bounds, validated in one place ([`Limits::sanitize`]).
 #[derive(Debug, Clone, Copy)]

@@ -2,7 +2,7 @@
 //!
 //! Every app command that creates volumes (create, scale-out, clone, pull)
 //! asks this actor for its `AppPlaced` event ([`Reserve`]). The actor
-//! plans it with the pure planner ([`cairn_workflows::app_placement::place`])
+//! plans it with the pure planner ([`cairn_placement::app_placement::place`])
 //! against its own view of the cluster's use and reserves the slices at
 //! once, so the next plan, for any app, counts them. Plans are made one at
 //! a time (the actor's mailbox is the queue).
@@ -30,11 +30,11 @@
 use std::collections::BTreeMap;
 
 use actix::prelude::*;
+use cairn_placement::app_placement::{place, usage_of};
+use cairn_placement::{Topology, Usage};
 use cairn_schema::app::AppState;
 use cairn_schema::event::PlacedVolume;
 use cairn_schema::{ApiError, Event};
-use cairn_workflows::app_placement::{place, usage_of};
-use cairn_workflows::{Topology, Usage};
 
 type Key = (String, String);
 

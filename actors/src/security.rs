@@ -113,6 +113,24 @@ pub struct Security {
     pub caps: TenantCaps,
 }
 
+/// What the repository library reads of the operator's settings.
+impl cairn_repo::Policy for Security {
+    fn confined(&self) -> bool {
+        Security::confined(self)
+    }
+    fn repo_roots(&self, tenant: &str) -> &[PathBuf] {
+        self.repo_roots.get(tenant).map_or(&[], Vec::as_slice)
+    }
+    fn s3_allow(&self) -> &[String] {
+        &self.s3_allow
+    }
+    fn s3_server_credentials(&self, tenant: &str) -> &[String] {
+        self.s3_server_credentials
+            .get(tenant)
+            .map_or(&[], Vec::as_slice)
+    }
+}
+
 /// The default reply-subject prefix: what NATS clients use for inboxes.
 pub const DEFAULT_INBOX_PREFIX: &str = "_INBOX.";
 

@@ -16,7 +16,8 @@ use crate::journal::{self, Journal};
 
 #[derive(Clone)]
 pub struct Services {
-    pub journal: Journal,
+    /// The redb journal, or a twin in tests.
+    pub journal: Arc<dyn Journal>,
     pub pool: Arc<Pool>,
     pub bus: Bus,
     pub limits: crate::Limits,
@@ -75,23 +76,13 @@ impl Services {
     }
 }
 
-/// Maps a block-engine error onto an API error code.
+// The control plane plans slices of the size the block engine pins.
+const _: () = assert!(cairn_blocks::SLICE_BYTES == cairn_schema::names::SLICE_BYTES);
+
+/// Maps a block-engine error onto an API error (the code table is
+/// [`cairn_repo::blocks_code`], shared with the repository's errors).
 pub fn blocks_error(e: &cairn_blocks::Error) -> ApiError {
-    use cairn_blocks::Error as B;
-    let code = match e {
-        B::VolumeNotFound { .. } | B::SnapshotNotFound { .. } => ErrorCode::NotFound,
-        B::VolumeExists { .. } | B::SnapshotExists { .. } => ErrorCode::AlreadyExists,
-        B::InvalidName { .. } | B::OutOfRange { .. } | B::InvalidArgument(_) => {
-            ErrorCode::InvalidArgument
-        }
-        B::ReadOnly { .. } | B::KeyRequired { .. } | B::KeyMismatch { .. } => {
-            ErrorCode::FailedPrecondition
-        }
-        B::NoSpace { .. } => ErrorCode::NoSpace,
-        B::Corrupted { .. } => ErrorCode::Corrupted,
-        B::Io { .. } => ErrorCode::Internal,
-    };
-    ApiError::new(code, e.to_string())
+    ApiError::new(cairn_repo::blocks_code(e), e.to_string())
 }
 
 /// Maps a journal error onto an API error code.

@@ -17,8 +17,10 @@
 //! - `checkpoint`: the meta log, checkpoints and recovery.
 //! - `gc`: compaction, space accounting and scrubbing.
 //! - [`storage`]: the IO trait, with an in-memory fault-injecting twin.
+//! - [`clock`]: wall-clock time behind a trait, with a manual twin.
 
 mod checkpoint;
+pub mod clock;
 mod device;
 mod error;
 pub mod fuse;
@@ -33,8 +35,8 @@ pub mod tree;
 pub use device::Device;
 pub use error::{Error, Result};
 pub use pool::{
-    BadBlock, CompactStats, DiskUsage, ExportName, Extent, Pool, PoolOptions, ScrubReport,
-    SnapshotInfo, VolumeInfo, VolumeOptions,
+    BadBlock, CompactStats, DiskUsage, ExportName, Extent, Pool, PoolOptions, SLICE_BYTES,
+    ScrubReport, SnapshotInfo, VolumeInfo, VolumeOptions,
 };
 pub use record::Compression;
 

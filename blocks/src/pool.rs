@@ -28,7 +28,9 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, RwLock, Weak};
 use std::thread::JoinHandle;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
+
+use crate::clock::{Clock, SystemClock};
 
 use serde::{Deserialize, Serialize};
 
@@ -40,9 +42,16 @@ use crate::{Device, Error, Result};
 
 /// Largest volume the pool accepts (64 TiB).
 pub const MAX_VOLUME_BYTES: u64 = 64 << 40;
-/// Blocks per 1 GiB slice, the unit of placement.
-pub const SLICE_BLOCKS: u64 = (1 << 30) / BLOCK as u64;
+/// Bytes per slice, the unit of placement: slice `s` of a volume holds its
+/// bytes `s * SLICE_BYTES ..`, and a volume of `n` bytes has
+/// `n.div_ceil(SLICE_BYTES)` slices. The control plane's
+/// `cairn_schema::names::SLICE_BYTES` must equal it (blocks knows nothing of
+/// schema, so `cairn-actors`, which sees both, asserts it at compile time).
+pub const SLICE_BYTES: u64 = 1 << 30;
+/// Blocks per slice.
+pub const SLICE_BLOCKS: u64 = SLICE_BYTES / BLOCK as u64;
 const SLICE_SHIFT: u32 = 18;
+const _: () = assert!(SLICE_BLOCKS == 1 << SLICE_SHIFT);
 
 /// How a pool is opened.
 #[derive(Clone)]
@@ -58,6 +67,8 @@ pub struct PoolOptions {
     /// Run checkpoints and compaction on a background thread.
     pub background: bool,
     pub storage: Arc<dyn Storage>,
+    /// Stamps snapshot creation times.
+    pub clock: Arc<dyn Clock>,
 }
 
 impl Default for PoolOptions {
@@ -69,6 +80,7 @@ impl Default for PoolOptions {
             key: None,
             background: true,
             storage: Arc::new(FsStorage),
+            clock: Arc::new(SystemClock),
         }
     }
 }
@@ -286,13 +298,6 @@ pub struct Pool {
     background: Mutex<Option<Background>>,
 }
 
-pub(crate) fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
-
 fn check_name(name: &str, what: &'static str) -> Result<()> {
     let reason = if name.is_empty() {
         Some("empty")
@@ -500,7 +505,7 @@ impl Pool {
             .map(|i| vols[*i].0.gate.write().unwrap())
             .collect();
         inner.flush_segments()?;
-        let created_ms = now_ms();
+        let created_ms = self.inner.opts.clock.now_ms();
         let ops: Vec<MetaOp> = vols
             .iter()
             .map(|(vol, s)| MetaOp::Snapshot {

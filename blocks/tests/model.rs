@@ -147,6 +147,7 @@ fn options(storage: &MemStorage) -> PoolOptions {
         key: Some([7u8; 32]),
         background: false,
         storage: Arc::new(storage.clone()),
+        clock: Arc::new(cairn_blocks::clock::SystemClock),
     }
 }
 
@@ -494,4 +495,35 @@ fn placed_slices_go_to_their_disk() {
     drop((dev, pool));
     let pool = Pool::open_with("/pool", options(&storage)).unwrap();
     assert_eq!(pool.slice_disks("p").unwrap(), [(0, 1), (1, 1), (2, 0)]);
+}
+
+/// A manual clock drives snapshot creation times (and a restart keeps them).
+#[test]
+fn snapshot_times_come_from_the_pool_clock() {
+    let storage = MemStorage::new(1);
+    let clock = Arc::new(cairn_blocks::clock::ManualClock::new(1_700_000_000_000));
+    let opts = PoolOptions {
+        clock: clock.clone(),
+        ..options(&storage)
+    };
+    let pool = Pool::open_with("/pool", opts.clone()).unwrap();
+    pool.create_volume("v", 1 << 20).unwrap();
+    pool.snapshot("v", "a").unwrap();
+    clock.advance(std::time::Duration::from_secs(90));
+    pool.snapshot("v", "b").unwrap();
+    let times = |pool: &Pool| -> Vec<(String, u64)> {
+        let info = pool.volume_info("v").unwrap();
+        info.snapshots
+            .iter()
+            .map(|s| (s.name.clone(), s.created_ms))
+            .collect()
+    };
+    let expected = vec![
+        ("a".to_owned(), 1_700_000_000_000),
+        ("b".to_owned(), 1_700_000_090_000),
+    ];
+    assert_eq!(times(&pool), expected);
+    drop(pool);
+    let pool = Pool::open_with("/pool", opts).unwrap();
+    assert_eq!(times(&pool), expected);
 }

@@ -35,7 +35,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail, ensure};
 use bytes::Bytes;
 use cairn_actors::bus::{self, Bus, NatsOptions, REQUEST_ID_HEADER, USER_HEADER};
-use cairn_actors::journal::{self, AppendRequest, Appended, Causation, Journal};
+use cairn_actors::journal::{self, AppendRequest, Appended, Causation, Journal, RedbJournal};
 use cairn_schema::Event;
 use cairn_schema::event::{AppConfigSet, SnapshotDeleted, VolumeSnapshotted};
 use futures::StreamExt;
@@ -409,7 +409,7 @@ async fn wait_ping(bus: &Bus, cairn: &mut Proc, since: Instant) -> anyhow::Resul
 async fn pad(path: &Path, workload: Workload, events: u64) -> anyhow::Result<(u64, Duration)> {
     const PER_APPEND: u64 = 1000;
     let started = Instant::now();
-    let journal = Journal::open(path, journal::Limits::default())?;
+    let journal = RedbJournal::open(path, journal::Limits::default())?;
     let before = journal.len()?;
     let mut head = before;
     while head < events {
@@ -667,7 +667,7 @@ async fn run(config: &Config) -> anyhow::Result<()> {
         Ok((took, (rows, bytes)))
     })?;
     let (decode_time, ()) = best(3, || Ok((decode_only(&journal_path)?, ())))?;
-    let journal = Journal::open(&journal_path, journal::Limits::default())?;
+    let journal = RedbJournal::open(&journal_path, journal::Limits::default())?;
     let recovery = journal.recovery();
     let (replay_time, replayed_seq) = best(3, || {
         let started = Instant::now();

@@ -27,12 +27,22 @@ pub fn workspace() -> PathBuf {
         .to_owned()
 }
 
-/// Path of the `cairn` binary, built once per test process.
+/// Path of the `cairn` binary, built once per test process, with the
+/// `failpoints` feature (tests arm `CAIRN_FAILPOINTS`; a default build,
+/// like every release binary, has none).
 pub fn cairn_bin() -> PathBuf {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
     BIN.get_or_init(|| {
         let status = Command::new(env!("CARGO"))
-            .args(["build", "-p", "cairn-ops", "--bin", "cairn"])
+            .args([
+                "build",
+                "-p",
+                "cairn-ops",
+                "--bin",
+                "cairn",
+                "--features",
+                "failpoints",
+            ])
             .current_dir(workspace())
             .status()
             .expect("cargo runs");

@@ -213,7 +213,7 @@ fn an_app_from_kubernetes_yaml_lives_scales_drifts_and_keeps_its_history() {
     // An app's volumes are the app's: no deleting them behind its back.
     let refused = fails(&node, &["volume", "delete", "shop/data-db-0"]);
     assert!(refused.contains("failed_precondition"), "{refused}");
-    let refused = fails(&node, &["volume", "create", "shop/extra", "--size", "1M"]);
+    let refused = fails(&node, &["volume", "create", "shop/extra", "--size", "1Mi"]);
     assert!(refused.contains("failed_precondition"), "{refused}");
 
     // A restart rebuilds the same app from the journal.
@@ -425,7 +425,7 @@ fn a_panicking_actor_is_rebuilt_from_the_journal_and_the_process_keeps_serving()
         "db-config.max_connections=7",
     ]);
 
-    node.ok(&["volume", "create", "solo", "--size", "1M"]);
+    node.ok(&["volume", "create", "solo", "--size", "1Mi"]);
     let err = fails(&node, &["volume", "snapshot", "solo", "s1"]);
     assert!(err.contains("rebuilt from the journal"), "{err}");
     node.ok(&["volume", "snapshot", "solo", "s1"]);

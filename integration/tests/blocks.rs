@@ -72,7 +72,7 @@ fn real_clients_snapshots_clones_rollback_and_diff() {
     let nats = nats();
     let tmp = TempDir::new().unwrap();
     let node = Node::start(&tmp.path().join("data"), &nats.url);
-    node.ok(&["volume", "create", "v", "--size", "64M"]);
+    node.ok(&["volume", "create", "v", "--size", "64Mi"]);
 
     // qemu-img convert in, compare out.
     let src = tmp.path().join("src.raw");
@@ -325,8 +325,8 @@ fn encrypted_volumes_need_their_key() {
     };
 
     let node = with_key(&key);
-    node.ok(&["volume", "create", "secret", "--size", "8M", "--encrypt"]);
-    node.ok(&["volume", "create", "plain", "--size", "8M"]);
+    node.ok(&["volume", "create", "secret", "--size", "8Mi", "--encrypt"]);
+    node.ok(&["volume", "create", "plain", "--size", "8Mi"]);
     let text: Vec<u8> = b"CAIRN-SECRET-TEXT "
         .iter()
         .cycle()
@@ -378,7 +378,7 @@ fn encrypted_volumes_need_their_key() {
         };
         let out = qemu_io(&node.nbd_uri("secret"), "read 0 4k");
         assert!(!out.status.success() || String::from_utf8_lossy(&out.stdout).contains("error"));
-        let create = node.cli(&["volume", "create", "s2", "--size", "1M", "--encrypt"]);
+        let create = node.cli(&["volume", "create", "s2", "--size", "1Mi", "--encrypt"]);
         if wrong.is_none() {
             // No key loaded: encryption is refused, with a code.
             assert!(!create.status.success());
@@ -477,7 +477,7 @@ fn slices_spread_over_several_disks() {
     ];
     let data_dir = tmp.path().join("data");
     let node = Node::start_with(&data_dir, &nats.url, &args);
-    node.ok(&["volume", "create", "v", "--size", "3G"]);
+    node.ok(&["volume", "create", "v", "--size", "3Gi"]);
     let v = node.nbd_uri("v");
     // One write in each of the first two 1 GiB slices.
     assert!(qemu_io(&v, "write -P 0x71 0 1M").status.success());

@@ -221,7 +221,7 @@ fn nats_restart_mid_run_loses_no_accepted_command() {
     let mut nats = NatsProcess::start(dir.path(), "");
     let url = nats.url();
     let node = Node::start(&dir.path().join("data"), &url);
-    node.ok(&["volume", "create", "before", "--size", "1M"]);
+    node.ok(&["volume", "create", "before", "--size", "1Mi"]);
 
     const N_SENDERS: usize = 3;
     const STEPS_AFTER_RESTART: usize = 10;
@@ -298,7 +298,7 @@ fn nats_restart_mid_run_loses_no_accepted_command() {
     check_answered_steps_are_journaled(&node, &url, &answered);
 
     // The CLI, connecting afresh, is answered too, and the state is whole.
-    node.ok(&["volume", "create", "after", "--size", "1M"]);
+    node.ok(&["volume", "create", "after", "--size", "1Mi"]);
     let names: BTreeSet<String> = volumes(&node).into_keys().collect();
     let mut expected: BTreeSet<String> = answered
         .values()
@@ -706,7 +706,7 @@ fn a_tampered_journal_is_named_by_verify_and_stops_start_up() {
     };
     let node = Node::start(&data_dir, &url);
     for name in ["alpha", "beta", "tamper-me-q", "gamma"] {
-        node.ok(&["volume", "create", name, "--size", "1M"]);
+        node.ok(&["volume", "create", name, "--size", "1Mi"]);
     }
     node.ok(&["volume", "snapshot", "alpha", "s1"]);
     let events = json_lines(&node.ok(&["events", "--json"]));
@@ -756,7 +756,7 @@ fn a_tampered_journal_is_named_by_verify_and_stops_start_up() {
     let node = Node::start(&data_dir, &url);
     let names: Vec<String> = volumes(&node).into_keys().collect();
     assert_eq!(names, ["alpha", "beta", "gamma", "tamper-me-q"]);
-    node.ok(&["volume", "create", "delta", "--size", "1M"]);
+    node.ok(&["volume", "create", "delta", "--size", "1Mi"]);
 
     // 2. Tampered after a crash: redb must repair the file on open, its
     //    repair checks page checksums, and they fail. Both the offline check
@@ -778,7 +778,7 @@ fn a_tampered_journal_is_named_by_verify_and_stops_start_up() {
     // repair runs on a private copy; the file itself is not written).
     std::fs::write(&journal, &crashed_journal).unwrap();
     let node = Node::start(&data_dir, &url);
-    node.ok(&["volume", "create", "epsilon", "--size", "1M"]);
+    node.ok(&["volume", "create", "epsilon", "--size", "1Mi"]);
     node.kill9();
     let before = std::fs::read(&journal).unwrap();
     let after_crash = offline_verify("table");
@@ -807,7 +807,7 @@ fn check_nats_options(config: &str, good: &[String], bad: &[(Vec<String>, &str)]
     let url = nats.url();
     let good_os: Vec<&OsStr> = good.iter().map(OsStr::new).collect();
     let node = Node::start_opts(&dir.path().join("data"), &url, &good_os, &[]);
-    node.ok(&["volume", "create", "v1", "--size", "1M"]);
+    node.ok(&["volume", "create", "v1", "--size", "1Mi"]);
     let listed = node.ok(&["volume", "list"]);
     assert!(listed.contains("v1"), "{listed}");
     for (options, expected) in bad {

@@ -237,7 +237,7 @@ fn prepare() -> Option<Fixture> {
         mnt.display()
     );
 
-    node.ok(&["volume", "create", "v", "--size", "256M"]);
+    node.ok(&["volume", "create", "v", "--size", "256Mi"]);
     let dev = cleanup.losetup(&mnt.join("v"), false);
     run("mkfs.ext4", &[os("-q"), os(&dev)]);
     let ext = root.join("ext");

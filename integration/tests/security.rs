@@ -133,7 +133,7 @@ fn the_embedded_nats_server_authenticates_and_confines_tenants() {
     assert!(acme.contains("acme:"), "credentials in the URL: {acme}");
     // Finding 11: the URL's credentials are used.
     let created = cairn([
-        "--tenant", "acme", "--nats", &acme, "volume", "create", "a1", "--size", "64M",
+        "--tenant", "acme", "--nats", &acme, "volume", "create", "a1", "--size", "64Mi",
     ]);
     assert!(created.status.success(), "{}", text(&created));
 

@@ -217,15 +217,15 @@ fn tls_client_certificates_confine_tenants_to_their_own_exports() {
         &[],
     );
     node.ok(&[
-        "--tenant", "acme", "volume", "create", "v1", "--size", "64M",
+        "--tenant", "acme", "volume", "create", "v1", "--size", "64Mi",
     ]);
     node.ok(&[
-        "--tenant", "acme", "volume", "create", "v2", "--size", "64M",
+        "--tenant", "acme", "volume", "create", "v2", "--size", "64Mi",
     ]);
     node.ok(&[
-        "--tenant", "evil", "volume", "create", "loot", "--size", "64M",
+        "--tenant", "evil", "volume", "create", "loot", "--size", "64Mi",
     ]);
-    node.ok(&["volume", "create", "v1", "--size", "64M"]);
+    node.ok(&["volume", "create", "v1", "--size", "64Mi"]);
 
     // acme writes its v1 over TLS and reads it back.
     let out = qemu_io_tls(port, &acme, "v1", "write -P 0x5a 0 1M");
@@ -349,7 +349,7 @@ fn nbd_over_tcp_without_tls_is_refused_at_start_up() {
         &[OsStr::new("--nbd-insecure-tcp")],
         &[],
     );
-    node.ok(&["volume", "create", "v", "--size", "16M"]);
+    node.ok(&["volume", "create", "v", "--size", "16Mi"]);
     let out = cairn_integration::qemu_io(&format!("nbd://127.0.0.1:{port}/v"), "write 0 4k");
     assert!(out.status.success(), "{}", text(&out));
     assert!(node.log().contains("without TLS"), "{}", node.log());
@@ -372,7 +372,7 @@ fn the_unix_socket_has_mode_0660_and_the_operators_group() {
     assert_eq!(mode & 0o7777, 0o660, "{mode:o}");
     // SAFETY: getegid cannot fail.
     assert_eq!(meta.gid(), unsafe { libc::getegid() });
-    node.ok(&["volume", "create", "v", "--size", "16M"]);
+    node.ok(&["volume", "create", "v", "--size", "16Mi"]);
     if have_tool("qemu-io") {
         let out = cairn_integration::qemu_io(&node.nbd_uri("v"), "write 0 4k");
         assert!(out.status.success(), "{}", text(&out));

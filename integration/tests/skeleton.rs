@@ -22,7 +22,7 @@ fn skeleton_path_survives_kill_9() {
     let dir = tempfile::tempdir().unwrap();
     let node = Node::start(dir.path(), &nats.url);
 
-    node.ok(&["volume", "create", "v1", "--size", "1G"]);
+    node.ok(&["volume", "create", "v1", "--size", "1Gi"]);
     let w = qemu_io(&node.nbd_uri("v1"), "write -P 0x5a 0 1M");
     assert!(
         w.status.success(),

@@ -272,9 +272,9 @@ fn spans_are_exported_over_otlp_and_flushed_at_shutdown() {
     // First run: no service name given, so it is "cairn".
     let first_env = otel_env(&endpoint, "");
     let node = Node::start_env(dir.path(), &nats.url, &[], &first_env);
-    node.ok(&["volume", "create", "v1", "--size", "1G"]);
+    node.ok(&["volume", "create", "v1", "--size", "1Gi"]);
     node.ok(&["volume", "snapshot", "v1", "s1"]);
-    let refused = node.cli(&["volume", "create", "v1", "--size", "1G"]);
+    let refused = node.cli(&["volume", "create", "v1", "--size", "1Gi"]);
     assert!(!refused.status.success(), "v1 exists already");
     assert!(
         receiver.received().is_empty(),

@@ -28,7 +28,7 @@ for tool in s3s-fs restic python3; do
 done
 
 echo "==> cargo build --release --example bench_push"
-cargo build --release --locked -p cairn-actors --example bench_push
+cargo build --release --locked -p cairn-repo --example bench_push
 bench="${CARGO_TARGET_DIR:-$root/target}/release/examples/bench_push"
 
 work=$(mktemp -d "${TMPDIR:-/tmp}/bench-push.XXXXXX")

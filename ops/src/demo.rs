@@ -16,15 +16,20 @@ use cairn_actors::client::Client;
 use cairn_actors::cluster::{BusChoice, Cluster};
 use cairn_blocks::nbd::{ListenAddr, NbdClient};
 use cairn_schema::ErrorCode;
+use cairn_schema::command::{
+    AppCloneBody, AppConfigSetBody, AppCreateBody, AppDeleteBody, AppLogBody, AppPullBody,
+    AppPushBody, AppScaleBody, AppSnapshotBody, AppSnapshotRefBody, EmptyBody, NameBody,
+    RepoAddBody,
+};
 use cairn_schema::reply::{
     AppCloneReply, AppConfigSetReply, AppCreateReply, AppDeleteReply, AppLogReply,
-    AppRollbackReply, AppScaleReply, AppSnapshotReply, AppSnapshotsReply, AppView, RepoAddReply,
-    VerifyReply, VolumeView,
+    AppRollbackReply, AppScaleReply, AppSnapshotReply, AppSnapshotsReply, AppView, PullReply,
+    PushReply, RepoAddReply, VerifyReply, VolumeView,
 };
 use clap::Args;
 use indicatif::HumanBytes;
+use serde::Serialize;
 use serde::de::DeserializeOwned;
-use serde_json::{Value, json};
 
 use crate::output;
 
@@ -118,20 +123,26 @@ fn nbd_pattern(addr: &ListenAddr, export: &str, op: &str, byte: u8) -> anyhow::R
     Ok(())
 }
 
-/// Sends one request and reads its reply as the shared reply type `R`.
+/// Sends one request, built from its shared body type, and reads its
+/// reply as the shared reply type `R`.
 async fn call<R: DeserializeOwned>(
     client: &Client,
     kind: &str,
     verb: &str,
-    body: Value,
-) -> anyhow::Result<(R, Value)> {
+    body: &impl Serialize,
+) -> anyhow::Result<R> {
+    let body = serde_json::to_value(body).expect("request bodies serialize");
     let value = client
         .call(kind, verb, &body)
         .await
         .with_context(|| format!("{kind}.{verb}"))?;
-    let typed = serde_json::from_value(value.clone())
-        .with_context(|| format!("the reply to {kind}.{verb}"))?;
-    Ok((typed, value))
+    serde_json::from_value(value).with_context(|| format!("the reply to {kind}.{verb}"))
+}
+
+fn name(name: &str) -> NameBody {
+    NameBody {
+        name: name.to_owned(),
+    }
 }
 
 fn replicas(app: &AppView) -> u32 {
@@ -151,7 +162,7 @@ async fn check_app(
     config: &str,
     want_replicas: u32,
 ) -> anyhow::Result<AppView> {
-    let (view, _) = call::<AppView>(client, "app", "get", json!({ "name": app })).await?;
+    let view = call::<AppView>(client, "app", "get", &name(app)).await?;
     nbd_pattern(nbd, &format!("{app}/data-db-0"), "read", data)?;
     ensure!(
         max_connections(&view) == config,
@@ -195,8 +206,16 @@ pub async fn run(args: &DemoArgs) -> anyhow::Result<i32> {
         "an app from Kubernetes YAML: a StatefulSet with data and wal claims",
         "cairn app create -f shop.yaml",
     );
-    let (created, _) =
-        call::<AppCreateReply>(&client, "app", "create", json!({ "manifest": SHOP_YAML })).await?;
+    let created = call::<AppCreateReply>(
+        &client,
+        "app",
+        "create",
+        &AppCreateBody {
+            manifest: SHOP_YAML.to_owned(),
+            name: None,
+        },
+    )
+    .await?;
     println!("    volumes: {}", created.volumes.join(", "));
     let data = format!("{APP}/data-db-0");
     nbd_pattern(&nbd, &data, "write", 0x42)?;
@@ -210,11 +229,17 @@ pub async fn run(args: &DemoArgs) -> anyhow::Result<i32> {
         "commit: snapshot the whole app at one instant (volumes, config, metadata)",
         &format!("cairn app snapshot {APP} {GOOD} -m \"{MESSAGE}\"; cairn app snapshots {APP}"),
     );
-    let (snapshot, _) = call::<AppSnapshotReply>(
+    let snapshot = call::<AppSnapshotReply>(
         &client,
         "app",
         "snapshot",
-        json!({ "name": APP, "snapshot": GOOD, "message": MESSAGE }),
+        &AppSnapshotBody {
+            name: APP.into(),
+            snapshot: GOOD.into(),
+            message: Some(MESSAGE.into()),
+            run_async: false,
+            workflow: None,
+        },
     )
     .await?;
     ensure!(
@@ -222,9 +247,8 @@ pub async fn run(args: &DemoArgs) -> anyhow::Result<i32> {
         "the snapshot's message is {:?}",
         snapshot.message
     );
-    let (snapshots, raw) =
-        call::<AppSnapshotsReply>(&client, "app", "snapshots", json!({ "name": APP })).await?;
-    output::print_table(&output::app_snapshot_rows(&raw));
+    let snapshots = call::<AppSnapshotsReply>(&client, "app", "snapshots", &name(APP)).await?;
+    output::print_table(&output::app_snapshot_rows(&snapshots));
     ensure!(
         snapshots
             .snapshots
@@ -246,19 +270,28 @@ pub async fn run(args: &DemoArgs) -> anyhow::Result<i32> {
         &client,
         "app",
         "config-set",
-        json!({ "name": APP, "configmap": "db-config", "key": "max_connections", "value": "5" }),
+        &AppConfigSetBody {
+            name: APP.into(),
+            configmap: "db-config".into(),
+            key: "max_connections".into(),
+            value: "5".into(),
+        },
     )
     .await?;
-    let (scaled, _) = call::<AppScaleReply>(
+    let scaled = call::<AppScaleReply>(
         &client,
         "app",
         "scale",
-        json!({ "name": APP, "replicas": 3 }),
+        &AppScaleBody {
+            name: APP.into(),
+            replicas: 3,
+            workload: None,
+        },
     )
     .await?;
     println!("    new volumes: {}", scaled.added.join(", "));
-    let (_, raw) = call::<AppView>(&client, "app", "get", json!({ "name": APP })).await?;
-    output::print_table(&output::app_detail_rows(&raw));
+    let app = call::<AppView>(&client, "app", "get", &name(APP)).await?;
+    output::print_table(&output::app_detail_rows(&app));
     check_app(&client, &nbd, APP, 0xa5, "5", 3).await?;
 
     step(
@@ -266,11 +299,16 @@ pub async fn run(args: &DemoArgs) -> anyhow::Result<i32> {
         "reset: roll the app back to the commit; data, config and replicas all return",
         &format!("cairn app rollback {APP} {GOOD}"),
     );
-    let (rolled, _) = call::<AppRollbackReply>(
+    let rolled = call::<AppRollbackReply>(
         &client,
         "app",
         "rollback",
-        json!({ "name": APP, "snapshot": GOOD }),
+        &AppSnapshotRefBody {
+            name: APP.into(),
+            snapshot: GOOD.into(),
+            run_async: false,
+            workflow: None,
+        },
     )
     .await?;
     println!(
@@ -287,21 +325,24 @@ pub async fn run(args: &DemoArgs) -> anyhow::Result<i32> {
             "cairn app clone {APP}@{GOOD} {BRANCH} --set db-config.max_connections=10; cairn volume show {BRANCH}/data-db-0"
         ),
     );
-    let (cloned, _) = call::<AppCloneReply>(
+    let cloned = call::<AppCloneReply>(
         &client,
         "app",
         "clone",
-        json!({
-            "name": APP, "snapshot": GOOD, "target": BRANCH,
-            "set": ["db-config.max_connections=10"],
-        }),
+        &AppCloneBody {
+            name: APP.into(),
+            snapshot: GOOD.into(),
+            target: BRANCH.into(),
+            set: vec!["db-config.max_connections=10".into()],
+            run_async: false,
+            workflow: None,
+        },
     )
     .await?;
     println!("    thin clones: {}", cloned.cloned.join(", "));
     check_app(&client, &nbd, BRANCH, 0x42, "10", 1).await?;
     let branch_data = format!("{BRANCH}/data-db-0");
-    let (volume, _) =
-        call::<VolumeView>(&client, "volume", "show", json!({ "name": branch_data })).await?;
+    let volume = call::<VolumeView>(&client, "volume", "show", &name(&branch_data)).await?;
     let copied = volume.exclusive_bytes.context("exclusive bytes unknown")?;
     ensure!(
         copied == 0,
@@ -319,10 +360,18 @@ pub async fn run(args: &DemoArgs) -> anyhow::Result<i32> {
         "every change is an event in a hash-chained journal",
         &format!("cairn app log {APP}; cairn events verify"),
     );
-    let (_, raw) =
-        call::<AppLogReply>(&client, "app", "log", json!({ "name": APP, "limit": 6 })).await?;
-    output::print_table(&output::log_rows(&raw));
-    let (verify, _) = call::<VerifyReply>(&client, "events", "verify", json!({})).await?;
+    let log = call::<AppLogReply>(
+        &client,
+        "app",
+        "log",
+        &AppLogBody {
+            name: APP.into(),
+            limit: Some(6),
+        },
+    )
+    .await?;
+    output::print_table(&output::log_rows(&log));
+    let verify = call::<VerifyReply>(&client, "events", "verify", &EmptyBody {}).await?;
     ensure!(verify.ok, "events verify failed: {:?}", verify.reason);
     println!(
         "    events verify: ok, {} records; replaying them gives the live state",
@@ -349,49 +398,78 @@ pub async fn run(args: &DemoArgs) -> anyhow::Result<i32> {
         ),
     );
     // No URL: a repository in the data dir, with a key made for it.
-    let (repo, _) =
-        call::<RepoAddReply>(&client, "repo", "add", json!({ "name": "local" })).await?;
+    let repo = call::<RepoAddReply>(
+        &client,
+        "repo",
+        "add",
+        &RepoAddBody {
+            name: "local".into(),
+            url: None,
+            key_file: None,
+            passphrase_file: None,
+        },
+    )
+    .await?;
     println!(
         "    repo local at {} (key {})",
         repo.repo.url, repo.repo.key_path
     );
-    let pushed = client
-        .call(
-            "app",
-            "push",
-            &json!({ "name": APP, "snapshot": GOOD, "repo": "local" }),
-        )
-        .await
-        .context("app.push")?;
+    let pushed = call::<PushReply>(
+        &client,
+        "app",
+        "push",
+        &AppPushBody {
+            name: APP.into(),
+            snapshot: GOOD.into(),
+            repo: "local".into(),
+            run_async: false,
+            workflow: None,
+        },
+    )
+    .await?;
     println!(
         "    pushed {} of volumes: {} read, {} stored (zeros and repeats are not stored)",
-        output::bytes(&pushed["logical_bytes"]),
-        output::bytes(&pushed["read_bytes"]),
-        output::bytes(&pushed["uploaded_bytes"])
+        output::human(pushed.logical_bytes),
+        output::human(pushed.read_bytes),
+        output::human(pushed.uploaded_bytes)
     );
     for app in [BRANCH, APP] {
-        call::<AppDeleteReply>(&client, "app", "delete", json!({ "name": app })).await?;
-    }
-    match client.call("app", "get", &json!({ "name": APP })).await {
-        Err(cairn_actors::client::Error::Api(e)) if e.code == ErrorCode::NotFound => {
-            println!(
-                "    destroyed: {APP}, its volumes and snapshots are gone ({})",
-                e.message
-            )
-        }
-        other => anyhow::bail!("{APP} should be gone, found {other:?}"),
-    }
-    let pulled = client
-        .call(
+        call::<AppDeleteReply>(
+            &client,
             "app",
-            "pull",
-            &json!({ "repo": "local", "name": APP, "snapshot": GOOD }),
+            "delete",
+            &AppDeleteBody {
+                name: app.into(),
+                run_async: false,
+                workflow: None,
+            },
         )
-        .await
-        .context("app.pull")?;
+        .await?;
+    }
+    match call::<AppView>(&client, "app", "get", &name(APP)).await {
+        Err(e) if is_not_found(&e) => {
+            println!("    destroyed: {APP}, its volumes and snapshots are gone ({e:#})")
+        }
+        Err(e) => return Err(e),
+        Ok(app) => anyhow::bail!("{APP} should be gone, found {app:?}"),
+    }
+    let pulled = call::<PullReply>(
+        &client,
+        "app",
+        "pull",
+        &AppPullBody {
+            repo: "local".into(),
+            name: APP.into(),
+            snapshot: GOOD.into(),
+            target: None,
+            run_async: false,
+            workflow: None,
+        },
+    )
+    .await?;
     println!(
         "    pulled {APP}@{GOOD}: {} chunks written, every one verified",
-        output::cell(&pulled["written_chunks"])
+        pulled.written_chunks
     );
     check_app(&client, &nbd, APP, 0x42, "100", 1).await?;
     cluster.shutdown().await;
@@ -402,6 +480,13 @@ pub async fn run(args: &DemoArgs) -> anyhow::Result<i32> {
         "Next: `cairn up`, then `cairn app create -f app.yaml` or `cairn volume create v1 --size 1G` from another shell."
     );
     Ok(0)
+}
+
+fn is_not_found(e: &anyhow::Error) -> bool {
+    matches!(
+        e.downcast_ref::<cairn_actors::client::Error>(),
+        Some(cairn_actors::client::Error::Api(api)) if api.code == ErrorCode::NotFound
+    )
 }
 
 /// Removes the demo's temporary data dir when the demo ends.

@@ -6,11 +6,9 @@
 
 mod cli;
 mod demo;
-mod follow;
 mod output;
 mod security_args;
 mod telemetry;
-mod transfer;
 mod up;
 
 use clap::Parser;

@@ -1,5 +1,15 @@
-//! Printing replies as a table (for people), JSON or YAML (`-o`).
+//! Printing replies as a table (for people), JSON or YAML (`-o`). Tables
+//! read the shared reply types of `cairn_schema::reply`, so a renamed
+//! field fails to compile here; JSON and YAML print the reply as it came
+//! (raw numbers, fields this CLI does not know included). Byte counts are
+//! humanized (indicatif's `HumanBytes`) wherever a person reads them.
 
+use cairn_schema::EventView;
+use cairn_schema::reply::{
+    AppLogReply, AppPlacementReply, AppSnapshotsReply, AppView, DiffReply, NodeListReply,
+    ReplayReply, ScrubReply, SnapshotView, VolumeView, WorkflowListReply, WorkflowStartReply,
+    WorkflowView,
+};
 use indicatif::HumanBytes;
 use serde_json::Value;
 
@@ -74,41 +84,51 @@ pub fn cell(value: &Value) -> String {
     }
 }
 
-pub fn volume_rows(volumes: &[Value]) -> Vec<Vec<String>> {
+/// A byte count for a person.
+pub fn human(n: u64) -> String {
+    HumanBytes(n).to_string()
+}
+
+/// An optional value, `-` when absent.
+fn or_dash<T: ToString>(value: Option<T>) -> String {
+    value.map_or_else(|| "-".into(), |v| v.to_string())
+}
+
+pub fn volume_rows(volumes: &[VolumeView]) -> Vec<Vec<String>> {
     let mut rows = vec![vec![
         "NAME".into(),
         "SIZE".into(),
         "ALLOCATED".into(),
+        "EXCLUSIVE".into(),
         "SNAPSHOTS".into(),
         "OPTIONS".into(),
         "CREATED".into(),
     ]];
     for v in volumes {
-        let allocated = bytes(&v["allocated_bytes"]);
-        let snaps = v["snapshots"].as_array().map(|s| s.len()).unwrap_or(0);
         let mut options = vec![];
-        if let Some(c) = v["compression"].as_str() {
-            options.push(c.to_owned());
+        if let Some(c) = &v.compression {
+            options.push(c.clone());
         }
-        if v["encrypted"] == Value::Bool(true) {
+        if v.encrypted == Some(true) {
             options.push("encrypted".into());
         }
-        if let Some(o) = v["origin"].as_str() {
+        if let Some(o) = &v.origin {
             options.push(format!("clone of {o}"));
         }
         rows.push(vec![
-            cell(&v["name"]),
-            bytes(&v["size_bytes"]),
-            allocated,
-            snaps.to_string(),
+            v.name.clone(),
+            human(v.size_bytes),
+            or_dash(v.allocated_bytes.map(human)),
+            or_dash(v.exclusive_bytes.map(human)),
+            v.snapshots.len().to_string(),
             options.join(","),
-            cell(&v["created"]),
+            v.created.clone(),
         ]);
     }
     rows
 }
 
-pub fn snapshot_rows(snapshots: &Value) -> Vec<Vec<String>> {
+pub fn snapshot_rows(snapshots: &[SnapshotView]) -> Vec<Vec<String>> {
     let mut rows = vec![vec![
         "NAME".into(),
         "CREATED".into(),
@@ -116,56 +136,54 @@ pub fn snapshot_rows(snapshots: &Value) -> Vec<Vec<String>> {
         "EXCLUSIVE".into(),
         "SEQ".into(),
     ]];
-    let size = bytes;
-    for s in snapshots.as_array().into_iter().flatten() {
+    for s in snapshots {
         rows.push(vec![
-            cell(&s["name"]),
-            cell(&s["created"]),
-            size(&s["allocated_bytes"]),
-            size(&s["exclusive_bytes"]),
-            cell(&s["seq"]),
+            s.name.clone(),
+            s.created.clone(),
+            or_dash(s.allocated_bytes.map(human)),
+            or_dash(s.exclusive_bytes.map(human)),
+            s.seq.to_string(),
         ]);
     }
     rows
 }
 
 /// `volume diff`: one row per changed range.
-pub fn diff_rows(reply: &Value) -> Vec<Vec<String>> {
+pub fn diff_rows(reply: &DiffReply) -> Vec<Vec<String>> {
     let mut rows = vec![vec!["OFFSET".into(), "LENGTH".into()]];
-    for e in reply["extents"].as_array().into_iter().flatten() {
-        rows.push(vec![cell(&e["offset"]), cell(&e["len"])]);
+    for e in &reply.extents {
+        rows.push(vec![e.offset.to_string(), human(e.len)]);
     }
     rows.push(vec![format!(
         "{} changed in {} ranges",
-        bytes(&reply["changed_bytes"]),
-        rows.len() - 1
+        human(reply.changed_bytes),
+        reply.extents.len()
     )]);
     rows
 }
 
 /// `volume scrub`: a summary line, then one row per bad block.
-pub fn scrub_rows(reply: &Value) -> Vec<Vec<String>> {
-    let bad = reply["bad_blocks"].as_array().cloned().unwrap_or_default();
+pub fn scrub_rows(reply: &ScrubReply) -> Vec<Vec<String>> {
     let mut rows = vec![vec![format!(
         "{}: {} blocks checked, {} bad",
-        cell(&reply["volume"]),
-        cell(&reply["checked_blocks"]),
-        bad.len()
+        reply.volume,
+        reply.checked_blocks,
+        reply.bad_blocks.len()
     )]];
-    if !bad.is_empty() {
+    if !reply.bad_blocks.is_empty() {
         rows.push(vec!["IMAGE".into(), "OFFSET".into(), "REASON".into()]);
-        for b in &bad {
+        for b in &reply.bad_blocks {
             rows.push(vec![
-                cell(&b["image"]),
-                cell(&b["offset"]),
-                cell(&b["reason"]),
+                b.image.clone(),
+                b.offset.to_string(),
+                b.reason.clone(),
             ]);
         }
     }
     rows
 }
 
-pub fn event_rows(events: &[Value]) -> Vec<Vec<String>> {
+pub fn event_rows(events: &[EventView]) -> Vec<Vec<String>> {
     let mut rows = vec![vec![
         "SEQ".into(),
         "TIME".into(),
@@ -175,23 +193,19 @@ pub fn event_rows(events: &[Value]) -> Vec<Vec<String>> {
         "WHAT".into(),
     ]];
     for e in events {
-        let hash = e["hash"]
-            .as_str()
-            .map(|h| h.chars().take(12).collect())
-            .unwrap_or_default();
         rows.push(vec![
-            cell(&e["seq"]),
-            cell(&e["time"]),
-            cell(&e["kind"]),
-            cell(&e["subject"]),
-            hash,
+            e.seq.to_string(),
+            e.time.clone(),
+            e.kind.clone(),
+            e.subject.clone(),
+            e.hash.chars().take(12).collect(),
             event_summary(e),
         ]);
     }
     rows
 }
 
-pub fn app_rows(apps: &[Value]) -> Vec<Vec<String>> {
+pub fn app_rows(apps: &[AppView]) -> Vec<Vec<String>> {
     let mut rows = vec![vec![
         "NAME".into(),
         "WORKLOADS".into(),
@@ -199,36 +213,27 @@ pub fn app_rows(apps: &[Value]) -> Vec<Vec<String>> {
         "CREATED".into(),
     ]];
     for a in apps {
-        let workloads: Vec<String> = a["workloads"]
-            .as_array()
-            .map(Vec::as_slice)
-            .unwrap_or(&[])
+        let workloads: Vec<String> = a
+            .workloads
             .iter()
-            .map(|w| {
-                format!(
-                    "{}/{}×{}",
-                    cell(&w["kind"]),
-                    cell(&w["name"]),
-                    cell(&w["replicas"])
-                )
-            })
+            .map(|w| format!("{}/{}×{}", w.kind, w.name, w.replicas))
             .collect();
         rows.push(vec![
-            cell(&a["name"]),
+            a.name.clone(),
             if workloads.is_empty() {
                 "-".into()
             } else {
                 workloads.join(",")
             },
-            a["volumes"].as_array().map_or(0, Vec::len).to_string(),
-            cell(&a["created"]),
+            a.volumes.len().to_string(),
+            a.created.clone(),
         ]);
     }
     rows
 }
 
 /// `app get` as a table: workloads, volumes and ConfigMap keys.
-pub fn app_detail_rows(app: &Value) -> Vec<Vec<String>> {
+pub fn app_detail_rows(app: &AppView) -> Vec<Vec<String>> {
     let mut rows = app_rows(std::slice::from_ref(app));
     rows.push(vec![]);
     rows.push(vec![
@@ -237,23 +242,23 @@ pub fn app_detail_rows(app: &Value) -> Vec<Vec<String>> {
         "SIZE".into(),
         "STATE".into(),
     ]);
-    for v in app["volumes"].as_array().map(Vec::as_slice).unwrap_or(&[]) {
-        let state = if v["retained"].as_bool() == Some(true) {
+    for v in &app.volumes {
+        let state = if v.retained {
             "retained (scaled in)"
         } else {
             "in use"
         };
         rows.push(vec![
-            cell(&v["name"]),
-            cell(&v["claim"]),
-            bytes(&v["size_bytes"]),
+            v.name.clone(),
+            v.claim.clone(),
+            human(v.size_bytes),
             state.into(),
         ]);
     }
-    if let Some(cms) = app["configmaps"].as_object().filter(|m| !m.is_empty()) {
+    if !app.configmaps.is_empty() {
         rows.push(vec![]);
         rows.push(vec!["CONFIG".into(), "VALUE".into()]);
-        for (cm, data) in cms {
+        for (cm, data) in &app.configmaps {
             for (key, value) in data.as_object().into_iter().flatten() {
                 rows.push(vec![format!("{cm}.{key}"), cell(value)]);
             }
@@ -262,9 +267,10 @@ pub fn app_detail_rows(app: &Value) -> Vec<Vec<String>> {
     rows
 }
 
-/// One line saying what an event did, from its JSON view.
-pub fn event_summary(e: &Value) -> String {
-    let d = &e["data"];
+/// One line saying what an event did. The payload is read as JSON: events
+/// of kinds this CLI does not know still print (as their kind).
+pub fn event_summary(e: &EventView) -> String {
+    let d = &e.data;
     let list = |v: &Value| -> String {
         v.as_array()
             .map(|a| {
@@ -275,7 +281,7 @@ pub fn event_summary(e: &Value) -> String {
             })
             .unwrap_or_default()
     };
-    match e["kind"].as_str().unwrap_or("") {
+    match e.kind.as_str() {
         "AppCreated" => format!(
             "created with {} objects and {} volumes",
             d["objects"].as_array().map_or(0, Vec::len),
@@ -385,7 +391,7 @@ pub fn event_summary(e: &Value) -> String {
 }
 
 /// `app snapshots`.
-pub fn app_snapshot_rows(reply: &Value) -> Vec<Vec<String>> {
+pub fn app_snapshot_rows(reply: &AppSnapshotsReply) -> Vec<Vec<String>> {
     let mut rows = vec![vec![
         "SNAPSHOT".into(),
         "CREATED".into(),
@@ -394,48 +400,34 @@ pub fn app_snapshot_rows(reply: &Value) -> Vec<Vec<String>> {
         "CLONES".into(),
         "MESSAGE".into(),
     ]];
-    for s in reply["snapshots"]
-        .as_array()
-        .map(Vec::as_slice)
-        .unwrap_or(&[])
-    {
-        let replicas = s["workloads"]
-            .as_array()
-            .map(|w| {
-                w.iter()
-                    .map(|w| format!("{}={}", cell(&w["name"]), cell(&w["replicas"])))
-                    .collect::<Vec<_>>()
-                    .join(",")
-            })
-            .unwrap_or_default();
+    for s in &reply.snapshots {
+        let replicas: Vec<String> = s
+            .workloads
+            .iter()
+            .map(|w| format!("{}={}", w.name, w.replicas))
+            .collect();
         rows.push(vec![
-            cell(&s["name"]),
-            cell(&s["created"]),
-            s["volumes"].as_array().map_or(0, Vec::len).to_string(),
-            replicas,
-            s["clones"]
-                .as_array()
-                .map(|c| c.iter().map(cell).collect::<Vec<_>>().join(","))
-                .unwrap_or_default(),
-            cell(&s["message"]),
+            s.name.clone(),
+            s.created.clone(),
+            s.volumes.len().to_string(),
+            replicas.join(","),
+            s.clones.join(","),
+            s.message.clone(),
         ]);
     }
     rows
 }
 
 /// A workflow started with `--async`.
-pub fn workflow_started_rows(reply: &Value) -> Vec<Vec<String>> {
+pub fn workflow_started_rows(reply: &WorkflowStartReply) -> Vec<Vec<String>> {
     vec![vec![format!(
         "workflow {} ({}) {}; follow it with: cairn workflow show {}",
-        cell(&reply["workflow"]),
-        cell(&reply["name"]),
-        cell(&reply["status"]),
-        cell(&reply["workflow"])
+        reply.workflow, reply.name, reply.status, reply.workflow
     )]]
 }
 
 /// `workflow list`.
-pub fn workflow_list_rows(reply: &Value) -> Vec<Vec<String>> {
+pub fn workflow_list_rows(reply: &WorkflowListReply) -> Vec<Vec<String>> {
     let mut rows = vec![vec![
         "ID".into(),
         "NAME".into(),
@@ -446,51 +438,44 @@ pub fn workflow_list_rows(reply: &Value) -> Vec<Vec<String>> {
         "MS".into(),
         "FAILED STEP".into(),
     ]];
-    for w in reply["workflows"]
-        .as_array()
-        .map(Vec::as_slice)
-        .unwrap_or(&[])
-    {
+    for w in &reply.workflows {
         rows.push(vec![
-            cell(&w["id"]),
-            cell(&w["name"]),
-            cell(&w["app"]),
-            cell(&w["status"]),
-            format!("{}/{}", cell(&w["steps_completed"]), cell(&w["steps"])),
-            cell(&w["started"]),
-            cell(&w["duration_ms"]),
-            cell(&w["failed_step"]),
+            w.id.clone(),
+            w.name.clone(),
+            or_dash(w.app.as_ref()),
+            w.status.clone(),
+            format!("{}/{}", w.steps_completed, w.steps),
+            w.started.clone(),
+            or_dash(w.duration_ms),
+            or_dash(w.failed_step.as_ref()),
         ]);
     }
     rows.push(vec![format!(
         "built-in definitions: {}",
-        reply["builtins"]
-            .as_array()
-            .map(|b| b.iter().map(cell).collect::<Vec<_>>().join(", "))
-            .unwrap_or_default()
+        reply.builtins.join(", ")
     )]);
     rows
 }
 
 /// `workflow show`: a header, then one row per step.
-pub fn workflow_rows(w: &Value) -> Vec<Vec<String>> {
+pub fn workflow_rows(w: &WorkflowView) -> Vec<Vec<String>> {
     let mut rows = vec![vec![format!(
         "workflow {} ({}) {}{}",
-        cell(&w["id"]),
-        cell(&w["name"]),
-        cell(&w["status"]),
-        match w["duration_ms"].as_u64() {
+        w.id,
+        w.name,
+        w.status,
+        match w.duration_ms {
             Some(ms) => format!(" in {ms} ms"),
             None => String::new(),
         }
     )]];
-    if let Some(step) = w["failed_step"].as_str() {
-        rows.push(vec![format!(
+    match (&w.failed_step, &w.failure) {
+        (Some(step), failure) => rows.push(vec![format!(
             "failed at step {step}: {}",
-            cell(&w["error"])
-        )]);
-    } else if let Some(e) = w["error"].as_str() {
-        rows.push(vec![format!("error: {e}")]);
+            or_dash(failure.as_ref())
+        )]),
+        (None, Some(failure)) => rows.push(vec![format!("error: {failure}")]),
+        (None, None) => {}
     }
     rows.push(vec![
         "#".into(),
@@ -503,46 +488,42 @@ pub fn workflow_rows(w: &Value) -> Vec<Vec<String>> {
         "COMPENSATE".into(),
         "ERROR".into(),
     ]);
-    for s in w["steps"].as_array().map(Vec::as_slice).unwrap_or(&[]) {
+    for s in &w.steps {
         rows.push(vec![
-            cell(&s["index"]),
-            cell(&s["name"]),
-            cell(&s["run"]),
-            cell(&s["state"]),
-            format!("{}/{}", cell(&s["attempts"]), cell(&s["max_attempts"])),
-            cell(&s["started"]),
-            cell(&s["duration_ms"]),
-            cell(&s["compensate"]),
-            cell(&s["error"]),
+            s.index.to_string(),
+            s.name.clone(),
+            s.run.clone(),
+            s.state.clone(),
+            format!("{}/{}", s.attempts, s.max_attempts),
+            or_dash(s.started.as_ref()),
+            or_dash(s.duration_ms),
+            or_dash(s.compensate.as_ref()),
+            or_dash(s.error.as_ref()),
         ]);
     }
     rows
 }
 
 /// `app log`: newest first, one line per event, like `git log --oneline`.
-pub fn log_rows(reply: &Value) -> Vec<Vec<String>> {
+pub fn log_rows(reply: &AppLogReply) -> Vec<Vec<String>> {
     let mut rows = vec![vec![
         "SEQ".into(),
         "TIME".into(),
         "BY".into(),
         "WHAT".into(),
     ]];
-    for e in reply["entries"]
-        .as_array()
-        .map(Vec::as_slice)
-        .unwrap_or(&[])
-    {
+    for e in &reply.entries {
         rows.push(vec![
-            cell(&e["seq"]),
-            cell(&e["time"]),
-            cell(&e["user"]),
+            e.seq.to_string(),
+            e.time.clone(),
+            e.user.clone(),
             event_summary(e),
         ]);
     }
     rows
 }
 
-pub fn node_rows(reply: &Value) -> Vec<Vec<String>> {
+pub fn node_rows(reply: &NodeListReply) -> Vec<Vec<String>> {
     let mut rows = vec![vec![
         "NODE".into(),
         "STATE".into(),
@@ -554,19 +535,18 @@ pub fn node_rows(reply: &Value) -> Vec<Vec<String>> {
         "PLACED".into(),
         "WRITTEN".into(),
     ]];
-    let size = bytes;
-    for n in reply["nodes"].as_array().map(Vec::as_slice).unwrap_or(&[]) {
-        for d in n["disks"].as_array().map(Vec::as_slice).unwrap_or(&[]) {
+    for n in &reply.nodes {
+        for d in &n.disks {
             rows.push(vec![
-                cell(&n["name"]),
-                cell(&n["state"]),
-                cell(&n["rack"]),
-                cell(&n["datacenter"]),
-                cell(&d["name"]),
-                cell(&d["media"]),
-                size(&d["capacity_bytes"]),
-                size(&d["placed_bytes"]),
-                size(&d["used_bytes"]),
+                n.name.clone(),
+                n.state.clone(),
+                n.rack.clone(),
+                n.datacenter.clone(),
+                d.name.clone(),
+                d.media.clone(),
+                human(d.capacity_bytes),
+                human(d.placed_bytes),
+                or_dash(d.used_bytes.map(human)),
             ]);
         }
     }
@@ -574,7 +554,7 @@ pub fn node_rows(reply: &Value) -> Vec<Vec<String>> {
 }
 
 /// `app placement`: one row per slice.
-pub fn placement_rows(reply: &Value) -> Vec<Vec<String>> {
+pub fn placement_rows(reply: &AppPlacementReply) -> Vec<Vec<String>> {
     let mut rows = vec![vec![
         "REPLICA".into(),
         "VOLUME".into(),
@@ -584,20 +564,16 @@ pub fn placement_rows(reply: &Value) -> Vec<Vec<String>> {
         "RACK".into(),
         "DC".into(),
     ]];
-    for v in reply["volumes"]
-        .as_array()
-        .map(Vec::as_slice)
-        .unwrap_or(&[])
-    {
-        for s in v["slices"].as_array().map(Vec::as_slice).unwrap_or(&[]) {
+    for v in &reply.volumes {
+        for s in &v.slices {
             rows.push(vec![
-                cell(&v["replica"]),
-                cell(&v["volume"]),
-                cell(&s["index"]),
-                cell(&s["node"]),
-                cell(&s["disk"]),
-                cell(&s["rack"]),
-                cell(&s["datacenter"]),
+                or_dash(v.replica.as_ref()),
+                v.volume.clone(),
+                s.index.to_string(),
+                s.node.clone(),
+                s.disk.clone(),
+                s.rack.clone(),
+                s.datacenter.clone(),
             ]);
         }
     }
@@ -605,35 +581,56 @@ pub fn placement_rows(reply: &Value) -> Vec<Vec<String>> {
 }
 
 /// `events replay`: what existed at that point.
-pub fn replay_rows(reply: &Value) -> Vec<Vec<String>> {
+pub fn replay_rows(reply: &ReplayReply) -> Vec<Vec<String>> {
     let mut rows = vec![vec![format!(
         "state as of seq {} ({})",
-        cell(&reply["at_seq"]),
-        cell(&reply["at_time"])
+        reply.at_seq, reply.at_time
     )]];
     rows.push(vec![]);
-    if reply["app"].is_object() {
-        rows.extend(app_detail_rows(&reply["app"]));
-    } else {
-        rows.extend(app_rows(
-            reply["apps"].as_array().map(Vec::as_slice).unwrap_or(&[]),
-        ));
+    match (&reply.app, &reply.apps) {
+        (Some(app), _) => rows.extend(app_detail_rows(app)),
+        (None, apps) => rows.extend(app_rows(apps.as_deref().unwrap_or(&[]))),
     }
     rows.push(vec![]);
     rows.push(vec!["VOLUME".into(), "SIZE".into(), "SNAPSHOTS".into()]);
-    for v in reply["volumes"]
-        .as_array()
-        .map(Vec::as_slice)
-        .unwrap_or(&[])
-    {
-        let snaps: Vec<String> = v["snapshots"]
-            .as_array()
-            .map(Vec::as_slice)
-            .unwrap_or(&[])
-            .iter()
-            .map(|s| cell(&s["name"]))
-            .collect();
-        rows.push(vec![cell(&v["name"]), cell(&v["size"]), snaps.join(",")]);
+    for v in &reply.volumes {
+        let snaps: Vec<&str> = v.snapshots.iter().map(|s| s.name.as_str()).collect();
+        rows.push(vec![v.name.clone(), human(v.size_bytes), snaps.join(",")]);
     }
     rows
+}
+
+#[cfg(test)]
+mod tests {
+    use cairn_schema::reply::WorkflowView;
+
+    use super::*;
+
+    #[test]
+    fn byte_counts_are_for_people_in_tables() {
+        assert_eq!(human(0), "0 B");
+        assert_eq!(human(21_248), "20.75 KiB");
+        assert_eq!(human(1 << 30), "1.00 GiB");
+        assert_eq!(bytes(&Value::from(-2048i64)), "-2.00 KiB");
+        assert_eq!(bytes(&Value::Null), "-");
+    }
+
+    /// `workflow show` once read an `error` field the reply does not have
+    /// (it is `failure`), so a failed workflow printed no reason.
+    #[test]
+    fn workflow_show_prints_why_it_failed() {
+        let view: WorkflowView = serde_json::from_value(serde_json::json!({
+            "id": "wf-1", "name": "app-snapshot", "description": "", "status": "compensated",
+            "app": "shop", "parent": null, "started": null, "finished": null,
+            "duration_ms": 12, "hash": "", "params": {}, "failed_step": "take",
+            "failure": "unavailable: the pool is busy", "steps": [], "output": null,
+            "definition": ""
+        }))
+        .unwrap();
+        let rows = workflow_rows(&view);
+        assert_eq!(
+            rows[1],
+            vec!["failed at step take: unavailable: the pool is busy".to_owned()]
+        );
+    }
 }

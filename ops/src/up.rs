@@ -87,11 +87,11 @@ pub async fn run(cli: &Cli, args: &UpArgs) -> anyhow::Result<i32> {
             let text = std::fs::read_to_string(file)
                 .with_context(|| format!("reading {}", file.display()))?;
             Some(
-                cairn_workflows::Topology::from_yaml(&text)
+                cairn_placement::Topology::from_yaml(&text)
                     .with_context(|| format!("--topology {}", file.display()))?,
             )
         }
-        (None, Some(n)) => Some(cairn_workflows::Topology::simulated(n)),
+        (None, Some(n)) => Some(cairn_placement::Topology::simulated(n)),
         (None, None) => None,
     };
     let cluster = Cluster::start(config)
@@ -136,12 +136,12 @@ pub async fn run(cli: &Cli, args: &UpArgs) -> anyhow::Result<i32> {
             dir.display()
         );
     }
-    let info = serde_json::json!({
-        "nats_url": url,
-        "nbd": nbd_addr,
-        "fuse": cluster.fuse_dir,
-        "pid": std::process::id(),
-    });
+    let info = ClusterInfo {
+        nats_url: url,
+        nbd: nbd_addr,
+        fuse: cluster.fuse_dir.clone(),
+        pid: std::process::id(),
+    };
     std::fs::write(
         args.data_dir.join("cluster.json"),
         serde_json::to_vec_pretty(&info)?,
@@ -154,6 +154,17 @@ pub async fn run(cli: &Cli, args: &UpArgs) -> anyhow::Result<i32> {
         tracing::warn!("drain timed out");
     }
     Ok(0)
+}
+
+/// `DATA_DIR/cluster.json`: where a running `cairn up` listens, for the CLI
+/// on the same host (and for scripts).
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+pub struct ClusterInfo {
+    /// The NATS URL, when there is one (not with the in-process bus).
+    pub nats_url: Option<String>,
+    pub nbd: String,
+    pub fuse: Option<PathBuf>,
+    pub pid: u32,
 }
 
 /// SIGINT and SIGTERM, caught from the moment they are installed.

@@ -32,7 +32,7 @@ use crate::event::{
     AppConfigSet, AppCreated, AppDeleted, AppPlaced, AppScaled, PlacedVolume, VolumeCreated,
     VolumeDeleted,
 };
-use crate::names::{check_label, parse_size};
+use crate::names::{check_label, parse_quantity};
 use crate::{ApiError, ErrorCode, Event};
 
 /// Largest number of documents one manifest may hold.
@@ -184,7 +184,11 @@ fn check_subdomain(kind: &str, name: &str) -> Result<(), ApiError> {
     }
 }
 
-pub(crate) fn storage_request(spec: &Value, what: &str) -> Result<u64, ApiError> {
+/// The bytes a PVC spec (`spec.resources.requests.storage`, a Kubernetes
+/// quantity) asks for. The app's volumes are created with this size and
+/// the planner (`cairn_placement::app_placement`) reads the same, so a
+/// volume is planned with exactly the slices it is created with.
+pub fn storage_request(spec: &Value, what: &str) -> Result<u64, ApiError> {
     let storage = spec.pointer("/resources/requests/storage").ok_or_else(|| {
         ApiError::invalid(format!("{what} has no spec.resources.requests.storage"))
     })?;
@@ -198,7 +202,7 @@ pub(crate) fn storage_request(spec: &Value, what: &str) -> Result<u64, ApiError>
         }
     };
     let bytes =
-        parse_size(&text).map_err(|e| ApiError::invalid(format!("{what}: {}", e.message)))?;
+        parse_quantity(&text).map_err(|e| ApiError::invalid(format!("{what}: {}", e.message)))?;
     if bytes == 0 {
         return Err(ApiError::invalid(format!(
             "{what}: storage request must be more than 0"

@@ -44,7 +44,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::ApiError;
 use crate::app::{AppCommand, parse_manifest};
-use crate::names::{check_label, check_volume_name, parse_size};
+use crate::names::{check_label, check_volume_name, parse_quantity};
 use crate::repo::{RepoCommand, RepoKey, check_repo_url};
 
 /// Largest number of records one `events.list` returns.
@@ -267,10 +267,12 @@ pub enum Command {
 
 // Request bodies. Each is public and derives `JsonSchema`: the API table in
 // `api.rs` names them, and `docs/asyncapi.yaml` carries their schemas. Doc
-// comments become the schemas' descriptions.
+// comments become the schemas' descriptions. Each is `Serialize` too: the
+// CLI builds its requests from them, so a renamed field fails to compile
+// there instead of at run time.
 
 /// A body that names one volume or app.
-#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NameBody {
     /// A volume (a DNS-1123 label, or `<app>/<pvc>`) for `volume.*`; an app
@@ -279,7 +281,7 @@ pub struct NameBody {
 }
 
 /// The body of `volume.create`.
-#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct VolumeCreateBody {
     /// The new volume: a DNS-1123 label, or `<app>/<pvc>`.
@@ -294,7 +296,7 @@ pub struct VolumeCreateBody {
 }
 
 /// The body of `volume.clone`.
-#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct VolumeCloneBody {
     /// The source volume.
@@ -306,7 +308,7 @@ pub struct VolumeCloneBody {
 }
 
 /// The body of `volume.diff`.
-#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct VolumeDiffBody {
     /// An image: a volume `v` or a snapshot `v@s`.
@@ -326,17 +328,23 @@ fn check_image(image: &str) -> Result<(), ApiError> {
     }
 }
 
-/// A size: a byte count, or a number with a binary unit (`512M`, `10Gi`,
-/// `1T`; `G` and `Gi` both mean 2^30). Must be greater than zero.
-#[derive(Debug, Clone, Deserialize, JsonSchema)]
+/// A size: a byte count, or a Kubernetes quantity as in a PVC (`10Gi` is
+/// 10 × 2^30, `10G` is 10 × 10^9, `512Mi`, `1.5Gi`). Must be greater than
+/// zero.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(untagged)]
 pub enum Size {
     Bytes(#[schemars(range(min = 1))] u64),
-    Text(#[schemars(regex(pattern = r"^\s*[0-9]+[KMGTPkmgtp]?[iB]*\s*$"))] String),
+    Text(
+        #[schemars(regex(
+            pattern = r"^\s*\+?([0-9]+\.?[0-9]*|\.[0-9]+)([KMGTPE]i|[kMGTPE]|[eE][+-]?[0-9]+)?\s*$"
+        ))]
+        String,
+    ),
 }
 
 /// A body that names one snapshot of a volume.
-#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SnapshotBody {
     /// The volume.
@@ -346,12 +354,12 @@ pub struct SnapshotBody {
 }
 
 /// A body with no fields: `{}`, or an empty message.
-#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct EmptyBody {}
 
 /// The body of `app.create`.
-#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AppCreateBody {
     /// Multi-document Kubernetes YAML (JSON is YAML too): StatefulSets,
@@ -366,7 +374,7 @@ pub struct AppCreateBody {
 }
 
 /// The body of `app.scale`.
-#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AppScaleBody {
     /// The app.
@@ -379,7 +387,7 @@ pub struct AppScaleBody {
 }
 
 /// The body of `app.config-set`.
-#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AppConfigSetBody {
     /// The app.
@@ -391,7 +399,7 @@ pub struct AppConfigSetBody {
 }
 
 /// The body of `app.log`.
-#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AppLogBody {
     /// The app.
@@ -403,7 +411,7 @@ pub struct AppLogBody {
 
 /// The body of `events.replay`: the state as of one point in the journal.
 /// Give `at_seq` or `at_ms`, not both; with neither, the latest state.
-#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ReplayBody {
     /// Fold the journal up to and including this seq.
@@ -419,7 +427,7 @@ pub struct ReplayBody {
 }
 
 /// The body of `app.snapshot`.
-#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AppSnapshotBody {
     /// The app.
@@ -468,7 +476,7 @@ run_options!(
 );
 
 /// The body of `app.snapshot-delete`, `app.rollback`.
-#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AppSnapshotRefBody {
     /// The app.
@@ -485,7 +493,7 @@ pub struct AppSnapshotRefBody {
 }
 
 /// The body of `app.delete`.
-#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AppDeleteBody {
     /// The app.
@@ -500,7 +508,7 @@ pub struct AppDeleteBody {
 }
 
 /// The body of `app.clone`.
-#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AppCloneBody {
     /// The source app.
@@ -523,7 +531,7 @@ pub struct AppCloneBody {
 }
 
 /// The body of `app.hook` (a workflow step): run the app's hooks of one kind.
-#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AppHookBody {
     /// The app.
@@ -537,7 +545,7 @@ pub struct AppHookBody {
 }
 
 /// The body of `app.snapshot-take` (a step of `app-snapshot`).
-#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AppSnapshotTakeBody {
     pub name: String,
@@ -550,7 +558,7 @@ pub struct AppSnapshotTakeBody {
 }
 
 /// The body of `app.snapshot-drop`, `app.restore` (workflow steps).
-#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AppSnapshotStepBody {
     pub name: String,
@@ -561,7 +569,7 @@ pub struct AppSnapshotStepBody {
 }
 
 /// The body of `app.remove` (a workflow step).
-#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AppRemoveBody {
     pub name: String,
@@ -571,7 +579,7 @@ pub struct AppRemoveBody {
 }
 
 /// The body of `app.clone-create` (a step of `app-clone`).
-#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AppCloneCreateBody {
     pub name: String,
@@ -582,7 +590,7 @@ pub struct AppCloneCreateBody {
 }
 
 /// The body of `workflow.run`.
-#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct WorkflowRunBody {
     /// A `kind: Workflow` YAML document.
@@ -600,7 +608,7 @@ pub struct WorkflowRunBody {
 }
 
 /// The body of `repo.add`.
-#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RepoAddBody {
     /// The repository's name here (a DNS-1123 label).
@@ -621,7 +629,7 @@ pub struct RepoAddBody {
 }
 
 /// The body of `repo.remove`, `repo.check`.
-#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RepoNameBody {
     /// A registered repository.
@@ -629,7 +637,7 @@ pub struct RepoNameBody {
 }
 
 /// The body of `repo.ls`.
-#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RepoLsBody {
     pub name: String,
@@ -639,7 +647,7 @@ pub struct RepoLsBody {
 }
 
 /// The body of `repo.prune`.
-#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RepoPruneBody {
     pub name: String,
@@ -648,7 +656,7 @@ pub struct RepoPruneBody {
 }
 
 /// The body of `app.push`.
-#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AppPushBody {
     /// The app.
@@ -667,7 +675,7 @@ pub struct AppPushBody {
 }
 
 /// The body of `app.pull`.
-#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AppPullBody {
     /// A registered repository.
@@ -689,7 +697,7 @@ pub struct AppPullBody {
 }
 
 /// The body of `app.push-upload` (the step of `app-push`).
-#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AppPushUploadBody {
     pub name: String,
@@ -701,7 +709,7 @@ pub struct AppPushUploadBody {
 }
 
 /// The body of `app.pull-import` (a step of `app-pull`).
-#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AppPullImportBody {
     pub repo: String,
@@ -719,7 +727,7 @@ pub struct AppPullImportBody {
 }
 
 /// The body of `app.pull-data` (a step of `app-pull`).
-#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AppPullDataBody {
     /// The app `app.pull-import` made; its volumes get the manifest's data.
@@ -729,7 +737,7 @@ pub struct AppPullDataBody {
 }
 
 /// The body of `workflow.show`, `workflow.resume`.
-#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct WorkflowIdBody {
     /// A workflow id (`workflow.show` also takes a built-in definition's
@@ -738,7 +746,7 @@ pub struct WorkflowIdBody {
 }
 
 /// The body of `workflow.cancel`.
-#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct WorkflowCancelBody {
     pub id: String,
@@ -747,7 +755,7 @@ pub struct WorkflowCancelBody {
 }
 
 /// The body of `workflow.list`.
-#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct WorkflowListBody {
     /// Only this app's workflows.
@@ -856,7 +864,7 @@ impl Command {
                 check_volume_name(&b.name)?;
                 let size_bytes = match b.size {
                     Size::Bytes(n) => n,
-                    Size::Text(t) => parse_size(&t)?,
+                    Size::Text(t) => parse_quantity(&t)?,
                 };
                 if size_bytes == 0 {
                     return Err(ApiError::invalid("size must be greater than zero"));
@@ -1345,7 +1353,16 @@ mod tests {
 
     #[test]
     fn volume_create_accepts_text_and_byte_sizes() {
+        // Kubernetes quantities: `G` is 10^9, `Gi` 2^30 (issue 14).
         let c = Command::parse("volume", "create", br#"{"name":"v1","size":"1G"}"#).unwrap();
+        assert!(matches!(
+            c,
+            Command::Volume(VolumeCommand::Create {
+                size_bytes: 1_000_000_000,
+                ..
+            })
+        ));
+        let c = Command::parse("volume", "create", br#"{"name":"v1","size":"1Gi"}"#).unwrap();
         assert_eq!(
             c,
             Command::Volume(VolumeCommand::Create {

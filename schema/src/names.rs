@@ -4,10 +4,16 @@
 //! `0-9` and `-`, starting and ending with an alphanumeric. A volume name is
 //! either a label (`v1`) or `<app>/<pvc>` where both parts are labels.
 //!
-//! Two size syntaxes live here. [`parse_size`] is the CLI's (`--size 10G`,
-//! every unit binary). [`parse_quantity`] is Kubernetes' resource quantity,
-//! for PVC sizes and topology capacities, where `G` is 10^9 and `Gi` 2^30;
-//! manifests that Kubernetes accepts must mean the same bytes here.
+//! One size syntax for every size: [`parse_quantity`], Kubernetes' resource
+//! quantity, where `G` is 10^9 and `Gi` 2^30. PVC sizes, topology
+//! capacities and the CLI's `--size` (`volume create`) all go through it, so
+//! a manifest that Kubernetes accepts means the same bytes here, and a size
+//! means the same bytes whether a person or a manifest wrote it.
+//!
+//! [`SLICE_BYTES`] is the control plane's slice (placement's unit);
+//! [`slices_of`] is how many a volume of a size has. The block engine's own
+//! `cairn_blocks::SLICE_BYTES` must equal it (a compile-time assert in
+//! `cairn-actors`, the crate that sees both, checks it).
 
 use crate::ApiError;
 
@@ -49,34 +55,13 @@ pub fn check_volume_name(name: &str) -> Result<(), ApiError> {
     }
 }
 
-/// Parses a size: a plain byte count (`1048576`) or a number with a binary
-/// unit (`512K`, `1G`, `10Gi`, `1T`). `G` and `Gi` both mean 2^30.
-pub fn parse_size(text: &str) -> Result<u64, ApiError> {
-    let bad = || {
-        ApiError::invalid(format!(
-            "size {text:?} is not a size like 10G, 512Mi or 1048576"
-        ))
-    };
-    let text = text.trim();
-    let digits_end = text
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(text.len());
-    let (digits, unit) = text.split_at(digits_end);
-    let number: u64 = digits.parse().map_err(|_| bad())?;
-    let shift = match unit
-        .trim_end_matches(['i', 'B'])
-        .to_ascii_uppercase()
-        .as_str()
-    {
-        "" => 0,
-        "K" => 10,
-        "M" => 20,
-        "G" => 30,
-        "T" => 40,
-        "P" => 50,
-        _ => return Err(bad()),
-    };
-    number.checked_mul(1u64 << shift).ok_or_else(bad)
+/// Bytes in a slice: the unit a volume is placed in (a volume of `n`
+/// bytes has [`slices_of`]`(n)` slices, the last one maybe partial). 1 GiB.
+pub const SLICE_BYTES: u64 = 1 << 30;
+
+/// The number of slices a volume of `size_bytes` spans.
+pub const fn slices_of(size_bytes: u64) -> u64 {
+    size_bytes.div_ceil(SLICE_BYTES)
 }
 
 /// Largest number of significant digits [`parse_quantity`] reads; more than
@@ -224,15 +209,11 @@ mod tests {
     }
 
     #[test]
-    fn sizes_parse_with_binary_units() {
-        assert_eq!(parse_size("1G").unwrap(), 1 << 30);
-        assert_eq!(parse_size("10Gi").unwrap(), 10 << 30);
-        assert_eq!(parse_size("512M").unwrap(), 512 << 20);
-        assert_eq!(parse_size("4096").unwrap(), 4096);
-        assert_eq!(parse_size("1TiB").unwrap(), 1 << 40);
-        assert!(parse_size("ten").is_err());
-        assert!(parse_size("1X").is_err());
-        assert!(parse_size("99999999999P").is_err());
+    fn slices_round_up() {
+        assert_eq!(slices_of(0), 0);
+        assert_eq!(slices_of(1), 1);
+        assert_eq!(slices_of(SLICE_BYTES), 1);
+        assert_eq!(slices_of(SLICE_BYTES + 1), 2);
         assert_eq!(format_size(1 << 30), "1.0 GiB");
     }
 

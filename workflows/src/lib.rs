@@ -1,8 +1,8 @@
 //! Cairn's pure workflow core: saga definitions as data ([`definition`]:
 //! the `kind: Workflow` format, parameters, and the built-in operations in
-//! [`builtin`]), the saga state machine that, given a definition and the
-//! progress recorded so far, says what to do next, and the placement
-//! planner ([`placement`] over a [`topology`]).
+//! [`builtin`]), and the saga state machine that, given a definition and the
+//! progress recorded so far, says what to do next. The placement planner is
+//! its own crate, `cairn-placement`.
 //!
 //! # Model
 //! A saga is a list of steps. Each step runs one API command (`kind.verb`
@@ -27,16 +27,11 @@
 //!   the saga [`Outcome::Stuck`]; [`Progress::Resumed`] gives it its
 //!   attempts back.
 
-pub mod app_placement;
 pub mod builtin;
 pub mod definition;
-pub mod placement;
-pub mod topology;
 
 pub use cairn_schema::workflow::Progress;
 pub use definition::{Action, Definition, Retry, Step};
-pub use placement::{Error as PlacementError, Plan, Request, Usage, plan};
-pub use topology::Topology;
 
 use serde::{Deserialize, Serialize};
 

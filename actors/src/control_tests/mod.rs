@@ -6,10 +6,13 @@
 //! [`Plane`] is the shared harness; one file per actor holds its tests:
 //! every command's success and an error reply, and racing requests.
 //! Tests never assert timings: racing requests are started together and
-//! only their outcomes are checked.
+//! only their outcomes are checked. The journal is the in-memory twin
+//! behind the fault-injecting wrapper ([`Plane::journal`]), so a test can
+//! fail a commit; the block pool is on disk in the tempdir.
 
 mod app;
 mod gateway;
+mod journal_faults;
 mod placement;
 mod repo;
 mod saga;
@@ -18,16 +21,21 @@ mod volume;
 mod workflow;
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use cairn_schema::{ApiError, ErrorCode};
 use serde_json::{Value, json};
 
 use crate::client::{self, Client};
+use crate::clock::SystemClock;
 use crate::cluster::{BusChoice, Cluster, Config};
+use crate::journal::{FaultyJournal, MemJournal};
 
 /// One in-process control plane and its data dir.
 pub struct Plane {
     pub cluster: Cluster,
+    /// The plane's journal: inject faults here.
+    pub journal: Arc<FaultyJournal<MemJournal>>,
     _dir: tempfile::TempDir,
 }
 
@@ -47,10 +55,19 @@ impl Plane {
     /// A control plane with the `kind: Topology` document `topology`.
     pub async fn start_with(topology: Option<&str>) -> Plane {
         let dir = tempfile::tempdir().expect("tempdir");
-        let cluster = Cluster::start(config(dir.path().to_owned(), topology))
+        let config = config(dir.path().to_owned(), topology);
+        let journal = Arc::new(FaultyJournal::tearing(MemJournal::new(
+            config.limits.journal,
+            Arc::new(SystemClock),
+        )));
+        let cluster = Cluster::start_with_journal(config, journal.clone())
             .await
             .expect("the control plane starts");
-        Plane { cluster, _dir: dir }
+        Plane {
+            cluster,
+            journal,
+            _dir: dir,
+        }
     }
 
     pub fn client(&self, tenant: &str) -> Client {
@@ -116,7 +133,7 @@ fn config(data_dir: PathBuf, topology: Option<&str>) -> Config {
         disks: Vec::new(),
         fuse: None,
         topology: topology
-            .map(|t| cairn_workflows::Topology::from_yaml(t).expect("test topology parses")),
+            .map(|t| cairn_placement::Topology::from_yaml(t).expect("test topology parses")),
         limits: crate::Limits::default(),
         security: crate::security::Security::default(),
         storage: None,

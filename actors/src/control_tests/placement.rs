@@ -94,3 +94,66 @@ async fn full_code(plane: &Plane) -> ErrorCode {
         .unwrap_err()
         .code
 }
+
+/// The decided events of creating app `name` (1 replica of `storage`).
+fn create_events(name: &str, storage: &str) -> Vec<cairn_schema::Event> {
+    let body = serde_json::to_vec(&create_body(name, 1, storage)).unwrap();
+    let cairn_schema::Command::App(command) =
+        cairn_schema::Command::parse("app", "create", &body).unwrap()
+    else {
+        panic!("app.create parses into an app command");
+    };
+    cairn_schema::AppState::default()
+        .decide(&command, &|_| false)
+        .unwrap()
+}
+
+/// The actor alone: a reservation counts until it is settled or released.
+#[actix_rt::test]
+async fn a_reservation_counts_until_it_is_settled_or_released() {
+    use crate::placement::{PlacementActor, Release, Reserve, Settle};
+    use actix::Actor;
+    let topology = cairn_workflows::Topology::from_yaml(&one_disk_topology("2Gi")).unwrap();
+    let actor = PlacementActor::new(std::iter::empty(), 16).start();
+    let reserve = |name: &str| Reserve {
+        tenant: "t".into(),
+        before: cairn_schema::AppState::default(),
+        events: create_events(name, "2Gi"),
+        topology: topology.clone(),
+    };
+    let first = actor.send(reserve("a")).await.unwrap().unwrap();
+    assert_ne!(first.ticket, 0);
+    assert!(first.placed.is_some());
+    // Not committed yet, but counted: the disk is full.
+    assert!(actor.send(reserve("b")).await.unwrap().is_err());
+    actor.send(Release(first.ticket)).await.unwrap();
+    let second = actor.send(reserve("b")).await.unwrap().unwrap();
+    // Settled: now held as b's placement, the reservation gone.
+    let Some(cairn_schema::Event::AppPlaced(placed)) = second.placed else {
+        panic!("an AppPlaced event");
+    };
+    actor
+        .send(Settle {
+            tenant: "t".into(),
+            app: "b".into(),
+            ticket: Some(second.ticket),
+            placed: placed.volumes,
+            rebuilt: false,
+        })
+        .await
+        .unwrap();
+    assert_eq!(actor.send(Pending).await.unwrap(), 0);
+    assert!(actor.send(reserve("c")).await.unwrap().is_err());
+    // b deleted: its placement is empty, the space free again.
+    actor
+        .send(Settle {
+            tenant: "t".into(),
+            app: "b".into(),
+            ticket: None,
+            placed: Vec::new(),
+            rebuilt: false,
+        })
+        .await
+        .unwrap();
+    assert!(actor.send(reserve("c")).await.unwrap().is_ok());
+}

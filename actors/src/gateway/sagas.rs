@@ -1,7 +1,9 @@
 //! The gateway's workflow side: starting, resuming and cancelling sagas
 //! (built-in operations and user workflows), the commands only workflow
 //! steps use (`app.hook`, `app.reclaim`), and the workflow and app-snapshot
-//! queries.
+//! queries. Workflow facts are journaled and folded by their owner, the
+//! workflow actor ([`crate::workflow`]); this module claims ids, resolves
+//! definitions, launches saga actors and waits for their answers.
 //!
 //! # Secret params
 //! A param declared `secret: true` is sealed in `WorkflowStarted`

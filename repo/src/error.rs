@@ -63,6 +63,26 @@ pub enum Error {
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+/// The API code of a block-engine error. The lowest crate that sees both
+/// `blocks` and `schema` is this one, so the runtime's volume replies use
+/// this table too (`cairn_actors::services::blocks_error`).
+pub fn blocks_code(e: &cairn_blocks::Error) -> ErrorCode {
+    use cairn_blocks::Error as B;
+    match e {
+        B::VolumeNotFound { .. } | B::SnapshotNotFound { .. } => ErrorCode::NotFound,
+        B::VolumeExists { .. } | B::SnapshotExists { .. } => ErrorCode::AlreadyExists,
+        B::InvalidName { .. } | B::OutOfRange { .. } | B::InvalidArgument(_) => {
+            ErrorCode::InvalidArgument
+        }
+        B::ReadOnly { .. } | B::KeyRequired { .. } | B::KeyMismatch { .. } => {
+            ErrorCode::FailedPrecondition
+        }
+        B::NoSpace { .. } => ErrorCode::NoSpace,
+        B::Corrupted { .. } => ErrorCode::Corrupted,
+        B::Io { .. } => ErrorCode::Internal,
+    }
+}
+
 impl Error {
     /// The stable code at the API edge.
     pub fn code(&self) -> ErrorCode {
@@ -83,7 +103,7 @@ impl Error {
                 store::Error::Oversized { .. } => ErrorCode::Corrupted,
                 store::Error::Io { .. } => ErrorCode::Internal,
             },
-            Error::Blocks(e) => crate::services::blocks_error(e).code,
+            Error::Blocks(e) => blocks_code(e),
         }
     }
 

@@ -48,13 +48,18 @@
 //!   (the saga layer) serialises them per repository.
 //!
 //! # Files
-//! `repo/access.rs` (who may use which paths, key files and S3
-//! locations; the safe open of key files), `repo/error.rs` (errors and
-//! codes), `repo/url.rs`, `repo/store.rs` (the
-//! trait), `repo/file_store.rs`, `repo/s3_store.rs`, `repo/mem_store.rs`,
-//! `repo/key.rs` (keys, KDF, sealing), `repo/format.rs` (config, packs,
-//! manifests; pure), `repo/index.rs` (chunk → pack), `repo/push.rs`,
-//! `repo/pull.rs`, `repo/check.rs`, `repo/prune.rs`, `repo/tests.rs`.
+//! `access.rs` (who may use which paths, key files and S3 locations, under
+//! the operator's [`Policy`]; the safe open of key files), `error.rs`
+//! (errors and codes), `url.rs`, `store.rs` (the trait), `file_store.rs`,
+//! `s3_store.rs`, `mem_store.rs`, `key.rs` (keys, KDF, sealing),
+//! `format.rs` (config, packs, manifests; pure), `index.rs` (chunk → pack),
+//! `push.rs`, `pull.rs`, `check.rs`, `prune.rs`, `tests.rs` and
+//! `security_tests.rs`; `tests/repo_fuzz.rs` fuzzes the readers and
+//! `examples/bench_push.rs` is Cairn's side of `just bench-push`.
+//!
+//! # Architecture invariant
+//! Depends on `blocks` and `schema` only: it knows nothing of actors,
+//! tenants' identities or the bus (the caller says who may reach what).
 
 mod access;
 mod check;
@@ -81,9 +86,9 @@ use std::sync::Arc;
 use bytes::Bytes;
 use serde::Serialize;
 
-pub use access::{Access, MAX_KEY_FILE_BYTES};
+pub use access::{Access, Grants, MAX_KEY_FILE_BYTES, Policy};
 pub use check::{CheckReport, Problem};
-pub use error::{Error, Result};
+pub use error::{Error, Result, blocks_code};
 pub use file_store::FileStore;
 pub use format::{
     Bounds, CONFIG_KEY, ChunkRef, Config, FORMAT_VERSION, IndexEntry, MANIFESTS, MAX_CONFIG_BYTES,

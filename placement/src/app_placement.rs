@@ -16,7 +16,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use cairn_schema::app::{AppState, Object, replicas_of};
+use cairn_schema::app::{AppState, Object, replicas_of, storage_request};
 use cairn_schema::event::{AppPlaced, PlacedSlice, PlacedVolume};
 use cairn_schema::state::NodeState;
 use cairn_schema::{ApiError, ErrorCode, Event};
@@ -56,13 +56,10 @@ fn parse_media(text: &str) -> Option<Media> {
     Media::ALL.into_iter().find(|m| m.as_str() == text)
 }
 
+/// A claim's size, read exactly as the app's volume was created
+/// ([`storage_request`]); a manifest the app decider accepted has one.
 fn storage_bytes(spec: Option<&Value>) -> u64 {
-    spec.and_then(|s| s.pointer("/resources/requests/storage"))
-        .and_then(|q| match q {
-            Value::String(s) => cairn_schema::names::parse_quantity(s).ok(),
-            Value::Number(n) => n.as_u64(),
-            _ => None,
-        })
+    spec.and_then(|s| storage_request(s, "claim").ok())
         .unwrap_or(0)
 }
 

@@ -29,9 +29,15 @@ use anyhow::Context;
 use cairn_actors::bus;
 use cairn_actors::client::{self, Client};
 use cairn_schema::ErrorCode;
-use serde_json::{Value, json};
+use serde_json::Value;
 
-use crate::cli::{RunArgs, long, with_run};
+use cairn_schema::command;
+use cairn_schema::reply::WorkflowStartReply;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use super::{Reply, RunArgs, long, typed};
+use crate::output::{self, Format};
 
 /// How often `workflow.show` is asked while a reply is awaited.
 const POLL_INTERVAL: Duration = Duration::from_secs(2);
@@ -51,34 +57,80 @@ pub fn new_workflow_id() -> String {
     format!("wf-{}", &blake3::hash(seed.as_bytes()).to_hex()[..12])
 }
 
-/// The workflow id a body names, choosing one when it names none.
-pub fn workflow_id_of(body: &mut Value) -> String {
-    match body["workflow"].as_str() {
-        Some(id) => id.to_owned(),
-        None => {
-            let id = new_workflow_id();
-            body["workflow"] = json!(id);
-            id
+/// The request body of a command that starts a workflow: it says whether
+/// to wait, and may name the workflow's id.
+pub trait WorkflowBody: Serialize {
+    /// Sets `async`, and the workflow id unless one is set; returns the id.
+    fn prepare(&mut self, run_async: bool) -> String;
+}
+
+macro_rules! workflow_bodies {
+    ($($body:ty),* $(,)?) => {$(
+        impl WorkflowBody for $body {
+            fn prepare(&mut self, run_async: bool) -> String {
+                self.run_async = run_async;
+                self.workflow.get_or_insert_with(new_workflow_id).clone()
+            }
+        }
+    )*};
+}
+
+workflow_bodies!(
+    command::AppSnapshotBody,
+    command::AppSnapshotRefBody,
+    command::AppDeleteBody,
+    command::AppCloneBody,
+    command::AppPushBody,
+    command::AppPullBody,
+    command::WorkflowRunBody,
+);
+
+/// How a workflow command ended: started (`--async`) or finished.
+pub enum Outcome<R> {
+    Started(Reply<WorkflowStartReply>),
+    Finished(Reply<R>),
+}
+
+impl<R> Outcome<R> {
+    /// Prints the start reply, or `table` of the finished one.
+    pub fn print(&self, fmt: Format, table: impl FnOnce(&R) -> Vec<Vec<String>>) {
+        match self {
+            Outcome::Started(reply) => reply.print(fmt, output::workflow_started_rows),
+            Outcome::Finished(reply) => reply.print(fmt, table),
         }
     }
 }
 
-/// Sends `kind.verb` as a workflow and returns its reply: with `--async`,
-/// the start reply; else the finished workflow's, followed by id (see the
+/// Sends `kind.verb` as a workflow: with `--async`, returns the start
+/// reply; else the finished workflow's reply, followed by id (see the
 /// module doc).
-pub async fn call(
+pub async fn call<R: DeserializeOwned>(
     client: &Client,
     kind: &str,
     verb: &str,
-    mut body: Value,
+    mut body: impl WorkflowBody,
     run: &RunArgs,
-) -> anyhow::Result<Value> {
+) -> anyhow::Result<Outcome<R>> {
+    let id = body.prepare(run.run_async);
+    let body = serde_json::to_value(&body).expect("request bodies serialize");
     let client = long(client);
-    let id = workflow_id_of(&mut body);
-    let body = with_run(body, run);
     if run.run_async {
-        return Ok(client.call(kind, verb, &body).await?);
+        let raw = client.call(kind, verb, &body).await?;
+        return Ok(Outcome::Started(typed(kind, verb, raw)?));
     }
+    let raw = wait(&client, kind, verb, &body, &id).await?;
+    Ok(Outcome::Finished(typed(kind, verb, raw)?))
+}
+
+/// Sends the request and waits for the workflow's outcome.
+async fn wait(
+    client: &Client,
+    kind: &str,
+    verb: &str,
+    body: &Value,
+    id: &str,
+) -> anyhow::Result<Value> {
+    let id = id.to_owned();
     let request_id = cairn_actors::gateway::new_request_id();
     let deadline = Instant::now() + client.timeout;
     let send = |first: bool| -> Pending {
@@ -106,7 +158,7 @@ pub async fn call(
             (first, reply) = &mut pending => match reply {
                 Ok(reply) => return Ok(reply),
                 Err(client::Error::Bus(bus::Error::Timeout { .. })) => {
-                    return Err(timed_out(&id, &client));
+                    return Err(timed_out(&id, client));
                 }
                 // Only the first send may say "nobody is serving": later
                 // ones go out while the server may be restarting.
@@ -118,10 +170,10 @@ pub async fn call(
             },
             _ = ticker.tick() => {
                 if Instant::now() >= deadline {
-                    return Err(timed_out(&id, &client));
+                    return Err(timed_out(&id, client));
                 }
                 polls_since_send += 1;
-                match status(&client, &id).await {
+                match status(client, &id).await {
                     Ok(status) => {
                         if out_of_touch {
                             eprintln!("cairn: the server is back; workflow {id} is {status}");
@@ -161,7 +213,9 @@ pub async fn call(
 async fn status(client: &Client, id: &str) -> Result<String, client::Error> {
     let mut c = client.clone();
     c.timeout = POLL_TIMEOUT;
-    let view: Value = c.call("workflow", "show", &json!({ "id": id })).await?;
+    let body = command::WorkflowIdBody { id: id.to_owned() };
+    let body = serde_json::to_value(&body).expect("request bodies serialize");
+    let view: Value = c.call("workflow", "show", &body).await?;
     let view: cairn_schema::reply::WorkflowView =
         serde_json::from_value(view).map_err(|e| client::Error::BadReply(e.to_string()))?;
     Ok(view.status)

@@ -11,7 +11,7 @@
 //!
 //! A cargo-fuzz target is not built: it needs a nightly toolchain and its
 //! own build of the dependency tree, which CI on two cores cannot afford;
-//! `PROPTEST_CASES=10000 cargo test -p cairn-actors --test repo_fuzz` runs
+//! `PROPTEST_CASES=10000 cargo test -p cairn-repo --test repo_fuzz` runs
 //! longer.
 
 use std::alloc::{GlobalAlloc, Layout, System};
@@ -19,8 +19,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use bytes::Bytes;
-use cairn_actors::repo::{
-    self, ChunkRef, IndexEntry, InitOptions, Key, MAX_MANIFEST_BYTES, Manifest, MemStore,
+use cairn_repo::{
+    self as repo, ChunkRef, IndexEntry, InitOptions, Key, MAX_MANIFEST_BYTES, Manifest, MemStore,
     ObjectStore, Repo, VolumeEntry,
 };
 use proptest::prelude::*;

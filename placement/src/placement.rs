@@ -64,8 +64,9 @@ use serde::{Deserialize, Serialize};
 pub use crate::topology::{DiskId, Level, Media, Topology};
 pub use impact::{Failure, Impact, LostVolume, SetLoss, failure_impact, replica_set_of};
 
-/// The unit of placement: a volume's logical slice, as in the block engine.
-pub const SLICE_BYTES: u64 = 1 << 30;
+/// The unit of placement: a volume's logical slice, as in the block engine
+/// (defined once, in `cairn_schema::names`).
+pub use cairn_schema::names::{SLICE_BYTES, slices_of};
 /// Most volumes one request may place (replicas × claims + standalone).
 pub const MAX_VOLUMES: usize = 4096;
 /// Most claims a replica set may have.

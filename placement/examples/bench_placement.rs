@@ -15,10 +15,10 @@
 
 use std::time::Instant;
 
-use cairn_workflows::placement::{
+use cairn_placement::placement::{
     self, Affinity, Claim, Constraints, Level, Media, Plan, ReplicaSet, Request, SLICE_BYTES, Usage,
 };
-use cairn_workflows::topology::{Disk, Node, Topology};
+use cairn_placement::topology::{Disk, Node, Topology};
 
 const N_APPS: usize = 1000;
 const N_NODES: usize = 100;

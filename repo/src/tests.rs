@@ -36,6 +36,7 @@ fn pool() -> Pool {
             key: None,
             background: false,
             storage: Arc::new(MemStorage::new(1)),
+            clock: Arc::new(cairn_blocks::clock::SystemClock),
         },
     )
     .unwrap()

@@ -8,11 +8,11 @@
 //! every plan must pass the checker, and every refusal must be confirmed by
 //! an exhaustive search that finds no placement at all.
 
-use cairn_workflows::placement::{
+use cairn_placement::placement::{
     self, Affinity, Claim, Constraint, Constraints, Failure, Level, Media, Plan, ReplicaSet,
     Request, SLICE_BYTES, Usage, failure_impact,
 };
-use cairn_workflows::topology::{Disk, Node, Topology};
+use cairn_placement::topology::{Disk, Node, Topology};
 use proptest::prelude::*;
 
 const GIB: u64 = 1 << 30;

@@ -19,8 +19,8 @@ use std::io::{Seek, SeekFrom, Write};
 use std::path::Path;
 use std::time::Instant;
 
-use cairn_actors::repo::{InitOptions, Key, PullMode, PushRequest, Repo, RepoUrl};
 use cairn_blocks::Pool;
+use cairn_repo::{InitOptions, Key, PullMode, PushRequest, Repo, RepoUrl};
 
 const MIB: u64 = 1 << 20;
 const VOLUME: &str = "bench/data";
@@ -47,7 +47,7 @@ fn repo(url: &str) -> Repo {
     let key = Key::from_bytes([0x42; 32]);
     match Repo::open(store.clone(), &key) {
         Ok(repo) => repo,
-        Err(cairn_actors::repo::Error::NotARepo { .. }) => {
+        Err(cairn_repo::Error::NotARepo { .. }) => {
             Repo::init(store, &key, InitOptions::default()).expect("init")
         }
         Err(e) => panic!("{e}"),

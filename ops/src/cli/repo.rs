@@ -8,14 +8,21 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use cairn_actors::client::Client;
+use cairn_schema::command::{
+    AppPullBody, AppPushBody, EmptyBody, RepoAddBody, RepoLsBody, RepoNameBody, RepoPruneBody,
+};
+use cairn_schema::reply::{
+    PullReply, PushReply, RepoAddReply, RepoCheckReply, RepoListReply, RepoLsReply, RepoPruneReply,
+    RepoRemoveReply, TransferProgress,
+};
 use cairn_schema::subject;
 use clap::Subcommand;
 use futures::StreamExt;
-use serde_json::{Value, json};
+use serde::de::DeserializeOwned;
 
-use crate::cli::{RunArgs, long};
-use crate::follow::split_source;
-use crate::output::{self, Format, bytes};
+use super::follow::{self, Outcome, WorkflowBody, split_source};
+use super::{RunArgs, call, long};
+use crate::output::{Format, human};
 
 #[derive(Debug, Subcommand)]
 pub enum RepoCommand {
@@ -61,7 +68,8 @@ fn absolute(path: &std::path::Path) -> anyhow::Result<String> {
         .to_string())
 }
 
-pub async fn repo(client: &Client, fmt: Format, cmd: &RepoCommand) -> anyhow::Result<i32> {
+pub async fn run(client: &Client, fmt: Format, cmd: &RepoCommand) -> anyhow::Result<i32> {
+    let long = long(client);
     match cmd {
         RepoCommand::Add {
             name,
@@ -69,56 +77,54 @@ pub async fn repo(client: &Client, fmt: Format, cmd: &RepoCommand) -> anyhow::Re
             key_file,
             passphrase_file,
         } => {
-            let mut body = json!({ "name": name, "url": location });
-            if let Some(k) = key_file {
-                body["key_file"] = absolute(k)?.into();
-            }
-            if let Some(p) = passphrase_file {
-                body["passphrase_file"] = absolute(p)?.into();
-            }
-            let reply = long(client).call("repo", "add", &body).await?;
-            output::print(fmt, &reply, |r| {
+            let body = RepoAddBody {
+                name: name.clone(),
+                url: location.clone(),
+                key_file: key_file.as_deref().map(absolute).transpose()?,
+                passphrase_file: passphrase_file.as_deref().map(absolute).transpose()?,
+            };
+            let reply = call::<RepoAddReply>(&long, "repo", "add", &body).await?;
+            reply.print(fmt, |r| {
                 let mut rows = vec![vec![format!(
-                    "repo {name} {} at {}",
-                    if r["initialized"] == true {
+                    "repo {} {} at {}",
+                    r.repo.name,
+                    if r.initialized {
                         "created"
                     } else {
                         "registered"
                     },
-                    output::cell(&r["repo"]["url"])
+                    r.repo.url
                 )]];
-                if r["key_generated"] == true {
+                if r.key_generated {
                     rows.push(vec![format!(
                         "  new key: {} (keep a copy: nothing in the repo can be read without it)",
-                        output::cell(&r["repo"]["key_path"])
+                        r.repo.key_path
                     )]);
                 }
                 rows
             });
         }
         RepoCommand::List => {
-            let reply = client.call("repo", "list", &json!({})).await?;
-            output::print(fmt, &reply, |r| {
+            let reply = call::<RepoListReply>(client, "repo", "list", &EmptyBody {}).await?;
+            reply.print(fmt, |r| {
                 let mut rows = vec![vec!["NAME".into(), "URL".into(), "KEY".into()]];
-                for repo in r["repos"].as_array().map(Vec::as_slice).unwrap_or(&[]) {
+                for repo in &r.repos {
                     rows.push(vec![
-                        output::cell(&repo["name"]),
-                        output::cell(&repo["url"]),
-                        format!(
-                            "{} {}",
-                            output::cell(&repo["key_kind"]),
-                            output::cell(&repo["key_path"])
-                        ),
+                        repo.name.clone(),
+                        repo.url.clone(),
+                        format!("{} {}", repo.key_kind, repo.key_path),
                     ]);
                 }
                 rows
             });
         }
         RepoCommand::Ls { name, app } => {
-            let reply = long(client)
-                .call("repo", "ls", &json!({ "name": name, "app": app }))
-                .await?;
-            output::print(fmt, &reply, |r| {
+            let body = RepoLsBody {
+                name: name.clone(),
+                app: app.clone(),
+            };
+            let reply = call::<RepoLsReply>(&long, "repo", "ls", &body).await?;
+            reply.print(fmt, |r| {
                 let mut rows = vec![vec![
                     "APP@SNAPSHOT".into(),
                     "CREATED".into(),
@@ -127,76 +133,71 @@ pub async fn repo(client: &Client, fmt: Format, cmd: &RepoCommand) -> anyhow::Re
                     "ADDED".into(),
                     "MANIFEST".into(),
                 ]];
-                for s in r["snapshots"].as_array().map(Vec::as_slice).unwrap_or(&[]) {
+                for s in &r.snapshots {
                     rows.push(vec![
-                        format!(
-                            "{}@{}",
-                            output::cell(&s["app"]),
-                            output::cell(&s["snapshot"])
-                        ),
-                        output::cell(&s["created"]),
-                        s["volumes"].as_array().map_or(0, Vec::len).to_string(),
-                        bytes(&s["logical_bytes"]),
-                        bytes(&s["added_bytes"]),
-                        output::cell(&s["manifest"]),
+                        format!("{}@{}", s.app, s.snapshot),
+                        s.created.clone(),
+                        s.volumes.len().to_string(),
+                        human(s.logical_bytes),
+                        human(s.added_bytes),
+                        s.manifest.clone(),
                     ]);
                 }
-                rows.push(vec![format!("stored: {}", bytes(&r["stored_bytes"]))]);
+                rows.push(vec![format!("stored: {}", human(r.stored_bytes))]);
                 rows
             });
         }
         RepoCommand::Check { name } => {
-            let reply = long(client)
-                .call("repo", "check", &json!({ "name": name }))
-                .await?;
-            output::print(fmt, &reply, |r| {
+            let body = RepoNameBody { name: name.clone() };
+            let reply = call::<RepoCheckReply>(&long, "repo", "check", &body).await?;
+            reply.print(fmt, |r| {
                 let mut rows = vec![vec![format!(
-                    "repo {name}: {} ({} packs, {} chunks, {} manifests, {} read)",
-                    if r["ok"] == true { "ok" } else { "DAMAGED" },
-                    output::cell(&r["packs"]),
-                    output::cell(&r["chunks"]),
-                    output::cell(&r["manifests"]),
-                    bytes(&r["bytes_read"])
+                    "repo {}: {} ({} packs, {} chunks, {} manifests, {} read)",
+                    r.name,
+                    if r.ok { "ok" } else { "DAMAGED" },
+                    r.packs,
+                    r.chunks,
+                    r.manifests,
+                    human(r.bytes_read)
                 )]];
-                for p in r["problems"].as_array().map(Vec::as_slice).unwrap_or(&[]) {
+                for p in &r.problems {
                     rows.push(vec![format!(
                         "  {} at {}: {}",
-                        output::cell(&p["object"]),
-                        output::cell(&p["offset"]),
-                        output::cell(&p["reason"])
+                        p.object,
+                        p.offset.map_or_else(|| "-".into(), |o| o.to_string()),
+                        p.reason
                     )]);
                 }
                 rows
             });
-            return Ok(if reply["ok"] == true { 0 } else { 3 });
+            return Ok(if reply.body.ok { 0 } else { 3 });
         }
         RepoCommand::Prune { name, keep_last } => {
-            let reply = long(client)
-                .call(
-                    "repo",
-                    "prune",
-                    &json!({ "name": name, "keep_last": keep_last }),
-                )
-                .await?;
-            output::print(fmt, &reply, |r| {
+            let body = RepoPruneBody {
+                name: name.clone(),
+                keep_last: *keep_last,
+            };
+            let reply = call::<RepoPruneReply>(&long, "repo", "prune", &body).await?;
+            reply.print(fmt, |r| {
                 vec![vec![format!(
-                    "repo {name}: kept {} snapshots, deleted {}; packs: {} kept, {} deleted, {} repacked; {} freed",
-                    output::cell(&r["manifests_kept"]),
-                    r["manifests_deleted"].as_array().map_or(0, Vec::len),
-                    output::cell(&r["packs_kept"]),
-                    output::cell(&r["packs_deleted"]),
-                    output::cell(&r["packs_repacked"]),
-                    bytes(&r["freed_bytes"])
+                    "repo {}: kept {} snapshots, deleted {}; packs: {} kept, {} deleted, {} repacked; {} freed",
+                    r.name,
+                    r.manifests_kept,
+                    r.manifests_deleted.len(),
+                    r.packs_kept,
+                    r.packs_deleted,
+                    r.packs_repacked,
+                    signed(r.freed_bytes)
                 )]]
             });
         }
         RepoCommand::Remove { name } => {
-            let reply = client
-                .call("repo", "remove", &json!({ "name": name }))
-                .await?;
-            output::print(fmt, &reply, |_| {
+            let body = RepoNameBody { name: name.clone() };
+            let reply = call::<RepoRemoveReply>(client, "repo", "remove", &body).await?;
+            reply.print(fmt, |r| {
                 vec![vec![format!(
-                    "repo {name} forgotten (its contents are kept)"
+                    "repo {} forgotten (its contents are kept)",
+                    r.name
                 )]]
             });
         }
@@ -204,9 +205,13 @@ pub async fn repo(client: &Client, fmt: Format, cmd: &RepoCommand) -> anyhow::Re
     Ok(0)
 }
 
-/// A byte count for a person.
-fn human(n: u64) -> String {
-    indicatif::HumanBytes(n).to_string()
+/// A signed byte count (a repack can grow the repository).
+fn signed(n: i64) -> String {
+    if n < 0 {
+        format!("-{}", human(n.unsigned_abs()))
+    } else {
+        human(n as u64)
+    }
 }
 
 /// A readable workflow id: `<op>-<app>-<8 random characters>`.
@@ -259,25 +264,23 @@ async fn follow_progress(
         });
         let mut last_line: Option<Instant> = None;
         while let Some(m) = messages.next().await {
-            let Ok(p) = serde_json::from_slice::<Value>(&m.payload) else {
+            let Ok(p) = serde_json::from_slice::<TransferProgress>(&m.payload) else {
                 continue;
             };
-            let done = p["done_bytes"].as_u64().unwrap_or(0);
-            let total = p["total_bytes"].as_u64().unwrap_or(0);
-            let moved = p["transferred_bytes"].as_u64().unwrap_or(0);
+            let (done, total, moved) = (p.done_bytes, p.total_bytes, p.transferred_bytes);
             match &bar {
                 Some(bar) => {
                     bar.set_length(total);
                     bar.set_position(done);
-                    if p["finished"] == true {
+                    if p.finished {
                         bar.finish_and_clear();
                     }
                 }
                 None => {
                     let due = last_line.is_none_or(|t| t.elapsed() >= Duration::from_secs(2));
-                    if due || p["finished"] == true {
+                    if due || p.finished {
                         last_line = Some(Instant::now());
-                        let secs = p["elapsed_ms"].as_u64().unwrap_or(0) as f64 / 1000.0;
+                        let secs = p.elapsed_ms as f64 / 1000.0;
                         let rate = if secs > 0.0 { done as f64 / secs } else { 0.0 };
                         eprintln!(
                             "{what}: {} / {} ({}%), {}/s, {} {}",
@@ -286,11 +289,7 @@ async fn follow_progress(
                             (done * 100).checked_div(total).unwrap_or(100),
                             human(rate as u64),
                             human(moved),
-                            if p["op"] == "push" {
-                                "stored"
-                            } else {
-                                "fetched"
-                            }
+                            if p.op == "push" { "stored" } else { "fetched" }
                         );
                     }
                 }
@@ -300,24 +299,33 @@ async fn follow_progress(
     Ok(Progress { task })
 }
 
-/// Calls `app.<verb>` (workflow `id`), showing the workflow's progress
-/// until the reply comes, unless the run is `--async`.
-async fn call_following(
+/// Calls `app.<verb>` as workflow `id`, showing the workflow's progress
+/// until it ends, unless the run is `--async`.
+async fn call_following<R: DeserializeOwned>(
     client: &Client,
     verb: &str,
-    id: &str,
     label: String,
-    body: Value,
+    mut body: impl WorkflowBody,
     run: &RunArgs,
-) -> anyhow::Result<Value> {
+) -> anyhow::Result<Outcome<R>> {
+    let id = body.prepare(run.run_async);
     let progress = if run.run_async {
         None
     } else {
-        Some(follow_progress(client, id, label).await?)
+        Some(follow_progress(client, &id, label).await?)
     };
-    let reply = crate::follow::call(client, "app", verb, body, run).await;
+    let reply = follow::call(client, "app", verb, body, run).await;
     drop(progress);
     reply
+}
+
+/// How a push or pull went: parent, incremental volumes.
+fn push_basis(r: &PushReply) -> String {
+    match (&r.parent, r.incremental_volumes.len()) {
+        (Some(p), n) if n > 0 => format!(" (incremental to {p}: {n} volumes diffed)"),
+        (Some(p), _) => format!(" (read whole, deduplicated against {p})"),
+        (None, _) => " (full)".into(),
+    }
 }
 
 pub async fn push(
@@ -328,33 +336,30 @@ pub async fn push(
     run: &RunArgs,
 ) -> anyhow::Result<i32> {
     let (app, snapshot) = split_source(source)?;
-    let id = workflow_id("push", app);
-    let body = json!({ "name": app, "snapshot": snapshot, "repo": repo, "workflow": id });
-    let reply = call_following(client, "push", &id, format!("push {source}"), body, run).await?;
-    output::print(fmt, &reply, |r| {
-        if run.run_async {
-            return output::workflow_started_rows(r);
-        }
-        let secs = r["elapsed_ms"].as_u64().unwrap_or(0) as f64 / 1000.0;
+    let body = AppPushBody {
+        name: app.to_owned(),
+        snapshot: snapshot.to_owned(),
+        repo: repo.to_owned(),
+        run_async: false,
+        workflow: Some(workflow_id("push", app)),
+    };
+    let outcome =
+        call_following::<PushReply>(client, "push", format!("push {source}"), body, run).await?;
+    outcome.print(fmt, |r| {
+        let secs = r.elapsed_ms as f64 / 1000.0;
         vec![
             vec![format!(
                 "pushed {source} to {repo} as manifest {} (workflow {})",
-                output::cell(&r["manifest"]),
-                output::cell(&r["workflow"])
+                r.manifest,
+                r.workflow.as_deref().unwrap_or("-")
             )],
             vec![format!(
                 "  {} of volumes, {} read, {} uploaded in {} packs, {secs:.1}s{}",
-                bytes(&r["logical_bytes"]),
-                bytes(&r["read_bytes"]),
-                bytes(&r["uploaded_bytes"]),
-                output::cell(&r["packs_uploaded"]),
-                match (r["parent"].as_str(), r["incremental_volumes"].as_array()) {
-                    (Some(p), Some(diffed)) if !diffed.is_empty() => {
-                        format!(" (incremental to {p}: {} volumes diffed)", diffed.len())
-                    }
-                    (Some(p), _) => format!(" (read whole, deduplicated against {p})"),
-                    (None, _) => " (full)".into(),
-                }
+                human(r.logical_bytes),
+                human(r.read_bytes),
+                human(r.uploaded_bytes),
+                r.packs_uploaded,
+                push_basis(r)
             )],
         ]
     });
@@ -371,31 +376,33 @@ pub async fn pull(
 ) -> anyhow::Result<i32> {
     let (app, snapshot) = split_source(source)?;
     let target = target.unwrap_or(app);
-    let id = workflow_id("pull", target);
-    let body = json!({
-        "repo": repo, "name": app, "snapshot": snapshot, "target": target, "workflow": id
-    });
-    let reply = call_following(client, "pull", &id, format!("pull {source}"), body, run).await?;
-    output::print(fmt, &reply, |r| {
-        if run.run_async {
-            return output::workflow_started_rows(r);
-        }
-        let secs = r["elapsed_ms"].as_u64().unwrap_or(0) as f64 / 1000.0;
+    let body = AppPullBody {
+        repo: repo.to_owned(),
+        name: app.to_owned(),
+        snapshot: snapshot.to_owned(),
+        target: Some(target.to_owned()),
+        run_async: false,
+        workflow: Some(workflow_id("pull", target)),
+    };
+    let outcome =
+        call_following::<PullReply>(client, "pull", format!("pull {source}"), body, run).await?;
+    outcome.print(fmt, |r| {
+        let secs = r.elapsed_ms as f64 / 1000.0;
         let mut rows = vec![
             vec![format!(
                 "pulled {source} from {repo} into app {target} (workflow {})",
-                output::cell(&r["workflow"])
+                r.workflow.as_deref().unwrap_or("-")
             )],
             vec![format!(
                 "  {} of volumes: {} chunks written, {} unchanged, {} fetched and verified, {secs:.1}s",
-                bytes(&r["logical_bytes"]),
-                output::cell(&r["written_chunks"]),
-                output::cell(&r["unchanged_chunks"]),
-                bytes(&r["fetched_bytes"])
+                human(r.logical_bytes),
+                r.written_chunks,
+                r.unchanged_chunks,
+                human(r.fetched_bytes)
             )],
         ];
-        for v in r["volumes"].as_array().map(Vec::as_slice).unwrap_or(&[]) {
-            rows.push(vec![format!("  {}", output::cell(v))]);
+        for v in &r.volumes {
+            rows.push(vec![format!("  {v}")]);
         }
         rows
     });

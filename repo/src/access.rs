@@ -1,7 +1,9 @@
 //! [`Access`]: which repository directories, key files and S3 locations a
 //! caller may use, and how their files are opened.
 //!
-//! Who: in an open deployment ([`crate::security::Mode::Open`]) every
+//! Who: the operator's settings come in through the [`Policy`] trait (the
+//! runtime implements it for its `Security`; [`Grants`] is the plain-data
+//! form). In an open deployment ([`Policy::confined`] false) every
 //! request is the operator's, so any path and endpoint may be named (only
 //! the data dir keeps its inner walls: a tenant's repos and key files stay
 //! out of another tenant's `repos/` and `repo-keys/` and out of the
@@ -30,6 +32,7 @@
 //! Everything here is blocking filesystem work: call it on a blocking
 //! thread, never under a lock other requests wait for.
 
+use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::Read;
 use std::os::fd::{AsRawFd, FromRawFd};
@@ -40,7 +43,64 @@ use super::error::{Error, Result};
 use super::key::Key;
 use super::store::ObjectStore;
 use super::url::{RepoUrl, S3Location};
-use crate::security::Security;
+
+/// The operator's settings that bound what a tenant's repository requests
+/// may reach. This crate reads them; it never decides them.
+pub trait Policy {
+    /// Whether the tenant rules apply (the bus proves who the tenant is).
+    fn confined(&self) -> bool;
+    /// Extra roots for `tenant`'s file repositories and key files
+    /// (`--repo-root TENANT=DIR`), beyond its own dirs in the data dir.
+    fn repo_roots(&self, tenant: &str) -> &[PathBuf];
+    /// S3 URL prefixes any tenant may use with its own credentials
+    /// (`--s3-allow`).
+    fn s3_allow(&self) -> &[String];
+    /// S3 URL prefixes `tenant` may use with the server's own credentials
+    /// (`--s3-grant TENANT=URL_PREFIX`).
+    fn s3_server_credentials(&self, tenant: &str) -> &[String];
+}
+
+/// A shared policy (the runtime keeps its settings in an `Arc`).
+impl<P: Policy + ?Sized> Policy for Arc<P> {
+    fn confined(&self) -> bool {
+        (**self).confined()
+    }
+    fn repo_roots(&self, tenant: &str) -> &[PathBuf] {
+        (**self).repo_roots(tenant)
+    }
+    fn s3_allow(&self) -> &[String] {
+        (**self).s3_allow()
+    }
+    fn s3_server_credentials(&self, tenant: &str) -> &[String] {
+        (**self).s3_server_credentials(tenant)
+    }
+}
+
+/// A [`Policy`] as plain data (tests, tools).
+#[derive(Debug, Clone, Default)]
+pub struct Grants {
+    pub confined: bool,
+    pub repo_roots: BTreeMap<String, Vec<PathBuf>>,
+    pub s3_allow: Vec<String>,
+    pub s3_server_credentials: BTreeMap<String, Vec<String>>,
+}
+
+impl Policy for Grants {
+    fn confined(&self) -> bool {
+        self.confined
+    }
+    fn repo_roots(&self, tenant: &str) -> &[PathBuf] {
+        self.repo_roots.get(tenant).map_or(&[], Vec::as_slice)
+    }
+    fn s3_allow(&self) -> &[String] {
+        &self.s3_allow
+    }
+    fn s3_server_credentials(&self, tenant: &str) -> &[String] {
+        self.s3_server_credentials
+            .get(tenant)
+            .map_or(&[], Vec::as_slice)
+    }
+}
 
 /// The largest key or passphrase file read: a key is 32 bytes or 64 hex
 /// digits, a passphrase one line.
@@ -104,29 +164,15 @@ fn resolved(path: &Path) -> PathBuf {
 
 impl Access {
     /// The access of `tenant`'s requests under the operator's settings.
-    pub fn of(security: &Security, data_dir: &Path, tenant: &str) -> Access {
+    pub fn of(policy: &impl Policy, data_dir: &Path, tenant: &str) -> Access {
         let data_dir = std::path::absolute(data_dir).unwrap_or_else(|_| data_dir.to_owned());
-        let grant = if security.confined() {
+        let grant = if policy.confined() {
             let mut roots = own_dirs(&data_dir, tenant).to_vec();
-            roots.extend(
-                security
-                    .repo_roots
-                    .get(tenant)
-                    .into_iter()
-                    .flatten()
-                    .cloned(),
-            );
-            let s3_server = s3_prefixes(
-                security
-                    .s3_server_credentials
-                    .get(tenant)
-                    .into_iter()
-                    .flatten(),
-            );
+            roots.extend(policy.repo_roots(tenant).iter().cloned());
             Grant::Confined {
                 roots,
-                s3_allow: s3_prefixes(&security.s3_allow),
-                s3_server,
+                s3_allow: s3_prefixes(policy.s3_allow()),
+                s3_server: s3_prefixes(policy.s3_server_credentials(tenant)),
             }
         } else {
             Grant::Open

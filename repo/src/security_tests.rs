@@ -11,12 +11,11 @@ use bytes::Bytes;
 use cairn_schema::ErrorCode;
 
 use super::*;
-use crate::security::{Mode, Security};
 
-fn confined(extra: &[(&str, &Path)]) -> Security {
-    let mut security = Security {
-        mode: Mode::Authenticated,
-        ..Security::default()
+fn confined(extra: &[(&str, &Path)]) -> Grants {
+    let mut security = Grants {
+        confined: true,
+        ..Grants::default()
     };
     for (tenant, dir) in extra {
         security
@@ -132,7 +131,7 @@ fn a_confined_tenant_reaches_only_its_roots() {
 #[test]
 fn an_open_deployment_keeps_only_the_data_dirs_walls() {
     let (dir, data) = data_dir();
-    let a = Access::of(&Security::default(), &data, "a");
+    let a = Access::of(&Grants::default(), &data, "a");
     assert!(!a.confined());
     let ok = |p: &Path| a.check_path(p, "key file").is_ok();
     assert!(ok(&data.join("repos/a/local")));
@@ -228,7 +227,7 @@ fn the_servers_s3_credentials_serve_only_granted_locations() {
         .expect("no credentials lent");
     assert!(e.to_string().contains("access_key"), "{e}");
     // The operator of an open deployment reaches anything.
-    let open = Access::of(&Security::default(), &data, "a");
+    let open = Access::of(&Grants::default(), &data, "a");
     assert!(open.check_s3(&elsewhere).unwrap());
 }
 

@@ -23,7 +23,7 @@ use std::ops::Range;
 use super::MAX_SEARCH_STEPS;
 use super::{
     Affinity, Constraint, Error, Plan, Request, SLICE_BYTES, SlicePlacement, Usage,
-    VolumePlacement, replica_name, volume_name,
+    VolumePlacement, replica_name, slices_of, volume_name,
 };
 use crate::topology::{Level, Media, Topology};
 
@@ -288,7 +288,7 @@ impl<'a> Search<'a> {
                         ordinal,
                         claim: claim_idx,
                         name: volume_name(&claim.name, &set.name, ordinal),
-                        slices: claim.size_bytes.div_ceil(SLICE_BYTES),
+                        slices: slices_of(claim.size_bytes),
                         media: claim.media.or(set.placement.media),
                         separate: set.placement.separate_disks.contains(&claim.name),
                     });
@@ -331,7 +331,7 @@ impl<'a> Search<'a> {
                 ordinal: 0,
                 claim: 0,
                 name: claim.name.clone(),
-                slices: claim.size_bytes.div_ceil(SLICE_BYTES),
+                slices: slices_of(claim.size_bytes),
                 media: claim.media,
                 separate: false,
             });
