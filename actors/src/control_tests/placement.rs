@@ -113,7 +113,7 @@ fn create_events(name: &str, storage: &str) -> Vec<cairn_schema::Event> {
 async fn a_reservation_counts_until_it_is_settled_or_released() {
     use crate::placement::{PlacementActor, Release, Reserve, Settle};
     use actix::Actor;
-    let topology = cairn_workflows::Topology::from_yaml(&one_disk_topology("2Gi")).unwrap();
+    let topology = cairn_placement::Topology::from_yaml(&one_disk_topology("2Gi")).unwrap();
     let actor = PlacementActor::new(std::iter::empty(), 16).start();
     let reserve = |name: &str| Reserve {
         tenant: "t".into(),
