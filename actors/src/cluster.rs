@@ -33,6 +33,7 @@ use std::sync::Arc;
 
 use cairn_blocks::fuse::{self, FuseHandle};
 use cairn_blocks::nbd::{self, ListenAddr, NbdServerHandle};
+use cairn_blocks::storage::Storage;
 use cairn_blocks::{Pool, PoolOptions};
 use cairn_placement::Topology;
 use cairn_placement::topology::DEFAULT_DOMAIN;
@@ -130,6 +131,21 @@ pub struct Config {
     pub limits: Limits,
     /// The operator's security settings; `mode` is set at start-up from the bus.
     pub security: crate::security::Security,
+    /// The block pool's storage; `None`: files under the data dir. Tests
+    /// give the in-memory twin ([`cairn_blocks::storage::MemStorage`]) to
+    /// simulate power loss between two starts.
+    pub storage: Option<PoolStorage>,
+}
+
+/// The block pool's [`Storage`] in a [`Config`] (a newtype, so `Config`
+/// stays `Debug`).
+#[derive(Clone)]
+pub struct PoolStorage(pub Arc<dyn Storage>);
+
+impl std::fmt::Debug for PoolStorage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("PoolStorage(..)")
+    }
 }
 
 /// Reads a volume key file: 32 raw bytes, or 64 hex digits (whitespace
@@ -403,14 +419,15 @@ impl Cluster {
             }
             None => config.disks.clone(),
         };
-        let pool = Arc::new(Pool::open_with(
-            dir.join("pool"),
-            PoolOptions {
-                key,
-                disks,
-                ..PoolOptions::default()
-            },
-        )?);
+        let mut pool_options = PoolOptions {
+            key,
+            disks,
+            ..PoolOptions::default()
+        };
+        if let Some(storage) = &config.storage {
+            pool_options.storage = storage.0.clone();
+        }
+        let pool = Arc::new(Pool::open_with(dir.join("pool"), pool_options)?);
         let world = journal.world()?;
         reconcile(&pool, &world)?;
 
@@ -569,7 +586,22 @@ impl Cluster {
     }
 
     /// Stops taking requests, drains those in flight, flushes every volume.
-    pub async fn shutdown(mut self) {
+    pub async fn shutdown(self) {
+        self.stop(true).await
+    }
+
+    /// Stops like a killed process, for tests that restart on the same data
+    /// dir: requests stop and the actors let go of the journal and the
+    /// pool, but neither the pool nor the journal is checkpointed or
+    /// flushed here. (The redb journal still checkpoints when its last
+    /// handle drops; the pool only stops its background thread, so a test
+    /// on `MemStorage` then calls `crash` to lose what was not synced.)
+    #[cfg(test)]
+    pub(crate) async fn crash(self) {
+        self.stop(false).await
+    }
+
+    async fn stop(mut self, clean: bool) {
         let _ = self.shutdown.send(true);
         if let Some(task) = self.gateway.take() {
             let _ = task.await;
@@ -583,9 +615,11 @@ impl Cluster {
             tracing::error!(error = %e, "FUSE unmount at shutdown failed");
         }
         // Final checkpoints: the next start replays neither log.
-        self.services.journal.close();
-        if let Err(e) = self.services.pool.close() {
-            tracing::error!(error = %e, "closing the block pool failed");
+        if clean {
+            self.services.journal.close();
+            if let Err(e) = self.services.pool.close() {
+                tracing::error!(error = %e, "closing the block pool failed");
+            }
         }
         // Bounded: with NATS gone a flush would wait for a reconnect that
         // may never come, and a stop must not hang on it.

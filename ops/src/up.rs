@@ -57,6 +57,7 @@ pub fn cluster_config(data_dir: PathBuf, bus: BusChoice, nbd: Option<ListenAddr>
         topology: None,
         limits: cairn_actors::Limits::default(),
         security: cairn_actors::security::Security::default(),
+        storage: None,
     }
 }
 

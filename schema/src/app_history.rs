@@ -212,11 +212,12 @@ impl AppState {
         overrides: &[String],
         volume_exists: &dyn Fn(&str) -> bool,
     ) -> Result<Vec<Event>, ApiError> {
+        // An existing target is refused even when an earlier clone of the
+        // same snapshot made it: that is another request (its overrides
+        // would be dropped). The same step rerun after a crash never gets
+        // here: its request id is journaled with its events, so dedup
+        // answers it with the first reply.
         if self.exists() {
-            if self.origin.as_ref() == Some(&(source.to_owned(), snapshot.to_owned())) {
-                // The same clone step again (after a crash): done already.
-                return Ok(Vec::new());
-            }
             return Err(ApiError::new(
                 ErrorCode::AlreadyExists,
                 format!("app {name:?} already exists"),

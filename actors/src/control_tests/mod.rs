@@ -16,6 +16,7 @@ mod journal_faults;
 mod placement;
 mod repo;
 mod saga;
+mod sim;
 mod volume;
 mod workflow;
 
@@ -135,6 +136,7 @@ fn config(data_dir: PathBuf, topology: Option<&str>) -> Config {
             .map(|t| cairn_placement::Topology::from_yaml(t).expect("test topology parses")),
         limits: crate::Limits::default(),
         security: crate::security::Security::default(),
+        storage: None,
     }
 }
 

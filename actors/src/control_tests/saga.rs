@@ -156,3 +156,33 @@ async fn racing_app_snapshots() {
     assert_eq!(running["workflows"], json!([]), "{running}");
     plane.stop().await;
 }
+
+/// Found by the simulation (seed 104): a second `app clone` of the same
+/// snapshot into an app an earlier clone made was answered as done and
+/// did nothing (its `--set` silently dropped). It is refused, and the
+/// existing app is left as it was (the clone step's compensation does not
+/// remove it).
+#[actix_rt::test]
+async fn second_clone_into_an_existing_clone_is_refused() {
+    let plane = Plane::start().await;
+    plane
+        .call("app", "create", create_body("shop", 1, "1Mi"))
+        .await
+        .unwrap();
+    plane
+        .call("app", "snapshot", json!({"name": "shop", "snapshot": "s1"}))
+        .await
+        .unwrap();
+    let clone = |mode: &str| json!({"name": "shop", "snapshot": "s1", "target": "branch", "set": [format!("settings.mode={mode}")]});
+    plane.call("app", "clone", clone("dev")).await.unwrap();
+    let again = plane.call("app", "clone", clone("safe")).await;
+    assert!(again.is_err(), "{again:?}");
+    let branch = plane
+        .call("app", "get", json!({"name": "branch"}))
+        .await
+        .unwrap();
+    assert_eq!(branch["configmaps"]["settings"]["mode"], "dev");
+    let verify = plane.call("events", "verify", json!({})).await.unwrap();
+    assert_eq!(verify["ok"], true, "{verify}");
+    plane.stop().await;
+}
