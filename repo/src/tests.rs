@@ -242,11 +242,36 @@ fn urls_parse_and_bad_ones_say_why() {
         ("s3://bucket?secret_key=%zz", "percent-encoding"),
         ("s3://bucket?secret_key=%ff", "percent-encoding"),
         ("file:///srv/%2", "percent-encoding"),
+        ("file://host/srv", "absolute"),
+        ("file:/srv", "absolute"),
+        ("file:///srv#x", "no query"),
+        ("s3://bucket?endpoint=http://h:", "endpoint"),
+        ("s3://bucket?endpoint=http://h:0", "endpoint"),
+        ("s3://bucket?endpoint=http://h_x", "endpoint"),
     ] {
         let e = RepoUrl::parse(bad).unwrap_err();
         assert_eq!(e.code(), ErrorCode::InvalidArgument);
         assert!(e.to_string().contains(why), "{bad}: {e}");
     }
+}
+
+#[test]
+fn urls_are_normalised_by_the_url_parser() {
+    // `..` in a file path is resolved, escapes are decoded.
+    assert_eq!(
+        RepoUrl::parse("file:///srv/a/../b%20c").unwrap(),
+        RepoUrl::File {
+            path: "/srv/b c".into()
+        }
+    );
+    // Endpoints compare in canonical form: names lower-cased, IPv4 and
+    // IPv6 addresses written one way, default ports filled in.
+    let e = |t: &str| Endpoint::parse(t).unwrap();
+    assert_eq!(e("http://127.1:9000"), e("http://127.0.0.1:9000"));
+    assert_eq!(e("http://[0:0::1]:80"), e("http://[::1]"));
+    assert_eq!(e("https://S3.Example.com"), e("https://s3.example.com:443"));
+    assert_eq!(e("http://[::1]:9000").host, "[::1]");
+    assert_ne!(e("http://h:80"), e("https://h:80"));
 }
 
 #[test]
