@@ -235,6 +235,26 @@ impl Node {
         String::from_utf8(out.stdout).unwrap()
     }
 
+    /// Runs `cairn -o json ARGS…` and parses stdout, panicking with stderr
+    /// on failure.
+    pub fn json(&self, args: &[&str]) -> serde_json::Value {
+        let mut all = vec!["-o", "json"];
+        all.extend_from_slice(args);
+        serde_json::from_str(&self.ok(&all)).expect("-o json prints JSON")
+    }
+
+    /// Runs a command that must fail (the test fails otherwise); returns
+    /// its stderr.
+    pub fn fails(&self, args: &[&str]) -> String {
+        let out = self.cli(args);
+        assert!(
+            !out.status.success(),
+            "cairn {args:?} should fail: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    }
+
     /// The NBD URI qemu understands for an export.
     pub fn nbd_uri(&self, export: &str) -> String {
         format!("nbd+unix:///{export}?socket={}", self.nbd_socket.display())
