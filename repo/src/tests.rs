@@ -396,6 +396,35 @@ fn push_then_pull_round_trips_bytes_holes_and_meta() {
 }
 
 #[test]
+fn the_clock_stamps_the_config_and_every_manifest() {
+    let pool = pool();
+    make_volume(&pool, "v", 3);
+    pool.snapshot("v", "s1").unwrap();
+    pool.snapshot("v", "s2").unwrap();
+    let store = Arc::new(MemStore::new());
+    let clock = Arc::new(cairn_blocks::clock::ManualClock::new(5_000));
+    let repo = Repo::init_with_clock(store.clone(), &key(), small(), clock.clone()).unwrap();
+    assert_eq!(repo.config().created_ms, 5_000);
+    repo.push(&pool, &request("a", "s1", &["v"], None), &|_| {})
+        .unwrap();
+    // The wall clock went back: the listing follows the stamped times.
+    clock.set(4_000);
+    let reopened = Repo::open(store.clone(), &key())
+        .unwrap()
+        .with_clock(clock.clone());
+    reopened
+        .push(&pool, &request("a", "s2", &["v"], None), &|_| {})
+        .unwrap();
+    let listed: Vec<(String, u64)> = reopened
+        .list()
+        .unwrap()
+        .into_iter()
+        .map(|m| (m.snapshot, m.created_ms))
+        .collect();
+    assert_eq!(listed, [("s2".to_owned(), 4_000), ("s1".to_owned(), 5_000)]);
+}
+
+#[test]
 fn a_file_repo_round_trips_and_reopens() {
     let dir = tempfile::tempdir().unwrap();
     let url = RepoUrl::parse(&format!("file://{}/repo", dir.path().display())).unwrap();
