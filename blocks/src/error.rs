@@ -42,6 +42,10 @@ pub enum Error {
     KeyRequired { volume: String },
     #[error("volume {volume:?} is encrypted with a different key than the one loaded")]
     KeyMismatch { volume: String },
+    #[error("volume {volume:?} is under another fence")]
+    Fenced { volume: String },
+    #[error("{fence} has lapsed: its lease ended, or it was released")]
+    FenceLapsed { fence: crate::fence::FenceId },
     #[error("io error on {path}: {source}")]
     Io {
         path: PathBuf,
@@ -72,6 +76,8 @@ impl Error {
             Error::VolumeNotFound { .. } | Error::SnapshotNotFound { .. } => libc::ENOENT,
             Error::VolumeExists { .. } | Error::SnapshotExists { .. } => libc::EEXIST,
             Error::Corrupted { .. } | Error::Io { .. } => libc::EIO,
+            Error::Fenced { .. } => libc::EBUSY,
+            Error::FenceLapsed { .. } => libc::ESTALE,
         }
     }
 }

@@ -11,6 +11,8 @@
 //!
 //! # Map
 //! - [`pool`]: the public API, volumes, the read and write paths.
+//! - [`fence`]: the per-volume I/O gate and leased fences (consistency
+//!   groups across requests).
 //! - `tree`: the persistent block map (structural sharing).
 //! - `record`: the on-disk record, checksums, compression, encryption.
 //! - `segment`: disks, append-only segment files, tail scanning.
@@ -23,6 +25,7 @@ mod checkpoint;
 pub mod clock;
 mod device;
 mod error;
+pub mod fence;
 pub mod fuse;
 mod gc;
 pub mod nbd;
@@ -34,6 +37,7 @@ pub mod tree;
 
 pub use device::Device;
 pub use error::{Error, Result};
+pub use fence::{FenceId, MAX_FENCE_LEASE};
 pub use pool::{
     BadBlock, CompactStats, DiskUsage, ExportName, Extent, Pool, PoolOptions, SLICE_BYTES,
     ScrubReport, SnapshotInfo, VolumeInfo, VolumeOptions,

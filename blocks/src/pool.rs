@@ -16,12 +16,17 @@
 //! # Invariants
 //! - Generations are unique and increase; a tree entry is only replaced by
 //!   one with a higher generation, so live state equals replayed state.
-//! - Writers hold `quiesce` (shared) and the volume's `gate` (shared) from
-//!   taking a generation until the tree points at the record. A checkpoint
-//!   takes `quiesce` exclusively; snapshots and rollbacks take the `gate`
-//!   exclusively (the I/O fence).
-//! - Lock order: quiesce → gate → catalog → volume state → segments/disk
-//!   writer → meta log.
+//! - Writers hold the volume's `gate` (entered, for the whole request) and
+//!   `quiesce` (shared) from taking a generation until the tree points at
+//!   the record. A checkpoint takes `quiesce` exclusively; snapshots,
+//!   rollbacks, deletes and leased fences close the `gate` (the I/O fence,
+//!   `fence.rs`). Flushes of a writable export enter the gate too.
+//! - Lock order: gate → rmw → quiesce → catalog → volume state →
+//!   segments/disk writer → meta log. The gate is first because a fence
+//!   holds it across requests: a writer waiting at a fenced gate holds no
+//!   other lock, so it cannot stall the fence holder's `snapshot_fenced`
+//!   (which takes `quiesce`) behind a checkpoint waiting for `quiesce`.
+//!   The fence registry (`Pool::fences`) is never held while waiting.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -31,6 +36,7 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use crate::clock::{Clock, SystemClock};
+use crate::fence::{Fences, Gate, Inside};
 
 use serde::{Deserialize, Serialize};
 
@@ -190,7 +196,7 @@ pub(crate) struct Volume {
     pub opts: VolumeOptions,
     pub key_check: Option<[u8; 16]>,
     pub origin: Option<(u64, String)>,
-    pub gate: RwLock<()>,
+    pub gate: Gate,
     rmw: Mutex<()>,
     pub st: Mutex<VolState>,
     pub deleted: AtomicBool,
@@ -213,7 +219,7 @@ impl Volume {
             opts,
             key_check,
             origin,
-            gate: RwLock::new(()),
+            gate: Gate::new(),
             rmw: Mutex::new(()),
             st: Mutex::new(st),
             deleted: AtomicBool::new(false),
@@ -296,9 +302,11 @@ struct Background {
 pub struct Pool {
     pub(crate) inner: Arc<Inner>,
     background: Mutex<Option<Background>>,
+    /// Leased fences handed out and not yet released (`fence.rs`).
+    pub(crate) fences: Mutex<Fences>,
 }
 
-fn check_name(name: &str, what: &'static str) -> Result<()> {
+pub(crate) fn check_name(name: &str, what: &'static str) -> Result<()> {
     let reason = if name.is_empty() {
         Some("empty")
     } else if name.len() > 253 {
@@ -334,6 +342,7 @@ impl Pool {
         let pool = Pool {
             inner,
             background: Mutex::new(None),
+            fences: Mutex::new(Fences::new()),
         };
         if opts.background {
             pool.start_background();
@@ -467,11 +476,12 @@ impl Pool {
     }
 
     /// Deletes a volume and its snapshots. Clones keep their data.
+    /// Waits for a fence on it to end (at most its lease).
     pub fn delete_volume(&self, name: &str) -> Result<()> {
         let inner = &self.inner;
-        let _q = inner.quiesce.read().unwrap();
         let vol = inner.volume(name)?;
-        let _fence = vol.gate.write().unwrap();
+        let _fence = vol.gate.close(&vol.name);
+        let _q = inner.quiesce.read().unwrap();
         inner.log_and_apply(MetaOp::DeleteVolume { id: vol.id })
     }
 
@@ -482,9 +492,11 @@ impl Pool {
 
     /// Snapshots several volumes at one instant: every volume's I/O is
     /// fenced before the first snapshot is taken (a consistency group).
+    /// The fence lasts this call; a volume under a leased fence
+    /// ([`Pool::fence`]) is waited for (at most its lease). Across requests,
+    /// use [`Pool::fence`], [`Pool::snapshot_fenced`] and [`Pool::unfence`].
     pub fn snapshot_group(&self, items: &[(&str, &str)]) -> Result<()> {
         let inner = &self.inner;
-        let _q = inner.quiesce.read().unwrap();
         let mut vols = vec![];
         for (v, s) in items {
             check_name(s, "snapshot")?;
@@ -502,11 +514,19 @@ impl Pool {
         order.dedup_by(|a, b| vols[*a].0.id == vols[*b].0.id);
         let _fences: Vec<_> = order
             .iter()
-            .map(|i| vols[*i].0.gate.write().unwrap())
+            .map(|i| vols[*i].0.gate.close(&vols[*i].0.name))
             .collect();
+        self.take_snapshots(&vols)
+    }
+
+    /// Flushes, then logs and applies one `Snapshot` per item in one batch.
+    /// The caller holds every item's gate closed (by a call or a fence).
+    pub(crate) fn take_snapshots(&self, items: &[(Arc<Volume>, &str)]) -> Result<()> {
+        let inner = &self.inner;
+        let _q = inner.quiesce.read().unwrap();
         inner.flush_segments()?;
-        let created_ms = self.inner.opts.clock.now_ms();
-        let ops: Vec<MetaOp> = vols
+        let created_ms = inner.opts.clock.now_ms();
+        let ops: Vec<MetaOp> = items
             .iter()
             .map(|(vol, s)| MetaOp::Snapshot {
                 volume: vol.id,
@@ -544,13 +564,14 @@ impl Pool {
         })
     }
 
-    /// Makes `volume` read as `volume@snapshot` again. O(1).
+    /// Makes `volume` read as `volume@snapshot` again. O(1). Waits for a
+    /// fence on it to end (at most its lease).
     pub fn rollback(&self, volume: &str, snapshot: &str) -> Result<()> {
         let inner = &self.inner;
-        let _q = inner.quiesce.read().unwrap();
         let vol = inner.volume(volume)?;
         inner.snap(&vol, snapshot)?;
-        let _fence = vol.gate.write().unwrap();
+        let _fence = vol.gate.close(&vol.name);
+        let _q = inner.quiesce.read().unwrap();
         inner.flush_segments()?;
         inner.log_and_apply(MetaOp::Rollback {
             volume: vol.id,
@@ -798,10 +819,16 @@ impl Inner {
     }
 
     /// Writes whole blocks starting at block `first`. All-zero blocks
-    /// become trims.
-    fn write_blocks(&self, vol: &Volume, first: u64, data: &[u8], fua: bool) -> Result<()> {
+    /// become trims. The caller is inside the volume's gate.
+    fn write_blocks(
+        &self,
+        vol: &Volume,
+        _inside: &Inside,
+        first: u64,
+        data: &[u8],
+        fua: bool,
+    ) -> Result<()> {
         let _q = self.quiesce.read().unwrap();
-        let _g = vol.gate.read().unwrap();
         if vol.deleted.load(Ordering::Acquire) {
             return Err(Error::VolumeNotFound {
                 volume: vol.name.clone(),
@@ -908,9 +935,16 @@ impl Inner {
     /// Discards whole blocks `first..first+count`: one trim record per
     /// slice, and tombstones only where the tree has entries, so trimming a
     /// whole 1 TiB volume (mkfs does) costs what is mapped, not its size.
-    fn trim_blocks(&self, vol: &Volume, first: u64, count: u64, fua: bool) -> Result<()> {
+    /// The caller is inside the volume's gate.
+    fn trim_blocks(
+        &self,
+        vol: &Volume,
+        _inside: &Inside,
+        first: u64,
+        count: u64,
+        fua: bool,
+    ) -> Result<()> {
         let _q = self.quiesce.read().unwrap();
-        let _g = vol.gate.read().unwrap();
         if vol.deleted.load(Ordering::Acquire) {
             return Err(Error::VolumeNotFound {
                 volume: vol.name.clone(),
@@ -1266,13 +1300,19 @@ impl VolumeDevice {
 
     /// Applies `patch` to the bytes `offset..offset+len`, which lie inside
     /// one block, by read-modify-write.
-    fn patch_block(&self, offset: u64, fua: bool, patch: &dyn Fn(&mut [u8])) -> Result<()> {
+    fn patch_block(
+        &self,
+        inside: &Inside,
+        offset: u64,
+        fua: bool,
+        patch: &dyn Fn(&mut [u8]),
+    ) -> Result<()> {
         let lba = offset / BLOCK as u64;
         let _rmw = self.vol.rmw.lock().unwrap();
         let mut block = vec![0u8; BLOCK];
         self.inner.read_blocks(&self.vol, None, lba, &mut block)?;
         patch(&mut block);
-        self.inner.write_blocks(&self.vol, lba, &block, fua)
+        self.inner.write_blocks(&self.vol, inside, lba, &block, fua)
     }
 
     /// Splits `offset..offset+len` into a partial head, whole blocks and a
@@ -1301,6 +1341,9 @@ impl VolumeDevice {
         if len == 0 {
             return Ok(());
         }
+        // One pass of the gate for the whole request, so a fence sees all
+        // of its pieces or none.
+        let entered = self.vol.gate.enter(&self.vol.name);
         let (head, middle, tail) = Self::split(offset, len);
         let bytes =
             |at: u64, n: u64| data.map(|d| &d[(at - offset) as usize..(at - offset + n) as usize]);
@@ -1308,7 +1351,7 @@ impl VolumeDevice {
             let (at, n) = piece;
             let inside = (at % BLOCK as u64) as usize;
             let src = bytes(at, n);
-            self.patch_block(at, fua, &|block: &mut [u8]| match src {
+            self.patch_block(&entered, at, fua, &|block: &mut [u8]| match src {
                 Some(s) => block[inside..inside + s.len()].copy_from_slice(s),
                 None => block[inside..inside + n as usize].fill(0),
             })?;
@@ -1316,10 +1359,10 @@ impl VolumeDevice {
         if let Some((at, n)) = middle {
             let lba = at / BLOCK as u64;
             match bytes(at, n) {
-                Some(s) => self.inner.write_blocks(&self.vol, lba, s, fua)?,
+                Some(s) => self.inner.write_blocks(&self.vol, &entered, lba, s, fua)?,
                 None => self
                     .inner
-                    .trim_blocks(&self.vol, lba, n / BLOCK as u64, fua)?,
+                    .trim_blocks(&self.vol, &entered, lba, n / BLOCK as u64, fua)?,
             }
         }
         Ok(())
@@ -1366,7 +1409,13 @@ impl Device for VolumeDevice {
     fn trim(&self, offset: u64, len: u64) -> Result<()> {
         self.write_range(offset, len, None, false)
     }
+    /// A writable export's flush waits at the gate like a write, so a
+    /// fenced volume's flushes wait for the fence too.
     fn flush(&self) -> Result<()> {
+        let _inside = self
+            .snapshot
+            .is_none()
+            .then(|| self.vol.gate.enter(&self.vol.name));
         self.inner.flush_segments()
     }
 }
