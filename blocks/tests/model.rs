@@ -1,5 +1,6 @@
 //! Model-based property test of the pool: random sequences of writes
-//! (aligned and not), trims, flushes, snapshots, clones, rollbacks,
+//! (aligned and not), trims, flushes, snapshots (plain, and under a leased
+//! fence over one or two volumes), clones, rollbacks,
 //! deletes, compactions, checkpoints, injected faults (failed syncs, a full
 //! disk) and crashes, run over the in-memory storage twin and checked
 //! against a plain in-memory model after every step.
@@ -21,6 +22,8 @@ const BLOCKS: usize = 40;
 const SIZE: usize = BLOCKS * BLOCK - 1000;
 const NAMES: [&str; 3] = ["a", "b", "app/c"];
 const SNAPS: [&str; 2] = ["s1", "s2"];
+/// Fences in the model are always released by the step that takes them.
+const LEASE: std::time::Duration = std::time::Duration::from_secs(60);
 
 #[derive(Debug, Clone)]
 enum Op {
@@ -50,6 +53,12 @@ enum Op {
     },
     Snapshot {
         v: usize,
+        s: usize,
+    },
+    /// Fence `v` and `w`, snapshot both as `s`, unfence.
+    FencedSnapshot {
+        v: usize,
+        w: usize,
         s: usize,
     },
     DeleteSnapshot {
@@ -83,6 +92,7 @@ fn op() -> impl Strategy<Value = Op> {
         3 => any::<bool>().prop_map(|fail| Op::Flush { fail }),
         1 => (0..3usize, 0..BLOCKS - 1).prop_map(|(v, block)| Op::NoSpaceWrite { v, block }),
         2 => (0..3usize, 0..2usize).prop_map(|(v, s)| Op::Snapshot { v, s }),
+        2 => (0..3usize, 0..3usize, 0..2usize).prop_map(|(v, w, s)| Op::FencedSnapshot { v, w, s }),
         1 => (0..3usize, 0..2usize).prop_map(|(v, s)| Op::DeleteSnapshot { v, s }),
         1 => (0..3usize, 0..2usize, 0..3usize).prop_map(|(v, s, new)| Op::Clone { v, s, new }),
         1 => (0..3usize, 0..2usize).prop_map(|(v, s)| Op::Rollback { v, s }),
@@ -353,6 +363,38 @@ impl Harness {
                     mv.settle();
                     let cur = mv.current();
                     mv.snaps.insert(snap.to_owned(), cur);
+                }
+            }
+            Op::FencedSnapshot { v, w, s } => {
+                let snap = SNAPS[s];
+                let mut vols = vec![NAMES[v], NAMES[w]];
+                vols.dedup();
+                let exist = vols.iter().all(|n| self.model.contains_key(*n));
+                let r = pool.fence(&vols, LEASE);
+                prop_assert_eq!(r.is_ok(), exist, "fence {:?}: {:?}", vols, r);
+                let Ok(id) = r else {
+                    return Ok(());
+                };
+                // Reads (and scrubs) proceed under the fence.
+                self.check(false)?;
+                let fresh = vols
+                    .iter()
+                    .all(|n| !self.model[*n].snaps.contains_key(snap));
+                let items: Vec<(&str, &str)> = vols.iter().map(|n| (*n, snap)).collect();
+                let r = pool.snapshot_fenced(id, &items);
+                prop_assert_eq!(r.is_ok(), fresh, "snapshot {:?}: {:?}", items, r);
+                pool.unfence(id).unwrap();
+                pool.unfence(id).unwrap();
+                // Nothing stays fenced: the same volumes can be fenced again.
+                let again = pool.fence(&vols, LEASE).unwrap();
+                pool.unfence(again).unwrap();
+                if r.is_ok() {
+                    for n in vols {
+                        let mv = self.model.get_mut(n).unwrap();
+                        mv.settle();
+                        let cur = mv.current();
+                        mv.snaps.insert(snap.to_owned(), cur);
+                    }
                 }
             }
             Op::DeleteSnapshot { v, s } => {
