@@ -28,8 +28,9 @@
 //! write in half-way would break the snapshot's single instant.
 //!
 //! # Invariants
-//! - No fence outlives its lease (plus at most one `snapshot_fenced` begun
-//!   within it); `snapshot_fenced` is refused once the lease has ended.
+//! - No fence outlives its lease, save for finishing the `snapshot_fenced`
+//!   calls begun within it; `snapshot_fenced` is refused once the lease has
+//!   ended.
 //! - A volume is under at most one holder: a second fence over it is
 //!   refused ([`Error::Fenced`]); an in-call operation waits for the fence
 //!   to end (at most its lease).
