@@ -351,3 +351,56 @@ fn a_fence_over_two_volumes_snapshots_one_instant() {
         prev = a;
     }
 }
+
+/// A snapshot under way pins its fence: writers stay out past the deadline
+/// until it finishes, and no new snapshot may start after the deadline.
+#[test]
+fn a_pinned_fence_holds_past_its_deadline_until_unpinned() {
+    let gate = Arc::new(Gate::new());
+    let id = FenceId(1);
+    let until = Instant::now() + Duration::from_millis(20);
+    gate.claim("v", id, until).unwrap();
+    gate.drain("v", id).unwrap();
+    assert!(gate.pin(id));
+    let writer = {
+        let gate = gate.clone();
+        thread::spawn(move || drop(gate.enter("v")))
+    };
+    while Instant::now() < until || gate.waiting() < 1 {
+        thread::sleep(Duration::from_millis(1));
+    }
+    assert!(!writer.is_finished(), "pinned past its deadline");
+    assert!(!gate.pin(id), "no new snapshot after the deadline");
+    gate.unpin(id);
+    writer.join().unwrap();
+    assert!(matches!(
+        gate.claim("v", FenceId(2), Instant::now() + LONG),
+        Ok(())
+    ));
+}
+
+/// Unfence waits for a snapshot under way, then reopens.
+#[test]
+fn a_release_waits_for_the_snapshot_under_way() {
+    let gate = Arc::new(Gate::new());
+    let id = FenceId(7);
+    gate.claim("v", id, Instant::now() + LONG).unwrap();
+    assert!(gate.pin(id));
+    let releaser = {
+        let gate = gate.clone();
+        thread::spawn(move || gate.release("v", id))
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while gate.waiting() < 1 {
+        assert!(Instant::now() < deadline, "release never waited");
+        thread::sleep(Duration::from_millis(1));
+    }
+    assert!(gate.lock().is_held_by(id), "still fenced while pinned");
+    gate.unpin(id);
+    releaser.join().unwrap();
+    assert_eq!(gate.lock().holder, Holder::Open);
+    // Another fence's id releases nothing.
+    gate.claim("v", FenceId(8), Instant::now() + LONG).unwrap();
+    gate.release("v", id);
+    assert!(gate.lock().is_held_by(FenceId(8)));
+}
