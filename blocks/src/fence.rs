@@ -430,24 +430,27 @@ impl Pool {
                 .ok_or_else(|| Error::InvalidArgument(format!("volume {v:?} is not under {id}")))?;
             resolved.push((vol.clone(), *s));
         }
-        let mut pinned: Vec<&Arc<Volume>> = vec![];
+        // Unpinned on every way out, a panic included: a pin left behind
+        // would hold the fence past its lease.
+        struct Pins<'a>(FenceId, Vec<&'a Arc<Volume>>);
+        impl Drop for Pins<'_> {
+            fn drop(&mut self) {
+                for v in &self.1 {
+                    v.gate.unpin(self.0);
+                }
+            }
+        }
+        let mut pins = Pins(id, vec![]);
         for (vol, _) in &resolved {
-            if pinned.iter().any(|p| p.id == vol.id) {
+            if pins.1.iter().any(|p| p.id == vol.id) {
                 continue;
             }
             if !vol.gate.pin(id) {
-                for p in pinned {
-                    p.gate.unpin(id);
-                }
                 return Err(Error::FenceLapsed { fence: id });
             }
-            pinned.push(vol);
+            pins.1.push(vol);
         }
-        let taken = self.take_snapshots(&resolved);
-        for p in pinned {
-            p.gate.unpin(id);
-        }
-        taken
+        self.take_snapshots(&resolved)
     }
 
     /// Releases fence `id`: its volumes' writers resume. Idempotent: an id
