@@ -79,6 +79,8 @@ pub fn blocks_code(e: &cairn_blocks::Error) -> ErrorCode {
         }
         B::NoSpace { .. } => ErrorCode::NoSpace,
         B::Corrupted { .. } => ErrorCode::Corrupted,
+        B::Fenced { .. } => ErrorCode::FailedPrecondition,
+        B::FenceLapsed { .. } => ErrorCode::DeadlineExceeded,
         B::Io { .. } => ErrorCode::Internal,
     }
 }
