@@ -202,7 +202,16 @@ impl Bus {
         let client = opts
             .name(options.name.clone().unwrap_or_else(|| "cairn".into()))
             .connection_timeout(Duration::from_secs(5))
-            .connect(&options.url)
+            // A comma-separated list is several servers of one cluster:
+            // the client picks one and fails over to the others.
+            .connect(
+                options
+                    .url
+                    .split(',')
+                    .map(str::trim)
+                    .filter(|u| !u.is_empty())
+                    .collect::<Vec<_>>(),
+            )
             .await
             .map_err(|e| fail(connect_error_message(&e)))?;
         Ok(Bus::Nats { client, url })

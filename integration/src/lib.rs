@@ -5,7 +5,8 @@
 //! drives it with the CLI, a raw NATS client and real NBD clients (qemu-io),
 //! and kills it with SIGKILL when asked. [`NatsProcess`] runs a nats-server
 //! from a config file the test writes (auth, TLS, payload limits) on a port
-//! it keeps, so a test can kill it and start it again on the same port.
+//! it keeps, so a test can kill it and start it again on the same port;
+//! [`NatsCluster`] joins three of them by routes.
 //!
 //! Every server a test starts is stopped when its guard drops.
 
@@ -232,6 +233,26 @@ impl Node {
             String::from_utf8_lossy(&out.stderr)
         );
         String::from_utf8(out.stdout).unwrap()
+    }
+
+    /// Runs `cairn -o json ARGS…` and parses stdout, panicking with stderr
+    /// on failure.
+    pub fn json(&self, args: &[&str]) -> serde_json::Value {
+        let mut all = vec!["-o", "json"];
+        all.extend_from_slice(args);
+        serde_json::from_str(&self.ok(&all)).expect("-o json prints JSON")
+    }
+
+    /// Runs a command that must fail (the test fails otherwise); returns
+    /// its stderr.
+    pub fn fails(&self, args: &[&str]) -> String {
+        let out = self.cli(args);
+        assert!(
+            !out.status.success(),
+            "cairn {args:?} should fail: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        String::from_utf8_lossy(&out.stderr).into_owned()
     }
 
     /// The NBD URI qemu understands for an export.
@@ -554,6 +575,100 @@ impl Drop for NatsProcess {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+/// Three nats-servers joined by routes on loopback (a NATS cluster), each
+/// a [`NatsProcess`] with its own dir, client port, route port and
+/// monitoring port. Killing one leaves the other two serving; clients given
+/// [`NatsCluster::urls`] reconnect to a survivor.
+pub struct NatsCluster {
+    pub servers: Vec<NatsProcess>,
+    monitor_ports: Vec<u16>,
+}
+
+impl NatsCluster {
+    /// Starts `n` servers under `dir` and waits until every one has routes
+    /// to all the others (so interest anywhere reaches everywhere).
+    pub fn start(dir: &Path, n: usize) -> NatsCluster {
+        let port = || cairn_actors::nats_server::free_port().expect("a free port");
+        let route_ports: Vec<u16> = (0..n).map(|_| port()).collect();
+        let monitor_ports: Vec<u16> = (0..n).map(|_| port()).collect();
+        let servers = (0..n)
+            .map(|i| {
+                let routes: Vec<String> = route_ports
+                    .iter()
+                    .enumerate()
+                    .filter(|(j, _)| *j != i)
+                    .map(|(_, p)| format!("nats-route://127.0.0.1:{p}"))
+                    .collect();
+                let config = format!(
+                    "server_name: n{i}\nhttp: 127.0.0.1:{}\ncluster {{\n  name: cairn-test\n  listen: 127.0.0.1:{}\n  routes: [{}]\n}}\n",
+                    monitor_ports[i],
+                    route_ports[i],
+                    routes.join(", ")
+                );
+                let server_dir = dir.join(format!("nats-{i}"));
+                std::fs::create_dir_all(&server_dir).unwrap();
+                NatsProcess::start(&server_dir, &config)
+            })
+            .collect();
+        let cluster = NatsCluster {
+            servers,
+            monitor_ports,
+        };
+        cluster.wait_routed();
+        cluster
+    }
+
+    /// Every server's client URL, comma-separated (what `--nats` takes).
+    pub fn urls(&self) -> String {
+        self.servers
+            .iter()
+            .map(NatsProcess::url)
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// Waits (bounded) until each running server reports a route to every
+    /// other running server (`/routez` of its monitoring port).
+    pub fn wait_routed(&self) {
+        let running: Vec<usize> = (0..self.servers.len())
+            .filter(|i| self.servers[*i].child.is_some())
+            .collect();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        for &i in &running {
+            loop {
+                let routes = http_get_json(self.monitor_ports[i], "/routez")
+                    .and_then(|v| v["num_routes"].as_u64())
+                    .unwrap_or(0);
+                if routes as usize >= running.len() - 1 {
+                    break;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "nats-server n{i} has {routes} routes, not {}, after 30 s",
+                    running.len() - 1
+                );
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+    }
+}
+
+/// GET `path` from a loopback HTTP port and parse the body as JSON
+/// (`None` when the server does not answer or the body is not JSON).
+fn http_get_json(port: u16, path: &str) -> Option<serde_json::Value> {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    let (_, body) = response.split_once("\r\n\r\n")?;
+    serde_json::from_str(body).ok()
 }
 
 pub const S3_ACCESS: &str = "cairn-test";

@@ -51,19 +51,6 @@ metadata: {name: db}
 spec: {endpoints: [{port: metrics}]}
 "#;
 
-fn json(node: &Node, args: &[&str]) -> Value {
-    let mut all = vec!["-o", "json"];
-    all.extend_from_slice(args);
-    serde_json::from_str(&node.ok(&all)).expect("-o json prints JSON")
-}
-
-/// Runs a command that must fail; returns its stderr.
-fn fails(node: &Node, args: &[&str]) -> String {
-    let out = node.cli(args);
-    assert!(!out.status.success(), "cairn {args:?} should have failed");
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
-
 fn names(list: &Value) -> Vec<String> {
     list.as_array()
         .unwrap()
@@ -80,7 +67,7 @@ fn an_app_from_kubernetes_yaml_lives_scales_drifts_and_keeps_its_history() {
     let manifest = dir.path().join("shop.yaml");
     std::fs::write(&manifest, SHOP).unwrap();
 
-    let created = json(&node, &["app", "create", "-f", manifest.to_str().unwrap()]);
+    let created = node.json(&["app", "create", "-f", manifest.to_str().unwrap()]);
     assert_eq!(
         created["volumes"],
         serde_json::json!([
@@ -90,7 +77,7 @@ fn an_app_from_kubernetes_yaml_lives_scales_drifts_and_keeps_its_history() {
             "shop/wal-db-1"
         ])
     );
-    let app = json(&node, &["app", "get", "shop"]);
+    let app = node.json(&["app", "get", "shop"]);
     assert_eq!(app["workloads"][0]["replicas"], 2);
     assert_eq!(app["objects"].as_array().unwrap().len(), 6);
     let yaml = node.ok(&["app", "get", "shop", "-o", "yaml"]);
@@ -111,16 +98,16 @@ fn an_app_from_kubernetes_yaml_lives_scales_drifts_and_keeps_its_history() {
         )));
     }
 
-    let scaled = json(&node, &["app", "scale", "shop", "--replicas", "3"]);
+    let scaled = node.json(&["app", "scale", "shop", "--replicas", "3"]);
     assert_eq!(
         scaled["added"],
         serde_json::json!(["shop/data-db-2", "shop/wal-db-2"])
     );
-    let volumes = json(&node, &["volume", "list"]);
+    let volumes = node.json(&["volume", "list"]);
     assert_eq!(names(&volumes["volumes"]).len(), 6);
     // Scale-in keeps the volumes, like Kubernetes' default retention.
     node.ok(&["app", "scale", "shop", "--replicas", "1"]);
-    let app = json(&node, &["app", "get", "shop"]);
+    let app = node.json(&["app", "get", "shop"]);
     let retained: Vec<bool> = app["volumes"]
         .as_array()
         .unwrap()
@@ -137,11 +124,11 @@ fn an_app_from_kubernetes_yaml_lives_scales_drifts_and_keeps_its_history() {
         "shop",
         "db-config.max_connections=250",
     ]);
-    let app = json(&node, &["app", "get", "shop"]);
+    let app = node.json(&["app", "get", "shop"]);
     assert_eq!(app["configmaps"]["db-config"]["max_connections"], "250");
 
     // History: the log, newest first, and time travel to before the drift.
-    let log = json(&node, &["app", "log", "shop"]);
+    let log = node.json(&["app", "log", "shop"]);
     let kinds: Vec<&str> = log["entries"]
         .as_array()
         .unwrap()
@@ -159,17 +146,14 @@ fn an_app_from_kubernetes_yaml_lives_scales_drifts_and_keeps_its_history() {
         .unwrap()["seq"]
         .as_u64()
         .unwrap();
-    let then = json(
-        &node,
-        &[
-            "events",
-            "replay",
-            "--at",
-            &created_seq.to_string(),
-            "--app",
-            "shop",
-        ],
-    );
+    let then = node.json(&[
+        "events",
+        "replay",
+        "--at",
+        &created_seq.to_string(),
+        "--app",
+        "shop",
+    ]);
     assert_eq!(then["at_seq"], created_seq);
     assert_eq!(then["app"]["workloads"][0]["replicas"], 2);
     assert_eq!(
@@ -178,9 +162,9 @@ fn an_app_from_kubernetes_yaml_lives_scales_drifts_and_keeps_its_history() {
     );
     assert_eq!(names(&then["volumes"]).len(), 4);
     let time = then["at_time"].as_str().unwrap();
-    let by_time = json(&node, &["events", "replay", "--at", time]);
+    let by_time = node.json(&["events", "replay", "--at", time]);
     assert!(by_time["at_seq"].as_u64().unwrap() >= created_seq);
-    let before = fails(&node, &["events", "replay", "--at", "0", "--app", "shop"]);
+    let before = node.fails(&["events", "replay", "--at", "0", "--app", "shop"]);
     assert!(before.contains("not_found"), "{before}");
 
     let lines = node.ok(&["events", "--app", "shop", "--json"]);
@@ -211,9 +195,9 @@ fn an_app_from_kubernetes_yaml_lives_scales_drifts_and_keeps_its_history() {
     assert!(cluster.contains("NodeRegistered"));
 
     // An app's volumes are the app's: no deleting them behind its back.
-    let refused = fails(&node, &["volume", "delete", "shop/data-db-0"]);
+    let refused = node.fails(&["volume", "delete", "shop/data-db-0"]);
     assert!(refused.contains("failed_precondition"), "{refused}");
-    let refused = fails(&node, &["volume", "create", "shop/extra", "--size", "1Mi"]);
+    let refused = node.fails(&["volume", "create", "shop/extra", "--size", "1Mi"]);
     assert!(refused.contains("failed_precondition"), "{refused}");
 
     // A restart rebuilds the same app from the journal.
@@ -221,7 +205,7 @@ fn an_app_from_kubernetes_yaml_lives_scales_drifts_and_keeps_its_history() {
     let status = node.stop();
     assert!(status.success());
     let node = Node::start(&data_dir, &nats.url);
-    let again = json(&node, &["app", "get", "shop"]);
+    let again = node.json(&["app", "get", "shop"]);
     assert_eq!(again["configmaps"], app["configmaps"]);
     assert_eq!(again["volumes"], app["volumes"]);
     if have_tool("qemu-io") {
@@ -232,11 +216,11 @@ fn an_app_from_kubernetes_yaml_lives_scales_drifts_and_keeps_its_history() {
     }
     assert!(node.ok(&["events", "verify"]).contains("ok"));
 
-    let deleted = json(&node, &["app", "delete", "shop"]);
+    let deleted = node.json(&["app", "delete", "shop"]);
     assert_eq!(deleted["volumes"].as_array().unwrap().len(), 6);
-    assert!(names(&json(&node, &["volume", "list"])["volumes"]).is_empty());
+    assert!(names(&node.json(&["volume", "list"])["volumes"]).is_empty());
     assert!(
-        json(&node, &["app", "list"])["apps"]
+        node.json(&["app", "list"])["apps"]
             .as_array()
             .unwrap()
             .is_empty()
@@ -251,7 +235,7 @@ fn an_app_from_kubernetes_yaml_lives_scales_drifts_and_keeps_its_history() {
     assert!(node.ok(&["events", "verify"]).contains("ok"));
     // The history outlives the app.
     assert!(
-        !json(&node, &["app", "log", "shop"])["entries"]
+        !node.json(&["app", "log", "shop"])["entries"]
             .as_array()
             .unwrap()
             .is_empty()
@@ -287,16 +271,16 @@ fn bad_app_input_gets_codes_and_changes_nothing() {
         ),
     ];
     for (file, text, code) in cases {
-        let err = fails(&node, &["app", "create", "-f", &write(file, text)]);
+        let err = node.fails(&["app", "create", "-f", &write(file, text)]);
         assert!(err.contains(code), "{file}: {err}");
     }
     assert!(
-        json(&node, &["app", "list"])["apps"]
+        node.json(&["app", "list"])["apps"]
             .as_array()
             .unwrap()
             .is_empty()
     );
-    assert!(names(&json(&node, &["volume", "list"])["volumes"]).is_empty());
+    assert!(names(&node.json(&["volume", "list"])["volumes"]).is_empty());
 
     for args in [
         &["app", "get", "nope"][..],
@@ -304,36 +288,30 @@ fn bad_app_input_gets_codes_and_changes_nothing() {
         &["app", "scale", "nope", "--replicas", "2"],
         &["app", "log", "nope"],
     ] {
-        assert!(fails(&node, args).contains("not_found"), "{args:?}");
+        assert!(node.fails(args).contains("not_found"), "{args:?}");
     }
     node.ok(&["app", "create", "-f", &write("shop.yaml", SHOP)]);
-    let again = fails(&node, &["app", "create", "-f", &write("shop.yaml", SHOP)]);
+    let again = node.fails(&["app", "create", "-f", &write("shop.yaml", SHOP)]);
     assert!(again.contains("already_exists"), "{again}");
-    let err = fails(&node, &["app", "config", "set", "shop", "nope.key=1"]);
+    let err = node.fails(&["app", "config", "set", "shop", "nope.key=1"]);
     assert!(
         err.contains("db-config"),
         "the error names the ConfigMaps there are: {err}"
     );
-    let err = fails(
-        &node,
-        &[
-            "app",
-            "scale",
-            "shop",
-            "--replicas",
-            "2",
-            "--workload",
-            "web",
-        ],
-    );
+    let err = node.fails(&[
+        "app",
+        "scale",
+        "shop",
+        "--replicas",
+        "2",
+        "--workload",
+        "web",
+    ]);
     assert!(err.contains("not_found") && err.contains("db"), "{err}");
-    let err = fails(
-        &node,
-        &["request", "app.scale", r#"{"name":"shop","replicas":-1}"#],
-    );
+    let err = node.fails(&["request", "app.scale", r#"{"name":"shop","replicas":-1}"#]);
     assert!(err.contains("invalid_argument"), "{err}");
     // Nothing above changed the app, and the server still answers.
-    let app = json(&node, &["app", "get", "shop"]);
+    let app = node.json(&["app", "get", "shop"]);
     assert_eq!(app["workloads"][0]["replicas"], 2);
     assert!(node.ok(&["events", "verify"]).contains("ok"));
 }
@@ -358,15 +336,15 @@ fn tenants_see_only_their_own_apps() {
         "db-config.max_connections=1",
     ]);
 
-    let acme = json(&node, &["--tenant", "acme", "app", "get", "shop"]);
+    let acme = node.json(&["--tenant", "acme", "app", "get", "shop"]);
     assert_eq!(acme["configmaps"]["db-config"]["max_connections"], "100");
     assert!(
-        json(&node, &["app", "list"])["apps"]
+        node.json(&["app", "list"])["apps"]
             .as_array()
             .unwrap()
             .is_empty()
     );
-    assert!(fails(&node, &["app", "get", "shop"]).contains("not_found"));
+    assert!(node.fails(&["app", "get", "shop"]).contains("not_found"));
     let events = node.ok(&["--tenant", "acme", "events", "--json"]);
     assert!(!events.is_empty());
     assert!(
@@ -375,7 +353,7 @@ fn tenants_see_only_their_own_apps() {
     );
     assert!(node.ok(&["events", "--json"]).trim().is_empty());
     node.ok(&["--tenant", "acme", "app", "delete", "shop"]);
-    let umbrella = json(&node, &["--tenant", "umbrella", "volume", "list"]);
+    let umbrella = node.json(&["--tenant", "umbrella", "volume", "list"]);
     assert_eq!(
         names(&umbrella["volumes"]).len(),
         4,
@@ -402,19 +380,16 @@ fn a_panicking_actor_is_rebuilt_from_the_journal_and_the_process_keeps_serving()
     node.ok(&["app", "create", "-f", manifest.to_str().unwrap()]);
     node.ok(&["app", "scale", "shop", "--replicas", "3"]);
 
-    let err = fails(
-        &node,
-        &[
-            "app",
-            "config",
-            "set",
-            "shop",
-            "db-config.max_connections=7",
-        ],
-    );
+    let err = node.fails(&[
+        "app",
+        "config",
+        "set",
+        "shop",
+        "db-config.max_connections=7",
+    ]);
     assert!(err.contains("rebuilt from the journal"), "{err}");
     // The new actor holds the journaled state, and takes commands.
-    let app = json(&node, &["app", "get", "shop"]);
+    let app = node.json(&["app", "get", "shop"]);
     assert_eq!(app["workloads"][0]["replicas"], 3);
     assert_eq!(app["configmaps"]["db-config"]["max_connections"], "100");
     node.ok(&[
@@ -426,10 +401,10 @@ fn a_panicking_actor_is_rebuilt_from_the_journal_and_the_process_keeps_serving()
     ]);
 
     node.ok(&["volume", "create", "solo", "--size", "1Mi"]);
-    let err = fails(&node, &["volume", "snapshot", "solo", "s1"]);
+    let err = node.fails(&["volume", "snapshot", "solo", "s1"]);
     assert!(err.contains("rebuilt from the journal"), "{err}");
     node.ok(&["volume", "snapshot", "solo", "s1"]);
-    let solo = json(&node, &["volume", "show", "solo"]);
+    let solo = node.json(&["volume", "show", "solo"]);
     assert_eq!(names(&solo["snapshots"]), ["s1"]);
     assert!(node.ok(&["events", "verify"]).contains("ok"));
     assert!(node.log().contains("failpoint"), "the panic is in the log");

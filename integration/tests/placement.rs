@@ -40,12 +40,6 @@ spec:
       spec: {resources: {requests: {storage: 10Gi}}}
 "#;
 
-fn json(node: &Node, args: &[&str]) -> Value {
-    let mut all = vec!["-o", "json"];
-    all.extend_from_slice(args);
-    serde_json::from_str(&node.ok(&all)).expect("-o json prints JSON")
-}
-
 /// The disk (node, disk) of every slice of `volume`, from the placement list.
 fn disks_of(placement: &Value, volume: &str) -> BTreeSet<(String, String)> {
     let v = placement
@@ -80,7 +74,7 @@ fn cassandra_replicas_get_their_own_racks_and_survive_any_single_failure() {
     let node = Node::start_with(&data_dir, &nats.url, &up);
 
     node.ok(&["app", "create", "-f", manifest.to_str().unwrap()]);
-    let placement = json(&node, &["app", "placement", "cass"]);
+    let placement = node.json(&["app", "placement", "cass"]);
     let list = placement.as_array().unwrap();
     assert_eq!(list.len(), 6, "{placement}");
     let mut racks = BTreeSet::new();
@@ -150,7 +144,7 @@ fn cassandra_replicas_get_their_own_racks_and_survive_any_single_failure() {
         "{err}"
     );
     assert_eq!(
-        json(&node, &["app", "get", "cass"])["volumes"]
+        node.json(&["app", "get", "cass"])["volumes"]
             .as_array()
             .unwrap()
             .len(),
@@ -160,12 +154,12 @@ fn cassandra_replicas_get_their_own_racks_and_survive_any_single_failure() {
     // The plan and the node states survive a restart.
     assert!(node.stop().success());
     let node = Node::start_with(&data_dir, &nats.url, &up);
-    assert_eq!(json(&node, &["app", "placement", "cass"]), placement);
+    assert_eq!(node.json(&["app", "placement", "cass"]), placement);
 
     // Losing any one node costs at most one replica.
-    let nodes = json(&node, &["node", "list"]);
+    let nodes = node.json(&["node", "list"]);
     assert_eq!(nodes["nodes"].as_array().unwrap().len(), 4);
-    let report = json(&node, &["node", "fail", "n2"]);
+    let report = node.json(&["node", "fail", "n2"]);
     assert_eq!(report["lost_more_than_one_member"], false, "{report}");
     let lost: BTreeSet<&str> = report["impact"]["volumes"]
         .as_array()
@@ -174,7 +168,7 @@ fn cassandra_replicas_get_their_own_racks_and_survive_any_single_failure() {
         .map(|v| v["replica"].as_str().unwrap())
         .collect();
     assert!(lost.len() <= 1, "{report}");
-    let failed = json(&node, &["node", "list"]);
+    let failed = node.json(&["node", "list"]);
     let n2 = failed["nodes"]
         .as_array()
         .unwrap()
@@ -219,10 +213,7 @@ fn the_public_cassandra_example_loads_and_is_placed_unchanged() {
         &nats.url,
         &[OsStr::new("--nodes"), OsStr::new("4")],
     );
-    let created = json(
-        &node,
-        &["app", "create", "-f", manifest, "--name", "k8s-demo"],
-    );
+    let created = node.json(&["app", "create", "-f", manifest, "--name", "k8s-demo"]);
     assert_eq!(
         created["volumes"],
         serde_json::json!([
@@ -235,7 +226,7 @@ fn the_public_cassandra_example_loads_and_is_placed_unchanged() {
     assert!(
         yaml.contains("kind: StorageClass") && yaml.contains("gcr.io/google-samples/cassandra:v13")
     );
-    let placement = json(&node, &["app", "placement", "k8s-demo"]);
+    let placement = node.json(&["app", "placement", "k8s-demo"]);
     let nodes: BTreeSet<&str> = placement
         .as_array()
         .unwrap()
@@ -248,6 +239,6 @@ fn the_public_cassandra_example_loads_and_is_placed_unchanged() {
         3,
         "three replicas spread over three nodes: {placement}"
     );
-    let listed = json(&node, &["node", "list"]);
+    let listed = node.json(&["node", "list"]);
     assert_eq!(listed["nodes"].as_array().unwrap().len(), 4);
 }

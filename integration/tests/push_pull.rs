@@ -51,23 +51,6 @@ spec:
 "#
 }
 
-fn json(node: &Node, args: &[&str]) -> Value {
-    let mut all = vec!["-o", "json"];
-    all.extend_from_slice(args);
-    serde_json::from_str(&node.ok(&all)).unwrap()
-}
-
-/// Fails the test unless the command fails; returns its stderr.
-fn refused(node: &Node, args: &[&str]) -> String {
-    let out = node.cli(args);
-    assert!(
-        !out.status.success(),
-        "cairn {args:?} should fail: {}",
-        String::from_utf8_lossy(&out.stdout)
-    );
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
-
 /// Writes a volume whole: random, zero and repeated regions.
 fn fill(node: &Node, export: &str, seed: u64, dir: &Path) {
     let mut data = noise(seed, 8 * MIB);
@@ -111,7 +94,7 @@ fn same(node: &Node, file: &Path, export: &str) -> bool {
 
 /// The app's objects (config and metadata) as `app get` shows them.
 fn objects(node: &Node, app: &str) -> Value {
-    json(node, &["app", "get", app])["objects"].clone()
+    node.json(&["app", "get", app])["objects"].clone()
 }
 
 fn tools() -> bool {
@@ -158,7 +141,7 @@ fn an_app_pushed_to_s3_is_pulled_whole_into_a_fresh_cairn_and_repairs_drift() {
     let added = node.ok(&["repo", "add", "offsite", &url, "--key-file", key]);
     assert!(added.contains("created"), "{added}");
     // The secret key never reaches the journal or the listing.
-    let listed = json(&node, &["repo", "list"]);
+    let listed = node.json(&["repo", "list"]);
     let shown = listed["repos"][0]["url"].as_str().unwrap();
     assert!(
         shown.contains("REDACTED") && !shown.contains(S3_SECRET),
@@ -177,10 +160,10 @@ fn an_app_pushed_to_s3_is_pulled_whole_into_a_fresh_cairn_and_repairs_drift() {
         pushed.contains("pushed shop@nightly to offsite"),
         "{pushed}"
     );
-    let ls = json(&node, &["repo", "ls", "offsite"]);
+    let ls = node.json(&["repo", "ls", "offsite"]);
     assert_eq!(ls["snapshots"].as_array().unwrap().len(), 1, "{ls}");
     assert_eq!(ls["snapshots"][0]["volumes"].as_array().unwrap().len(), 2);
-    let flows = json(&node, &["workflow", "list", "--app", "shop"]);
+    let flows = node.json(&["workflow", "list", "--app", "shop"]);
     let push_flow = flows["workflows"]
         .as_array()
         .unwrap()
@@ -204,28 +187,22 @@ fn an_app_pushed_to_s3_is_pulled_whole_into_a_fresh_cairn_and_repairs_drift() {
     let node = Node::start(&site2, &nats.url);
     let wrong = dir.path().join("wrong.key");
     std::fs::write(&wrong, "77".repeat(32)).unwrap();
-    let e = refused(
-        &node,
-        &[
-            "repo",
-            "add",
-            "offsite",
-            &url,
-            "--key-file",
-            wrong.to_str().unwrap(),
-        ],
-    );
+    let e = node.fails(&[
+        "repo",
+        "add",
+        "offsite",
+        &url,
+        "--key-file",
+        wrong.to_str().unwrap(),
+    ]);
     assert!(e.contains("wrong_key"), "{e}");
-    assert_eq!(
-        json(&node, &["repo", "list"])["repos"],
-        Value::Array(vec![])
-    );
+    assert_eq!(node.json(&["repo", "list"])["repos"], Value::Array(vec![]));
     let added = node.ok(&["repo", "add", "offsite", &url, "--key-file", key]);
     assert!(added.contains("registered"), "{added}");
 
-    let e = refused(&node, &["app", "pull", "offsite", "shop@no-such"]);
+    let e = node.fails(&["app", "pull", "offsite", "shop@no-such"]);
     assert!(e.contains("not_found"), "{e}");
-    assert!(refused(&node, &["app", "get", "shop"]).contains("not_found"));
+    assert!(node.fails(&["app", "get", "shop"]).contains("not_found"));
 
     let out = node.cli(&["app", "pull", "offsite", "shop@nightly"]);
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -234,7 +211,7 @@ fn an_app_pushed_to_s3_is_pulled_whole_into_a_fresh_cairn_and_repairs_drift() {
     assert!(same(&node, &saved0, "shop/data-db-0"), "db-0 differs");
     assert!(same(&node, &saved1, "shop/data-db-1"), "db-1 differs");
     assert_eq!(objects(&node, "shop"), objects_before);
-    let snaps = json(&node, &["app", "snapshots", "shop"]);
+    let snaps = node.json(&["app", "snapshots", "shop"]);
     assert!(snaps.to_string().contains("nightly"), "{snaps}");
 
     // Drift on site two: data, config and replicas; a pull repairs all.
@@ -249,7 +226,7 @@ fn an_app_pushed_to_s3_is_pulled_whole_into_a_fresh_cairn_and_repairs_drift() {
     ]);
     node.ok(&["app", "scale", "shop", "--replicas", "3"]);
     assert!(!same(&node, &saved0, "shop/data-db-0"));
-    let repaired = json(&node, &["app", "pull", "offsite", "shop@nightly"]);
+    let repaired = node.json(&["app", "pull", "offsite", "shop@nightly"]);
     // Only the chunks the junk write touched are fetched again.
     let written = repaired["written_chunks"].as_u64().unwrap();
     let unchanged = repaired["unchanged_chunks"].as_u64().unwrap();
@@ -257,7 +234,7 @@ fn an_app_pushed_to_s3_is_pulled_whole_into_a_fresh_cairn_and_repairs_drift() {
     assert!(same(&node, &saved0, "shop/data-db-0"), "db-0 not repaired");
     assert!(same(&node, &saved1, "shop/data-db-1"));
     assert_eq!(objects(&node, "shop"), objects_before);
-    let snaps = json(&node, &["app", "snapshots", "shop"]).to_string();
+    let snaps = node.json(&["app", "snapshots", "shop"]).to_string();
     assert!(snaps.contains("safety-pull-shop-"), "{snaps}");
 
     // A dead S3: a clear error, the cluster keeps serving, and the push
@@ -269,11 +246,11 @@ fn an_app_pushed_to_s3_is_pulled_whole_into_a_fresh_cairn_and_repairs_drift() {
         .map(|e| e.unwrap().path())
         .collect();
     s3.kill();
-    let e = refused(&node, &["app", "push", "shop@after-repair", "offsite"]);
+    let e = node.fails(&["app", "push", "shop@after-repair", "offsite"]);
     assert!(e.contains("unavailable"), "{e}");
     node.ok(&["request", "system.ping"]);
     s3.start_again();
-    let pushed = json(&node, &["app", "push", "shop@after-repair", "offsite"]);
+    let pushed = node.json(&["app", "push", "shop@after-repair", "offsite"]);
     // The repaired data is nightly's: every chunk is already in the repo.
     assert!(pushed["parent"].is_string(), "{pushed}");
     assert_eq!(pushed["new_chunks"], 0, "{pushed}");
@@ -292,19 +269,19 @@ fn an_app_pushed_to_s3_is_pulled_whole_into_a_fresh_cairn_and_repairs_drift() {
         report.contains("DAMAGED") && report.contains("chunk "),
         "{report}"
     );
-    let e = refused(
-        &node,
-        &[
-            "app",
-            "pull",
-            "offsite",
-            "shop@nightly",
-            "--as",
-            "shop-copy",
-        ],
-    );
+    let e = node.fails(&[
+        "app",
+        "pull",
+        "offsite",
+        "shop@nightly",
+        "--as",
+        "shop-copy",
+    ]);
     assert!(e.contains("corrupted") && e.contains("chunk "), "{e}");
-    assert!(refused(&node, &["app", "get", "shop-copy"]).contains("not_found"));
+    assert!(
+        node.fails(&["app", "get", "shop-copy"])
+            .contains("not_found")
+    );
 
     let verify = node.cli(&["events", "verify"]);
     assert!(verify.status.success(), "{verify:?}");

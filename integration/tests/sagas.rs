@@ -72,12 +72,6 @@ fn create_app(node: &Node, name: &str, hooks: &str) {
     node.ok(&["app", "create", "-f", file.to_str().unwrap()]);
 }
 
-fn json(node: &Node, args: &[&str]) -> Value {
-    let mut all = vec!["-o", "json"];
-    all.extend_from_slice(args);
-    serde_json::from_str(&node.ok(&all)).unwrap()
-}
-
 fn write(node: &Node, export: &str, pattern: u8, len: &str) {
     let out = qemu_io(
         &node.nbd_uri(export),
@@ -103,7 +97,7 @@ fn first_byte(node: &Node, export: &str) -> u8 {
 }
 
 fn snapshot_names(node: &Node, app: &str) -> BTreeSet<String> {
-    json(node, &["app", "snapshots", app])["snapshots"]
+    node.json(&["app", "snapshots", app])["snapshots"]
         .as_array()
         .unwrap()
         .iter()
@@ -127,10 +121,7 @@ fn rollback_restores_both_volumes_and_config_and_a_clone_keeps_the_snapshot() {
     create_app(&node, "pg", "    {}");
     write(&node, "pg/data-db-0", 0xaa, "1M");
     write(&node, "pg/wal-db-0", 0xbb, "1M");
-    let snap = json(
-        &node,
-        &["app", "snapshot", "pg", "s1", "-m", "known patterns"],
-    );
+    let snap = node.json(&["app", "snapshot", "pg", "s1", "-m", "known patterns"]);
     assert_eq!(snap["volumes"].as_array().unwrap().len(), 2);
     let workflow = snap["workflow"].as_str().unwrap().to_owned();
 
@@ -146,11 +137,11 @@ fn rollback_restores_both_volumes_and_config_and_a_clone_keeps_the_snapshot() {
     ]);
     node.ok(&["app", "scale", "pg", "--replicas", "2"]);
 
-    let rolled = json(&node, &["app", "rollback", "pg", "s1"]);
+    let rolled = node.json(&["app", "rollback", "pg", "s1"]);
     assert_eq!(rolled["retired"].as_array().unwrap().len(), 2, "{rolled}");
     assert!(reads(&node, "pg/data-db-0", 0xaa, "1M"));
     assert!(reads(&node, "pg/wal-db-0", 0xbb, "1M"));
-    let app = json(&node, &["app", "get", "pg"]);
+    let app = node.json(&["app", "get", "pg"]);
     assert_eq!(app["configmaps"]["db-config"]["max_connections"], "100");
     assert_eq!(app["workloads"][0]["replicas"], 1);
     assert_eq!(app["volumes"].as_array().unwrap().len(), 2);
@@ -160,7 +151,7 @@ fn rollback_restores_both_volumes_and_config_and_a_clone_keeps_the_snapshot() {
     assert!(reads(&node, &format!("pg/data-db-0@{safety}"), 0xcc, "1M"));
 
     // Every step of the snapshot workflow is on record.
-    let shown = json(&node, &["workflow", "show", &workflow]);
+    let shown = node.json(&["workflow", "show", &workflow]);
     assert_eq!(shown["status"], "completed");
     let steps: Vec<&str> = shown["steps"]
         .as_array()
@@ -171,24 +162,21 @@ fn rollback_restores_both_volumes_and_config_and_a_clone_keeps_the_snapshot() {
     assert_eq!(steps, ["completed"; 3]);
 
     // A thin clone: overrides applied, data shared, independent of writes.
-    let clone = json(
-        &node,
-        &[
-            "app",
-            "clone",
-            "pg@s1",
-            "pg-dev",
-            "--set",
-            "db-config.max_connections=5",
-        ],
-    );
+    let clone = node.json(&[
+        "app",
+        "clone",
+        "pg@s1",
+        "pg-dev",
+        "--set",
+        "db-config.max_connections=5",
+    ]);
     assert_eq!(clone["cloned"].as_array().unwrap().len(), 2, "{clone}");
     write(&node, "pg/data-db-0", 0xee, "1M");
     assert!(reads(&node, "pg-dev/data-db-0", 0xaa, "1M"));
     assert!(reads(&node, "pg-dev/wal-db-0", 0xbb, "1M"));
-    let dev = json(&node, &["app", "get", "pg-dev"]);
+    let dev = node.json(&["app", "get", "pg-dev"]);
     assert_eq!(dev["configmaps"]["db-config"]["max_connections"], "5");
-    let shown = json(&node, &["volume", "show", "pg-dev/data-db-0"]);
+    let shown = node.json(&["volume", "show", "pg-dev/data-db-0"]);
     assert!(
         shown["allocated_bytes"].as_u64().unwrap_or(0) < 64 << 10,
         "a clone copies nothing: {shown}"
@@ -203,7 +191,7 @@ fn rollback_restores_both_volumes_and_config_and_a_clone_keeps_the_snapshot() {
     node.ok(&["app", "snapshot-delete", "pg", safety]);
     assert!(snapshot_names(&node, "pg").is_empty());
     // The retired replicas went with the last snapshot that held them.
-    let volumes = json(&node, &["volume", "list"]);
+    let volumes = node.json(&["volume", "list"]);
     let names: Vec<&str> = volumes["volumes"]
         .as_array()
         .unwrap()
@@ -270,7 +258,7 @@ spec:
     let e = failed(&out);
     assert!(e.contains("validate") && e.contains("not ready"), "{e}");
     assert!(snapshot_names(&node, "pg").is_empty(), "compensated");
-    let list = json(&node, &["workflow", "list", "--app", "pg"]);
+    let list = node.json(&["workflow", "list", "--app", "pg"]);
     let statuses: Vec<&str> = list["workflows"]
         .as_array()
         .unwrap()
@@ -279,7 +267,7 @@ spec:
         .collect();
     assert_eq!(statuses, ["compensated", "compensated"]);
     let id = list["workflows"][0]["id"].as_str().unwrap();
-    let shown = json(&node, &["workflow", "show", id]);
+    let shown = node.json(&["workflow", "show", id]);
     assert_eq!(shown["failed_step"], "validate");
     assert_eq!(shown["steps"][1]["attempts"], 2);
     assert_eq!(shown["steps"][0]["state"], "compensated");
@@ -345,7 +333,7 @@ fn fifty_app_snapshots_under_writes_are_consistent_cuts() {
 fn settle(node: &Node) -> Vec<Value> {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let list = json(node, &["workflow", "list"]);
+        let list = node.json(&["workflow", "list"]);
         let all = list["workflows"].as_array().unwrap().clone();
         if all.iter().all(|w| w["status"] != "running") {
             return all;
@@ -430,7 +418,7 @@ fn kill_9_at_each_saga_step_leaves_every_workflow_ended_and_nothing_orphaned() {
             );
         }
         // Nothing fenced: every volume takes a write.
-        let volumes = json(&node, &["volume", "list"]);
+        let volumes = node.json(&["volume", "list"]);
         let names: Vec<String> = volumes["volumes"]
             .as_array()
             .unwrap()
@@ -446,18 +434,18 @@ fn kill_9_at_each_saga_step_leaves_every_workflow_ended_and_nothing_orphaned() {
         }
         // Nothing orphaned: every volume belongs to an app, and every app
         // snapshot has all its volume snapshots (and no others exist).
-        let apps = json(&node, &["app", "list"]);
+        let apps = node.json(&["app", "list"]);
         let mut owned = BTreeSet::new();
         for app in apps["apps"].as_array().unwrap() {
             let name = app["name"].as_str().unwrap();
             for v in app["volumes"].as_array().unwrap() {
                 owned.insert(v["name"].as_str().unwrap().to_owned());
             }
-            let snaps = json(&node, &["app", "snapshots", name]);
+            let snaps = node.json(&["app", "snapshots", name]);
             for s in snaps["snapshots"].as_array().unwrap() {
                 for v in s["volumes"].as_array().unwrap() {
                     let v = v.as_str().unwrap();
-                    let listed = json(&node, &["volume", "snapshots", v]);
+                    let listed = node.json(&["volume", "snapshots", v]);
                     assert!(
                         listed["snapshots"]
                             .as_array()

@@ -64,25 +64,8 @@ fn create_app(node: &Node, dir: &Path, name: &str, hooks: &str) {
     node.ok(&["app", "create", "-f", file.to_str().unwrap()]);
 }
 
-fn json(node: &Node, args: &[&str]) -> Value {
-    let mut all = vec!["-o", "json"];
-    all.extend_from_slice(args);
-    serde_json::from_str(&node.ok(&all)).unwrap()
-}
-
-/// Fails the test unless the command fails; returns its stderr.
-fn refused(node: &Node, args: &[&str]) -> String {
-    let out = node.cli(args);
-    assert!(
-        !out.status.success(),
-        "cairn {args:?} should fail: {}",
-        String::from_utf8_lossy(&out.stdout)
-    );
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
-
 fn snapshots(node: &Node, app: &str) -> usize {
-    json(node, &["app", "snapshots", app])["snapshots"]
+    node.json(&["app", "snapshots", app])["snapshots"]
         .as_array()
         .unwrap()
         .len()
@@ -105,7 +88,7 @@ fn hooks_are_off_unless_granted_and_run_only_what_the_allowlist_names() {
     // (a) Off by default: refused, and nothing ran.
     let node = Node::start(&data, &nats.url);
     create_app(&node, dir.path(), "shell", &touch);
-    let e = refused(&node, &["app", "snapshot", "shell", "s1"]);
+    let e = node.fails(&["app", "snapshot", "shell", "s1"]);
     assert!(e.contains("permission_denied"), "{e}");
     assert!(
         e.contains("tenant default") && e.contains("--hooks default"),
@@ -126,7 +109,7 @@ fn hooks_are_off_unless_granted_and_run_only_what_the_allowlist_names() {
         &nats.url,
         &["--hooks-config".as_ref(), config.as_os_str()],
     );
-    let e = refused(&node, &["app", "snapshot", "shell", "s2"]);
+    let e = node.fails(&["app", "snapshot", "shell", "s2"]);
     assert!(
         e.contains("permission_denied") && e.contains("allowlist"),
         "{e}"
@@ -139,7 +122,7 @@ fn hooks_are_off_unless_granted_and_run_only_what_the_allowlist_names() {
         "allowed",
         "    preSnapshot: [{exec: [/bin/true]}]\n    postSnapshot: [{exec: [/bin/true, extra-arg]}]",
     );
-    let snap = json(&node, &["app", "snapshot", "allowed", "s1"]);
+    let snap = node.json(&["app", "snapshot", "allowed", "s1"]);
     assert_eq!(snap["snapshot"], "s1", "{snap}");
     assert_eq!(snapshots(&node, "allowed"), 1);
     assert!(node.ok(&["events", "verify"]).contains("intact"));
@@ -196,16 +179,13 @@ fn a_granted_hook_sees_a_clean_environment_and_app_hook_is_step_only() {
         "kind: Workflow\nmetadata: {name: printenv}\nspec:\n  params: {app: null}\n  steps:\n    - name: env\n      run: app.hook\n      with: {name: \"${app}\", hook: printenv}\n",
     )
     .unwrap();
-    let ran = json(
-        &node,
-        &[
-            "workflow",
-            "run",
-            wf.to_str().unwrap(),
-            "--param",
-            "app=shop",
-        ],
-    );
+    let ran = node.json(&[
+        "workflow",
+        "run",
+        wf.to_str().unwrap(),
+        "--param",
+        "app=shop",
+    ]);
     let output = ran["output"]["ran"][0]["output"]
         .as_str()
         .unwrap_or_else(|| panic!("no hook output in {ran}"));
@@ -322,18 +302,15 @@ spec:
     )
     .unwrap();
     let token = format!("token={PARAM_SECRET}");
-    let ran = json(
-        &node,
-        &[
-            "workflow",
-            "run",
-            wf.to_str().unwrap(),
-            "--param",
-            "app=shop",
-            "--param",
-            &token,
-        ],
-    );
+    let ran = node.json(&[
+        "workflow",
+        "run",
+        wf.to_str().unwrap(),
+        "--param",
+        "app=shop",
+        "--param",
+        &token,
+    ]);
     assert_eq!(ran["status"], "completed", "{ran}");
     let shown = ran.to_string();
     assert!(!shown.contains(PARAM_SECRET), "{shown}");
@@ -355,8 +332,8 @@ spec:
         restored.contains(STRING_SECRET) && restored.contains(DATA_B64),
         "{restored}"
     );
-    let original = json(&node, &["app", "get", "shop"]);
-    let pulled = json(&node, &["app", "get", "restored"]);
+    let original = node.json(&["app", "get", "shop"]);
+    let pulled = node.json(&["app", "get", "restored"]);
     let secret_of = |app: &Value| {
         app["objects"]
             .as_array()

@@ -84,6 +84,7 @@ mod tests;
 use std::sync::Arc;
 
 use bytes::Bytes;
+use cairn_blocks::clock::{Clock, SystemClock};
 use serde::Serialize;
 
 pub use access::{Access, Grants, MAX_KEY_FILE_BYTES, Policy};
@@ -230,18 +231,24 @@ pub struct Repo {
     store: Arc<dyn ObjectStore>,
     config: Config,
     keys: Keys,
-}
-
-pub fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
+    /// Stamps `created_ms` of the config and of manifests.
+    clock: Arc<dyn Clock>,
 }
 
 impl Repo {
     /// Writes a new repository's `config` into an empty store.
     pub fn init(store: Arc<dyn ObjectStore>, key: &Key, opts: InitOptions) -> Result<Repo> {
+        Repo::init_with_clock(store, key, opts, Arc::new(SystemClock))
+    }
+
+    /// [`Repo::init`] with the clock that stamps the config's and the
+    /// manifests' creation times (a `ManualClock` in tests).
+    pub fn init_with_clock(
+        store: Arc<dyn ObjectStore>,
+        key: &Key,
+        opts: InitOptions,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Repo> {
         let opts = opts.sanitize();
         let name = store.describe();
         if store.head(CONFIG_KEY)?.is_some() {
@@ -263,7 +270,7 @@ impl Repo {
             zstd_level: opts.zstd_level,
             kdf,
             key_check: keys.key_check(&repo_id),
-            created_ms: now_ms(),
+            created_ms: clock.now_ms(),
         };
         let text = serde_json::to_vec_pretty(&config).expect("config encodes");
         store.put(CONFIG_KEY, Bytes::from(text))?;
@@ -271,7 +278,14 @@ impl Repo {
             store,
             config,
             keys,
+            clock,
         })
+    }
+
+    /// The same repository with another clock for manifest times.
+    pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Repo {
+        self.clock = clock;
+        self
     }
 
     /// Opens an existing repository; the key must pass the key check.
@@ -327,6 +341,7 @@ impl Repo {
             store,
             config,
             keys,
+            clock: Arc::new(SystemClock),
         })
     }
 

@@ -25,9 +25,9 @@ use std::sync::mpsc;
 use bytes::Bytes;
 use cairn_blocks::Pool;
 
+use super::Repo;
 use super::error::{Error, Result};
 use super::format::{self, ChunkRef, IndexEntry, MANIFESTS, Manifest, PackWriter, VolumeEntry};
-use super::{Repo, now_ms};
 
 /// What to push.
 #[derive(Debug, Clone)]
@@ -244,7 +244,7 @@ impl Repo {
                 version: format::FORMAT_VERSION,
                 app: request.app.clone(),
                 snapshot: request.snapshot.clone(),
-                created_ms: now_ms(),
+                created_ms: self.clock.now_ms(),
                 parent: report.parent.clone(),
                 meta: request.meta.clone(),
                 volumes,

@@ -242,11 +242,36 @@ fn urls_parse_and_bad_ones_say_why() {
         ("s3://bucket?secret_key=%zz", "percent-encoding"),
         ("s3://bucket?secret_key=%ff", "percent-encoding"),
         ("file:///srv/%2", "percent-encoding"),
+        ("file://host/srv", "absolute"),
+        ("file:/srv", "absolute"),
+        ("file:///srv#x", "no query"),
+        ("s3://bucket?endpoint=http://h:", "endpoint"),
+        ("s3://bucket?endpoint=http://h:0", "endpoint"),
+        ("s3://bucket?endpoint=http://h_x", "endpoint"),
     ] {
         let e = RepoUrl::parse(bad).unwrap_err();
         assert_eq!(e.code(), ErrorCode::InvalidArgument);
         assert!(e.to_string().contains(why), "{bad}: {e}");
     }
+}
+
+#[test]
+fn urls_are_normalised_by_the_url_parser() {
+    // `..` in a file path is resolved, escapes are decoded.
+    assert_eq!(
+        RepoUrl::parse("file:///srv/a/../b%20c").unwrap(),
+        RepoUrl::File {
+            path: "/srv/b c".into()
+        }
+    );
+    // Endpoints compare in canonical form: names lower-cased, IPv4 and
+    // IPv6 addresses written one way, default ports filled in.
+    let e = |t: &str| Endpoint::parse(t).unwrap();
+    assert_eq!(e("http://127.1:9000"), e("http://127.0.0.1:9000"));
+    assert_eq!(e("http://[0:0::1]:80"), e("http://[::1]"));
+    assert_eq!(e("https://S3.Example.com"), e("https://s3.example.com:443"));
+    assert_eq!(e("http://[::1]:9000").host, "[::1]");
+    assert_ne!(e("http://h:80"), e("https://h:80"));
 }
 
 #[test]
@@ -368,6 +393,35 @@ fn push_then_pull_round_trips_bytes_holes_and_meta() {
         .unwrap_err();
     assert_eq!(e.code(), ErrorCode::AlreadyExists);
     assert!(repo.check().unwrap().is_ok());
+}
+
+#[test]
+fn the_clock_stamps_the_config_and_every_manifest() {
+    let pool = pool();
+    make_volume(&pool, "v", 3);
+    pool.snapshot("v", "s1").unwrap();
+    pool.snapshot("v", "s2").unwrap();
+    let store = Arc::new(MemStore::new());
+    let clock = Arc::new(cairn_blocks::clock::ManualClock::new(5_000));
+    let repo = Repo::init_with_clock(store.clone(), &key(), small(), clock.clone()).unwrap();
+    assert_eq!(repo.config().created_ms, 5_000);
+    repo.push(&pool, &request("a", "s1", &["v"], None), &|_| {})
+        .unwrap();
+    // The wall clock went back: the listing follows the stamped times.
+    clock.set(4_000);
+    let reopened = Repo::open(store.clone(), &key())
+        .unwrap()
+        .with_clock(clock.clone());
+    reopened
+        .push(&pool, &request("a", "s2", &["v"], None), &|_| {})
+        .unwrap();
+    let listed: Vec<(String, u64)> = reopened
+        .list()
+        .unwrap()
+        .into_iter()
+        .map(|m| (m.snapshot, m.created_ms))
+        .collect();
+    assert_eq!(listed, [("s2".to_owned(), 4_000), ("s1".to_owned(), 5_000)]);
 }
 
 #[test]

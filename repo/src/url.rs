@@ -10,6 +10,10 @@
 //!   `AWS_SESSION_TOKEN`), `max_attempts` (retries per request, default 5,
 //!   1..=20). Values may be percent-encoded.
 //!
+//! `file:` URLs and S3 endpoints are read by the `url` crate (with the
+//! extra strictness the allowlist needs); the `s3:` location and query are
+//! split by hand, for the reasons given in [`RepoUrl::parse`].
+//!
 //! `Display` never shows the secret key, so a URL can go in logs and
 //! replies.
 
@@ -61,51 +65,45 @@ impl Endpoint {
     /// a DNS name or IPv4 address (letters, digits, `.`, `-`) or an IPv6
     /// address in brackets.
     pub fn parse(text: &str) -> Option<Endpoint> {
-        let (https, authority) = if let Some(rest) = text.strip_prefix("https://") {
-            (true, rest)
-        } else {
-            (false, text.strip_prefix("http://")?)
-        };
-        let (host, port) = if let Some(rest) = authority.strip_prefix('[') {
-            let (host, after) = rest.split_once(']')?;
-            let ok = !host.is_empty() && host.bytes().all(|b| b.is_ascii_hexdigit() || b == b':');
-            if !ok {
-                return None;
-            }
-            (format!("[{}]", host.to_ascii_lowercase()), after)
-        } else {
-            let end = authority.find(':').unwrap_or(authority.len());
-            let host = &authority[..end];
-            let ok = !host.is_empty()
-                && host.len() <= 253
-                && host
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-');
-            if !ok {
-                return None;
-            }
-            (host.to_ascii_lowercase(), &authority[end..])
-        };
-        let port = match port {
-            "" => {
-                if https {
-                    443
-                } else {
-                    80
-                }
-            }
-            _ => {
-                let digits = port.strip_prefix(':')?;
-                if digits.is_empty()
-                    || digits.len() > 5
-                    || !digits.bytes().all(|b| b.is_ascii_digit())
-                {
+        // Only an authority may follow the scheme: no path (not even `/`),
+        // query, fragment, user info, escapes or blanks, all of which the
+        // URL parser would accept or quietly normalise.
+        let authority = text
+            .strip_prefix("https://")
+            .or_else(|| text.strip_prefix("http://"))?;
+        let clean = !authority.is_empty()
+            && !authority.ends_with(':')
+            && !authority
+                .bytes()
+                .any(|b| b <= b' ' || matches!(b, b'/' | b'?' | b'#' | b'@' | b'%' | b'\\'));
+        if !clean {
+            return None;
+        }
+        let url = ::url::Url::parse(text).ok()?;
+        let host = match url.host()? {
+            // The parser lower-cases names; the allowlist also wants
+            // plain DNS names (no `_`, no IDNA).
+            ::url::Host::Domain(name) => {
+                let ok = name.len() <= 253
+                    && name
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-');
+                if !ok {
                     return None;
                 }
-                digits.parse().ok().filter(|p| *p != 0)?
+                name.to_owned()
             }
+            // Addresses in their canonical form, so `127.1` and
+            // `127.0.0.1` are the same endpoint.
+            ::url::Host::Ipv4(ip) => ip.to_string(),
+            ::url::Host::Ipv6(ip) => format!("[{ip}]"),
         };
-        Some(Endpoint { https, host, port })
+        let port = url.port_or_known_default().filter(|p| *p != 0)?;
+        Some(Endpoint {
+            https: url.scheme() == "https",
+            host,
+            port,
+        })
     }
 }
 
@@ -196,18 +194,24 @@ impl RepoUrl {
             url: redact_url(url),
             reason: reason.to_owned(),
         };
-        if let Some(path) = url.strip_prefix("file://") {
-            if !path.starts_with('/') {
+        if url.starts_with("file:") {
+            // `file:` URLs go through the URL parser (it resolves `.` and
+            // `..` segments); the escapes are then decoded strictly.
+            let parsed = ::url::Url::parse(url).map_err(|e| bad(&format!("not a URL: {e}")))?;
+            if !url.starts_with("file:///") || parsed.host().is_some() {
                 return Err(bad("a file URL needs an absolute path: file:///abs/dir"));
             }
-            if path.contains('?') {
+            if parsed.query().is_some() || parsed.fragment().is_some() {
                 return Err(bad("a file URL takes no query"));
             }
-            let path = percent_decode(url, path)?;
+            let path = percent_decode(url, parsed.path())?;
             return Ok(RepoUrl::File {
                 path: PathBuf::from(path),
             });
         }
+        // `s3:` URLs are split by hand: the URL parser would resolve `..`
+        // in the prefix before it could be refused, and its query decoder
+        // turns `+` into a space, which would change a secret key.
         let Some(rest) = url.strip_prefix("s3://") else {
             return Err(bad(
                 "expected file:///abs/dir or s3://bucket/prefix?endpoint=…",

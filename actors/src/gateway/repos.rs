@@ -582,7 +582,7 @@ impl Gateway {
             added_ms: 0,
         };
         let mut shown = view(&state);
-        shown.added = format_rfc3339_ms(repo::now_ms());
+        shown.added = format_rfc3339_ms(crate::clock::Clock::now_ms(&crate::clock::SystemClock));
         let reply = to_value(&reply::RepoAddReply {
             repo: shown,
             initialized,

@@ -18,6 +18,7 @@ use rustls::pki_types::ServerName;
 
 use super::tests::{DISK_SIZE, MemDevice, MemExports, assert_closed};
 use super::*;
+use crate::Device;
 
 // ---------------------------------------------------------------------------
 // Certificates and the admission of the tests

@@ -50,7 +50,8 @@ pub enum LogFormat {
 /// How to reach NATS. Auth and TLS options are passed through to the client.
 #[derive(Debug, Args)]
 pub struct NatsArgs {
-    /// NATS URL of the cluster.
+    /// NATS URL of the cluster; a comma-separated list names several
+    /// servers of one NATS cluster (the client fails over between them).
     #[arg(long = "nats", global = true, env = "CAIRN_NATS_URL")]
     pub url: Option<String>,
     #[arg(long, global = true, env = "CAIRN_NATS_USER", hide = true)]
