@@ -25,7 +25,7 @@ use std::time::Duration;
 use serde_json::{Value, json};
 
 use super::{Plane, create_body};
-use crate::journal::{Fault, Journal};
+use crate::journal::Fault;
 use crate::volume::engine_name;
 
 /// How long a restarted workflow may take to end before the test fails.
