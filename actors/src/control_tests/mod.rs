@@ -11,6 +11,7 @@
 //! fail a commit; the block pool is on disk in the tempdir.
 
 mod app;
+mod crash_steps;
 mod gateway;
 mod journal_faults;
 mod placement;
@@ -36,6 +37,7 @@ pub struct Plane {
     pub cluster: Cluster,
     /// The plane's journal: inject faults here.
     pub journal: Arc<FaultyJournal<MemJournal>>,
+    topology: Option<String>,
     _dir: tempfile::TempDir,
 }
 
@@ -66,6 +68,40 @@ impl Plane {
         Plane {
             cluster,
             journal,
+            topology: topology.map(str::to_owned),
+            _dir: dir,
+        }
+    }
+
+    /// Kills the control plane like a crashed process (no checkpoints) and
+    /// starts a new one on the same data dir and the same journal
+    /// `MemDisk`: the journal keeps only what reached that disk (a torn
+    /// last frame is dropped), start-up reconciles the pool with it and
+    /// resumes open workflows. The new wrapper has no faults planned.
+    pub async fn restart(self) -> Plane {
+        let Plane {
+            cluster,
+            journal,
+            topology,
+            _dir: dir,
+        } = self;
+        cluster.crash().await;
+        let config = config(dir.path().to_owned(), topology.as_deref());
+        let reopened = MemJournal::open(
+            journal.inner().disk(),
+            config.limits.journal,
+            Arc::new(SystemClock),
+        )
+        .expect("the journal's disk reopens after a crash");
+        drop(journal);
+        let journal = Arc::new(FaultyJournal::tearing(reopened));
+        let cluster = Cluster::start_with_journal(config, journal.clone())
+            .await
+            .expect("the control plane restarts after a crash");
+        Plane {
+            cluster,
+            journal,
+            topology,
             _dir: dir,
         }
     }
