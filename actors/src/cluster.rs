@@ -601,6 +601,27 @@ impl Cluster {
         self.stop(false).await
     }
 
+    /// Dies like a process killed while requests are under way (the
+    /// journal twin hangs every append after a tear): nothing drains, the
+    /// gateway task is dropped with its requests unanswered, the pool's
+    /// maintenance stops, and whatever is stuck on the dead journal stays
+    /// stuck, holding the old services, which do nothing more. Only for a
+    /// journal without a file lock (the in-memory twin): nothing waits for
+    /// the journal to be let go.
+    #[cfg(test)]
+    pub(crate) async fn abandon(mut self) {
+        let _ = self.shutdown.send(true);
+        if let Some(task) = self.gateway.take() {
+            task.abort();
+            let _ = task.await;
+        }
+        if let Some(nbd) = self.nbd.take() {
+            nbd.shutdown();
+        }
+        self.services.pool.stop_background();
+        self.registry.clear();
+    }
+
     async fn stop(mut self, clean: bool) {
         let _ = self.shutdown.send(true);
         if let Some(task) = self.gateway.take() {

@@ -53,6 +53,7 @@ mod sagas;
 pub use admission::TenantSlots;
 
 pub use repos::Repos;
+pub use sagas::{MAX_NESTING, MAX_RUNNING_SAGAS};
 
 pub struct Gateway {
     pub services: Services,
@@ -209,6 +210,16 @@ impl Gateway {
                 "the {REQUEST_ID_HEADER} header must be 1 to {MAX_REQUEST_ID_BYTES} bytes"
             )));
         }
+        // Workflow steps run under `<workflow>/run/<n>` and
+        // `<workflow>/compensate/<n>`: a client id with a '/' could answer
+        // a step before it runs (finding 3), so '/' is the steps' alone.
+        if let Some(id) = &caller.request_id
+            && id.contains('/')
+        {
+            return Err(ApiError::invalid(format!(
+                "the {REQUEST_ID_HEADER} header may not contain '/': it is reserved for workflow steps"
+            )));
+        }
         let parsed = subject::parse_request(subject_text)?;
         let span = tracing::Span::current();
         span.record(fields::TENANT, parsed.tenant.as_str());
@@ -254,6 +265,22 @@ impl Gateway {
         Ok(())
     }
 
+    /// The operator's commands run only for the admin space when the bus
+    /// proves who is a tenant, whichever way they arrive: a tenant's
+    /// workflow step reaches [`Gateway::dispatch`] without passing
+    /// [`Gateway::authorize`], so the rule is checked here too.
+    fn authorize_tenant(&self, tenant: &str, command: &Command) -> Result<(), ApiError> {
+        if command.operator_only()
+            && tenant != subject::ADMIN_SPACE
+            && self.services.security.confined()
+        {
+            return Err(ApiError::denied(format!(
+                "tenant {tenant} may not run the operator's commands (node.*, cluster-wide events), in a workflow step or otherwise"
+            )));
+        }
+        Ok(())
+    }
+
     /// Runs one decoded command for a tenant.
     pub async fn dispatch(
         &self,
@@ -261,6 +288,7 @@ impl Gateway {
         command: Command,
         caller: &Caller,
     ) -> Result<Value, ApiError> {
+        self.authorize_tenant(tenant, &command)?;
         let causation = match &command {
             Command::Query(_) => None,
             // Not journaled under the request id: a workflow start finds

@@ -504,6 +504,24 @@ impl Hooks {
         })
     }
 
+    /// Where tenants are confined, a tenant's hook never runs as root: a
+    /// server running as root needs `--hooks-user`. (With no
+    /// authentication every client is the operator already, and a
+    /// warning at start-up is all.)
+    fn check_not_root(&self) -> Result<(), ApiError> {
+        // SAFETY: geteuid has no preconditions.
+        let root = unsafe { libc::geteuid() } == 0;
+        if root && self.user.is_none() && self.security.confined() {
+            return Err(ApiError::new(
+                ErrorCode::FailedPrecondition,
+                "hooks would run as root: cairn runs as root without --hooks-user, and tenants' hooks \
+                 never run as root where NATS authenticates them; the operator gives \
+                 `cairn up --hooks-user USER` (see SECURITY.md)",
+            ));
+        }
+        Ok(())
+    }
+
     /// A tenant's scratch directory, made 0700 (and given to the hooks
     /// user) if missing. `<data>/hooks` itself is 0711: the hooks user can
     /// pass through it but not list the other tenants.
@@ -568,6 +586,7 @@ impl Hooks {
         check_grant(&self.security, tenant, &state.name, hook, &hooks)?;
         let mut ran = Vec::new();
         if !hooks.is_empty() {
+            self.check_not_root()?;
             let _slot = self.slot(tenant)?;
             let dir = self.scratch_dir(tenant)?;
             let mut env = BTreeMap::from([

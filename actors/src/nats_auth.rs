@@ -51,7 +51,7 @@ pub struct AuthDir {
 fn new_password() -> String {
     let mut raw = [0u8; 24];
     crate::repo::random_bytes(&mut raw);
-    raw.iter().map(|b| format!("{b:02x}")).collect()
+    hex::encode(raw)
 }
 
 /// Writes a file readable by its owner alone, atomically.
@@ -181,6 +181,14 @@ impl AuthDir {
     pub fn add_tenant(&self, tenant: &str) -> std::io::Result<String> {
         cairn_schema::names::check_label("tenant", tenant)
             .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e.message))?;
+        // A tenant by one of these names would be a second NATS user of
+        // the same name as Cairn's own or the operator's.
+        if tenant == SERVER_USER || tenant == ADMIN_USER {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                format!("tenant name {tenant:?} is reserved for Cairn's own NATS users"),
+            ));
+        }
         let mut users = self.load()?;
         let password = users
             .tenants
@@ -228,6 +236,13 @@ mod tests {
             users.admin_password
         );
         assert!(auth.add_tenant("Bad Name").is_err());
+        // Cairn's own users are not tenants: nothing is saved for them.
+        for reserved in [SERVER_USER, ADMIN_USER] {
+            let refused = auth.add_tenant(reserved).unwrap_err();
+            assert_eq!(refused.kind(), std::io::ErrorKind::InvalidInput);
+            assert!(refused.to_string().contains("reserved"), "{refused}");
+        }
+        assert!(auth.load().unwrap().tenants.is_empty());
         // No server runs: the user is saved, the reload fails.
         assert!(auth.add_tenant("acme").is_err());
         let users = auth.load().unwrap();

@@ -427,7 +427,9 @@ impl Pool {
         *self.background.lock().unwrap() = Some(Background { stop, thread });
     }
 
-    fn stop_background(&self) {
+    /// Stops the background maintenance thread (compaction, checkpoints)
+    /// and waits for it; the pool still serves requests.
+    pub fn stop_background(&self) {
         if let Some(mut bg) = self.background.lock().unwrap().take() {
             *bg.stop.0.lock().unwrap() = true;
             bg.stop.1.notify_all();

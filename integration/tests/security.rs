@@ -253,6 +253,11 @@ async fn tenant_client(nats: &NatsProcess, tenant: &str) -> Client {
     client
 }
 
+fn running_as_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -366,20 +371,21 @@ fn replies_go_only_to_inboxes() {
 fn one_tenant_cannot_stall_the_others() {
     let dir = tempfile::tempdir().unwrap();
     let (nats, _) = tenant_nats(dir.path(), &["acme", "evil"]);
-    let _node = start_node(
-        dir.path(),
-        &nats,
-        &[
-            "--tenant-requests",
-            "3",
-            "--tenant-sagas",
-            "2",
-            "--hooks",
-            "acme",
-            "--hooks",
-            "evil",
-        ],
-    );
+    let mut up_args = vec![
+        "--tenant-requests",
+        "3",
+        "--tenant-sagas",
+        "2",
+        "--hooks",
+        "acme",
+        "--hooks",
+        "evil",
+    ];
+    // Tenants' hooks never run as root where NATS authenticates them.
+    if running_as_root() {
+        up_args.extend(["--hooks-user", "nobody"]);
+    }
+    let _node = start_node(dir.path(), &nats, &up_args);
     // A workflow whose only step fails (a hook that exits 1, which is
     // retried), retried slowly: it holds a saga slot, and (run
     // synchronously) a request slot, for minutes.
@@ -520,4 +526,82 @@ fn a_client_set_user_is_journaled_as_claimed() {
             .collect();
         assert_eq!(users, ["claimed:the-operator"], "{events}");
     });
+}
+
+/// Finding 6 by another way in: a workflow step reached the gateway past
+/// the subject check, so a tenant's workflow could fail a node, list the
+/// nodes and read cluster-wide events. And finding 3 within a tenant: a
+/// client request id shaped like a step's key (`W/run/0`) could answer
+/// that step before it ran.
+#[test]
+fn tenant_workflows_cannot_run_operator_commands() {
+    let dir = tempfile::tempdir().unwrap();
+    let (nats, _) = tenant_nats(dir.path(), &["evil"]);
+    let node = start_node(dir.path(), &nats, &[]);
+    let nodes = node.json(&["node", "list"]);
+    let name = nodes["nodes"][0]["name"].as_str().unwrap().to_owned();
+    runtime().block_on(async {
+        let evil = tenant_client(&nats, "evil").await;
+        let fail = format!("{{name: {name}}}");
+        let steps = [
+            ("node.fail", fail.as_str()),
+            ("node.list", "{}"),
+            ("events.list", "{cluster: true}"),
+        ];
+        for (n, (run, with)) in steps.iter().enumerate() {
+            let definition = format!(
+                "apiVersion: cairn.dev/v1\nkind: Workflow\nmetadata: {{name: sneak}}\nspec:\n  steps:\n    - name: operator\n      run: {run}\n      with: {with}\n"
+            );
+            let id = format!("sneak-{n}");
+            let started = evil
+                .call(
+                    "workflow",
+                    "run",
+                    &json!({"definition": definition, "async": true, "workflow": id}),
+                )
+                .await
+                .unwrap();
+            assert_eq!(started["workflow"], id.as_str(), "{started}");
+            let shown = ended_workflow(&evil, &id).await;
+            assert_eq!(shown["failed_step"], "operator", "{run}: {shown}");
+            let failure = shown["failure"].as_str().unwrap_or_default();
+            assert!(
+                failure.starts_with("permission_denied"),
+                "{run} ran in a tenant's workflow: {shown}"
+            );
+        }
+
+        // A request id with a '/' is refused before anything runs.
+        let planted = evil
+            .call_with_id(
+                "volume",
+                "create",
+                &json!({"name": "planted", "size": "64Mi"}),
+                "w1/run/0",
+            )
+            .await
+            .unwrap_err();
+        assert!(planted.to_string().contains("invalid_argument"), "{planted}");
+        let listed = evil.call("volume", "list", &json!({})).await.unwrap();
+        assert!(!listed.to_string().contains("planted"), "{listed}");
+    });
+    // The node was never failed: the operator still sees it ready.
+    let nodes = node.json(&["node", "list"]);
+    assert_eq!(nodes["nodes"][0]["state"], "ready", "{nodes}");
+}
+
+/// Polls `workflow.show` until the workflow is no longer running.
+async fn ended_workflow(client: &Client, id: &str) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let shown = client
+            .call("workflow", "show", &json!({ "id": id }))
+            .await
+            .unwrap();
+        if shown["status"] != "running" {
+            return shown;
+        }
+        assert!(Instant::now() < deadline, "{id} still running: {shown}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }

@@ -282,10 +282,7 @@ impl ObjectStore for FileStore {
         fs::create_dir_all(&dir).map_err(|e| self.io("put", key, e))?;
         let mut nonce = [0u8; 12];
         super::key::random_bytes(&mut nonce);
-        let tmp = self
-            .root
-            .join(TMP_DIR)
-            .join(nonce.iter().map(|b| format!("{b:02x}")).collect::<String>());
+        let tmp = self.root.join(TMP_DIR).join(hex::encode(nonce));
         let result = (|| {
             let mut file = fs::File::create_new(&tmp)?;
             file.write_all(&data)?;

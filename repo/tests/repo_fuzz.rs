@@ -9,8 +9,11 @@
 //! no single allocation is larger than [`LARGEST_ALLOCATION`] (a counting
 //! global allocator in this test binary records the largest request).
 //!
-//! A cargo-fuzz target is not built: it needs a nightly toolchain and its
-//! own build of the dependency tree, which CI on two cores cannot afford;
+//! A cargo-fuzz target is not built: it would compile this crate's whole
+//! dependency tree (aws-sdk-s3 and its TLS stack among it) a second time
+//! with coverage instrumentation, in a workspace of its own, which CI on
+//! two cores cannot afford (`ops/scripts/fuzz.sh` runs the targets of
+//! `blocks` and `schema` on stable);
 //! `PROPTEST_CASES=10000 cargo test -p cairn-repo --test repo_fuzz` runs
 //! longer.
 

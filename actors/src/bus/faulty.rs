@@ -51,7 +51,7 @@ pub struct FaultyBus {
 #[derive(Debug, Default)]
 struct State {
     faults: Faults,
-    rng: u64,
+    rng: fastrand::Rng,
     /// The next this many messages sent are dropped.
     drop_next: u64,
     disconnected: bool,
@@ -78,15 +78,6 @@ enum Verdict {
     Disconnected,
 }
 
-/// splitmix64.
-fn next_random(state: &mut u64) -> u64 {
-    *state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
-    let mut z = *state;
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^ (z >> 31)
-}
-
 fn disconnected() -> Error {
     Error::Other("bus disconnected (injected fault)".into())
 }
@@ -97,7 +88,7 @@ impl FaultyBus {
             inner: Box::new(inner),
             state: Arc::new(Mutex::new(State {
                 faults,
-                rng: faults.seed,
+                rng: fastrand::Rng::with_seed(faults.seed),
                 ..State::default()
             })),
         }
@@ -147,9 +138,8 @@ impl FaultyBus {
             return Verdict::Drop;
         }
         let faults = state.faults;
-        let roll = |state: &mut State, one_in: u64| {
-            one_in > 0 && next_random(&mut state.rng).is_multiple_of(one_in)
-        };
+        let roll =
+            |state: &mut State, one_in: u64| one_in > 0 && state.rng.u64(..).is_multiple_of(one_in);
         if roll(&mut state, faults.drop_one_in) {
             state.stats.dropped += 1;
             return Verdict::Drop;

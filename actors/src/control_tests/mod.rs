@@ -14,6 +14,7 @@ mod app;
 mod crash_steps;
 mod gateway;
 mod journal_faults;
+mod node;
 mod placement;
 mod repo;
 mod saga;
@@ -85,7 +86,9 @@ impl Plane {
             topology,
             _dir: dir,
         } = self;
-        cluster.crash().await;
+        // Abandoned, not drained: a request stuck on a journal that died
+        // at a tear is never answered, as in a killed process.
+        cluster.abandon().await;
         let config = config(dir.path().to_owned(), topology.as_deref());
         let reopened = MemJournal::open(
             journal.inner().disk(),
@@ -156,7 +159,17 @@ impl Plane {
     }
 
     pub async fn stop(self) {
-        self.cluster.shutdown().await;
+        let Plane {
+            cluster,
+            journal,
+            _dir: dir,
+            ..
+        } = self;
+        // The shutdown waits until nothing else holds the journal: this
+        // handle would hold it to the end of the wait.
+        drop(journal);
+        cluster.shutdown().await;
+        drop(dir);
     }
 }
 

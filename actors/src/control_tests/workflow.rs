@@ -185,3 +185,54 @@ async fn racing_starts_of_one_workflow() {
     assert_eq!(plane.engine_volumes(), ["once", "once-copy", "src"]);
     plane.stop().await;
 }
+
+/// A workflow whose step starts the same workflow again chains at most
+/// `MAX_NESTING` of them, each waiting for the next: the start one level
+/// deeper is refused (`resource_exhausted`), the chain unwinds, and no
+/// workflow is left running or holding a slot.
+#[actix_rt::test]
+async fn workflows_nest_at_most_max_nesting_deep() {
+    use crate::gateway::MAX_NESTING;
+    let plane = Plane::start().await;
+    let definition = r#"apiVersion: cairn.dev/v1
+kind: Workflow
+metadata: {name: again}
+spec:
+  params:
+    def: {required: true}
+  steps:
+    - name: again
+      run: workflow.run
+      with: {definition: "${def}", params: {def: "${def}"}}
+      retry: {attempts: 1}
+"#;
+    let top = plane
+        .call(
+            "workflow",
+            "run",
+            json!({"definition": definition, "params": {"def": definition}}),
+        )
+        .await;
+    assert!(top.is_err(), "the chain cannot complete: {top:?}");
+    let list = plane.call("workflow", "list", json!({})).await.unwrap();
+    let all = list["workflows"].as_array().unwrap();
+    assert_eq!(all.len(), MAX_NESTING, "{list}");
+    let mut refused_deeper = 0;
+    for w in all {
+        let id = w["id"].as_str().unwrap();
+        let shown = plane
+            .call("workflow", "show", json!({ "id": id }))
+            .await
+            .unwrap();
+        assert_ne!(shown["status"], "running", "{shown}");
+        // Each level fails with the reason of the level below it.
+        let failure = shown["failure"].as_str().unwrap_or_default();
+        let reason = format!("workflows nest at most {MAX_NESTING} deep");
+        assert!(failure.contains(&reason), "{failure}");
+        if failure.starts_with(&format!("resource_exhausted: {reason}")) {
+            refused_deeper += 1;
+        }
+    }
+    assert_eq!(refused_deeper, 1, "only the deepest was refused: {list}");
+    plane.stop().await;
+}

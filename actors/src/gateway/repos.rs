@@ -545,7 +545,7 @@ impl Gateway {
                 None => {
                     let mut raw = [0u8; 32];
                     repo::random_bytes(&mut raw);
-                    let hex: String = raw.iter().map(|b| format!("{b:02x}")).collect();
+                    let hex = hex::encode(raw);
                     write_private(Path::new(&kp), format!("{hex}\n").as_bytes())?;
                     key_generated = true;
                     Key::from_bytes(raw)

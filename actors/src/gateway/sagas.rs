@@ -46,6 +46,9 @@ struct Reservation {
 
 /// Most sagas running at once.
 pub const MAX_RUNNING_SAGAS: usize = 4096;
+/// The deepest chain of workflows started by each other's steps (a root
+/// workflow is depth 1).
+pub const MAX_NESTING: usize = 8;
 /// Dead space (of a segment) above which `app.reclaim` compacts it.
 const RECLAIM_THRESHOLD: f64 = 0.25;
 
@@ -402,6 +405,29 @@ impl Gateway {
         }))
     }
 
+    /// Refuses a workflow whose step would start one more level below
+    /// `parent` than [`MAX_NESTING`] allows.
+    async fn check_nesting(&self, tenant: &str, parent: &str) -> Result<(), ApiError> {
+        let mut depth = 1;
+        let mut next = Some(parent.to_owned());
+        while let Some(id) = next {
+            depth += 1;
+            if depth > MAX_NESTING {
+                return Err(ApiError::new(
+                    ErrorCode::ResourceExhausted,
+                    format!(
+                        "workflows nest at most {MAX_NESTING} deep (a step of {parent} would start level {depth})"
+                    ),
+                ));
+            }
+            next = self
+                .workflow_state(tenant, &id)
+                .await?
+                .and_then(|state| state.parent);
+        }
+        Ok(())
+    }
+
     /// A workflow as its owner, the workflow actor, holds it.
     async fn workflow_state(
         &self,
@@ -711,10 +737,17 @@ impl Gateway {
             ));
         }
         // One tenant's share, so it cannot take every slot. A nested
-        // workflow (a step of a running one) is not refused: its parent
-        // holds a slot already and would otherwise fail half done.
+        // workflow that its parent waits for is not refused: the parent
+        // holds a slot already and would otherwise fail half done; but
+        // nesting is bounded in depth, so a workflow that runs itself
+        // cannot chain slots without end. One started with `async` by a
+        // step is a new root as far as slots go, and counts.
+        if let Some(parent) = caller.parent.as_deref() {
+            self.check_nesting(tenant, parent).await?;
+        }
         let per_tenant = self.services.security.caps.sagas_running;
-        if caller.parent.is_none() && self.registry.running_sagas_of(tenant) >= per_tenant {
+        let counted = caller.parent.is_none() || !wait;
+        if counted && self.registry.running_sagas_of(tenant) >= per_tenant {
             return Err(ApiError::new(
                 ErrorCode::ResourceExhausted,
                 format!(

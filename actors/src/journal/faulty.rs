@@ -74,6 +74,10 @@ pub struct FaultyJournal<J> {
     inner: J,
     tear: Option<TearFn<J>>,
     plan: Mutex<Plan>,
+    /// A frame was torn ([`Fault::Tear`]).
+    torn: std::sync::atomic::AtomicBool,
+    /// After a tear, appends never answer (see [`FaultyJournal::hang_when_torn`]).
+    hang_when_torn: std::sync::atomic::AtomicBool,
 }
 
 struct Plan {
@@ -81,17 +85,8 @@ struct Plan {
     appends: u64,
     /// Append number (1-based) → its fault.
     scheduled: BTreeMap<u64, Fault>,
-    /// (generator state, one in how many appends fails its commit).
-    random: Option<(u64, u64)>,
-}
-
-/// splitmix64: small, seeded, good enough to pick faults.
-fn next_random(state: &mut u64) -> u64 {
-    *state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
-    let mut z = *state;
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^ (z >> 31)
+    /// (seeded generator, one in how many appends fails its commit).
+    random: Option<(fastrand::Rng, u64)>,
 }
 
 impl<J: Journal> FaultyJournal<J> {
@@ -101,6 +96,8 @@ impl<J: Journal> FaultyJournal<J> {
         FaultyJournal {
             inner,
             tear: None,
+            torn: Default::default(),
+            hang_when_torn: Default::default(),
             plan: Mutex::new(Plan {
                 appends: 0,
                 scheduled: BTreeMap::new(),
@@ -133,7 +130,23 @@ impl<J: Journal> FaultyJournal<J> {
     /// Fails the commit of about one append in `one_in`, chosen by a
     /// generator seeded with `seed` (the same seed fails the same appends).
     pub fn fail_randomly(&self, seed: u64, one_in: u64) {
-        self.plan.lock().unwrap().random = Some((seed, one_in.max(1)));
+        self.plan.lock().unwrap().random = Some((fastrand::Rng::with_seed(seed), one_in.max(1)));
+    }
+
+    /// Makes a tear stop the process's journal for good, like the death it
+    /// models: the torn append and every later one never answer, so no
+    /// caller runs its after-a-failed-commit cleanup (a dead process runs
+    /// nothing). Without it the torn append answers an error and later
+    /// ones [`Error::Closed`], which tests of the journal itself check.
+    /// A test then restarts from the disk once [`FaultyJournal::is_torn`].
+    pub fn hang_when_torn(&self) {
+        self.hang_when_torn
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Whether a frame has been torn.
+    pub fn is_torn(&self) -> bool {
+        self.torn.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// Appends seen so far (failed ones included).
@@ -148,9 +161,9 @@ impl<J: Journal> FaultyJournal<J> {
         if let Some(fault) = plan.scheduled.remove(&n) {
             return Some(fault);
         }
-        let (state, one_in) = plan.random.as_mut()?;
+        let (rng, one_in) = plan.random.as_mut()?;
         let one_in = *one_in;
-        next_random(state)
+        rng.u64(..)
             .is_multiple_of(one_in)
             .then_some(Fault::FailCommit)
     }
@@ -168,6 +181,12 @@ impl<J: Tear> FaultyJournal<J> {
 
 impl<J: Journal> Journal for FaultyJournal<J> {
     fn append(&self, request: AppendRequest) -> BoxFuture<'_, Result<Appended, Error>> {
+        let hang = self
+            .hang_when_torn
+            .load(std::sync::atomic::Ordering::SeqCst);
+        if hang && self.is_torn() {
+            return Box::pin(std::future::pending());
+        }
         match self.next_fault() {
             None => self.inner.append(request),
             Some(Fault::FailCommit) => Box::pin(std::future::ready(Err(Error::Storage {
@@ -176,11 +195,13 @@ impl<J: Journal> Journal for FaultyJournal<J> {
             }))),
             Some(Fault::Tear { keep_bytes }) => {
                 let tear = self.tear.expect("checked when injected");
-                Box::pin(std::future::ready(Err(tear(
-                    &self.inner,
-                    request,
-                    keep_bytes,
-                ))))
+                let error = tear(&self.inner, request, keep_bytes);
+                self.torn.store(true, std::sync::atomic::Ordering::SeqCst);
+                if hang {
+                    Box::pin(std::future::pending())
+                } else {
+                    Box::pin(std::future::ready(Err(error)))
+                }
             }
         }
     }

@@ -168,10 +168,18 @@ impl Wal {
     pub fn cancel(&mut self, len: u64) -> std::io::Result<()> {
         self.position -= len;
         if len > 0 {
-            self.file.write_all_at(&[0; MAGIC.len()], self.position)?;
-            self.file.sync_data()?;
+            self.erase_at_position()?;
         }
         Ok(())
+    }
+
+    /// Erases whatever frame starts at the write position (its magic
+    /// zeroed, then synced): after an [`Wal::append`] that failed, the
+    /// frame may be on disk in part or whole (a failed `fdatasync` says
+    /// nothing about which), and its callers are about to hear it failed.
+    pub fn erase_at_position(&mut self) -> std::io::Result<()> {
+        self.file.write_all_at(&[0; MAGIC.len()], self.position)?;
+        self.file.sync_data()
     }
 
     /// Starts again at offset 0, after a checkpoint made redb hold every

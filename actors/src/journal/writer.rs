@@ -14,9 +14,10 @@
 //! # Invariants
 //! - One thread writes. Every append is durable (its frame synced) before
 //!   its caller is answered and before redb shows its records to a reader.
-//! - A batch that fails to commit has its frame erased before its callers
-//!   hear of it; if that fails too, the writer refuses appends until a
-//!   restart (`poisoned`).
+//! - A batch that fails (its log append or its commit) has its frame
+//!   erased before its callers hear of it; if that fails too, the process
+//!   stops ([`stop_undecided`]): no caller is told an error for a batch a
+//!   restart may find durable.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -258,7 +259,6 @@ impl RedbJournal {
             world: world.clone(),
             snapshot_seq,
             wal,
-            poisoned: None,
             clock,
         };
         let writer = std::thread::Builder::new()
@@ -438,9 +438,6 @@ struct Writer {
     /// `snapshot_every` events after it.
     snapshot_seq: u64,
     wal: Wal,
-    /// Set when the log may hold a frame that must not be replayed: every
-    /// later append fails with this reason.
-    poisoned: Option<String>,
     /// Stamps each batch's records.
     clock: Arc<dyn Clock>,
 }
@@ -546,9 +543,6 @@ impl Writer {
     ) -> Result<Vec<Appended>, Error> {
         let path = &self.path;
         let storage = |e: &dyn std::fmt::Display| Error::storage(path, e);
-        if let Some(reason) = &self.poisoned {
-            return Err(storage(reason));
-        }
         let (mut seq, mut hash) = self.head;
         debug_assert_eq!(world.seq, seq, "the writer's world is at the head");
         let time_ms = self.clock.now_ms();
@@ -608,20 +602,32 @@ impl Writer {
                 requests: replies.iter().map(|(k, r)| (k.as_str(), *r)).collect(),
             }
             .encode();
-            // Dropping `txn` on an error aborts it.
-            self.wal.append(&frame).map_err(|e| storage(&e))?;
+            // Dropping `txn` on an error aborts it. The frame may be
+            // durable even so: it is erased before the callers hear of the
+            // failure (they undo their effects), or the process stops.
+            if let Err(e) = self.wal.append(&frame) {
+                if let Err(erase) = self.wal.erase_at_position() {
+                    stop_undecided(
+                        self.wal.path(),
+                        &format!(
+                            "a write-ahead log append failed ({e}) and the frame could not be erased ({erase})"
+                        ),
+                    );
+                }
+                return Err(storage(&e));
+            }
             frame.len() as u64
         };
         if let Err(e) = txn.commit() {
             // Not committed: erase the frame, so a restart does not apply
             // what the callers are told failed (they undo their effects).
             if let Err(cancel) = self.wal.cancel(logged) {
-                let reason = format!(
-                    "a batch failed to commit ({e}) and its write-ahead log frame could not be \
-                     erased ({cancel}): refusing appends until a restart"
+                stop_undecided(
+                    self.wal.path(),
+                    &format!(
+                        "a batch failed to commit ({e}) and its write-ahead log frame could not be erased ({cancel})"
+                    ),
                 );
-                tracing::error!(wal = %self.wal.path().display(), "{reason}");
-                self.poisoned = Some(reason);
             }
             return Err(storage(&e));
         }
@@ -631,4 +637,22 @@ impl Writer {
         self.head = (seq, hash);
         Ok(results)
     }
+}
+
+/// Stops the process when the journal cannot tell whether a batch is
+/// durable: its frame is on disk, or may be, and could not be erased. To
+/// answer the callers with an error would have them undo effects that a
+/// restart then finds journaled (a snapshot in the journal and not in the
+/// pool); to answer success would claim what may not last. A process that
+/// stops runs no caller's cleanup, and the restart decides from the disk
+/// (the frame is applied or it is not; start-up reconciliation removes
+/// engine objects the journal does not have). This is the rule databases
+/// follow after a failed fsync.
+fn stop_undecided(wal: &std::path::Path, reason: &str) -> ! {
+    tracing::error!(wal = %wal.display(), "{reason}: stopping, a restart decides from the disk");
+    eprintln!(
+        "cairn: journal {}: {reason}: stopping, a restart decides from the disk",
+        wal.display()
+    );
+    std::process::abort()
 }
