@@ -706,6 +706,32 @@ mod tests {
         Hooks::new(Arc::new(twin.clone()), security, dir).unwrap()
     }
 
+    /// Where NATS authenticates tenants, a server running as root runs no
+    /// tenant's hook without a hooks user; unconfined, or not root, it runs.
+    #[tokio::test]
+    async fn confined_tenants_hooks_never_run_as_root() {
+        let dir = tempfile::tempdir().unwrap();
+        let twin = Arc::new(Twin::default());
+        let state = app("    preSnapshot:\n      - exec: [/bin/true]\n");
+        let mut confined = (*security(&[("acme", HookGrant::Any)])).clone();
+        confined.mode = crate::security::Mode::Authenticated;
+        let hooks = service(&twin, Arc::new(confined), dir.path());
+        let result = hooks.run("acme", &state, "preSnapshot", None).await;
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } == 0 {
+            let e = result.unwrap_err();
+            assert_eq!(e.code, ErrorCode::FailedPrecondition);
+            assert!(e.message.contains("--hooks-user"), "{}", e.message);
+            assert!(twin.ran.lock().unwrap().is_empty(), "nothing ran");
+        } else {
+            assert_eq!(result.unwrap().ran.len(), 1);
+        }
+        // With no authentication every client is the operator: it runs.
+        let open = service(&twin, security(&[("acme", HookGrant::Any)]), dir.path());
+        let ran = open.run("acme", &state, "preSnapshot", None).await.unwrap();
+        assert_eq!(ran.ran.len(), 1);
+    }
+
     #[test]
     fn allowlists_match_whole_words_from_the_start() {
         let grant = HookGrant::Prefixes(vec![argv(&["/bin/true"]), argv(&["psql", "-c"])]);

@@ -71,6 +71,32 @@ pub struct SecurityArgs {
     /// Hooks of one tenant running at once.
     #[arg(long, value_name = "N", default_value_t = 4)]
     pub tenant_hooks: usize,
+    /// Replies go only to subjects that start with this (clients' inboxes);
+    /// a request asking for any other reply subject, or one under `cairn.`,
+    /// is not run. Clients of the `cairn` CLI then need `--inbox-prefix`.
+    #[arg(long, value_name = "PREFIX", default_value = cairn_actors::security::DEFAULT_INBOX_PREFIX)]
+    pub reply_prefix: String,
+}
+
+/// A `--reply-prefix`: plain subject tokens ending in a dot, never under
+/// `cairn.` (the API's own subjects).
+fn check_reply_prefix(prefix: &str) -> anyhow::Result<()> {
+    let tokens = prefix.strip_suffix('.').unwrap_or(prefix);
+    anyhow::ensure!(
+        !tokens.is_empty()
+            && tokens.len() < 128
+            && tokens.split('.').all(|t| {
+                !t.is_empty()
+                    && t.bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+            }),
+        "--reply-prefix {prefix:?}: subject tokens of letters, digits, '_' and '-', separated by dots (such as _INBOX.)"
+    );
+    anyhow::ensure!(
+        tokens != "cairn" && !tokens.starts_with("cairn."),
+        "--reply-prefix {prefix:?}: replies may not go under cairn. (the API's own subjects)"
+    );
+    Ok(())
 }
 
 /// The `--hooks-config` file.
@@ -166,6 +192,43 @@ impl SecurityArgs {
         security.caps.requests_in_flight = self.tenant_requests;
         security.caps.sagas_running = self.tenant_sagas;
         security.caps.hooks_running = self.tenant_hooks;
+        check_reply_prefix(&self.reply_prefix)?;
+        security.inbox_prefix = if self.reply_prefix.ends_with('.') {
+            self.reply_prefix.clone()
+        } else {
+            format!("{}.", self.reply_prefix)
+        };
         Ok(security)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with_prefix(prefix: &str) -> anyhow::Result<Security> {
+        SecurityArgs {
+            reply_prefix: prefix.to_owned(),
+            ..SecurityArgs::default()
+        }
+        .to_security()
+    }
+
+    #[test]
+    fn reply_prefixes_are_plain_tokens_outside_cairn() {
+        assert_eq!(with_prefix("_INBOX.").unwrap().inbox_prefix, "_INBOX.");
+        assert_eq!(with_prefix("_R.acme").unwrap().inbox_prefix, "_R.acme.");
+        for bad in [
+            "",
+            ".",
+            "cairn.",
+            "cairn.v1.acme.",
+            "_INBOX.*",
+            "a..b",
+            "a b.",
+        ] {
+            let e = with_prefix(bad).unwrap_err().to_string();
+            assert!(e.contains("--reply-prefix"), "{bad:?}: {e}");
+        }
     }
 }

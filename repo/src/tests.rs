@@ -257,13 +257,26 @@ fn urls_parse_and_bad_ones_say_why() {
 
 #[test]
 fn urls_are_normalised_by_the_url_parser() {
-    // `..` in a file path is resolved, escapes are decoded.
+    // Escapes in a file path are decoded; `.` and `..` parts are refused,
+    // escaped or not (the parser would resolve them by text, which is not
+    // what the kernel does through a symbolic link).
     assert_eq!(
-        RepoUrl::parse("file:///srv/a/../b%20c").unwrap(),
+        RepoUrl::parse("file:///srv/a/b%20c").unwrap(),
         RepoUrl::File {
-            path: "/srv/b c".into()
+            path: "/srv/a/b c".into()
         }
     );
+    for dotted in [
+        "file:///srv/a/../b",
+        "file:///srv/./b",
+        "file:///srv/a/%2e%2e/b",
+        "file:///srv/a/%2E/b",
+        "file:///srv/a/..",
+    ] {
+        let e = RepoUrl::parse(dotted).unwrap_err();
+        assert_eq!(e.code(), ErrorCode::InvalidArgument, "{dotted}");
+        assert!(e.to_string().contains(".."), "{dotted}: {e}");
+    }
     // Endpoints compare in canonical form: names lower-cased, IPv4 and
     // IPv6 addresses written one way, default ports filled in.
     let e = |t: &str| Endpoint::parse(t).unwrap();

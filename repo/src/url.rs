@@ -195,8 +195,16 @@ impl RepoUrl {
             reason: reason.to_owned(),
         };
         if url.starts_with("file:") {
-            // `file:` URLs go through the URL parser (it resolves `.` and
-            // `..` segments); the escapes are then decoded strictly.
+            // `.` and `..` segments are refused before the URL parser
+            // would resolve them by text: `/a/link/../b` is not `/a/b` to
+            // the kernel when `link` is a symbolic link, and a path that
+            // climbs out of its root is a mistake to name, not to mend.
+            let raw_path = url.split(['?', '#']).next().unwrap_or(url);
+            let raw_path = percent_decode(url, raw_path)?;
+            if raw_path.split('/').any(|p| p == "." || p == "..") {
+                return Err(bad("the path may not contain . or .. parts"));
+            }
+            // Then the URL parser; the escapes are decoded strictly.
             let parsed = ::url::Url::parse(url).map_err(|e| bad(&format!("not a URL: {e}")))?;
             if !url.starts_with("file:///") || parsed.host().is_some() {
                 return Err(bad("a file URL needs an absolute path: file:///abs/dir"));

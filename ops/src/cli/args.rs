@@ -21,6 +21,15 @@ pub struct Cli {
     /// The tenant whose apps and volumes this command sees.
     #[arg(long, global = true, env = "CAIRN_TENANT", default_value = subject::DEFAULT_TENANT)]
     pub tenant: String,
+    /// Replies come to `<PREFIX>.<tenant>.…`: the server's `--reply-prefix`
+    /// (without its final dot), and what the tenant's NATS user may read.
+    #[arg(
+        long,
+        global = true,
+        env = "CAIRN_INBOX_PREFIX",
+        default_value = "_INBOX"
+    )]
+    pub inbox_prefix: String,
     /// Output format.
     #[arg(
         short = 'o',

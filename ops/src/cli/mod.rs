@@ -85,7 +85,11 @@ async fn connect(args: &Cli) -> anyhow::Result<Client> {
         .unwrap_or_else(|| "nats://127.0.0.1:4222".into());
     let mut options = args.nats.options(url.clone());
     // Replies come to the tenant's own inboxes, which its NATS user may read.
-    options.inbox_prefix = Some(format!("_INBOX.{}", args.tenant));
+    options.inbox_prefix = Some(format!(
+        "{}.{}",
+        args.inbox_prefix.trim_end_matches('.'),
+        args.tenant
+    ));
     let no_credentials = options.user.is_none()
         && options.token.is_none()
         && options.nkey_seed.is_none()
