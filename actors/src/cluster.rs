@@ -464,6 +464,7 @@ impl Cluster {
             security,
             hooks: Arc::new(hooks),
             secrets: Arc::new(secrets),
+            nbd: Default::default(),
         };
         // The one owner of placement, seeded with every app's journaled slices.
         let placement = actix::Actor::start(crate::placement::PlacementActor::new(
@@ -560,6 +561,9 @@ impl Cluster {
             .map_err(|_| bus::Error::Other("gateway could not subscribe".into()))??;
 
         let nbd_addr = nbd.as_ref().map(|h| h.local_addr());
+        if let Some(addr) = &nbd_addr {
+            let _ = services.nbd.set(addr.clone());
+        }
         let nats_url = nats_server.as_ref().map(|s| s.url.clone());
         let fuse_dir = fuse.as_ref().map(|h| h.mountpoint().to_owned());
         Ok(Cluster {

@@ -629,7 +629,11 @@ impl Gateway {
             .blocking(move |pool| pool.volume_info(&engine))
             .await
             .ok();
-        volume::view(state, info.as_ref())
+        reply::VolumeView {
+            node: Some(self.services.node.clone()),
+            nbd: self.services.nbd_uri(tenant, &state.name),
+            ..volume::view(state, info.as_ref())
+        }
     }
 
     async fn query(&self, tenant: &str, query: Query) -> Result<Value, ApiError> {

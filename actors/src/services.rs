@@ -33,9 +33,35 @@ pub struct Services {
     pub hooks: Arc<crate::hooks::Hooks>,
     /// Seals secrets before they reach the journal (`crate::secrets`).
     pub secrets: Arc<crate::secrets::ClusterKey>,
+    /// Where this node serves NBD, once the server has bound (set once at
+    /// start-up): the address `volume show` gives clients.
+    pub nbd: Arc<std::sync::OnceLock<cairn_blocks::nbd::ListenAddr>>,
 }
 
 impl Services {
+    /// A URI an NBD client opens for `tenant`'s volume (or `volume@snap`)
+    /// on this node, or `None` when NBD is off. The unix socket and
+    /// unauthenticated TCP serve engine names (`acme:v`); TCP with client
+    /// certificates serves a tenant its own names (`v`), over TLS
+    /// (`nbds://`, libnbd's spelling; qemu takes `nbd://` with
+    /// `tls-creds`).
+    pub fn nbd_uri(&self, tenant: &str, volume: &str) -> Option<String> {
+        let engine = crate::volume::engine_name(tenant, volume);
+        let tls = &self.security.nbd;
+        Some(match self.nbd.get()? {
+            cairn_blocks::nbd::ListenAddr::Unix(path) => {
+                format!("nbd+unix:///{engine}?socket={}", path.display())
+            }
+            cairn_blocks::nbd::ListenAddr::Tcp(addr) if tls.tls_cert.is_none() => {
+                format!("nbd://{addr}/{engine}")
+            }
+            cairn_blocks::nbd::ListenAddr::Tcp(addr) if tls.tls_client_ca.is_none() => {
+                format!("nbds://{addr}/{engine}")
+            }
+            cairn_blocks::nbd::ListenAddr::Tcp(addr) => format!("nbds://{addr}/{volume}"),
+        })
+    }
+
     /// A placed volume's slices as (slice, pool disk); slices on disks this
     /// pool does not have are left to the pool's own choice.
     pub fn slice_disks(&self, placed: &PlacedVolume) -> Vec<(u32, u16)> {

@@ -293,6 +293,8 @@ impl Handler<Execute> for VolumeActor {
 }
 
 /// The view of a volume for list/show.
+/// What `volume.show`/`volume.list` answer; `node` and `nbd` (where the
+/// volume is served) are left for the caller that knows them.
 pub fn view(state: &VolumeState, engine: Option<&cairn_blocks::VolumeInfo>) -> reply::VolumeView {
     let snapshots = state
         .snapshots
@@ -320,5 +322,7 @@ pub fn view(state: &VolumeState, engine: Option<&cairn_blocks::VolumeInfo>) -> r
         rolled_back_to: state.rolled_back_to.clone(),
         created: format_rfc3339_ms(state.created_ms),
         snapshots,
+        node: None,
+        nbd: None,
     }
 }

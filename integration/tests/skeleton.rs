@@ -33,6 +33,17 @@ fn skeleton_path_survives_kill_9() {
     assert!(f.status.success());
     let r = qemu_io(&node.nbd_uri("v1"), "read -P 0x5a 0 1M");
     assert!(verified(&r), "read back: {r:?}");
+    // `volume show` says where the volume is served, as a URI a client
+    // opens, and which node holds it.
+    let shown = node.json(&["volume", "show", "v1"]);
+    let uri = shown["nbd"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no nbd URI: {shown}"));
+    assert!(uri.starts_with("nbd+unix:///v1?socket="), "{uri}");
+    let r = qemu_io(uri, "read -P 0x5a 0 1M");
+    assert!(verified(&r), "read through the shown URI: {r:?}");
+    let nodes = node.json(&["node", "list"]);
+    assert_eq!(shown["node"], nodes["nodes"][0]["name"], "{shown}");
 
     node.ok(&["volume", "snapshot", "v1", "s1"]);
     let w = qemu_io(&node.nbd_uri("v1"), "write -P 0x11 0 64k");

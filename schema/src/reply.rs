@@ -118,6 +118,12 @@ pub struct VolumeView {
     pub created: String,
     /// In name order.
     pub snapshots: Vec<SnapshotView>,
+    /// The node that holds and serves the volume.
+    pub node: Option<String>,
+    /// A URI an NBD client opens (`nbd+unix:///V?socket=PATH`,
+    /// `nbds://HOST:PORT/V`); a snapshot is the export `V@S` beside it.
+    /// Absent when NBD is off.
+    pub nbd: Option<String>,
 }
 
 /// One snapshot of a volume.

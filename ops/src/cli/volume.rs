@@ -102,6 +102,12 @@ pub async fn run(client: &Client, fmt: Format, cmd: &VolumeCommand) -> anyhow::R
             let reply = call::<VolumeView>(client, "volume", "show", &name(volume)).await?;
             reply.print(fmt, |r| {
                 let mut rows = output::volume_rows(std::slice::from_ref(r));
+                if let Some(node) = &r.node {
+                    rows.push(vec![format!("node: {node}")]);
+                }
+                if let Some(nbd) = &r.nbd {
+                    rows.push(vec![format!("nbd: {nbd}")]);
+                }
                 rows.push(vec![]);
                 rows.extend(output::snapshot_rows(&r.snapshots));
                 rows
