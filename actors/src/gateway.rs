@@ -975,6 +975,9 @@ impl Gateway {
                         capacity_bytes: d.capacity_bytes,
                     })
                     .collect(),
+                nbd: (n.name == self.services.node)
+                    .then(|| self.services.nbd.get().map(ToString::to_string))
+                    .flatten(),
                 name: n.name,
             })
             .collect();

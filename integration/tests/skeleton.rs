@@ -44,6 +44,11 @@ fn skeleton_path_survives_kill_9() {
     assert!(verified(&r), "read through the shown URI: {r:?}");
     let nodes = node.json(&["node", "list"]);
     assert_eq!(shown["node"], nodes["nodes"][0]["name"], "{shown}");
+    let served = nodes["nodes"][0]["nbd"].as_str().unwrap_or_default();
+    assert!(
+        served.starts_with("unix:") && uri.ends_with(&served["unix:".len()..]),
+        "node list names the socket the URI opens: {served} vs {uri}"
+    );
 
     node.ok(&["volume", "snapshot", "v1", "s1"]);
     let w = qemu_io(&node.nbd_uri("v1"), "write -P 0x11 0 64k");

@@ -340,6 +340,10 @@ pub struct NodeView {
     /// When the node (last) registered itself (RFC 3339).
     pub registered: String,
     pub disks: Vec<DiskView>,
+    /// Where the node serves NBD (`unix:PATH` or `HOST:PORT`, as
+    /// `cairn up --nbd` takes it); absent for a node that serves none (NBD
+    /// off, or a node `--nodes`/`--topology` only simulates).
+    pub nbd: Option<String>,
 }
 
 /// One disk (a directory) of a node.
