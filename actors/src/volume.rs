@@ -292,9 +292,8 @@ impl Handler<Execute> for VolumeActor {
     }
 }
 
-/// The view of a volume for list/show.
-/// What `volume.show`/`volume.list` answer; `node` and `nbd` (where the
-/// volume is served) are left for the caller that knows them.
+/// The view of a volume for list/show; `node` and `nbd` (where the volume
+/// is served) are left for the caller that knows them.
 pub fn view(state: &VolumeState, engine: Option<&cairn_blocks::VolumeInfo>) -> reply::VolumeView {
     let snapshots = state
         .snapshots
