@@ -141,6 +141,12 @@ struct Runner {
 /// cut common words); the params themselves are sealed whatever their length.
 const MIN_REDACTED_LEN: usize = 4;
 
+/// How many times a saga tries to journal one of its facts.
+const RECORD_ATTEMPTS: u32 = 6;
+/// The first wait between two of those tries (doubled each time: about 3 s
+/// in all).
+const RECORD_BACKOFF: Duration = Duration::from_millis(50);
+
 /// The journal or the dispatcher went away (shutdown): stop; the saga is
 /// resumed at the next start.
 struct Stopped;
@@ -351,32 +357,46 @@ impl Runner {
         }
     }
 
+    /// Journals one of the saga's facts. A commit that fails (the journal
+    /// answers an error only for a batch that is not durable) is tried
+    /// again with backoff, [`RECORD_ATTEMPTS`] times in all, so one failed
+    /// commit does not leave the workflow running with no one driving it
+    /// until the next start; after that, or at a shutdown, it stops.
     async fn record(&self, event: Event) -> Result<(), Stopped> {
-        // A stopped gateway means a shutdown: no more facts.
-        self.dispatch.upgrade().ok_or(Stopped)?;
-        let recorded = self
-            .workflows
-            .send(workflow::Record {
-                causation: Causation {
-                    tenant: self.tenant.clone(),
-                    user: self.user.clone(),
-                    id: self.id.clone(),
-                    dedup: false,
-                },
-                event,
-            })
-            .await;
-        match recorded {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => {
-                tracing::warn!(workflow = %self.id, error = %e, "workflow paused: the journal refused its next fact");
-                Err(Stopped)
-            }
-            Err(e) => {
-                tracing::warn!(workflow = %self.id, error = %e, "workflow paused: the workflow actor is gone");
-                Err(Stopped)
+        let mut backoff = RECORD_BACKOFF;
+        for attempt in 1..=RECORD_ATTEMPTS {
+            // A stopped gateway means a shutdown: no more facts.
+            self.dispatch.upgrade().ok_or(Stopped)?;
+            let recorded = self
+                .workflows
+                .send(workflow::Record {
+                    causation: Causation {
+                        tenant: self.tenant.clone(),
+                        user: self.user.clone(),
+                        id: self.id.clone(),
+                        dedup: false,
+                    },
+                    event: event.clone(),
+                })
+                .await;
+            match recorded {
+                Ok(Ok(())) => return Ok(()),
+                Ok(Err(e)) if attempt < RECORD_ATTEMPTS => {
+                    tracing::warn!(workflow = %self.id, error = %e, attempt, "the journal refused the workflow's next fact; trying again");
+                    tokio::time::sleep(backoff).await;
+                    backoff *= 2;
+                }
+                Ok(Err(e)) => {
+                    tracing::warn!(workflow = %self.id, error = %e, "workflow paused: the journal refused its next fact");
+                    return Err(Stopped);
+                }
+                Err(e) => {
+                    tracing::warn!(workflow = %self.id, error = %e, "workflow paused: the workflow actor is gone");
+                    return Err(Stopped);
+                }
             }
         }
+        Err(Stopped)
     }
 
     /// Runs one API command as a step: `Err(Stopped)` only if the

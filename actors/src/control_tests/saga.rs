@@ -186,3 +186,83 @@ async fn second_clone_into_an_existing_clone_is_refused() {
     assert_eq!(verify["ok"], true, "{verify}");
     plane.stop().await;
 }
+
+/// A failed commit of one of a saga's own facts (found by the simulation,
+/// seed 18): the saga stopped as if the server had, and the workflow stayed
+/// `running` with no one driving it until the next start (the CLI was told
+/// `unavailable`). Now the fact is journaled again after a backoff, so a
+/// commit failing at any one of the workflow's appends still ends it
+/// completed, with the snapshot in the pool and the journal.
+#[actix_rt::test]
+async fn a_failed_commit_of_a_saga_fact_is_tried_again() {
+    let plane = Plane::start().await;
+    plane
+        .call("app", "create", create_body("shop", 1, "1Mi"))
+        .await
+        .unwrap();
+    let before = plane.journal.appends();
+    plane
+        .call("app", "snapshot", json!({"name": "shop", "snapshot": "s0"}))
+        .await
+        .unwrap();
+    let appends = plane.journal.appends() - before;
+    assert!(appends >= 3, "a snapshot saga journals several facts");
+    for k in 1..=appends {
+        let snapshot = format!("s{k}");
+        plane.journal.inject_at(
+            plane.journal.appends() + k,
+            crate::journal::Fault::FailCommit,
+        );
+        let reply = plane
+            .call(
+                "app",
+                "snapshot",
+                json!({"name": "shop", "snapshot": snapshot}),
+            )
+            .await;
+        // The first append starts the workflow: failing it refuses the
+        // start (`unavailable`, nothing begun), and the client tries again.
+        // A later one is the app's own (the step is retried) or a fact of
+        // the saga's (journaled again): either way the workflow ends.
+        let reply = match reply {
+            Err(e) if k == 1 => {
+                assert_eq!(e.code, ErrorCode::Unavailable, "{e:?}");
+                let snaps = plane
+                    .call("app", "snapshots", json!({"name": "shop"}))
+                    .await
+                    .unwrap();
+                assert!(
+                    !snaps.to_string().contains(&format!("\"{snapshot}\"")),
+                    "{snaps}"
+                );
+                plane
+                    .call(
+                        "app",
+                        "snapshot",
+                        json!({"name": "shop", "snapshot": snapshot}),
+                    )
+                    .await
+            }
+            other => other,
+        };
+        let reply = reply.unwrap_or_else(|e| panic!("append {k}/{appends} failed: {e:?}"));
+        assert_eq!(reply["snapshot"], snapshot.as_str(), "{reply}");
+        plane.journal.clear_scheduled();
+    }
+    let list = plane.call("workflow", "list", json!({})).await.unwrap();
+    for w in list["workflows"].as_array().unwrap() {
+        assert_eq!(w["status"], "completed", "{w}");
+    }
+    let snaps = plane
+        .call("app", "snapshots", json!({"name": "shop"}))
+        .await
+        .unwrap();
+    assert_eq!(
+        snaps["snapshots"].as_array().unwrap().len() as u64,
+        appends + 1,
+        "{snaps}"
+    );
+    let verify = plane.call("events", "verify", json!({})).await.unwrap();
+    assert_eq!(verify["ok"], true, "{verify}");
+    plane.stop().await;
+}

@@ -10,12 +10,17 @@
 //! ([`Cluster::crash`]) and then loses what the pool had not synced
 //! ([`MemStorage::crash`]: unsynced writes dropped, reordered or torn)
 //! before [`Cluster::start`] runs again on the same data dir and storage.
-//! (The journal is the data dir's redb file: it still checkpoints when its
+//! (The journal is the data dir's redb file, behind the fault injector: it still checkpoints when its
 //! last handle drops, so a crash loses none of it; every append was durable
 //! before its answer anyway.)
 //! Some commands run while the pool's syncs fail ([`Faults`]) and are
 //! followed by a crash: the process died between a block-engine effect and
-//! its commit, which start-up reconciliation must clean up. Commands run
+//! its commit, which start-up reconciliation must clean up. In others one
+//! journal commit of the command (the 1st, 2nd or 3rd append) fails, through
+//! the fault injector around the redb journal ([`FaultyJournal`]): the
+//! caller's own cleanup must leave nothing behind, and a workflow whose
+//! fact failed to commit must still end (found: seed 18, a saga that
+//! stopped on its first failed fact). Commands run
 //! one at a time, so a run is a function of its seed, except *races*: one
 //! command sent three times at once, whose copies all have one effect
 //! (which copy wins may vary; what the plane holds after may not).
@@ -49,6 +54,7 @@ use serde_json::{Value, json};
 use super::{api, config, create_body, one_disk_topology};
 use crate::client::Client;
 use crate::cluster::{Cluster, Config, PoolStorage};
+use crate::journal::{Fault, FaultyJournal, RedbJournal};
 use crate::volume::engine_name;
 
 const TENANT: &str = "default";
@@ -400,6 +406,9 @@ struct Sim {
     storage: MemStorage,
     dir: tempfile::TempDir,
     cluster: Option<Cluster>,
+    /// The running cluster's journal: the data dir's redb file behind the
+    /// fault injector, so a step can fail a commit.
+    journal: Option<Arc<FaultyJournal<RedbJournal>>>,
     model: Model,
     /// Every step so far, for the failure message.
     trace: Vec<String>,
@@ -425,10 +434,11 @@ impl Sim {
             storage,
             dir,
             cluster: None,
+            journal: None,
             model: Model::default(),
             trace: Vec::new(),
         };
-        sim.cluster = Some(sim.start().await);
+        sim.start().await;
         for step in 0..steps {
             match sim.rng.u32(0..20) {
                 0 => sim.restart(step, false).await,
@@ -447,6 +457,7 @@ impl Sim {
                     sim.restart(step, true).await;
                 }
                 4 | 5 => sim.race(step).await,
+                6 => sim.failed_commit(step).await,
                 _ => sim.command(step, false).await,
             }
             sim.check().await;
@@ -482,9 +493,20 @@ impl Sim {
         config
     }
 
-    async fn start(&self) -> Cluster {
-        match Cluster::start(self.config()).await {
-            Ok(cluster) => cluster,
+    async fn start(&mut self) {
+        let config = self.config();
+        let journal = match RedbJournal::open(
+            &config.data_dir.join("journal.redb"),
+            config.limits.sanitize().journal,
+        ) {
+            Ok(j) => Arc::new(FaultyJournal::new(j)),
+            Err(e) => sim_fail!(self, "the journal does not open: {e}"),
+        };
+        match Cluster::start_with_journal(config, journal.clone()).await {
+            Ok(cluster) => {
+                self.cluster = Some(cluster);
+                self.journal = Some(journal);
+            }
             Err(e) => sim_fail!(self, "the control plane does not start: {e}"),
         }
     }
@@ -545,6 +567,9 @@ impl Sim {
             }
         ));
         let cluster = self.cluster.take().expect("running");
+        // Let go of the journal first: the stop waits for its last handle
+        // (and redb's file lock goes with it).
+        self.journal = None;
         let pool = Arc::downgrade(&cluster.services.pool);
         if crash {
             cluster.crash().await;
@@ -563,7 +588,21 @@ impl Sim {
         if crash {
             self.storage.crash();
         }
-        self.cluster = Some(self.start().await);
+        self.start().await;
+    }
+
+    /// One random command whose `k`th journal append (1 to 3) fails to
+    /// commit: it is refused or acknowledged (a retried step), and either
+    /// way the caller's cleanup leaves the pool equal to the journal and
+    /// nothing the model does not know of.
+    async fn failed_commit(&mut self, step: usize) {
+        let journal = self.journal.clone().expect("running");
+        let k = self.rng.u64(1..=3);
+        journal.inject_at(journal.appends() + k, Fault::FailCommit);
+        self.trace
+            .push(format!("{step}: commit {k} of the next command fails"));
+        self.command(step, true).await;
+        journal.clear_scheduled();
     }
 
     /// One random command; its acknowledged effect goes into the model.
@@ -575,7 +614,7 @@ impl Sim {
         let result = self.command_call(step, kind, verb, &body).await;
         self.trace.push(format!(
             "{step}: {}{kind}.{verb} {body} -> {}",
-            if faulty { "(syncs fail) " } else { "" },
+            if faulty { "(faults) " } else { "" },
             match &result {
                 Ok(reply) => format!("ok {reply}"),
                 Err(e) => format!("{:?}: {}", e.code, e.message),

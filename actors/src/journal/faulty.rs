@@ -121,6 +121,11 @@ impl<J: Journal> FaultyJournal<J> {
         self.plan.lock().unwrap().scheduled.insert(nth, fault);
     }
 
+    /// Drops every scheduled fault not reached yet.
+    pub fn clear_scheduled(&self) {
+        self.plan.lock().unwrap().scheduled.clear();
+    }
+
     /// Injects `fault` into the next append.
     pub fn inject_next(&self, fault: Fault) {
         let next = self.plan.lock().unwrap().appends + 1;
