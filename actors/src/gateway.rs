@@ -248,34 +248,30 @@ impl Gateway {
         command: &Command,
     ) -> Result<(), ApiError> {
         let (kind, verb) = (&parsed.kind, &parsed.verb);
-        let operator_only = command.operator_only();
-        if parsed.is_admin() {
-            if !operator_only && !matches!(command, Command::Query(Query::Ping)) {
-                return Err(ApiError::invalid(format!(
-                    "{kind}.{verb} is a tenant's command: send it on {}",
-                    subject::request("<tenant>", kind, verb)
-                )));
-            }
-        } else if operator_only && self.services.security.confined() {
-            return Err(ApiError::denied(format!(
-                "{kind}.{verb} is the operator's command: it is served only on {} (`cairn` sends it there with the operator's credentials)",
-                subject::admin_request(kind, verb)
+        if parsed.is_admin()
+            && !command.operator_only()
+            && !matches!(command, Command::Query(Query::Ping))
+        {
+            return Err(ApiError::invalid(format!(
+                "{kind}.{verb} is a tenant's command: send it on {}",
+                subject::request("<tenant>", kind, verb)
             )));
         }
         Ok(())
     }
 
     /// The operator's commands run only for the admin space when the bus
-    /// proves who is a tenant, whichever way they arrive: a tenant's
-    /// workflow step reaches [`Gateway::dispatch`] without passing
-    /// [`Gateway::authorize`], so the rule is checked here too.
+    /// proves who is a tenant, whichever way they arrive (a request on a
+    /// tenant's subject, or a step of a tenant's workflow, which reaches
+    /// [`Gateway::dispatch`] without passing [`Gateway::authorize`]).
     fn authorize_tenant(&self, tenant: &str, command: &Command) -> Result<(), ApiError> {
         if command.operator_only()
             && tenant != subject::ADMIN_SPACE
             && self.services.security.confined()
         {
             return Err(ApiError::denied(format!(
-                "tenant {tenant} may not run the operator's commands (node.*, cluster-wide events), in a workflow step or otherwise"
+                "tenant {tenant} may not run the operator's commands (node.*, cluster-wide events), in a workflow step or otherwise: they are served only on {} (`cairn` sends them there with the operator's credentials)",
+                subject::admin_request("<kind>", "<verb>")
             )));
         }
         Ok(())

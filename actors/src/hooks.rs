@@ -459,6 +459,8 @@ async fn read_tail(mut stream: impl AsyncRead + Unpin, keep: usize) -> Tail {
 pub struct Hooks {
     runner: Arc<dyn HookRunner>,
     security: Arc<Security>,
+    /// The server runs as root (read once at start).
+    root: bool,
     user: Option<HookUser>,
     /// `<data>/hooks`: a scratch directory per tenant below it.
     scratch_root: PathBuf,
@@ -498,6 +500,7 @@ impl Hooks {
         Ok(Hooks {
             runner,
             security,
+            root,
             user,
             scratch_root: data_dir.join("hooks"),
             running: Mutex::new(HashMap::new()),
@@ -509,9 +512,7 @@ impl Hooks {
     /// authentication every client is the operator already, and a
     /// warning at start-up is all.)
     fn check_not_root(&self) -> Result<(), ApiError> {
-        // SAFETY: geteuid has no preconditions.
-        let root = unsafe { libc::geteuid() } == 0;
-        if root && self.user.is_none() && self.security.confined() {
+        if self.root && self.user.is_none() && self.security.confined() {
             return Err(ApiError::new(
                 ErrorCode::FailedPrecondition,
                 "hooks would run as root: cairn runs as root without --hooks-user, and tenants' hooks \
